@@ -1,0 +1,290 @@
+//! Message bodies that a receiver can check without trusting the sender.
+//!
+//! Message number `seq` of `size` bytes is always the same bytes:
+//!
+//! ```text
+//! +--------------------+-----------------------------------------+
+//! | seq: u64, little-  | pseudo-random bytes from a generator    |
+//! | endian, 8 bytes    | seeded with (seq, size)                 |
+//! +--------------------+-----------------------------------------+
+//! ```
+//!
+//! The receiver recomputes the body from the `seq` it finds and the length
+//! it got, and compares. Because the seed includes the size, a message cut
+//! short does not pass as a shorter valid one. [`Checker`] then sorts every
+//! problem into one of four kinds, counted separately:
+//!
+//! - **lost**: a number that never arrived;
+//! - **duplicated**: a number that arrived twice;
+//! - **reordered**: a number that arrived after a higher one;
+//! - **corrupted**: bytes that do not match, a body too short to carry a
+//!   number, or a number outside the expected range.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// Smallest body: the 8-byte sequence number.
+pub const MIN_SIZE: usize = 8;
+
+/// Fill `buf` with the body of message `seq` (its size is `buf.len()`).
+/// Writing into the caller's buffer lets shared memory build a message in
+/// place. A `buf` shorter than [`MIN_SIZE`] gets the first bytes of `seq`.
+pub fn fill(seq: u64, buf: &mut [u8]) {
+    let seq_bytes = seq.to_le_bytes();
+    let head = buf.len().min(MIN_SIZE);
+    buf[..head].copy_from_slice(&seq_bytes[..head]);
+    let mut rng = SplitMix64::new(seq, buf.len());
+    for chunk in buf[head..].chunks_mut(8) {
+        let word = rng.next().to_le_bytes();
+        chunk.copy_from_slice(&word[..chunk.len()]);
+    }
+}
+
+/// The body of message `seq`, `size` bytes long.
+pub fn make(seq: u64, size: usize) -> Vec<u8> {
+    let mut body = vec![0u8; size];
+    fill(seq, &mut body);
+    body
+}
+
+/// The sequence number a body claims, if it is long enough to carry one.
+pub fn seq_of(body: &[u8]) -> Option<u64> {
+    let head: [u8; MIN_SIZE] = body.get(..MIN_SIZE)?.try_into().ok()?;
+    Some(u64::from_le_bytes(head))
+}
+
+/// A small, fast, well-mixed generator (SplitMix64); the seed mixes the
+/// sequence number and the size.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn new(seq: u64, size: usize) -> Self {
+        SplitMix64(seq ^ (size as u64).rotate_left(32) ^ 0x6970_632d_6578_616d)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// What the checker concluded about one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Intact, first arrival, no higher number seen before it.
+    Ok,
+    /// Intact, but a higher number arrived first.
+    Reordered,
+    /// Intact, but this number arrived before.
+    Duplicated,
+    /// The bytes are wrong; the reason says how.
+    Corrupted(&'static str),
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Ok => f.write_str("ok"),
+            Verdict::Reordered => f.write_str("reordered"),
+            Verdict::Duplicated => f.write_str("duplicated"),
+            Verdict::Corrupted(why) => write!(f, "corrupted ({why})"),
+        }
+    }
+}
+
+/// Checks a stream of bodies numbered from 0.
+#[derive(Debug)]
+pub struct Checker {
+    /// How many messages should arrive, if the receiver knows.
+    expected: Option<u64>,
+    /// Every number below this one has arrived.
+    contiguous: u64,
+    /// Numbers at or above `contiguous` that arrived (only the out-of-order
+    /// ones stay here, so memory follows the disorder, not the count).
+    ahead: BTreeSet<u64>,
+    highest: Option<u64>,
+    report: CheckReport,
+}
+
+/// Counts after checking; [`errors`](Self::errors) is their sum of problems.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Messages handed to the checker.
+    pub received: u64,
+    /// Bytes handed to the checker.
+    pub bytes: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub corrupted: u64,
+}
+
+impl CheckReport {
+    /// All problems together.
+    pub fn errors(&self) -> u64 {
+        self.lost + self.duplicated + self.reordered + self.corrupted
+    }
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "received={} lost={} duplicated={} reordered={} corrupted={}",
+            self.received, self.lost, self.duplicated, self.reordered, self.corrupted
+        )
+    }
+}
+
+impl Checker {
+    /// `expected`: the number of messages that should arrive (numbers
+    /// `0..expected`), or `None` when the receiver reads until the end and
+    /// only gaps below the highest number can count as lost.
+    pub fn new(expected: Option<u64>) -> Self {
+        Checker {
+            expected,
+            contiguous: 0,
+            ahead: BTreeSet::new(),
+            highest: None,
+            report: CheckReport::default(),
+        }
+    }
+
+    /// Check one body.
+    pub fn check(&mut self, body: &[u8]) -> Verdict {
+        self.report.received += 1;
+        self.report.bytes += body.len() as u64;
+        let verdict = self.classify(body);
+        match verdict {
+            Verdict::Ok => {}
+            Verdict::Reordered => self.report.reordered += 1,
+            Verdict::Duplicated => self.report.duplicated += 1,
+            Verdict::Corrupted(_) => self.report.corrupted += 1,
+        }
+        verdict
+    }
+
+    fn classify(&mut self, body: &[u8]) -> Verdict {
+        let Some(seq) = seq_of(body) else {
+            return Verdict::Corrupted("shorter than the 8-byte sequence number");
+        };
+        if self.expected.is_some_and(|n| seq >= n) {
+            return Verdict::Corrupted("sequence number out of range");
+        }
+        if !matches_body(seq, body) {
+            return Verdict::Corrupted("bytes differ from the expected body");
+        }
+        if seq < self.contiguous || self.ahead.contains(&seq) {
+            return Verdict::Duplicated;
+        }
+        self.ahead.insert(seq);
+        while self.ahead.remove(&self.contiguous) {
+            self.contiguous += 1;
+        }
+        let late = self.highest.is_some_and(|h| seq < h);
+        self.highest = Some(self.highest.map_or(seq, |h| h.max(seq)));
+        if late {
+            Verdict::Reordered
+        } else {
+            Verdict::Ok
+        }
+    }
+
+    /// The counts so far, with `lost` computed from what never arrived.
+    pub fn report(&self) -> CheckReport {
+        let arrived = self.contiguous + self.ahead.len() as u64;
+        let should = match (self.expected, self.highest) {
+            (Some(n), _) => n,
+            (None, Some(h)) => h + 1,
+            (None, None) => 0,
+        };
+        CheckReport {
+            lost: should.saturating_sub(arrived),
+            ..self.report
+        }
+    }
+}
+
+/// Compare without allocating: regenerate the body word by word.
+fn matches_body(seq: u64, body: &[u8]) -> bool {
+    let mut rng = SplitMix64::new(seq, body.len());
+    body[MIN_SIZE..]
+        .chunks(8)
+        .all(|chunk| chunk == &rng.next().to_le_bytes()[..chunk.len()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_deterministic_and_distinct() {
+        assert_eq!(make(3, 64), make(3, 64));
+        assert_ne!(make(3, 64), make(4, 64));
+        assert_eq!(seq_of(&make(42, 100)), Some(42));
+        // Same seq, different size: the tail differs, not just the length.
+        assert_ne!(&make(1, 64)[..32], &make(1, 32)[..]);
+        assert_eq!(make(7, 3), 7u64.to_le_bytes()[..3].to_vec());
+    }
+
+    #[test]
+    fn in_order_is_clean() {
+        let mut c = Checker::new(Some(100));
+        for seq in 0..100 {
+            assert_eq!(c.check(&make(seq, 8 + (seq as usize % 50))), Verdict::Ok);
+        }
+        let r = c.report();
+        assert_eq!(r.errors(), 0);
+        assert_eq!(r.received, 100);
+    }
+
+    #[test]
+    fn each_problem_is_counted_separately() {
+        let mut c = Checker::new(Some(6));
+        assert_eq!(c.check(&make(0, 64)), Verdict::Ok);
+        assert_eq!(c.check(&make(2, 64)), Verdict::Ok); // 1 skipped for now
+        assert_eq!(c.check(&make(1, 64)), Verdict::Reordered);
+        assert_eq!(c.check(&make(2, 64)), Verdict::Duplicated);
+        let mut bad = make(3, 64);
+        bad[40] ^= 1;
+        assert!(matches!(c.check(&bad), Verdict::Corrupted(_)));
+        assert!(matches!(c.check(&make(9, 64)), Verdict::Corrupted(_)));
+        assert!(matches!(c.check(&[1, 2, 3]), Verdict::Corrupted(_)));
+        assert_eq!(c.check(&make(5, 64)), Verdict::Ok);
+        // 3 (corrupted copy only) and 4 never arrived intact.
+        let r = c.report();
+        assert_eq!(
+            (r.lost, r.duplicated, r.reordered, r.corrupted),
+            (2, 1, 1, 3)
+        );
+        assert_eq!(r.errors(), 7);
+        assert_eq!(r.received, 8);
+    }
+
+    #[test]
+    fn truncated_body_is_corrupted() {
+        let body = make(5, 64);
+        let mut c = Checker::new(None);
+        assert!(matches!(c.check(&body[..40]), Verdict::Corrupted(_)));
+    }
+
+    #[test]
+    fn unknown_count_counts_gaps_as_lost() {
+        let mut c = Checker::new(None);
+        for seq in [0, 1, 4] {
+            c.check(&make(seq, 16));
+        }
+        assert_eq!(c.report().lost, 2);
+        assert_eq!(Checker::new(None).report().errors(), 0);
+    }
+
+    #[test]
+    fn fewer_than_expected_is_lost() {
+        let mut c = Checker::new(Some(10));
+        c.check(&make(0, 16));
+        assert_eq!(c.report().lost, 9);
+    }
+}

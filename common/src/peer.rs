@@ -1,0 +1,175 @@
+//! The other process: start it, wait for it (never forever), describe how
+//! it ended.
+//!
+//! Two ways to get a peer:
+//! - `fork()`, written out in the demo itself, when the mechanism needs a
+//!   related process (an anonymous pipe is only inherited); wait for it
+//!   with [`wait_pid`].
+//! - [`spawn_self`]: a fresh run of this same program with a role, when the
+//!   mechanism works between unrelated processes (FIFO, queues, shm,
+//!   sockets); wait for it with [`wait_child`].
+//!
+//! Both waits take a timeout: a peer that hangs is killed and reported, so
+//! a demo never hangs with it.
+
+use std::fmt;
+use std::process::{Child, Command, ExitStatus};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+/// How often a wait with a timeout looks at the child again.
+const POLL: Duration = Duration::from_millis(5);
+
+/// How a peer process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerExit {
+    /// It called `exit(code)` or returned from `main`.
+    Exited(i32),
+    /// A signal ended it (`WIFSIGNALED`; `WTERMSIG` is the signal).
+    Killed(Signal),
+    /// It was still running at the deadline; we killed it with SIGKILL.
+    TimedOut,
+}
+
+impl PeerExit {
+    pub fn success(self) -> bool {
+        self == PeerExit::Exited(0)
+    }
+}
+
+impl fmt::Display for PeerExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerExit::Exited(code) => write!(f, "exited with status {code}"),
+            PeerExit::Killed(signal) => write!(f, "was killed by {signal}"),
+            PeerExit::TimedOut => f.write_str("did not finish in time and was killed"),
+        }
+    }
+}
+
+impl From<ExitStatus> for PeerExit {
+    fn from(status: ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => PeerExit::Exited(code),
+            (None, Some(n)) => {
+                Signal::try_from(n).map_or(PeerExit::Exited(128 + n), PeerExit::Killed)
+            }
+            (None, None) => PeerExit::Exited(-1),
+        }
+    }
+}
+
+/// Start this program again with `args` (e.g. `["receiver", "--path", p]`),
+/// sharing our stdin, stdout and stderr.
+pub fn spawn_self<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("current_exe()")?;
+    Command::new(&exe)
+        .args(args)
+        .spawn()
+        .with_context(|| format!("spawn({})", exe.display()))
+}
+
+/// Wait for a child started with [`spawn_self`] for at most `timeout`.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> anyhow::Result<PeerExit> {
+    let pid = child.id();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("waitpid({pid})"))?
+        {
+            return Ok(status.into());
+        }
+        if Instant::now() >= deadline {
+            // SIGKILL cannot be caught: the child ends now, then we reap it
+            // so that it does not stay a zombie.
+            let _ = child.kill();
+            child.wait().with_context(|| format!("waitpid({pid})"))?;
+            return Ok(PeerExit::TimedOut);
+        }
+        sleep(POLL);
+    }
+}
+
+/// Wait for a forked child `pid` for at most `timeout`, reaping it.
+///
+/// `waitpid` with `WNOHANG` asks without blocking, so we can give up at the
+/// deadline; a blocking `waitpid` would wait as long as the child lives.
+pub fn wait_pid(pid: Pid, timeout: Duration) -> anyhow::Result<PeerExit> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(PeerExit::Exited(code)),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(PeerExit::Killed(signal)),
+            // StillAlive, or stopped/continued (not an end): look again.
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e).with_context(|| format!("waitpid({pid})")),
+        }
+        if Instant::now() >= deadline {
+            let _ = kill(pid, Signal::SIGKILL);
+            // Blocking is fine now: SIGKILL ends it promptly.
+            waitpid(pid, None).with_context(|| format!("waitpid({pid})"))?;
+            return Ok(PeerExit::TimedOut);
+        }
+        sleep(POLL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_and_signals_are_described() {
+        let mut ok = Command::new("true").spawn().unwrap();
+        assert_eq!(
+            wait_child(&mut ok, Duration::from_secs(30)).unwrap(),
+            PeerExit::Exited(0)
+        );
+        let mut bad = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+        let exit = wait_child(&mut bad, Duration::from_secs(30)).unwrap();
+        assert_eq!(exit, PeerExit::Exited(3));
+        assert_eq!(exit.to_string(), "exited with status 3");
+        let mut killed = Command::new("sh")
+            .args(["-c", "kill -9 $$"])
+            .spawn()
+            .unwrap();
+        let exit = wait_child(&mut killed, Duration::from_secs(30)).unwrap();
+        assert_eq!(exit, PeerExit::Killed(Signal::SIGKILL));
+        assert_eq!(exit.to_string(), "was killed by SIGKILL");
+    }
+
+    #[test]
+    fn a_hanging_child_is_killed_and_reaped() {
+        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let exit = wait_child(&mut child, Duration::from_millis(100)).unwrap();
+        assert_eq!(exit, PeerExit::TimedOut);
+        // Reaped: no zombie is left under that pid for us.
+        assert_eq!(waitpid(pid, Some(WaitPidFlag::WNOHANG)), Err(Errno::ECHILD));
+    }
+
+    #[test]
+    fn wait_pid_reaps_by_pid() {
+        let child = Command::new("sh").args(["-c", "exit 4"]).spawn().unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        assert_eq!(
+            wait_pid(pid, Duration::from_secs(30)).unwrap(),
+            PeerExit::Exited(4)
+        );
+        let child = Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        assert_eq!(
+            wait_pid(pid, Duration::from_millis(100)).unwrap(),
+            PeerExit::TimedOut
+        );
+    }
+}
