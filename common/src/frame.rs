@@ -201,7 +201,7 @@ mod tests {
     impl Write for ShortWriter {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             self.calls += 1;
-            if self.calls % 2 == 0 {
+            if self.calls.is_multiple_of(2) {
                 return Err(ErrorKind::Interrupted.into());
             }
             let n = buf.len().min(3);

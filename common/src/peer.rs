@@ -158,6 +158,9 @@ mod tests {
     }
 
     #[test]
+    // The children are reaped by `wait_pid`, through their pid, which clippy
+    // cannot see.
+    #[allow(clippy::zombie_processes)]
     fn wait_pid_reaps_by_pid() {
         let child = Command::new("sh").args(["-c", "exit 4"]).spawn().unwrap();
         let pid = Pid::from_raw(child.id() as i32);

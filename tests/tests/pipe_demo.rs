@@ -1,0 +1,400 @@
+//! End-to-end tests of pipe-demo: the real binary, real pipes, real signals.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{frame, payload};
+use ipc_tests::{LONG, Output, Proc, SHORT, demo, run};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+const PIPE_DEMO: &str = "pipe-demo";
+
+/// A pipe for a test. O_CLOEXEC matters: tests run in parallel threads, and
+/// a child spawned by another test must not inherit our write end, or our
+/// receiver would wait for EOF until that unrelated child exits.
+fn cloexec_pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2")
+}
+
+fn assert_ok(out: &Output) {
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_eq!(out.summary_field("errors"), "0", "{}", out.describe());
+    assert_eq!(out.summary_field("mechanism"), "pipe");
+}
+
+#[test]
+fn default_run_tells_the_whole_story() {
+    let out = run(PIPE_DEMO, &[], SHORT);
+    assert_ok(&out);
+    assert_eq!(out.summary_field("messages"), "5");
+    assert_eq!(out.summary_field("bytes"), "320");
+    for expected in [
+        "fork() → child pid",
+        "[child] got message 4 (64 bytes): ok",
+        "[parent] reply: ack 4 ok",
+        "[child] read() returned 0 (EOF)",
+        "the child exited with status 0",
+        "write() → EPIPE",
+        "the child was killed by SIGPIPE",
+        "fcntl(F_GETPIPE_SZ) = ",
+        "the same as F_GETPIPE_SZ",
+        "PIPE_BUF = ",
+    ] {
+        assert!(
+            out.stdout.contains(expected),
+            "missing {expected:?}\n{}",
+            out.describe()
+        );
+    }
+    assert!(out.stderr.is_empty(), "{}", out.describe());
+}
+
+#[test]
+fn options_change_the_workload_and_quiet_drops_message_lines() {
+    let out = run(
+        PIPE_DEMO,
+        &["--count", "300", "--size", "5000", "--quiet"],
+        SHORT,
+    );
+    assert_ok(&out);
+    assert_eq!(out.summary_field("messages"), "300");
+    assert_eq!(out.summary_field("bytes"), "1500000");
+    assert!(!out.stdout.contains("sent message"), "{}", out.describe());
+    assert!(
+        out.stdout.contains("received=300 lost=0"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// `sender | receiver` through a pipe made here, as a shell would.
+fn shell_pipe(sender_args: &[&str], receiver_args: &[&str]) -> (Output, Output) {
+    let (read_end, write_end) = cloexec_pipe();
+    let mut sender = demo(PIPE_DEMO, &[&["sender"], sender_args].concat());
+    sender
+        .stdin(Stdio::null())
+        .stdout(File::from(write_end))
+        .stderr(Stdio::piped());
+    let mut receiver = demo(PIPE_DEMO, &[&["receiver"], receiver_args].concat());
+    receiver
+        .stdin(File::from(read_end))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let sender = Proc::start(sender);
+    let receiver = Proc::start(receiver);
+    // Our copies of the ends went into the Commands, which `Proc::start`
+    // consumed and dropped: only the two demos hold the pipe now, so the
+    // receiver sees EOF when the sender exits.
+    let sent = sender.finish(LONG);
+    let received = receiver.finish(LONG);
+    sent.assert_no_panic();
+    received.assert_no_panic();
+    (sent, received)
+}
+
+#[test]
+fn shell_pipe_carries_100_000_small_messages() {
+    let (sent, received) = shell_pipe(
+        &["--count", "100000", "--size", "64", "--quiet"],
+        &["--count", "100000", "--quiet"],
+    );
+    assert_eq!(sent.code(), 0, "{}", sent.describe());
+    assert_ok(&received);
+    assert_eq!(received.summary_field("messages"), "100000");
+    assert_eq!(received.summary_field("bytes"), "6400000");
+    assert!(
+        received
+            .stdout
+            .contains("lost=0 duplicated=0 reordered=0 corrupted=0")
+    );
+}
+
+#[test]
+fn shell_pipe_carries_1000_messages_of_64_kib() {
+    let (sent, received) = shell_pipe(
+        &["--count", "1000", "--size", "65536", "--quiet"],
+        &["--count", "1000", "--quiet"],
+    );
+    assert_eq!(sent.code(), 0, "{}", sent.describe());
+    assert_ok(&received);
+    assert_eq!(received.summary_field("messages"), "1000");
+    assert_eq!(received.summary_field("bytes"), "65536000");
+}
+
+#[test]
+fn receiver_reports_each_kind_of_bad_message() {
+    // Play a faulty sender: a duplicate, a late message, corrupted bytes,
+    // and message 4 never sent. The receiver must not trust any of it.
+    let (read_end, write_end) = cloexec_pipe();
+    let mut cmd = demo(PIPE_DEMO, &["receiver", "--count", "6"]);
+    cmd.stdin(File::from(read_end))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let receiver = Proc::start(cmd);
+    let mut pipe = File::from(write_end);
+    let mut corrupt = payload::make(3, 64);
+    corrupt[30] ^= 0xff;
+    for body in [
+        payload::make(0, 64),
+        payload::make(2, 64),
+        payload::make(1, 64), // late
+        payload::make(1, 64), // again
+        corrupt,
+        payload::make(5, 64),
+    ] {
+        frame::write_frame(&mut pipe, &body).expect("write frame");
+    }
+    drop(pipe);
+    let out = receiver.finish(SHORT);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stdout
+            .contains("received=6 lost=2 duplicated=1 reordered=1 corrupted=1"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(out.summary_field("errors"), "5");
+    assert!(
+        out.stderr.contains("failed the check"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn receiver_reports_a_frame_cut_short() {
+    let (read_end, write_end) = cloexec_pipe();
+    let mut cmd = demo(PIPE_DEMO, &["receiver"]);
+    cmd.stdin(File::from(read_end))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let receiver = Proc::start(cmd);
+    let mut whole = Vec::new();
+    frame::write_frame(&mut whole, &payload::make(0, 64)).unwrap();
+    let mut pipe = File::from(write_end);
+    pipe.write_all(&whole[..20]).unwrap();
+    drop(pipe);
+    let out = receiver.finish(SHORT);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("stream ended inside a frame (16 of 64 bytes)"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn sender_stops_quietly_when_the_reader_leaves() {
+    // Like `pipe-demo sender | head -c 100`.
+    let (read_end, write_end) = cloexec_pipe();
+    let mut cmd = demo(PIPE_DEMO, &["sender", "--count", "1000000", "--quiet"]);
+    cmd.stdin(Stdio::null())
+        .stdout(File::from(write_end))
+        .stderr(Stdio::piped());
+    let sender = Proc::start(cmd);
+    let mut head = [0u8; 100];
+    File::from(read_end).read_exact(&mut head).unwrap(); // then closed: the reader left
+    let out = sender.finish(SHORT);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(out.stderr.contains("EPIPE"), "{}", out.describe());
+    assert!(!out.stderr.contains("error:"), "{}", out.describe());
+}
+
+#[test]
+fn pipeline_runs_two_real_commands() {
+    let out = run(
+        PIPE_DEMO,
+        &["pipeline", "printf a\\nb\\nc\\n", "wc -l"],
+        SHORT,
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        out.stdout.lines().any(|l| l.trim() == "3"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout
+            .contains("'printf a\\nb\\nc\\n' exited with status 0"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("'wc -l' exited with status 0"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn pipeline_gives_the_first_command_default_sigpipe() {
+    // `yes` never ends by itself: only SIGPIPE (default action) stops it.
+    let out = run(PIPE_DEMO, &["pipeline", "yes", "head -n 2"], SHORT);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        out.stdout.contains("'yes' was killed by SIGPIPE"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn pipeline_with_a_missing_command_fails_cleanly() {
+    for args in [
+        ["pipeline", "no-such-command-xyz --flag", "wc -l"],
+        ["pipeline", "echo hi", "no-such-command-xyz"],
+    ] {
+        let out = run(PIPE_DEMO, &args, SHORT); // also checks no process is left
+        assert_eq!(out.code(), 1, "{}", out.describe());
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{}", out.describe());
+        assert!(
+            lines[0].contains("execvp(\"no-such-command-xyz\")"),
+            "{}",
+            out.describe()
+        );
+        assert!(lines[0].contains("command not found"), "{}", out.describe());
+    }
+}
+
+#[test]
+fn bad_command_lines_exit_2_with_one_line_naming_the_problem() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--bogus"], "--bogus"),
+        (&["--count", "abc"], "--count"),
+        (&["--count"], "--count needs a value"),
+        (&["--count", ""], "--count"),
+        (&["--count", "0"], "--count"),
+        (&["--count", "-3"], "--count"),
+        (&["--count", "99999999999999999999"], "--count"),
+        (&["--size", "16777217"], "--size"),
+        (&["--size", "99999999999999999999999"], "--size"),
+        (&["--size", "4"], "--size"),
+        (&["sender", "--size", "x"], "--size"),
+        (&["receiver", "--size", "64"], "--size"),
+        (&["sendr"], "sendr"),
+        (&["pipeline", "ls"], "exactly two commands"),
+        (&["pipeline", "ls", "", "wc"], "empty"),
+    ];
+    for (args, needle) in cases {
+        let out = run(PIPE_DEMO, args, SHORT);
+        assert_eq!(out.code(), 2, "{args:?}\n{}", out.describe());
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}\n{}", out.describe());
+        assert!(lines[0].contains(needle), "{args:?}: {}", lines[0]);
+        assert!(out.stdout.is_empty(), "{args:?}\n{}", out.describe());
+    }
+}
+
+#[test]
+fn receiver_refuses_stdin_that_is_not_a_pipe() {
+    let file = std::env::current_exe().unwrap(); // any regular file
+    for (stdin, what) in [
+        (Stdio::null(), "a character device"),
+        (Stdio::from(File::open(&file).unwrap()), "a regular file"),
+    ] {
+        let mut cmd = demo(PIPE_DEMO, &["receiver"]);
+        cmd.stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = Proc::start(cmd).finish(SHORT);
+        out.assert_no_panic();
+        assert_eq!(out.code(), 2, "{}", out.describe());
+        assert!(
+            out.stderr.contains(&format!("stdin is {what}, not a pipe")),
+            "{}",
+            out.describe()
+        );
+    }
+}
+
+#[test]
+fn help_is_printed_on_stdout() {
+    let out = run(PIPE_DEMO, &["--help"], SHORT);
+    assert_eq!(out.code(), 0);
+    assert!(out.stdout.contains("USAGE:") && out.stdout.contains("pipe-demo pipeline"));
+    let out = run(PIPE_DEMO, &["sender", "-h"], SHORT);
+    assert_eq!(out.code(), 0);
+    assert!(out.stdout.contains("USAGE:"));
+}
+
+/// Start a long default run and return it with the forked child's pid.
+fn long_run() -> (Proc, Pid) {
+    let mut proc = Proc::spawn(
+        PIPE_DEMO,
+        &["--count", "1000000000", "--size", "4096", "--quiet"],
+    );
+    let line = proc.wait_for_line(|l| l.contains("fork() → child pid"), SHORT);
+    let pid: i32 = line.rsplit(' ').next().unwrap().parse().expect("child pid");
+    // Let the transfer get going, so the fault lands mid-stream.
+    std::thread::sleep(Duration::from_millis(300));
+    (proc, Pid::from_raw(pid))
+}
+
+#[test]
+fn a_child_killed_mid_stream_is_reported_not_waited_for() {
+    let (proc, child) = long_run();
+    nix::sys::signal::kill(child, Signal::SIGKILL).unwrap();
+    let out = proc.finish(SHORT);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stdout.contains("was killed by SIGKILL"),
+        "{}",
+        out.describe()
+    );
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("pipe-demo: error: the child (pid "),
+        "{}",
+        out.describe()
+    );
+    assert!(last.contains("was killed by SIGKILL"), "{}", out.describe());
+}
+
+#[test]
+fn ctrl_c_and_sigterm_stop_the_run_cleanly() {
+    for (signal, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
+        let (proc, _child) = long_run();
+        proc.signal(signal);
+        let out = proc.finish(SHORT); // also checks the child is gone
+        out.assert_no_panic();
+        assert_eq!(out.code(), code, "{}", out.describe());
+        assert!(
+            out.stderr
+                .contains(&format!("stopped by {signal}, cleaned up")),
+            "{}",
+            out.describe()
+        );
+    }
+}
+
+#[test]
+fn receiver_stops_on_sigint_while_blocked_in_read() {
+    // A writer that never writes: the receiver sits in read() until Ctrl-C.
+    let (read_end, write_end) = cloexec_pipe();
+    let mut cmd = demo(PIPE_DEMO, &["receiver"]);
+    cmd.stdin(File::from(read_end))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut receiver = Proc::start(cmd);
+    receiver.wait_for_line(|l| l.contains("reading frames until EOF"), SHORT);
+    std::thread::sleep(Duration::from_millis(200));
+    receiver.signal(Signal::SIGINT);
+    let out = receiver.finish(SHORT);
+    drop(write_end);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 130, "{}", out.describe());
+    assert!(
+        out.stderr.contains("stopped by SIGINT"),
+        "{}",
+        out.describe()
+    );
+}
