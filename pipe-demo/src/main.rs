@@ -692,3 +692,38 @@ fn wait_blocking(pid: Pid) -> Result<PeerExit> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::error::{UsageError, find_in_chain};
+
+    fn options(words: &[&str], role: Option<&str>) -> Result<Options> {
+        parse_options(&mut Args::new(words.iter().copied()), role)
+    }
+
+    #[test]
+    fn commands_split_on_whitespace() {
+        let argv = parse_command("  ls   -l /tmp ").unwrap();
+        assert_eq!(argv, [c"ls", c"-l", c"/tmp"].map(CString::from));
+        assert!(find_in_chain::<UsageError>(&parse_command("   ").unwrap_err()).is_some());
+    }
+
+    #[test]
+    fn options_have_defaults_and_limits() {
+        let opts = options(&[], None).unwrap();
+        assert_eq!(
+            (opts.count, opts.size, opts.quiet),
+            (DEFAULT_COUNT, DEFAULT_SIZE, false)
+        );
+        assert!(!opts.count_given);
+        let opts = options(&["--count", "9", "--size", "8", "--quiet"], Some("sender")).unwrap();
+        assert_eq!(
+            (opts.count, opts.size, opts.quiet, opts.count_given),
+            (9, 8, true, true)
+        );
+        // The receiver takes sizes from the frames, so --size is refused.
+        assert!(options(&["--size", "64"], Some("receiver")).is_err());
+        assert!(options(&["--size", &(MAX_FRAME + 1).to_string()], None).is_err());
+    }
+}
