@@ -169,12 +169,22 @@ impl Proc {
         }
     }
 
-    /// Spawn a demo with stdout and stderr captured.
+    /// Spawn a demo with no stdin and stdout and stderr captured.
     pub fn spawn(name: &str, args: &[&str]) -> Proc {
+        Proc::spawn_with(name, args, Stdio::null(), Stdio::piped())
+    }
+
+    /// Spawn a demo with the given stdin and stdout (e.g. pipe ends made by
+    /// the test: `File::from(fd)`); stderr is captured, and stdout too when
+    /// it is `Stdio::piped()`.
+    pub fn spawn_with(
+        name: &str,
+        args: &[&str],
+        stdin: impl Into<Stdio>,
+        stdout: impl Into<Stdio>,
+    ) -> Proc {
         let mut cmd = demo(name, args);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(stdin).stdout(stdout).stderr(Stdio::piped());
         Proc::start(cmd)
     }
 

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{frame, payload};
-use ipc_tests::{LONG, Output, Proc, SHORT, demo, run};
+use ipc_tests::{LONG, Output, Proc, SHORT, run};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
@@ -73,19 +73,21 @@ fn options_change_the_workload_and_quiet_drops_message_lines() {
 /// `sender | receiver` through a pipe made here, as a shell would.
 fn shell_pipe(sender_args: &[&str], receiver_args: &[&str]) -> (Output, Output) {
     let (read_end, write_end) = cloexec_pipe();
-    let mut sender = demo(PIPE_DEMO, &[&["sender"], sender_args].concat());
-    sender
-        .stdin(Stdio::null())
-        .stdout(File::from(write_end))
-        .stderr(Stdio::piped());
-    let mut receiver = demo(PIPE_DEMO, &[&["receiver"], receiver_args].concat());
-    receiver
-        .stdin(File::from(read_end))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let sender = Proc::start(sender);
-    let receiver = Proc::start(receiver);
-    // Our copies of the ends went into the Commands, which `Proc::start`
+    let sender_args = [&["sender"], sender_args].concat();
+    let receiver_args = [&["receiver"], receiver_args].concat();
+    let sender = Proc::spawn_with(
+        PIPE_DEMO,
+        &sender_args,
+        Stdio::null(),
+        File::from(write_end),
+    );
+    let receiver = Proc::spawn_with(
+        PIPE_DEMO,
+        &receiver_args,
+        File::from(read_end),
+        Stdio::piped(),
+    );
+    // Our copies of the ends went into the Commands, which `spawn_with`
     // consumed and dropped: only the two demos hold the pipe now, so the
     // receiver sees EOF when the sender exits.
     let sent = sender.finish(LONG);
@@ -95,33 +97,29 @@ fn shell_pipe(sender_args: &[&str], receiver_args: &[&str]) -> (Output, Output) 
     (sent, received)
 }
 
-#[test]
-fn shell_pipe_carries_100_000_small_messages() {
+/// `count` messages of `size` bytes through `sender | receiver`, all checked.
+fn transfer(count: &str, size: &str) {
     let (sent, received) = shell_pipe(
-        &["--count", "100000", "--size", "64", "--quiet"],
-        &["--count", "100000", "--quiet"],
+        &["--count", count, "--size", size, "--quiet"],
+        &["--count", count, "--quiet"],
     );
     assert_eq!(sent.code(), 0, "{}", sent.describe());
     assert_ok(&received);
-    assert_eq!(received.summary_field("messages"), "100000");
-    assert_eq!(received.summary_field("bytes"), "6400000");
-    assert!(
-        received
-            .stdout
-            .contains("lost=0 duplicated=0 reordered=0 corrupted=0")
-    );
+    assert_eq!(received.summary_field("messages"), count);
+    let bytes = count.parse::<u64>().unwrap() * size.parse::<u64>().unwrap();
+    assert_eq!(received.summary_field("bytes"), bytes.to_string());
+    let clean = format!("received={count} lost=0 duplicated=0 reordered=0 corrupted=0");
+    assert!(received.stdout.contains(&clean), "{}", received.describe());
+}
+
+#[test]
+fn shell_pipe_carries_100_000_small_messages() {
+    transfer("100000", "64");
 }
 
 #[test]
 fn shell_pipe_carries_1000_messages_of_64_kib() {
-    let (sent, received) = shell_pipe(
-        &["--count", "1000", "--size", "65536", "--quiet"],
-        &["--count", "1000", "--quiet"],
-    );
-    assert_eq!(sent.code(), 0, "{}", sent.describe());
-    assert_ok(&received);
-    assert_eq!(received.summary_field("messages"), "1000");
-    assert_eq!(received.summary_field("bytes"), "65536000");
+    transfer("1000", "65536");
 }
 
 #[test]
@@ -129,11 +127,12 @@ fn receiver_reports_each_kind_of_bad_message() {
     // Play a faulty sender: a duplicate, a late message, corrupted bytes,
     // and message 4 never sent. The receiver must not trust any of it.
     let (read_end, write_end) = cloexec_pipe();
-    let mut cmd = demo(PIPE_DEMO, &["receiver", "--count", "6"]);
-    cmd.stdin(File::from(read_end))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let receiver = Proc::start(cmd);
+    let receiver = Proc::spawn_with(
+        PIPE_DEMO,
+        &["receiver", "--count", "6"],
+        File::from(read_end),
+        Stdio::piped(),
+    );
     let mut pipe = File::from(write_end);
     let mut corrupt = payload::make(3, 64);
     corrupt[30] ^= 0xff;
@@ -168,11 +167,12 @@ fn receiver_reports_each_kind_of_bad_message() {
 #[test]
 fn receiver_reports_a_frame_cut_short() {
     let (read_end, write_end) = cloexec_pipe();
-    let mut cmd = demo(PIPE_DEMO, &["receiver"]);
-    cmd.stdin(File::from(read_end))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let receiver = Proc::start(cmd);
+    let receiver = Proc::spawn_with(
+        PIPE_DEMO,
+        &["receiver"],
+        File::from(read_end),
+        Stdio::piped(),
+    );
     let mut whole = Vec::new();
     frame::write_frame(&mut whole, &payload::make(0, 64)).unwrap();
     let mut pipe = File::from(write_end);
@@ -193,11 +193,12 @@ fn receiver_reports_a_frame_cut_short() {
 fn sender_stops_quietly_when_the_reader_leaves() {
     // Like `pipe-demo sender | head -c 100`.
     let (read_end, write_end) = cloexec_pipe();
-    let mut cmd = demo(PIPE_DEMO, &["sender", "--count", "1000000", "--quiet"]);
-    cmd.stdin(Stdio::null())
-        .stdout(File::from(write_end))
-        .stderr(Stdio::piped());
-    let sender = Proc::start(cmd);
+    let sender = Proc::spawn_with(
+        PIPE_DEMO,
+        &["sender", "--count", "1000000", "--quiet"],
+        Stdio::null(),
+        File::from(write_end),
+    );
     let mut head = [0u8; 100];
     File::from(read_end).read_exact(&mut head).unwrap(); // then closed: the reader left
     let out = sender.finish(SHORT);
@@ -300,11 +301,7 @@ fn receiver_refuses_stdin_that_is_not_a_pipe() {
         (Stdio::null(), "a character device"),
         (Stdio::from(File::open(&file).unwrap()), "a regular file"),
     ] {
-        let mut cmd = demo(PIPE_DEMO, &["receiver"]);
-        cmd.stdin(stdin)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let out = Proc::start(cmd).finish(SHORT);
+        let out = Proc::spawn_with(PIPE_DEMO, &["receiver"], stdin, Stdio::piped()).finish(SHORT);
         out.assert_no_panic();
         assert_eq!(out.code(), 2, "{}", out.describe());
         assert!(
@@ -380,11 +377,12 @@ fn ctrl_c_and_sigterm_stop_the_run_cleanly() {
 fn receiver_stops_on_sigint_while_blocked_in_read() {
     // A writer that never writes: the receiver sits in read() until Ctrl-C.
     let (read_end, write_end) = cloexec_pipe();
-    let mut cmd = demo(PIPE_DEMO, &["receiver"]);
-    cmd.stdin(File::from(read_end))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut receiver = Proc::start(cmd);
+    let mut receiver = Proc::spawn_with(
+        PIPE_DEMO,
+        &["receiver"],
+        File::from(read_end),
+        Stdio::piped(),
+    );
     receiver.wait_for_line(|l| l.contains("reading frames until EOF"), SHORT);
     std::thread::sleep(Duration::from_millis(200));
     receiver.signal(Signal::SIGINT);
