@@ -5,12 +5,15 @@
 //! - `fork()`, written out in the demo itself, when the mechanism needs a
 //!   related process (an anonymous pipe is only inherited); wait for it
 //!   with [`wait_pid`].
-//! - [`spawn_self`]: a fresh run of this same program with a role, when the
-//!   mechanism works between unrelated processes (FIFO, queues, shm,
-//!   sockets); wait for it with [`wait_child`].
+//! - [`Peer::spawn_self`]: a fresh run of this same program with a role,
+//!   when the mechanism works between unrelated processes (FIFO, queues,
+//!   shm, sockets). A `Peer` that is dropped while still running (the
+//!   parent failed or was interrupted) is stopped and reaped, so no process
+//!   is orphaned.
 //!
-//! Both waits take a timeout: a peer that hangs is killed and reported, so
-//! a demo never hangs with it.
+//! Waits take a timeout: a peer that hangs is killed and reported, so a
+//! demo never hangs with it. They also end on Ctrl-C
+//! ([`cleanup::stop_requested`](crate::cleanup::stop_requested)).
 
 use std::fmt;
 use std::process::{Child, Command, ExitStatus};
@@ -66,17 +69,85 @@ impl From<ExitStatus> for PeerExit {
     }
 }
 
-/// Start this program again with `args` (e.g. `["receiver", "--path", p]`),
-/// sharing our stdin, stdout and stderr.
-pub fn spawn_self<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe().context("current_exe()")?;
-    Command::new(&exe)
-        .args(args)
-        .spawn()
-        .with_context(|| format!("spawn({})", exe.display()))
+/// A child process running another role of this program.
+#[derive(Debug)]
+pub struct Peer {
+    child: Child,
 }
 
-/// Wait for a child started with [`spawn_self`] for at most `timeout`.
+impl Peer {
+    /// Start this program again with `args` (e.g. `["receiver", "--path",
+    /// p]`), sharing our stdin, stdout and stderr.
+    pub fn spawn_self<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> anyhow::Result<Peer> {
+        let exe = std::env::current_exe().context("current_exe()")?;
+        let child = Command::new(&exe)
+            .args(args)
+            .spawn()
+            .with_context(|| format!("spawn({})", exe.display()))?;
+        Ok(Peer { child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How it ended, if it has (without waiting).
+    pub fn try_wait(&mut self) -> anyhow::Result<Option<PeerExit>> {
+        let pid = self.child.id();
+        let status = self
+            .child
+            .try_wait()
+            .with_context(|| format!("waitpid({pid})"))?;
+        Ok(status.map(PeerExit::from))
+    }
+
+    /// Wait for it to end, at most `timeout` (`None`: as long as it runs).
+    /// Returns `Interrupted` if we are asked to stop meanwhile; dropping
+    /// the `Peer` then stops the child too.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> anyhow::Result<PeerExit> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(exit) = self.try_wait()? {
+                return Ok(exit);
+            }
+            crate::cleanup::check_stop()?;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.kill_and_reap();
+                return Ok(PeerExit::TimedOut);
+            }
+            sleep(POLL);
+        }
+    }
+
+    fn kill_and_reap(&mut self) {
+        // SIGKILL cannot be caught: the child ends now, then we reap it so
+        // that it does not stay a zombie.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return; // already ended and reaped
+        }
+        // Ask politely first, so the child can clean up its own objects;
+        // SIGKILL if it has not finished within a few seconds.
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            sleep(POLL);
+        }
+        self.kill_and_reap();
+    }
+}
+
+/// Wait for a `std::process::Child` for at most `timeout`, reaping it.
 pub fn wait_child(child: &mut Child, timeout: Duration) -> anyhow::Result<PeerExit> {
     let pid = child.id();
     let deadline = Instant::now() + timeout;
@@ -145,6 +216,21 @@ mod tests {
         let exit = wait_child(&mut killed, Duration::from_secs(30)).unwrap();
         assert_eq!(exit, PeerExit::Killed(Signal::SIGKILL));
         assert_eq!(exit.to_string(), "was killed by SIGKILL");
+    }
+
+    #[test]
+    fn a_dropped_peer_is_stopped_and_reaped() {
+        let child = Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        drop(Peer { child });
+        assert_eq!(waitpid(pid, Some(WaitPidFlag::WNOHANG)), Err(Errno::ECHILD));
+        let child = Command::new("sleep").arg("60").spawn().unwrap();
+        let mut peer = Peer { child };
+        assert_eq!(peer.try_wait().unwrap(), None);
+        assert_eq!(
+            peer.wait(Some(Duration::from_millis(50))).unwrap(),
+            PeerExit::TimedOut
+        );
     }
 
     #[test]

@@ -88,13 +88,15 @@ impl Output {
         )
     }
 
-    /// The `summary:` line, parsed into `key=value` pairs.
+    /// The last `summary:` line (a run that prints its peer's summary too
+    /// ends with its own), parsed into `key=value` pairs.
     pub fn summary(&self) -> Vec<(String, String)> {
         let line = self
             .stdout
             .lines()
             .chain(self.stderr.lines())
-            .find(|l| l.starts_with("summary: "))
+            .filter(|l| l.starts_with("summary: "))
+            .last()
             .unwrap_or_else(|| panic!("no summary line\n{}", self.describe()));
         line["summary: ".len()..]
             .split_whitespace()
