@@ -95,8 +95,7 @@ impl Output {
             .stdout
             .lines()
             .chain(self.stderr.lines())
-            .filter(|l| l.starts_with("summary: "))
-            .last()
+            .rfind(|l| l.starts_with("summary: "))
             .unwrap_or_else(|| panic!("no summary line\n{}", self.describe()));
         line["summary: ".len()..]
             .split_whitespace()
@@ -192,6 +191,11 @@ impl Proc {
 
     pub fn pid(&self) -> Pid {
         self.pgid
+    }
+
+    /// True while the demo process has not exited.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
     }
 
     /// Wait until a stdout line satisfies `want`; returns it.
