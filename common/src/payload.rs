@@ -30,13 +30,29 @@ pub const MIN_SIZE: usize = 8;
 /// Writing into the caller's buffer lets shared memory build a message in
 /// place. A `buf` shorter than [`MIN_SIZE`] gets the first bytes of `seq`.
 pub fn fill(seq: u64, buf: &mut [u8]) {
+    fill_at(seq, buf.len(), 0, buf);
+}
+
+/// Fill `buf` with bytes `offset..offset + buf.len()` of the body of message
+/// `seq` of `size` bytes: a message split across several slots is written
+/// piece by piece, straight into each slot.
+pub fn fill_at(seq: u64, size: usize, offset: usize, buf: &mut [u8]) {
     let seq_bytes = seq.to_le_bytes();
-    let head = buf.len().min(MIN_SIZE);
-    buf[..head].copy_from_slice(&seq_bytes[..head]);
-    let mut rng = SplitMix64::new(seq, buf.len());
-    for chunk in buf[head..].chunks_mut(8) {
-        let word = rng.next().to_le_bytes();
-        chunk.copy_from_slice(&word[..chunk.len()]);
+    let rng = SplitMix64::new(seq, size);
+    let (mut pos, mut out) = (offset, 0);
+    while out < buf.len() {
+        // Bytes 0..8 are the sequence number; after that, word k of the
+        // generator supplies bytes 8 + 8k .. 8 + 8k + 8.
+        let (source, within) = if pos < MIN_SIZE {
+            (seq_bytes, pos)
+        } else {
+            let k = (pos - MIN_SIZE) / 8;
+            (rng.word(k as u64).to_le_bytes(), (pos - MIN_SIZE) % 8)
+        };
+        let n = (8 - within).min(buf.len() - out);
+        buf[out..out + n].copy_from_slice(&source[within..within + n]);
+        pos += n;
+        out += n;
     }
 }
 
@@ -53,8 +69,10 @@ pub fn seq_of(body: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(head))
 }
 
-/// A small, fast, well-mixed generator (SplitMix64); the seed mixes the
-/// sequence number and the size.
+/// A small, well-mixed generator (SplitMix64) seeded with the sequence
+/// number and the size. Word `k` is computed directly from `k` (SplitMix64
+/// is a counter passed through a mixer), so any piece of a body can be
+/// generated or checked on its own.
 struct SplitMix64(u64);
 
 impl SplitMix64 {
@@ -62,9 +80,10 @@ impl SplitMix64 {
         SplitMix64(seq ^ (size as u64).rotate_left(32) ^ 0x6970_632d_6578_616d)
     }
 
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
+    fn word(&self, k: u64) -> u64 {
+        let mut z = self
+            .0
+            .wrapping_add(k.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
@@ -153,11 +172,28 @@ impl Checker {
         }
     }
 
-    /// Check one body.
+    /// Check one body; its sequence number is its first 8 bytes.
     pub fn check(&mut self, body: &[u8]) -> Verdict {
+        self.check_inner(seq_of(body), body)
+    }
+
+    /// Check one body whose sequence number the transport carried beside
+    /// it (e.g. in a shared-memory slot header), for bodies of any size,
+    /// even shorter than 8 bytes. The body must still agree with `seq`.
+    pub fn check_numbered(&mut self, seq: u64, body: &[u8]) -> Verdict {
+        if seq_of(body).is_some_and(|inside| inside != seq) {
+            self.report.received += 1;
+            self.report.bytes += body.len() as u64;
+            self.report.corrupted += 1;
+            return Verdict::Corrupted("sequence number differs from the one in the body");
+        }
+        self.check_inner(Some(seq), body)
+    }
+
+    fn check_inner(&mut self, seq: Option<u64>, body: &[u8]) -> Verdict {
         self.report.received += 1;
         self.report.bytes += body.len() as u64;
-        let verdict = self.classify(body);
+        let verdict = self.classify(seq, body);
         match verdict {
             Verdict::Ok => {}
             Verdict::Reordered => self.report.reordered += 1,
@@ -167,8 +203,8 @@ impl Checker {
         verdict
     }
 
-    fn classify(&mut self, body: &[u8]) -> Verdict {
-        let Some(seq) = seq_of(body) else {
+    fn classify(&mut self, seq: Option<u64>, body: &[u8]) -> Verdict {
+        let Some(seq) = seq else {
             return Verdict::Corrupted("shorter than the 8-byte sequence number");
         };
         if self.expected.is_some_and(|n| seq >= n) {
@@ -208,12 +244,14 @@ impl Checker {
     }
 }
 
-/// Compare without allocating: regenerate the body word by word.
+/// Compare without allocating: regenerate the body piece by piece.
 fn matches_body(seq: u64, body: &[u8]) -> bool {
-    let mut rng = SplitMix64::new(seq, body.len());
-    body[MIN_SIZE..]
-        .chunks(8)
-        .all(|chunk| chunk == &rng.next().to_le_bytes()[..chunk.len()])
+    let mut expected = [0u8; 64];
+    body.chunks(expected.len()).enumerate().all(|(i, chunk)| {
+        let piece = &mut expected[..chunk.len()];
+        fill_at(seq, body.len(), i * 64, piece);
+        chunk == piece
+    })
 }
 
 #[cfg(test)]
@@ -262,6 +300,31 @@ mod tests {
         );
         assert_eq!(r.errors(), 7);
         assert_eq!(r.received, 8);
+    }
+
+    #[test]
+    fn pieces_match_the_whole() {
+        let whole = make(9, 1000);
+        let mut pieces = vec![0u8; 1000];
+        for (i, chunk) in pieces.chunks_mut(77).enumerate() {
+            fill_at(9, 1000, i * 77, chunk);
+        }
+        assert_eq!(pieces, whole);
+    }
+
+    #[test]
+    fn numbered_bodies_of_any_size() {
+        let mut c = Checker::new(Some(20));
+        for size in 1..20usize {
+            let seq = size as u64 - 1;
+            assert_eq!(c.check_numbered(seq, &make(seq, size)), Verdict::Ok, "size {size}");
+        }
+        // A 3-byte body of message 19 is not a body of message 18.
+        assert!(matches!(c.check_numbered(18, &make(19, 3)), Verdict::Corrupted(_)));
+        // The number inside a long body must agree with the one beside it.
+        assert!(matches!(c.check_numbered(19, &make(5, 64)), Verdict::Corrupted(_)));
+        assert_eq!(c.check_numbered(19, &make(19, 64)), Verdict::Ok);
+        assert_eq!(c.report().errors(), 2);
     }
 
     #[test]
