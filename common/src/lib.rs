@@ -9,7 +9,8 @@
 //! - [`frame`]: length-prefixed messages over a byte stream.
 //! - [`payload`]: message bodies a receiver can check without trusting the sender.
 //! - [`cleanup`]: Ctrl-C handling and guards that remove named kernel objects.
-//! - [`peer`]: start, wait for and describe the other process.
+//! - [`peer`]: start, wait for and describe the other process; is it alive?
+//! - [`psem`]: POSIX semaphores (`sem_init`, `sem_timedwait`, ...) over `libc`.
 //! - [`report`]: narration lines and the summary line.
 
 pub mod cleanup;
@@ -18,4 +19,5 @@ pub mod error;
 pub mod frame;
 pub mod payload;
 pub mod peer;
+pub mod psem;
 pub mod report;

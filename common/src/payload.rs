@@ -317,12 +317,22 @@ mod tests {
         let mut c = Checker::new(Some(20));
         for size in 1..20usize {
             let seq = size as u64 - 1;
-            assert_eq!(c.check_numbered(seq, &make(seq, size)), Verdict::Ok, "size {size}");
+            assert_eq!(
+                c.check_numbered(seq, &make(seq, size)),
+                Verdict::Ok,
+                "size {size}"
+            );
         }
         // A 3-byte body of message 19 is not a body of message 18.
-        assert!(matches!(c.check_numbered(18, &make(19, 3)), Verdict::Corrupted(_)));
+        assert!(matches!(
+            c.check_numbered(18, &make(19, 3)),
+            Verdict::Corrupted(_)
+        ));
         // The number inside a long body must agree with the one beside it.
-        assert!(matches!(c.check_numbered(19, &make(5, 64)), Verdict::Corrupted(_)));
+        assert!(matches!(
+            c.check_numbered(19, &make(5, 64)),
+            Verdict::Corrupted(_)
+        ));
         assert_eq!(c.check_numbered(19, &make(19, 64)), Verdict::Ok);
         assert_eq!(c.report().errors(), 2);
     }

@@ -147,6 +147,30 @@ impl Drop for Peer {
     }
 }
 
+/// Is process `pid` still running? A pid read from shared memory is
+/// untrusted: 0 or a negative number would make `kill` address a whole
+/// process group (or every process), so those are "not running".
+/// A zombie (exited, not yet reaped by its parent) counts as not running.
+pub fn alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // Signal 0: existence and permission check only, nothing is sent.
+    match kill(Pid::from_raw(pid), None) {
+        Ok(()) | Err(Errno::EPERM) => {}
+        Err(_) => return false,
+    }
+    // /proc/PID/stat: "PID (comm) STATE ..."; comm may contain spaces and
+    // parentheses, so the state is the first field after the last ')'.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false, // gone between kill and read
+    }
+}
+
 /// Wait for a `std::process::Child` for at most `timeout`, reaping it.
 pub fn wait_child(child: &mut Child, timeout: Duration) -> anyhow::Result<PeerExit> {
     let pid = child.id();
@@ -216,6 +240,22 @@ mod tests {
         let exit = wait_child(&mut killed, Duration::from_secs(30)).unwrap();
         assert_eq!(exit, PeerExit::Killed(Signal::SIGKILL));
         assert_eq!(exit.to_string(), "was killed by SIGKILL");
+    }
+
+    #[test]
+    fn alive_sees_running_zombie_and_bogus_pids() {
+        assert!(alive(std::process::id() as i32));
+        assert!(!alive(0) && !alive(-1));
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        // Exited but not reaped: a zombie, which is not alive.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while alive(pid) && Instant::now() < deadline {
+            sleep(POLL);
+        }
+        assert!(!alive(pid));
+        child.wait().unwrap();
+        assert!(!alive(pid));
     }
 
     #[test]
