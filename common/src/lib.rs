@@ -12,6 +12,7 @@
 //! - [`peer`]: start, wait for and describe the other process; is it alive?
 //! - [`psem`]: POSIX semaphores (`sem_init`, `sem_timedwait`, ...) over `libc`.
 //! - [`report`]: narration lines and the summary line.
+//! - [`sysv_sem`]: System V semaphore sets (`semget`, `semctl`, `semop`) over `libc`.
 
 pub mod cleanup;
 pub mod cli;
@@ -21,3 +22,4 @@ pub mod payload;
 pub mod peer;
 pub mod psem;
 pub mod report;
+pub mod sysv_sem;

@@ -358,3 +358,228 @@ fn bad_command_lines_exit_2_with_one_line_naming_the_problem() {
         assert!(lines[0].contains(needle), "{args:?}: {}", lines[0]);
     }
 }
+
+// ---------------------------------------------------------------------------
+// The System V variant
+// ---------------------------------------------------------------------------
+
+/// A key file for ftok, in a private directory removed with the guard.
+fn key_file() -> (common::cleanup::PrivateDir, String) {
+    let dir = common::cleanup::PrivateDir::create("shm-demo-test").expect("dir");
+    let path = dir.path().join("key");
+    std::fs::write(&path, b"").unwrap();
+    let path = path.to_str().unwrap().to_string();
+    (dir, path)
+}
+
+/// Lines of `ipcs -m -s` that mention `key` (as printed in a ftok line).
+fn ipcs_lines_with(key: &str) -> Vec<String> {
+    let out = std::process::Command::new("ipcs")
+        .args(["-m", "-s"])
+        .output()
+        .expect("ipcs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(key))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The key a System V run announced: "ftok(...) = 0x5300000d: ...".
+fn announced_key(out: &str) -> String {
+    let line = out
+        .lines()
+        .find(|l| l.contains("ftok("))
+        .expect("ftok line");
+    line.split(" = ")
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn sysv_story_shows_nattch_undo_and_rmid_and_leaves_nothing() {
+    let out = run(SHM_DEMO, &["sysv"], SHORT);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_eq!(out.summary_field("mechanism"), "shm-sysv");
+    assert_eq!(out.summary_field("errors"), "0");
+    for expected in [
+        "IPC_CREAT|IPC_EXCL|0600) = shmid",
+        "shmat: attached; shmid",
+        "shm_nattch = 1",
+        "shm_nattch = 2",
+        "semop(scratch, +1, SEM_UNDO): scratch = 1",
+        "semctl(GETVAL, scratch) = 0",
+        "key 0x00000000",
+        "marked for removal (SHM_DEST)",
+        "the last detach: shmid",
+        "no such segment, gone",
+        "for semid",
+    ] {
+        assert!(
+            out.stdout.contains(expected),
+            "missing {expected:?}\n{}",
+            out.describe()
+        );
+    }
+    let key = announced_key(&out.stdout);
+    assert!(
+        ipcs_lines_with(&key).is_empty(),
+        "left in ipcs: {:?}",
+        ipcs_lines_with(&key)
+    );
+}
+
+#[test]
+fn sysv_two_processes_and_bulk_sizes() {
+    let (_dir, key) = key_file();
+    let mut receiver = Proc::spawn(
+        SHM_DEMO,
+        &[
+            "sysv", "receiver", "--key", &key, "--count", "300", "--quiet",
+        ],
+    );
+    receiver.wait_for_line(|l| l.contains("waiting for a sender"), SHORT);
+    let args = [
+        "sysv", "sender", "--key", &key, "--count", "300", "--size", "10000", "--quiet",
+    ];
+    let sent = run(SHM_DEMO, &args, LONG);
+    assert_eq!(sent.code(), 0, "{}", sent.describe());
+    let out = receiver.finish(LONG);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_eq!(out.summary_field("bytes"), "3000000");
+    assert_eq!(out.summary_field("errors"), "0");
+    let announced = announced_key(&out.stdout);
+    assert!(ipcs_lines_with(&announced).is_empty());
+}
+
+#[test]
+fn sysv_peers_killed_mid_transfer_leave_nothing_in_ipcs() {
+    for victim in ["sender", "receiver"] {
+        let (_dir, key) = key_file();
+        let mut receiver = Proc::spawn(SHM_DEMO, &["sysv", "receiver", "--key", &key, "--quiet"]);
+        let ftok = receiver.wait_for_line(|l| l.contains("ftok("), SHORT);
+        let announced = announced_key(&ftok);
+        receiver.wait_for_line(|l| l.contains("waiting for a sender"), SHORT);
+        let mut sender = Proc::spawn(
+            SHM_DEMO,
+            &[
+                "sysv",
+                "sender",
+                "--key",
+                &key,
+                "--count",
+                "1000000000",
+                "--quiet",
+            ],
+        );
+        sender.wait_for_line(|l| l.contains("writing each message"), SHORT);
+        sleep(Duration::from_millis(300));
+        let (killed, survivor) = if victim == "sender" {
+            (sender, receiver)
+        } else {
+            (receiver, sender)
+        };
+        killed.signal(Signal::SIGKILL);
+        let at = Instant::now();
+        let out = survivor.finish(SHORT);
+        assert!(
+            at.elapsed() < Duration::from_secs(5),
+            "{victim}: took {:?}",
+            at.elapsed()
+        );
+        let _ = killed.finish(SHORT);
+        out.assert_no_panic();
+        assert_eq!(out.code(), 1, "{victim} killed\n{}", out.describe());
+        assert!(
+            out.stderr.contains(&format!("the {victim} (pid ")),
+            "{}",
+            out.describe()
+        );
+        assert!(
+            ipcs_lines_with(&announced).is_empty(),
+            "{victim} killed: {:?}",
+            ipcs_lines_with(&announced)
+        );
+    }
+}
+
+#[test]
+fn sysv_stale_objects_are_replaced_and_options_checked() {
+    let (_dir, key) = key_file();
+    let mut first = Proc::spawn(SHM_DEMO, &["sysv", "receiver", "--key", &key]);
+    first.wait_for_line(|l| l.contains("waiting for a sender"), SHORT);
+    first.signal(Signal::SIGKILL);
+    let _ = first.finish(SHORT);
+    let mut second = Proc::spawn(
+        SHM_DEMO,
+        &["sysv", "receiver", "--key", &key, "--count", "2"],
+    );
+    second.wait_for_line(|l| l.contains("waiting for a sender"), SHORT);
+    assert_eq!(
+        run(
+            SHM_DEMO,
+            &["sysv", "sender", "--key", &key, "--count", "2"],
+            SHORT
+        )
+        .code(),
+        0
+    );
+    let out = second.finish(SHORT);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        out.stdout.contains("is gone: stale, removing it"),
+        "{}",
+        out.describe()
+    );
+    assert!(ipcs_lines_with(&announced_key(&out.stdout)).is_empty());
+
+    let missing = format!("{key}.missing");
+    let out = run(SHM_DEMO, &["sysv", "receiver", "--key", &missing], SHORT);
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("--key must name an existing file"),
+        "{}",
+        out.describe()
+    );
+    let out = run(SHM_DEMO, &["sysv", "sender", "--key", &key], SHORT);
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("start 'shm-demo sysv receiver --key"),
+        "{}",
+        out.describe()
+    );
+    for (args, needle) in [
+        (&["sysv", "receiver"][..], "--key"),
+        (&["sysv", "sender", "--name", "/x"][..], "--name"),
+        (&["sysv", "--key", "/tmp"][..], "--key"),
+        (&["receiver", "--key", "/tmp"][..], "--key"),
+    ] {
+        let out = run(SHM_DEMO, args, SHORT);
+        assert_eq!(out.code(), 2, "{args:?}\n{}", out.describe());
+        assert!(out.stderr.contains(needle), "{args:?}\n{}", out.describe());
+    }
+}
+
+#[test]
+fn sysv_ctrl_c_removes_both_objects() {
+    let (_dir, key) = key_file();
+    let mut receiver = Proc::spawn(SHM_DEMO, &["sysv", "receiver", "--key", &key]);
+    let announced = announced_key(&receiver.wait_for_line(|l| l.contains("ftok("), SHORT));
+    receiver.wait_for_line(|l| l.contains("waiting for a sender"), SHORT);
+    assert_eq!(
+        ipcs_lines_with(&announced).len(),
+        2,
+        "a segment and a semaphore set"
+    );
+    receiver.signal(Signal::SIGINT);
+    let out = receiver.finish(SHORT);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 130, "{}", out.describe());
+    assert!(ipcs_lines_with(&announced).is_empty());
+}

@@ -1,0 +1,516 @@
+//! The ring both variants share: the segment's layout, its mapping, the
+//! two semaphores' roles, and the send and receive loops. POSIX (`posix.rs`)
+//! and System V (`sysv.rs`) differ only in how they make, find and remove
+//! the memory and the semaphores.
+
+use std::cell::UnsafeCell;
+use std::ffi::c_void;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use common::cleanup::check_stop;
+use common::payload::{self, CheckReport, Checker, Verdict};
+use common::peer::alive;
+use common::psem::{SharedSem, Wait};
+use common::report::{Narrator, Summary};
+use common::sysv_sem::SemSet;
+
+/// "IPCSHM01": the first 8 bytes of every segment this demo makes.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"IPCSHM01");
+/// Bumped whenever the layout changes, so old and new programs refuse
+/// each other's segments instead of misreading them.
+pub const VERSION: u32 = 1;
+pub const MAX_SLOTS: u32 = 1024;
+pub const MAX_SLOT_SIZE: u32 = 1024 * 1024;
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// Which semaphores guard the ring, stored in the header so a POSIX sender
+/// never uses a System V segment's (unused) `sem_t` fields, or the reverse.
+pub const SYNC_POSIX: u32 = 1;
+pub const SYNC_SYSV: u32 = 2;
+/// A slot whose piece says "no more messages".
+const FLAG_END: u32 = 1;
+/// How long one semaphore wait lasts before we check that the peer lives.
+const TICK: Duration = Duration::from_millis(100);
+/// How long a sender waits for a receiver that is still initialising.
+const INIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------
+// The layout. Everything another process writes is an atomic or sits in an
+// UnsafeCell (the semaphores), so a `&Header` never promises that memory
+// does not change under us.
+// ---------------------------------------------------------------------------
+
+#[repr(C)]
+pub struct Header {
+    /// Written last by the receiver (Release): a sender that reads MAGIC
+    /// (Acquire) sees every field stored before it.
+    pub magic: AtomicU64,
+    pub version: AtomicU32,
+    pub slot_count: AtomicU32,
+    pub slot_size: AtomicU32,
+    pub receiver_pid: AtomicI32,
+    /// 0 until a sender attaches.
+    pub sender_pid: AtomicI32,
+    /// SYNC_POSIX or SYNC_SYSV.
+    pub sync: AtomicU32,
+    /// POSIX variant: counts free slots. The sender waits on it before
+    /// writing a slot, so it never overwrites a message not yet read.
+    pub empty: UnsafeCell<libc::sem_t>,
+    /// POSIX variant: counts filled slots. The receiver waits on it before
+    /// reading a slot, so it never reads one the sender is still writing.
+    pub full: UnsafeCell<libc::sem_t>,
+}
+
+#[repr(C)]
+struct SlotHeader {
+    /// Which message this piece belongs to.
+    seq: AtomicU64,
+    /// The whole message's length.
+    message_len: AtomicU64,
+    /// Where this piece starts within the message.
+    offset: AtomicU64,
+    /// Bytes of data in this slot (at most the slot size).
+    piece_len: AtomicU32,
+    flags: AtomicU32,
+}
+
+const fn round_up(n: usize, to: usize) -> usize {
+    n.div_ceil(to) * to
+}
+
+/// Header, then slots, each on a 64-byte (cache line) boundary, so two
+/// slots never share a cache line that both processes write.
+pub const HEADER_SPACE: usize = round_up(size_of::<Header>(), 64);
+
+fn slot_stride(slot_size: usize) -> usize {
+    round_up(size_of::<SlotHeader>() + slot_size, 64)
+}
+
+pub fn segment_len(slot_count: u32, slot_size: u32) -> usize {
+    HEADER_SPACE + slot_count as usize * slot_stride(slot_size as usize)
+}
+
+/// How a mapping is undone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detach {
+    /// POSIX: `munmap(base, len)`.
+    Munmap,
+    /// System V: `shmdt(base)`.
+    Shmdt,
+}
+
+/// One mapping of a segment; unmapped (or detached) on drop.
+pub struct Segment {
+    base: NonNull<c_void>,
+    len: usize,
+    detach: Detach,
+    slot_count: usize,
+    slot_size: usize,
+}
+
+impl Segment {
+    /// Take charge of `len` bytes mapped at `base`.
+    ///
+    /// # Safety
+    ///
+    /// `base..base + len` must be a live shared mapping made by `mmap`
+    /// (`Detach::Munmap`) or `shmat` (`Detach::Shmdt`), page-aligned, not
+    /// accessed through anything but this `Segment` in this process.
+    pub unsafe fn new(base: NonNull<c_void>, len: usize, detach: Detach) -> Segment {
+        Segment {
+            base,
+            len,
+            detach,
+            slot_count: 0,
+            slot_size: 0,
+        }
+    }
+
+    pub fn header(&self) -> &Header {
+        assert!(self.len >= HEADER_SPACE, "mapping too small for a header");
+        // SAFETY: the mapping is at least HEADER_SPACE long (checked above)
+        // and page-aligned; Header holds only atomics and UnsafeCells,
+        // valid for any bit pattern and for memory others change.
+        unsafe { self.base.cast::<Header>().as_ref() }
+    }
+
+    /// The slot header and data pointer of slot `i`.
+    fn slot(&self, i: usize) -> (&SlotHeader, *mut u8) {
+        assert!(i < self.slot_count, "slot index out of range");
+        let offset = HEADER_SPACE + i * slot_stride(self.slot_size);
+        assert!(offset + slot_stride(self.slot_size) <= self.len);
+        // SAFETY: the slot lies inside the mapping (asserted); offsets are
+        // multiples of 64, so the header is aligned; SlotHeader is atomics.
+        unsafe {
+            let at = self.base.cast::<u8>().as_ptr().add(offset);
+            (&*at.cast::<SlotHeader>(), at.add(size_of::<SlotHeader>()))
+        }
+    }
+
+    /// The receiver's side: write a fresh header for `slots` slots of
+    /// `slot_size` bytes (the semaphores are the caller's business), and
+    /// publish it by storing MAGIC last.
+    pub fn init_header(&mut self, slots: u32, slot_size: u32, sync: u32) {
+        assert_eq!(self.len, segment_len(slots, slot_size));
+        self.slot_count = slots as usize;
+        self.slot_size = slot_size as usize;
+        let header = self.header();
+        header.version.store(VERSION, Ordering::Relaxed);
+        header.slot_count.store(slots, Ordering::Relaxed);
+        header.slot_size.store(slot_size, Ordering::Relaxed);
+        header
+            .receiver_pid
+            .store(std::process::id() as i32, Ordering::Relaxed);
+        header.sender_pid.store(0, Ordering::Relaxed);
+        header.sync.store(sync, Ordering::Relaxed);
+    }
+
+    /// Publish: a sender that sees MAGIC (Acquire) sees all stored before.
+    pub fn publish(&self) {
+        self.header().magic.store(MAGIC, Ordering::Release);
+    }
+
+    /// The sender's side: check every header field before trusting the
+    /// segment. `what` names it in errors.
+    pub fn validate(&mut self, what: &str, sync: u32) -> Result<()> {
+        let size = self.len;
+        let header = self.header();
+        // The receiver publishes MAGIC last; give one that is still starting
+        // a moment before deciding the segment is not ours.
+        let start = Instant::now();
+        let magic = loop {
+            let magic = header.magic.load(Ordering::Acquire);
+            if magic != 0 || start.elapsed() > INIT_TIMEOUT {
+                break magic;
+            }
+            sleep(Duration::from_millis(10));
+        };
+        if magic != MAGIC {
+            bail!("{what} is not a shm-demo segment (magic {magic:#018x}, expected {MAGIC:#018x})");
+        }
+        let version = header.version.load(Ordering::Relaxed);
+        if version != VERSION {
+            bail!("{what} has layout version {version}; this program reads version {VERSION}");
+        }
+        let slots = header.slot_count.load(Ordering::Relaxed);
+        let slot_size = header.slot_size.load(Ordering::Relaxed);
+        if !(1..=MAX_SLOTS).contains(&slots) || !(1..=MAX_SLOT_SIZE).contains(&slot_size) {
+            bail!(
+                "{what}: header says {slots} slots of {slot_size} bytes: out of range, refusing it"
+            );
+        }
+        if segment_len(slots, slot_size) != size {
+            bail!(
+                "{what}: header says {slots} slots of {slot_size} bytes ({} bytes), but the \
+                 object is {size} bytes: refusing it",
+                segment_len(slots, slot_size)
+            );
+        }
+        if header.sync.load(Ordering::Relaxed) != sync {
+            bail!("{what} is guarded by the other kind of semaphores (POSIX vs System V)");
+        }
+        self.slot_count = slots as usize;
+        self.slot_size = slot_size as usize;
+        Ok(())
+    }
+
+    pub fn slots(&self) -> (usize, usize) {
+        (self.slot_count, self.slot_size)
+    }
+
+    /// The POSIX semaphores in the header.
+    ///
+    /// # Safety
+    ///
+    /// The receiver has `sem_init`ed both (the header says SYNC_POSIX), and
+    /// they are used only while `self` stays mapped.
+    pub unsafe fn posix_sems(&self) -> (Sem, Sem) {
+        let header = self.header();
+        // SAFETY: per this function's contract.
+        unsafe {
+            (
+                Sem::Posix(SharedSem::attach(header.empty.get())),
+                Sem::Posix(SharedSem::attach(header.full.get())),
+            )
+        }
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: base/len are what mmap/shmat gave us, and no reference
+        // into the mapping outlives `self` (they all borrow it).
+        unsafe {
+            match self.detach {
+                Detach::Munmap => {
+                    let _ = nix::sys::mman::munmap(self.base, self.len);
+                }
+                Detach::Shmdt => {
+                    libc::shmdt(self.base.as_ptr());
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The two semaphores, whichever API provides them
+// ---------------------------------------------------------------------------
+
+/// One counting semaphore of the ring.
+#[derive(Debug, Clone, Copy)]
+pub enum Sem {
+    /// A `sem_t` inside the segment.
+    Posix(SharedSem),
+    /// Semaphore `index` of a System V set. Never with SEM_UNDO: these
+    /// counts pass from one process to the other (see sysv.rs).
+    SysV(SemSet, u16),
+}
+
+impl Sem {
+    fn post(self) -> Result<()> {
+        match self {
+            Sem::Posix(sem) => sem.post().context("sem_post"),
+            Sem::SysV(set, i) => loop {
+                match set.op(i, 1, false, TICK).context("semop(+1)")? {
+                    Wait::Acquired => return Ok(()),
+                    // +1 never waits, but a signal can still interrupt it.
+                    Wait::Interrupted | Wait::TimedOut => check_stop()?,
+                }
+            },
+        }
+    }
+
+    fn wait_for(self, timeout: Duration) -> Result<Wait> {
+        match self {
+            Sem::Posix(sem) => sem.wait_for(timeout).context("sem_timedwait"),
+            Sem::SysV(set, i) => set.op(i, -1, false, timeout).context("semtimedop(-1)"),
+        }
+    }
+}
+
+/// Wait on `sem`; every TICK without success, ask `peer_gone` whether the
+/// other side has died (it then names the reason) and stop if so.
+fn wait_on(sem: Sem, what: &str, peer_gone: &mut dyn FnMut() -> Option<String>) -> Result<()> {
+    loop {
+        check_stop()?;
+        match sem
+            .wait_for(TICK)
+            .with_context(|| format!("waiting on {what}"))?
+        {
+            Wait::Acquired => return Ok(()),
+            Wait::Interrupted => continue, // check_stop decides
+            Wait::TimedOut => {
+                if let Some(reason) = peer_gone() {
+                    bail!("{reason} while we waited on the {what} semaphore");
+                }
+            }
+        }
+    }
+}
+
+/// "Gone" check for a pid another process stored in the header.
+pub fn pid_gone(role: &str, pid: &AtomicI32) -> Option<String> {
+    let pid = pid.load(Ordering::Relaxed);
+    (pid != 0 && !alive(pid)).then(|| format!("the {role} (pid {pid}) exited"))
+}
+
+// ---------------------------------------------------------------------------
+// sending and receiving
+// ---------------------------------------------------------------------------
+
+/// The sender's loop: wait(empty), write a slot, post(full). Ends with an
+/// end-marker slot. Returns the time it took.
+pub fn send(
+    segment: &Segment,
+    (empty, full): (Sem, Sem),
+    count: u64,
+    size: usize,
+    say: &Narrator,
+) -> Result<Duration> {
+    let header = segment.header();
+    header
+        .sender_pid
+        .store(std::process::id() as i32, Ordering::Relaxed);
+    let mut peer_gone = || pid_gone("receiver", &header.receiver_pid);
+    let mut next = 0usize; // our own slot index: nothing shared to trust
+    let pieces = size.div_ceil(segment.slot_size).max(1);
+    say.step(format!(
+        "writing each message straight into the slots (no intermediate buffer): \
+         {pieces} slot(s) per {size}-byte message"
+    ));
+    let start = Instant::now();
+    for seq in 0..count {
+        let mut offset = 0;
+        loop {
+            wait_on(empty, "empty", &mut peer_gone)?;
+            let (slot, data) = segment.slot(next);
+            let piece = (size - offset).min(segment.slot_size);
+            // SAFETY: `data` has slot_size >= piece bytes inside the
+            // mapping; between our wait on `empty` and our post on `full`
+            // this slot is ours alone (the receiver only reads slots, and
+            // only after `full`), so a &mut to it aliases nothing.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(data, piece) };
+            payload::fill_at(seq, size, offset, bytes);
+            slot.seq.store(seq, Ordering::Relaxed);
+            slot.message_len.store(size as u64, Ordering::Relaxed);
+            slot.offset.store(offset as u64, Ordering::Relaxed);
+            slot.piece_len.store(piece as u32, Ordering::Relaxed);
+            slot.flags.store(0, Ordering::Relaxed);
+            // A semaphore post is a full memory barrier: the receiver's
+            // wait that takes this post sees every byte written above.
+            full.post()?;
+            next = (next + 1) % segment.slot_count;
+            offset += piece;
+            if offset >= size {
+                break;
+            }
+        }
+        say.message(format!("wrote message {seq} ({size} bytes)"));
+    }
+    // One last slot says "done", in order behind the last message.
+    wait_on(empty, "empty", &mut peer_gone)?;
+    let (slot, _) = segment.slot(next);
+    slot.piece_len.store(0, Ordering::Relaxed);
+    slot.flags.store(FLAG_END, Ordering::Relaxed);
+    full.post()?;
+    Ok(start.elapsed())
+}
+
+/// The receiver's loop: wait(full), copy a slot out, post(empty), until the
+/// end marker. Returns the checker's counts and the time from the first slot.
+pub fn receive(
+    segment: &Segment,
+    (empty, full): (Sem, Sem),
+    expected: Option<u64>,
+    say: &Narrator,
+    peer_gone: &mut dyn FnMut() -> Option<String>,
+) -> Result<(CheckReport, Duration)> {
+    let mut checker = Checker::new(expected);
+    let mut next = 0usize;
+    let mut message: Vec<u8> = Vec::new();
+    let mut current: Option<(u64, usize)> = None; // (seq, length) being assembled
+    let mut start = None;
+    loop {
+        wait_on(full, "full", peer_gone)?;
+        start.get_or_insert_with(Instant::now);
+        let (slot, data) = segment.slot(next);
+        let at = next;
+        next = (next + 1) % segment.slot_count;
+        if slot.flags.load(Ordering::Relaxed) & FLAG_END != 0 {
+            empty.post()?;
+            if current.is_some() {
+                bail!("slot {at}: end marker in the middle of a message");
+            }
+            say.step("read the end marker: the sender is done");
+            break;
+        }
+        // Everything below came from another process: check before use.
+        let seq = slot.seq.load(Ordering::Relaxed);
+        let len = slot.message_len.load(Ordering::Relaxed);
+        let offset = slot.offset.load(Ordering::Relaxed);
+        let piece = slot.piece_len.load(Ordering::Relaxed) as usize;
+        if len > MAX_MESSAGE as u64 {
+            bail!("slot {at}: message length {len} is over the limit of {MAX_MESSAGE}");
+        }
+        let len = len as usize;
+        if piece > segment.slot_size || piece == 0 && len != 0 {
+            bail!(
+                "slot {at}: piece length {piece} does not fit a {}-byte slot",
+                segment.slot_size
+            );
+        }
+        let (want_seq, want_len) = *current.get_or_insert((seq, len));
+        if seq != want_seq || len != want_len || offset != message.len() as u64 {
+            bail!(
+                "slot {at}: piece of message {seq} at offset {offset} does not continue \
+                 message {want_seq} (at offset {})",
+                message.len()
+            );
+        }
+        if message.len() + piece > len {
+            bail!("slot {at}: piece runs past the end of its {len}-byte message");
+        }
+        // Copy the piece out with a raw copy (no reference into memory the
+        // sender may write); checks then run on our private copy.
+        message.reserve(piece);
+        // SAFETY: `data` has at least slot_size >= piece readable bytes in
+        // the mapping; `message` has room for `piece` more bytes (reserve),
+        // and the regions cannot overlap (private heap vs shared mapping).
+        unsafe {
+            std::ptr::copy_nonoverlapping(data, message.as_mut_ptr().add(message.len()), piece);
+            message.set_len(message.len() + piece);
+        }
+        // The slot's contents are in our copy: give it back to the sender.
+        empty.post()?;
+        if message.len() == len {
+            let verdict = checker.check_numbered(seq, &message);
+            let line = format!("message {seq} ({len} bytes): {verdict}");
+            // A bad message is reported even with --quiet.
+            if verdict == Verdict::Ok {
+                say.message(line)
+            } else {
+                say.step(line)
+            }
+            message.clear();
+            current = None;
+        }
+    }
+    let elapsed = start.map_or(Duration::ZERO, |s| s.elapsed());
+    Ok((checker.report(), elapsed))
+}
+
+/// The receiver's last lines; an error if any message failed its check.
+pub fn finish_receiving(
+    mechanism: &'static str,
+    report: CheckReport,
+    elapsed: Duration,
+    say: &Narrator,
+) -> Result<()> {
+    say.step(format!("checked: {report}"));
+    say.line(Summary {
+        mechanism,
+        messages: report.received,
+        bytes: report.bytes,
+        errors: report.errors(),
+        elapsed,
+    });
+    if report.errors() > 0 {
+        bail!("{} message(s) failed the check ({report})", report.errors());
+    }
+    Ok(())
+}
+
+/// The sender's summary line.
+pub fn sender_summary(
+    mechanism: &'static str,
+    count: u64,
+    size: usize,
+    elapsed: Duration,
+    say: &Narrator,
+) {
+    say.line(Summary {
+        mechanism,
+        messages: count,
+        bytes: count * size as u64,
+        errors: 0,
+        elapsed,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_aligned_and_bounded() {
+        assert_eq!(HEADER_SPACE % 64, 0);
+        assert_eq!(slot_stride(1) % 64, 0);
+        assert!(slot_stride(4096) >= 4096 + size_of::<SlotHeader>());
+        // The largest segment fits comfortably under 2 GiB.
+        assert!(segment_len(MAX_SLOTS, MAX_SLOT_SIZE) < 2 << 30);
+    }
+}

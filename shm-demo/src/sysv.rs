@@ -1,0 +1,372 @@
+//! The System V variant: `shmget` + `shmat` for the memory, a System V
+//! semaphore set (`semget`, `semctl`, `semop`) for the two counters,
+//! `shmctl`/`semctl(IPC_RMID)` to remove them. The objects have no file
+//! name: they are found by a key (`ftok` of an agreed path) and listed by
+//! `ipcs -m -s`.
+//!
+//! Why no SEM_UNDO on the ring's semaphores: SEM_UNDO makes the kernel
+//! reverse a process's semaphore changes when it exits. That suits a lock,
+//! which the same process takes and gives back. Our counters pass from one
+//! process to the other: with SEM_UNDO on the sender's posts of `full`, the
+//! kernel would take back, at the sender's exit, every message it wrote
+//! that the receiver had not read yet. The story shows the undo on a third,
+//! scratch semaphore instead.
+
+use std::ffi::c_void;
+use std::path::Path;
+use std::ptr::NonNull;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use common::cleanup::{PrivateDir, SysvGuard, SysvKind, sysv_remove};
+use common::peer::{Peer, alive};
+use common::report::{Narrator, Stream};
+use common::sysv_sem::{SemSet, ftok};
+use nix::errno::Errno;
+
+use crate::Options;
+use crate::ring::{
+    self, Detach, HEADER_SPACE, MAX_SLOT_SIZE, MAX_SLOTS, SYNC_SYSV, Segment, Sem, pid_gone,
+    segment_len,
+};
+
+const MECHANISM: &str = "shm-sysv";
+/// The `ftok` project byte: one path can key several unrelated objects.
+const PROJECT: u8 = b'S';
+/// The set's semaphores: the ring's two counters and a scratch one.
+const EMPTY: u16 = 0;
+const FULL: u16 = 1;
+const SCRATCH: u16 = 2;
+/// `shm_perm.mode` bit for "removed, waiting for the last detach".
+const SHM_DEST: u16 = 0o1000;
+
+fn key_of(path: &Path) -> Result<libc::key_t> {
+    ftok(path, PROJECT).with_context(|| {
+        format!(
+            "ftok({}, 'S'): --key must name an existing file both sides can see, \
+             e.g. touch /tmp/demo.key",
+            path.display()
+        )
+    })
+}
+
+/// `shmctl(IPC_STAT)`: the kernel's record of a segment.
+fn shm_stat(id: libc::c_int) -> nix::Result<libc::shmid_ds> {
+    let mut ds = std::mem::MaybeUninit::<libc::shmid_ds>::uninit();
+    // SAFETY: IPC_STAT fills the shmid_ds we point to.
+    Errno::result(unsafe { libc::shmctl(id, libc::IPC_STAT, ds.as_mut_ptr()) })?;
+    // SAFETY: the call succeeded, so the kernel initialised it.
+    Ok(unsafe { ds.assume_init() })
+}
+
+/// What `ipcs -m` would say about segment `id`.
+fn describe(id: libc::c_int) -> String {
+    match shm_stat(id) {
+        Ok(ds) => {
+            let removed = if ds.shm_perm.mode & SHM_DEST != 0 {
+                ", marked for removal (SHM_DEST)"
+            } else {
+                ""
+            };
+            format!(
+                "shmid {id}: key {:#010x}, {} bytes, mode {:04o}, shm_nattch = {}{removed}",
+                ds.shm_perm.__key,
+                ds.shm_segsz,
+                ds.shm_perm.mode & 0o777,
+                ds.shm_nattch
+            )
+        }
+        Err(Errno::EINVAL | Errno::EIDRM) => format!("shmid {id}: no such segment, gone"),
+        Err(e) => format!("shmid {id}: shmctl(IPC_STAT): {e}"),
+    }
+}
+
+/// `shmat`: map segment `id` (its size is `len`) at an address the kernel picks.
+fn attach(id: libc::c_int, len: usize) -> Result<Segment> {
+    // SAFETY: a null address lets the kernel choose a free range, which
+    // overlaps no Rust object.
+    let base = unsafe { libc::shmat(id, std::ptr::null(), 0) };
+    if base as isize == -1 {
+        return Err(Errno::last()).with_context(|| format!("shmat({id})"));
+    }
+    let base = NonNull::new(base.cast::<c_void>()).context("shmat returned null")?;
+    // SAFETY: `base` is the attachment just made, `len` the segment's size
+    // (the caller's shmget size or IPC_STAT's shm_segsz).
+    Ok(unsafe { Segment::new(base, len, Detach::Shmdt) })
+}
+
+fn sems(set: SemSet) -> (Sem, Sem) {
+    (Sem::SysV(set, EMPTY), Sem::SysV(set, FULL))
+}
+
+/// The receiver's objects. Fields drop in order: detach, then remove the
+/// segment, then the semaphore set.
+struct Owned {
+    segment: Segment,
+    shm: SysvGuard,
+    set: SemSet,
+    _set_guard: SysvGuard,
+}
+
+fn create(key_path: &Path, slots: u32, slot_size: u32, say: &Narrator) -> Result<Owned> {
+    let key = key_of(key_path)?;
+    say.step(format!(
+        "ftok({}, 'S') = {key:#010x}: the key both sides derive from the path",
+        key_path.display()
+    ));
+    let len = segment_len(slots, slot_size);
+    let flags = libc::IPC_CREAT | libc::IPC_EXCL | 0o600;
+    // SAFETY: shmget takes no pointers.
+    let mut id = unsafe { libc::shmget(key, len, flags) };
+    if id == -1 && Errno::last() == Errno::EEXIST {
+        remove_if_stale(key, say)?;
+        // SAFETY: as above.
+        id = unsafe { libc::shmget(key, len, flags) };
+    }
+    let id = Errno::result(id)
+        .with_context(|| format!("shmget({key:#x}, {len}, IPC_CREAT|IPC_EXCL|0600)"))?;
+    let shm = SysvGuard::new(SysvKind::SharedMemory, id);
+    say.step(format!(
+        "shmget(key, {len}, IPC_CREAT|IPC_EXCL|0600) = shmid {id}"
+    ));
+    let set = match SemSet::create(key, 3, 0o600) {
+        // No live run has our segment (we just made it), so a set under
+        // the key is debris from a killed run.
+        Err(Errno::EEXIST) => {
+            say.step("a semaphore set with our key is left from a killed run: removing it");
+            let old = SemSet::open(key).context("semget(key, 0, 0)")?;
+            sysv_remove(SysvKind::SemaphoreSet, old.id).context("semctl(IPC_RMID)")?;
+            SemSet::create(key, 3, 0o600)
+        }
+        other => other,
+    }
+    .context("semget(key, 3, IPC_CREAT|IPC_EXCL|0600)")?;
+    let set_guard = SysvGuard::new(SysvKind::SemaphoreSet, set.id);
+    set.set_value(EMPTY, slots as i32)
+        .context("semctl(SETVAL, empty)")?;
+    set.set_value(FULL, 0).context("semctl(SETVAL, full)")?;
+    set.set_value(SCRATCH, 0)
+        .context("semctl(SETVAL, scratch)")?;
+    say.step(format!(
+        "semget(key, 3, ...) = semid {}; semctl(SETVAL): empty = {slots} (free slots), \
+         full = 0 (filled slots), scratch = 0. The ring's semop calls use no SEM_UNDO: \
+         these counts pass between processes, and an undo at exit would take back \
+         messages not yet read",
+        set.id
+    ));
+    let mut segment = attach(id, len)?;
+    say.step(format!("shmat: attached; {}", describe(id)));
+    segment.init_header(slots, slot_size, SYNC_SYSV);
+    segment.publish();
+    Ok(Owned {
+        segment,
+        shm,
+        set,
+        _set_guard: set_guard,
+    })
+}
+
+/// A segment exists under our key. If it is ours, unattached, and its
+/// creator is gone, it is stale: remove it. Anything else is refused.
+fn remove_if_stale(key: libc::key_t, say: &Narrator) -> Result<()> {
+    // SAFETY: shmget takes no pointers.
+    let id = Errno::result(unsafe { libc::shmget(key, 0, 0) }).context("shmget(key, 0, 0)")?;
+    let ds = shm_stat(id).context("shmctl(IPC_STAT)")?;
+    if ds.shm_nattch > 0 || alive(ds.shm_cpid) {
+        bail!(
+            "a System V segment with this key is in use (shmid {id}, creator pid {}, {} \
+             attached): choose another --key",
+            ds.shm_cpid,
+            ds.shm_nattch
+        );
+    }
+    let ours = ds.shm_segsz >= HEADER_SPACE && {
+        // SAFETY: read-only attach of a segment at a kernel-chosen address.
+        let base = unsafe { libc::shmat(id, std::ptr::null(), libc::SHM_RDONLY) };
+        match NonNull::new(base.cast::<c_void>()).filter(|_| base as isize != -1) {
+            Some(base) => {
+                // SAFETY: the attachment just made, at least HEADER_SPACE
+                // long (shm_segsz checked above); only loads happen on it.
+                let segment = unsafe { Segment::new(base, HEADER_SPACE, Detach::Shmdt) };
+                segment
+                    .header()
+                    .magic
+                    .load(std::sync::atomic::Ordering::Acquire)
+                    == ring::MAGIC
+            }
+            None => false,
+        }
+    };
+    if !ours {
+        bail!(
+            "a System V segment with this key (shmid {id}) is not a shm-demo segment: refusing to remove it"
+        );
+    }
+    say.step(format!(
+        "shmid {id} has our key, nobody attached, and its creator (pid {}) is gone: stale, removing it",
+        ds.shm_cpid
+    ));
+    sysv_remove(SysvKind::SharedMemory, id).context("shmctl(IPC_RMID)")?;
+    if let Ok(old) = SemSet::open(key) {
+        sysv_remove(SysvKind::SemaphoreSet, old.id).context("semctl(IPC_RMID)")?;
+    }
+    Ok(())
+}
+
+/// The sender's side: find the objects by key and check the header.
+fn open(key_path: &Path, say: &Narrator) -> Result<(Segment, libc::c_int, SemSet)> {
+    let key = key_of(key_path)?;
+    let p = key_path.display();
+    // SAFETY: shmget takes no pointers.
+    let id = match Errno::result(unsafe { libc::shmget(key, 0, 0) }) {
+        Err(Errno::ENOENT) => bail!(
+            "no System V segment for --key {p}: start 'shm-demo sysv receiver --key {p}' first"
+        ),
+        other => other.context("shmget(key, 0, 0)")?,
+    };
+    let size = shm_stat(id).context("shmctl(IPC_STAT)")?.shm_segsz;
+    if size < HEADER_SPACE || size > segment_len(MAX_SLOTS, MAX_SLOT_SIZE) {
+        bail!("shmid {id} is {size} bytes: not a shm-demo segment (refusing to attach it)");
+    }
+    let mut segment = attach(id, size)?;
+    segment.validate(&format!("shmid {id}"), SYNC_SYSV)?;
+    let set = SemSet::open(key).context("semget(key, 0, 0)")?;
+    let (slots, slot_size) = segment.slots();
+    say.step(format!(
+        "shmget + shmat: header checked ({slots} slots of {slot_size} bytes); {}",
+        describe(id)
+    ));
+    Ok((segment, id, set))
+}
+
+pub fn sender(opts: &Options, key_path: &Path) -> Result<()> {
+    let say = Narrator::new("sender", opts.quiet, Stream::Stdout);
+    let (segment, id, set) = open(key_path, &say)?;
+    // The lesson of SEM_UNDO, on a semaphore the ring does not use.
+    set.op(SCRATCH, 1, true, Duration::from_secs(1))
+        .context("semop(scratch, +1, SEM_UNDO)")?;
+    say.step(format!(
+        "semop(scratch, +1, SEM_UNDO): scratch = {}; the kernel will undo this +1 when I exit",
+        set.value(SCRATCH).context("semctl(GETVAL)")?
+    ));
+    let elapsed = match ring::send(&segment, sems(set), opts.count, opts.size, &say) {
+        Ok(elapsed) => elapsed,
+        Err(e) => {
+            // A receiver killed by SIGKILL removed nothing; ids are never
+            // reused while the objects exist, so removing by id is safe.
+            if pid_gone("receiver", &segment.header().receiver_pid).is_some() {
+                drop(segment);
+                let _ = sysv_remove(SysvKind::SharedMemory, id);
+                let _ = sysv_remove(SysvKind::SemaphoreSet, set.id);
+                say.step("the receiver died without cleaning up: IPC_RMID done for it");
+            }
+            return Err(e);
+        }
+    };
+    drop(segment);
+    say.step(format!("wrote the end marker; shmdt: {}", describe(id)));
+    ring::sender_summary(MECHANISM, opts.count, opts.size, elapsed, &say);
+    Ok(())
+}
+
+pub fn receiver(opts: &Options, key_path: &Path) -> Result<()> {
+    let say = Narrator::new("receiver", opts.quiet, Stream::Stdout);
+    let owned = create(key_path, opts.slots, opts.slot_size, &say)?;
+    say.step(format!(
+        "waiting for a sender: shm-demo sysv sender --key {}",
+        key_path.display()
+    ));
+    let header = owned.segment.header();
+    let mut peer_gone = || pid_gone("sender", &header.sender_pid);
+    let expected = opts.count_given.then_some(opts.count);
+    let (report, elapsed) = ring::receive(
+        &owned.segment,
+        sems(owned.set),
+        expected,
+        &say,
+        &mut peer_gone,
+    )?;
+    ring::finish_receiving(MECHANISM, report, elapsed, &say)?;
+    let id = owned.shm.id();
+    drop(owned);
+    say.step(format!(
+        "shmdt, IPC_RMID for the segment and the set: {}",
+        describe(id)
+    ));
+    Ok(())
+}
+
+pub fn story(opts: &Options) -> Result<()> {
+    let say = Narrator::new("receiver", opts.quiet, Stream::Stdout);
+    say.line(format!(
+        "shm-demo sysv: {} messages of {} bytes through {} slots of {} bytes, System V shared \
+         memory (receiver pid {})",
+        opts.count,
+        opts.size,
+        opts.slots,
+        opts.slot_size,
+        std::process::id()
+    ));
+    say.line("\n== 1. Create the segment and the semaphore set ==");
+    let dir = PrivateDir::create("shm-demo-sysv")?;
+    let key_path = dir.path().join("key");
+    std::fs::write(&key_path, b"").with_context(|| format!("create {}", key_path.display()))?;
+    let owned = create(&key_path, opts.slots, opts.slot_size, &say)?;
+    let id = owned.shm.id();
+
+    say.line("\n== 2. Start the sender: it finds both objects by the same key ==");
+    let key_arg = key_path.to_str().context("key path is not UTF-8")?;
+    let mut sender = Peer::spawn_self(&opts.sender_args(&["sysv", "sender", "--key", key_arg]))?;
+    say.step(format!("started the sender, pid {}", sender.pid()));
+
+    say.line("\n== 3. The bounded buffer: semop(full, -1), read, semop(empty, +1) ==");
+    let mut peer_gone = || match sender.try_wait() {
+        Ok(Some(exit)) => Some(format!("the sender (pid {}) {exit}", sender.pid())),
+        Ok(None) => None,
+        Err(e) => Some(format!("{e:#}")),
+    };
+    let (report, elapsed) = ring::receive(
+        &owned.segment,
+        sems(owned.set),
+        Some(opts.count),
+        &say,
+        &mut peer_gone,
+    )?;
+    let exit = sender.wait(Some(Duration::from_secs(60)))?;
+    say.step(format!("the sender (pid {}) {exit}", sender.pid()));
+    if !exit.success() {
+        bail!("the sender (pid {}) {exit}", sender.pid());
+    }
+
+    say.line("\n== 4. What the kernel kept track of ==");
+    say.step(format!("after the sender's shmdt: {}", describe(id)));
+    say.step(format!(
+        "semctl(GETVAL, scratch) = {}: the sender's +1 with SEM_UNDO was undone when it exited \
+         (with SEM_UNDO on `full`, its unread messages would have vanished the same way)",
+        owned.set.value(SCRATCH).context("semctl(GETVAL)")?
+    ));
+    // IPC_RMID while we are still attached: only a mark, until the last detach.
+    sysv_remove(SysvKind::SharedMemory, id).context("shmctl(IPC_RMID)")?;
+    say.step(format!(
+        "shmctl(IPC_RMID) while still attached: {}",
+        describe(id)
+    ));
+    let Owned {
+        segment,
+        shm,
+        set,
+        _set_guard,
+    } = owned;
+    drop(segment);
+    say.step(format!("shmdt, the last detach: {}", describe(id)));
+    drop((shm, _set_guard));
+    let gone = matches!(set.value(EMPTY), Err(Errno::EINVAL | Errno::EIDRM));
+    say.step(format!(
+        "semctl(IPC_RMID) for semid {}: {}",
+        set.id,
+        if gone { "gone" } else { "still there?" }
+    ));
+    drop(dir);
+    say.line("");
+    ring::finish_receiving(MECHANISM, report, elapsed, &say)
+}
