@@ -106,6 +106,74 @@ impl SharedSem {
     }
 }
 
+/// A named POSIX semaphore (`sem_open`): a kernel-backed counter that any
+/// process can open by name (it shows up as `/dev/shm/sem.NAME`). Closed
+/// on drop; the name stays until [`unlink`].
+#[derive(Debug)]
+pub struct NamedSem {
+    sem: SharedSem,
+}
+
+impl NamedSem {
+    /// `sem_open(name, O_CREAT | O_EXCL, mode, value)`: a new semaphore,
+    /// failing with EEXIST rather than reuse somebody's.
+    pub fn create(name: &str, mode: u32, value: u32) -> nix::Result<NamedSem> {
+        let flags = libc::O_CREAT | libc::O_EXCL;
+        let c_name = std::ffi::CString::new(name).map_err(|_| Errno::EINVAL)?;
+        // SAFETY: c_name is NUL-terminated; with O_CREAT sem_open reads the
+        // two variadic arguments, a mode_t and an unsigned int, as passed.
+        let sem = unsafe { libc::sem_open(c_name.as_ptr(), flags, mode as libc::mode_t, value) };
+        NamedSem::checked(sem)
+    }
+
+    /// `sem_open(name, 0)`: an existing semaphore.
+    pub fn open(name: &str) -> nix::Result<NamedSem> {
+        let c_name = std::ffi::CString::new(name).map_err(|_| Errno::EINVAL)?;
+        // SAFETY: c_name is NUL-terminated; without O_CREAT no variadic
+        // argument is read.
+        let sem = unsafe { libc::sem_open(c_name.as_ptr(), 0) };
+        NamedSem::checked(sem)
+    }
+
+    fn checked(sem: *mut libc::sem_t) -> nix::Result<NamedSem> {
+        if sem == libc::SEM_FAILED {
+            return Err(Errno::last());
+        }
+        Ok(NamedSem {
+            sem: SharedSem { sem },
+        })
+    }
+
+    /// The semaphore's operations (post, wait_for, try_wait, value). The
+    /// copy must not be used after this `NamedSem` is dropped (closed).
+    pub fn sem(&self) -> SharedSem {
+        self.sem
+    }
+}
+
+impl Drop for NamedSem {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from a successful sem_open and is closed
+        // once, here.
+        unsafe { libc::sem_close(self.sem.sem) };
+    }
+}
+
+/// `sem_unlink(name)`: remove the name; processes that have it open keep
+/// using it until they close it.
+pub fn unlink(name: &str) -> nix::Result<()> {
+    let c_name = std::ffi::CString::new(name).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: c_name is NUL-terminated.
+    Errno::result(unsafe { libc::sem_unlink(c_name.as_ptr()) }).map(drop)
+}
+
+/// The largest value a semaphore can hold (`SEM_VALUE_MAX`).
+pub fn value_max() -> u32 {
+    // SAFETY: sysconf takes no pointers.
+    let max = unsafe { libc::sysconf(libc::_SC_SEM_VALUE_MAX) };
+    u32::try_from(max).unwrap_or(i32::MAX as u32)
+}
+
 /// Now + `timeout` on CLOCK_REALTIME, as `sem_timedwait` wants it.
 fn deadline_after(timeout: Duration) -> nix::Result<libc::timespec> {
     let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)?;
@@ -124,6 +192,25 @@ fn deadline_after(timeout: Duration) -> nix::Result<libc::timespec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn named_semaphores_are_created_once_opened_and_unlinked() {
+        let name = format!("/{}", crate::cleanup::unique_name("psem-test"));
+        let sem = NamedSem::create(&name, 0o600, 2).unwrap();
+        assert_eq!(
+            NamedSem::create(&name, 0o600, 2).unwrap_err(),
+            Errno::EEXIST
+        );
+        let again = NamedSem::open(&name).unwrap();
+        assert!(again.sem().try_wait().unwrap());
+        assert_eq!(sem.sem().value().unwrap(), 1);
+        unlink(&name).unwrap();
+        assert_eq!(NamedSem::open(&name).unwrap_err(), Errno::ENOENT);
+        // Still usable through the handles we hold.
+        sem.sem().post().unwrap();
+        assert_eq!(again.sem().value().unwrap(), 2);
+        assert!(value_max() >= 32767);
+    }
     use std::mem::MaybeUninit;
     use std::time::Instant;
 

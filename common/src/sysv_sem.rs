@@ -97,22 +97,32 @@ impl SemSet {
     /// waiting while the counter is too low, at most `timeout`). `undo`
     /// sets SEM_UNDO: the kernel reverses this change when we exit.
     pub fn op(&self, index: u16, delta: i16, undo: bool, timeout: Duration) -> nix::Result<Wait> {
-        let mut op = libc::sembuf {
-            sem_num: index,
-            sem_op: delta,
-            sem_flg: if undo {
-                libc::SEM_UNDO as libc::c_short
-            } else {
-                0
-            },
+        self.ops(&[(index, delta)], undo, timeout)
+    }
+
+    /// Several `(index, delta)` changes in one `semtimedop`: the kernel
+    /// applies all of them at once, or waits until it can, never a part.
+    pub fn ops(&self, changes: &[(u16, i16)], undo: bool, timeout: Duration) -> nix::Result<Wait> {
+        let flags = if undo {
+            libc::SEM_UNDO as libc::c_short
+        } else {
+            0
         };
+        let mut sops: Vec<libc::sembuf> = changes
+            .iter()
+            .map(|&(sem_num, sem_op)| libc::sembuf {
+                sem_num,
+                sem_op,
+                sem_flg: flags,
+            })
+            .collect();
         let timeout = libc::timespec {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_nsec: timeout.subsec_nanos() as libc::c_long,
         };
-        // SAFETY: `op` and `timeout` are valid for the call; nsops = 1
-        // matches the one sembuf.
-        let rc = unsafe { semtimedop(self.id, &mut op, 1, &timeout) };
+        // SAFETY: `sops` holds `sops.len()` valid sembufs and `timeout` is
+        // a valid timespec, both alive for the call.
+        let rc = unsafe { semtimedop(self.id, sops.as_mut_ptr(), sops.len(), &timeout) };
         match Errno::result(rc) {
             Ok(_) => Ok(Wait::Acquired),
             Err(Errno::EAGAIN) => Ok(Wait::TimedOut),
@@ -141,6 +151,19 @@ mod tests {
         assert_eq!(set.value(1).unwrap(), 1);
         assert_eq!(set.last_pid(1).unwrap(), std::process::id() as i32);
         assert_eq!(set.waiting(0).unwrap(), 0);
+        // Both or neither: semaphore 0 is 0, so taking from 0 and 1 together
+        // must wait (and time out) without touching semaphore 1.
+        assert_eq!(
+            set.ops(&[(1, -1), (0, -1)], false, tick).unwrap(),
+            Wait::TimedOut
+        );
+        assert_eq!(set.value(1).unwrap(), 1);
+        set.set_value(0, 1).unwrap();
+        assert_eq!(
+            set.ops(&[(1, -1), (0, -1)], false, tick).unwrap(),
+            Wait::Acquired
+        );
+        assert_eq!((set.value(0).unwrap(), set.value(1).unwrap()), (0, 0));
     }
 
     #[test]
