@@ -1,0 +1,698 @@
+//! # msgq-demo: message queues, System V and POSIX
+//!
+//! A message queue keeps discrete messages in the kernel. Unlike a pipe,
+//! the boundaries are kept (one send, one receive), the writer need not
+//! wait for a reader, and messages outlive the processes that sent them
+//! until someone receives them or removes the queue. The two APIs choose
+//! differently what comes out next:
+//!
+//! | property          | System V (`msgget`)                 | POSIX (`mq_open`)                        |
+//! |-------------------|-------------------------------------|------------------------------------------|
+//! | named by          | a key (`ftok` of a path)            | `/NAME` (`/dev/mqueue/NAME` if mounted)  |
+//! | next message      | chosen by type: 0, =T, or lowest <= T | highest priority first, FIFO within one |
+//! | capacity          | `msg_qbytes` bytes (`/proc/sys/kernel/msgmnb`) | `mq_maxmsg` messages of `mq_msgsize` |
+//! | notification      | none                                | `mq_notify` on empty → non-empty         |
+//! | persistence       | until `IPC_RMID` or reboot (`ipcs -q`) | until `mq_unlink` or reboot           |
+//!
+//! The code is in `sysv.rs` and `posix.rs`, to read side by side; this file
+//! has the command line and the story.
+//!
+//! ## Run it
+//!
+//! ```text
+//! cargo run -p msgq-demo                      # both APIs and a client-server run
+//! touch /tmp/demo.key
+//! cargo run -p msgq-demo -- sysv sender --key /tmp/demo.key --type 2 hello world
+//! cargo run -p msgq-demo -- sysv receiver --key /tmp/demo.key --type -3 --nowait
+//! cargo run -p msgq-demo -- posix sender --name /demo --priority 5 urgent
+//! cargo run -p msgq-demo -- posix receiver --name /demo --timeout 2
+//! ```
+//!
+//! ## What to look for
+//!
+//! - messages waiting in the kernel after their sender has exited;
+//! - the order each `msgtyp` gives, and priority order in POSIX;
+//! - `ENOMSG`, `EAGAIN`, `E2BIG` and `MSG_NOERROR`, a timed receive;
+//! - `mq_notify` announcing a message to a process that is not reading;
+//! - many clients sharing one queue, each getting only its own replies.
+//!
+//! Uses `common` modules: `cleanup`, `cli`, `error`, `payload`, `peer`,
+//! `report`, `sysv_sem` (for `ftok`).
+
+mod posix;
+mod sysv;
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use common::cleanup::{MqGuard, PrivateDir, SysvGuard, SysvKind, stop_on_signals, unique_name};
+use common::cli::{Args, DEFAULT_COUNT, DEFAULT_SIZE, MAX_COUNT};
+use common::error::{self, usage};
+use common::payload::{self, Checker, Verdict};
+use common::peer::Peer;
+use common::report::{Narrator, Stream, Summary};
+use nix::errno::Errno;
+
+const USAGE: &str = "\
+msgq-demo: System V and POSIX message queues
+
+USAGE:
+    msgq-demo [--clients K] [--count N] [--quiet]
+        The story: System V messages waiting in the kernel and chosen by type,
+        POSIX priorities, timeouts and mq_notify, then K clients and one server
+        on one System V queue.
+    msgq-demo sysv receiver --key PATH [--type T] [--nowait] [--count N] [--keep] [--quiet]
+    msgq-demo sysv sender --key PATH [--type T] [--count N] [--size BYTES] [TEXT...]
+    msgq-demo sysv remove --key PATH
+    msgq-demo sysv client --key PATH [--count N]
+    msgq-demo posix receiver --name /NAME [--timeout SECS] [--count N] [--keep] [--quiet]
+    msgq-demo posix sender --name /NAME [--priority P] [--count N] [--size BYTES] [TEXT...]
+    msgq-demo posix remove --name /NAME
+
+    Either sender or receiver creates the queue if it does not exist (0600),
+    so a sender can leave messages before any receiver runs. The receiver
+    removes the queue when done, unless --keep. With TEXT the sender sends
+    exactly those bytes, one message per argument (after -- they may start
+    with a dash); without, N checkable messages of --size bytes.
+
+OPTIONS:
+    --key PATH        System V: an existing file; ftok(PATH, 'Q') is the queue's key
+    --name /NAME      POSIX: a slash, then up to 250 characters without a slash
+    --type T          sysv sender: the messages' type (1 or more, default 1);
+                      sysv receiver: msgtyp, 0 = any (default), T > 0 = exactly T,
+                      T < 0 = the lowest type <= |T| first (--type -3 or --type=-3)
+    --priority P      posix sender: 0 to 32767 (default 0); higher comes out first
+    --nowait          sysv receiver: IPC_NOWAIT, stop at ENOMSG instead of waiting
+    --timeout SECS    posix receiver: stop after SECS seconds without a message
+    --maxmsg M        posix, when creating: messages the queue holds (default 10)
+    --msgsize BYTES   posix, when creating: largest message (default 8192)
+    --count N         messages to send, or to receive before stopping (default 5);
+                      story: requests per client
+    --size BYTES      bytes per checkable message (default 64; at least 12)
+    --keep            receiver: leave the queue in place when done
+    --clients K       story: client processes (default 3; 1 to 32)
+    --quiet           no line per message
+    -h, --help        this text
+
+EXIT STATUS: 0 success, 1 runtime error (including data errors), 2 bad
+command line, 128+N stopped by signal N (130 for Ctrl-C).
+";
+
+fn main() -> ExitCode {
+    error::run("msgq-demo", run)
+}
+
+// ---------------------------------------------------------------------------
+// What both APIs share: the messages and how a receiver reports them
+// ---------------------------------------------------------------------------
+
+/// The first bytes of a demo sender's checkable message; not valid UTF-8,
+/// so a text from another program is never mistaken for one.
+const PAYLOAD_TAG: &[u8; 4] = b"\xffPL1";
+
+/// A checkable message: the tag, then `payload::make(seq, size - 4)`.
+pub fn payload_message(seq: u64, size: usize) -> Vec<u8> {
+    let mut message = PAYLOAD_TAG.to_vec();
+    message.extend_from_slice(&payload::make(seq, size - PAYLOAD_TAG.len()));
+    message
+}
+
+/// Bytes as a reader should see them: text as text, the rest escaped.
+fn show(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if !text.chars().any(char::is_control) => format!("{text:?}"),
+        _ => format!("b\"{}\"", bytes.escape_ascii()),
+    }
+}
+
+/// What a receiver has seen: payload messages checked, texts counted.
+#[derive(Debug)]
+pub struct Tally {
+    checker: Checker,
+    texts: u64,
+    /// Every message's bytes, tags included.
+    bytes: u64,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally::new()
+    }
+}
+
+impl Tally {
+    /// A queue may carry texts and demo messages mixed, so "lost" counts
+    /// only gaps between the demo messages' sequence numbers.
+    pub fn new() -> Tally {
+        Tally {
+            checker: Checker::new(None),
+            texts: 0,
+            bytes: 0,
+        }
+    }
+
+    pub fn received(&self) -> u64 {
+        self.checker.report().received + self.texts
+    }
+
+    /// Report one message (`label` is its type or priority).
+    pub fn account(&mut self, label: &str, bytes: &[u8], say: &Narrator) {
+        self.bytes += bytes.len() as u64;
+        match bytes.strip_prefix(PAYLOAD_TAG) {
+            Some(body) => {
+                let verdict = self.checker.check(body);
+                let seq = payload::seq_of(body).map_or("?".into(), |s| s.to_string());
+                let line = format!("{label}: payload #{seq} ({} bytes): {verdict}", bytes.len());
+                if verdict == Verdict::Ok {
+                    say.message(line)
+                } else {
+                    say.step(line)
+                }
+            }
+            None => {
+                self.texts += 1;
+                say.message(format!("{label}: {}", show(bytes)));
+            }
+        }
+    }
+
+    pub fn finish(&self, mechanism: &'static str, elapsed: Duration, say: &Narrator) -> Result<()> {
+        let report = self.checker.report();
+        say.step(format!(
+            "received {} text message(s); payload messages: {report}",
+            self.texts
+        ));
+        summary(
+            mechanism,
+            report.received + self.texts,
+            self.bytes,
+            report.errors(),
+            elapsed,
+            say,
+        );
+        if report.errors() > 0 {
+            bail!("{} message(s) failed the check ({report})", report.errors());
+        }
+        Ok(())
+    }
+}
+
+pub fn summary(
+    mechanism: &'static str,
+    messages: u64,
+    bytes: u64,
+    errors: u64,
+    elapsed: Duration,
+    say: &Narrator,
+) {
+    say.line(Summary {
+        mechanism,
+        messages,
+        bytes,
+        errors,
+        elapsed,
+    });
+}
+
+pub fn read_proc_number(path: &str) -> Option<usize> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+// ---------------------------------------------------------------------------
+// Command line
+// ---------------------------------------------------------------------------
+
+/// Everything the roles take; each role refuses what does not apply.
+#[derive(Debug)]
+pub struct Options {
+    key: Option<PathBuf>,
+    name: Option<String>,
+    mtype: Option<i64>,
+    priority: u32,
+    nowait: bool,
+    timeout: Option<Duration>,
+    maxmsg: usize,
+    msgsize: usize,
+    count: u64,
+    count_given: bool,
+    size: usize,
+    keep: bool,
+    clients: u64,
+    quiet: bool,
+    texts: Vec<String>,
+}
+
+fn run() -> Result<()> {
+    let mut args = Args::from_env(USAGE)?;
+    let api = args.role(&["sysv", "posix"])?;
+    let role = match api.as_deref() {
+        Some("sysv") => args.role(&["sender", "receiver", "remove", "client"])?,
+        Some(_) => args.role(&["sender", "receiver", "remove"])?,
+        None => None,
+    };
+    if api.is_some() && role.is_none() {
+        return Err(usage(
+            "name a role after the API: sender, receiver or remove",
+        ));
+    }
+    let opts = parse(&mut args, api.as_deref(), role.as_deref())?;
+    stop_on_signals()?;
+    let Some(role) = role else {
+        return story(&opts);
+    };
+    let say = Narrator::new(role.as_str(), opts.quiet, Stream::Stdout);
+    if api.as_deref() == Some("sysv") {
+        let key = opts.key.clone().expect("checked by parse");
+        match role.as_str() {
+            "sender" => sysv::sender(&opts, &key, &say),
+            "receiver" => sysv::receiver(&opts, &key, &say),
+            "client" => sysv::client(&opts, &key, &say),
+            _ => sysv::remove(&key, &say),
+        }
+    } else {
+        let name = opts.name.clone().expect("checked by parse");
+        match role.as_str() {
+            "sender" => posix::sender(&opts, &name, &say),
+            "receiver" => posix::receiver(&opts, &name, &say),
+            _ => posix::remove(&name, &say),
+        }
+    }
+}
+
+fn parse(args: &mut Args, api: Option<&str>, role: Option<&str>) -> Result<Options> {
+    let limits = posix::limits();
+    let mut opts = Options {
+        key: None,
+        name: None,
+        mtype: None,
+        priority: 0,
+        nowait: false,
+        timeout: None,
+        maxmsg: 10.min(limits.msg_max),
+        msgsize: 8192.min(limits.msgsize_max),
+        count: DEFAULT_COUNT,
+        count_given: false,
+        size: DEFAULT_SIZE,
+        keep: false,
+        clients: 3,
+        quiet: false,
+        texts: Vec::new(),
+    };
+    let mut given: Vec<String> = Vec::new();
+    let mut only_texts = false;
+    while let Some(arg) = args.next() {
+        if only_texts || !arg.starts_with('-') {
+            opts.texts.push(arg);
+            continue;
+        }
+        match arg.as_str() {
+            "--" => only_texts = true,
+            "--key" => opts.key = Some(PathBuf::from(args.value("--key")?)),
+            "--name" => {
+                let name = args.value("--name")?;
+                posix::check_name(&name)?;
+                opts.name = Some(name);
+            }
+            "--type" => {
+                let text = args.value("--type")?;
+                let t: i64 = text.parse().map_err(|_| {
+                    usage(format!(
+                        "--type expects a whole number (negative allowed), got '{text}'"
+                    ))
+                })?;
+                opts.mtype = Some(t);
+            }
+            "--priority" => opts.priority = args.number("--priority", 0, 32767)?,
+            "--nowait" => opts.nowait = true,
+            "--timeout" => {
+                opts.timeout = Some(Duration::from_secs(args.number("--timeout", 1, 86_400)?))
+            }
+            "--maxmsg" => opts.maxmsg = args.number("--maxmsg", 1, 1_000_000)?,
+            "--msgsize" => opts.msgsize = args.number("--msgsize", 1, 64 * 1024 * 1024)?,
+            "--count" => {
+                opts.count = args.number("--count", 1, MAX_COUNT)?;
+                opts.count_given = true;
+            }
+            "--size" => {
+                opts.size = args.number(
+                    "--size",
+                    PAYLOAD_TAG.len() + payload::MIN_SIZE,
+                    64 * 1024 * 1024,
+                )?
+            }
+            "--keep" => opts.keep = true,
+            "--clients" => opts.clients = args.number("--clients", 1, 32)?,
+            "--quiet" => opts.quiet = true,
+            other => return Err(args.unknown(other)),
+        }
+        if arg != "--" {
+            given.push(arg);
+        }
+    }
+    // Which options each role takes; anything else is refused.
+    let allowed: &[&str] = match (api, role) {
+        (None, _) => &["--clients", "--count", "--quiet"],
+        (Some("sysv"), Some("receiver")) => &[
+            "--key", "--type", "--nowait", "--count", "--keep", "--quiet",
+        ],
+        (Some("sysv"), Some("sender")) => &["--key", "--type", "--count", "--size", "--quiet"],
+        (Some("sysv"), Some("client")) => &["--key", "--count", "--quiet"],
+        (Some("posix"), Some("receiver")) => &[
+            "--name",
+            "--timeout",
+            "--count",
+            "--keep",
+            "--quiet",
+            "--maxmsg",
+            "--msgsize",
+        ],
+        (Some("posix"), Some("sender")) => &[
+            "--name",
+            "--priority",
+            "--count",
+            "--size",
+            "--quiet",
+            "--maxmsg",
+            "--msgsize",
+        ],
+        (Some(_), _) => &["--key", "--name"],
+    };
+    if let Some(bad) = given.iter().find(|g| !allowed.contains(&g.as_str())) {
+        let whom = match (api, role) {
+            (Some(api), Some(role)) => format!("'{api} {role}'"),
+            _ => "the story".to_string(),
+        };
+        return Err(usage(format!("{bad} is not an option of {whom}")));
+    }
+    if !opts.texts.is_empty() && role != Some("sender") {
+        return Err(usage(format!(
+            "unexpected argument '{}': only a sender takes TEXT",
+            opts.texts[0]
+        )));
+    }
+    if !opts.texts.is_empty() && (given.iter().any(|g| g == "--count" || g == "--size")) {
+        return Err(usage(
+            "TEXT arguments are the messages: --count and --size do not apply",
+        ));
+    }
+    match api {
+        Some("sysv") if opts.key.is_none() => {
+            return Err(usage(
+                "System V roles need --key PATH, e.g. --key /tmp/demo.key",
+            ));
+        }
+        Some("posix") if opts.name.is_none() => {
+            return Err(usage("POSIX roles need --name /NAME, e.g. --name /demo"));
+        }
+        _ => {}
+    }
+    if role == Some("sender") && api == Some("sysv") && opts.mtype.is_some_and(|t| t <= 0) {
+        return Err(usage(
+            "--type for sending must be 1 or more: 0 and negative types only select when receiving",
+        ));
+    }
+    if role == Some("sender")
+        && api == Some("posix")
+        && opts.size > opts.msgsize
+        && opts.texts.is_empty()
+    {
+        // Caught again by mq_send for an existing queue with another size.
+        return Err(usage(format!(
+            "--size {} is larger than --msgsize {} (the queue's largest message)",
+            opts.size, opts.msgsize
+        )));
+    }
+    Ok(opts)
+}
+
+// ---------------------------------------------------------------------------
+// The story
+// ---------------------------------------------------------------------------
+
+/// Run this program with `args` and wait for it; its output is part of ours.
+fn run_role(args: &[String], say: &Narrator) -> Result<()> {
+    let mut peer = Peer::spawn_self(args)?;
+    let exit = peer.wait(Some(Duration::from_secs(120)))?;
+    if !exit.success() {
+        bail!("'msgq-demo {}' (pid {}) {exit}", args.join(" "), peer.pid());
+    }
+    say.message(format!("pid {} {exit}", peer.pid()));
+    Ok(())
+}
+
+fn words(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn story(opts: &Options) -> Result<()> {
+    let say = Narrator::new("parent", opts.quiet, Stream::Stdout);
+    let start = Instant::now();
+    say.line(format!(
+        "msgq-demo: System V and POSIX message queues (parent pid {})",
+        std::process::id()
+    ));
+    let dir = PrivateDir::create("msgq-demo")?;
+    let mut moved = sysv_story(&dir, &say)?;
+    moved += posix_story(&say)?;
+    moved += client_server(&dir, opts, &say)?;
+    say.line("");
+    summary("msgq", moved, 0, 0, start.elapsed(), &say);
+    Ok(())
+}
+
+/// Part 1: messages wait in the kernel; msgtyp chooses; ENOMSG, E2BIG.
+fn sysv_story(dir: &PrivateDir, say: &Narrator) -> Result<u64> {
+    say.line("\n== 1. System V: messages wait in the kernel, and msgrcv chooses by type ==");
+    let key_path = dir.path().join("key");
+    std::fs::write(&key_path, b"").context("create the key file")?;
+    let key = key_path.to_str().context("key path is not UTF-8")?;
+    let queue = sysv::Queue::open_or_create(&key_path, say)?;
+    let _remove = SysvGuard::new(SysvKind::MessageQueue, queue.id);
+    let batches: [(&str, &[&str]); 4] = [
+        ("3", &["three-a", "three-b"]),
+        ("1", &["one-a"]),
+        ("2", &["two-a", "two-b"]),
+        ("1", &["one-b"]),
+    ];
+    for (mtype, texts) in batches {
+        let mut args = words(&[
+            "sysv", "sender", "--key", key, "--type", mtype, "--quiet", "--",
+        ]);
+        args.extend(words(texts));
+        run_role(&args, say)?;
+        say.step(format!(
+            "a sender process sent {texts:?} as type {mtype} and exited"
+        ));
+    }
+    say.step(format!(
+        "no sender is left, the messages wait in the kernel: {}",
+        queue.describe()
+    ));
+    for (msgtyp, meaning) in [
+        ("2", "exactly type 2"),
+        ("-2", "the lowest type <= 2 first"),
+        ("0", "whatever is oldest"),
+    ] {
+        say.step(format!(
+            "a receiver process takes {meaning} (--type {msgtyp} --nowait):"
+        ));
+        run_role(
+            &words(&[
+                "sysv", "receiver", "--key", key, "--type", msgtyp, "--nowait", "--keep",
+            ]),
+            say,
+        )?;
+    }
+    match queue.receive(0, 64, libc::IPC_NOWAIT) {
+        Err(Errno::ENOMSG) => say.step("msgrcv(IPC_NOWAIT) on the empty queue → ENOMSG"),
+        other => bail!("msgrcv(IPC_NOWAIT) on an empty queue: expected ENOMSG, got {other:?}"),
+    }
+    queue
+        .send(1, &[b'x'; 100], false)
+        .context("msgsnd(100 bytes)")?;
+    match queue.receive(0, 10, 0) {
+        Err(Errno::E2BIG) => say.step(
+            "msgrcv into a 10-byte buffer, 100-byte message → E2BIG; the message stays in the queue",
+        ),
+        other => bail!("msgrcv of a too-large message: expected E2BIG, got {other:?}"),
+    }
+    let (_, cut) = queue
+        .receive(0, 10, libc::MSG_NOERROR)
+        .context("msgrcv(MSG_NOERROR)")?;
+    say.step(format!(
+        "msgrcv(MSG_NOERROR) → {} bytes: truncated to the buffer, the rest is discarded",
+        cut.len()
+    ));
+    queue.remove().context("msgctl(IPC_RMID)")?;
+    say.step(format!("msgctl(msqid {}, IPC_RMID): removed", queue.id));
+    Ok(8)
+}
+
+/// Part 2: priorities, getattr, EAGAIN, a timed receive, mq_notify.
+fn posix_story(say: &Narrator) -> Result<u64> {
+    say.line("\n== 2. POSIX: the highest priority first, and a notification ==");
+    let l = posix::limits();
+    say.step(format!(
+        "/proc/sys/fs/mqueue: msg_max = {}, msgsize_max = {}, queues_max = {}",
+        l.msg_max, l.msgsize_max, l.queues_max
+    ));
+    let name = format!("/{}", unique_name("msgq-demo"));
+    let _unlink = MqGuard::new(&name);
+    let queue =
+        posix::Queue::open_or_create(&name, 10.min(l.msg_max), 128.min(l.msgsize_max), say)?;
+    for (priority, texts) in [
+        ("1", &["low-a", "low-b"][..]),
+        ("5", &["high-a"][..]),
+        ("3", &["mid-a"][..]),
+        ("5", &["high-b"][..]),
+    ] {
+        let mut args = words(&[
+            "posix",
+            "sender",
+            "--name",
+            &name,
+            "--priority",
+            priority,
+            "--quiet",
+            "--",
+        ]);
+        args.extend(words(texts));
+        run_role(&args, say)?;
+        say.step(format!(
+            "a sender process sent {texts:?} at priority {priority} and exited"
+        ));
+    }
+    say.step(format!(
+        "mq_getattr: {} messages waiting",
+        queue.attr()?.curmsgs()
+    ));
+    say.step("a receiver process takes them all (--timeout 1):");
+    run_role(
+        &words(&[
+            "posix",
+            "receiver",
+            "--name",
+            &name,
+            "--timeout",
+            "1",
+            "--keep",
+        ]),
+        say,
+    )?;
+
+    nix::mqueue::mq_set_nonblock(queue.mqd()).context("mq_setattr(O_NONBLOCK)")?;
+    match queue.receive()? {
+        None => say.step("O_NONBLOCK, empty queue: mq_receive → EAGAIN"),
+        Some(_) => bail!("mq_receive on an empty queue returned a message"),
+    }
+    nix::mqueue::mq_remove_nonblock(queue.mqd()).context("mq_setattr(0)")?;
+    let start = Instant::now();
+    if queue.receive_within(Duration::from_millis(300))?.is_some() {
+        bail!("mq_timedreceive on an empty queue returned a message");
+    }
+    say.step(format!(
+        "mq_timedreceive(300 ms) → ETIMEDOUT after {:.0} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    ));
+    notify(&queue, &name, say)?;
+    drop(queue);
+    nix::mqueue::mq_unlink(name.as_str()).with_context(|| format!("mq_unlink({name})"))?;
+    say.step(format!("mq_unlink({name}): removed"));
+    Ok(6)
+}
+
+/// mq_notify: a signal when the empty queue gets a message.
+fn notify(queue: &posix::Queue, name: &str, say: &Narrator) -> Result<()> {
+    use nix::sys::signal::{SigEvent, SigSet, SigevNotify, SigmaskHow, Signal, sigprocmask};
+    // Block SIGUSR1 first: it then stays pending until sigtimedwait takes
+    // it, instead of running a handler (or killing us) at any moment.
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGUSR1);
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+        .context("sigprocmask(SIG_BLOCK, SIGUSR1)")?;
+    let event = SigEvent::new(SigevNotify::SigevSignal {
+        signal: Signal::SIGUSR1,
+        si_value: 0,
+    });
+    // SAFETY: the descriptor is open; the sigevent is valid for the call.
+    Errno::result(unsafe { libc::mq_notify(queue.mqd().as_raw_fd(), &event.sigevent()) })
+        .context("mq_notify(SIGEV_SIGNAL, SIGUSR1)")?;
+    say.step("mq_notify(SIGUSR1): tell me when this empty queue gets a message");
+    run_role(
+        &words(&[
+            "posix", "sender", "--name", name, "--quiet", "--", "wake up",
+        ]),
+        say,
+    )?;
+    let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::uninit();
+    let timeout = libc::timespec {
+        tv_sec: 10,
+        tv_nsec: 0,
+    };
+    // SAFETY: `set` is a valid signal set, `info` a valid out-pointer.
+    let got = unsafe { libc::sigtimedwait(set.as_ref(), info.as_mut_ptr(), &timeout) };
+    sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None).context("sigprocmask(SIG_UNBLOCK)")?;
+    if got != libc::SIGUSR1 {
+        bail!("no notification within 10 s: {}", Errno::last());
+    }
+    // SAFETY: sigtimedwait succeeded, so it filled `info`.
+    let code = unsafe { info.assume_init() }.si_code;
+    let (_, text) = queue
+        .receive()?
+        .context("the announced message is missing")?;
+    say.step(format!(
+        "SIGUSR1 arrived (si_code {}{}); mq_receive → {}: a notification fires once, for the \
+         empty → non-empty change, and must be registered again",
+        code,
+        if code == libc::SI_MESGQ {
+            " = SI_MESGQ"
+        } else {
+            ""
+        },
+        show(&text)
+    ));
+    Ok(())
+}
+
+/// Part 3: K clients, one server, one System V queue.
+fn client_server(dir: &PrivateDir, opts: &Options, say: &Narrator) -> Result<u64> {
+    say.line(format!(
+        "\n== 3. {} clients and a server on one System V queue: replies typed by client pid ==",
+        opts.clients
+    ));
+    let key_path = dir.path().join("server-key");
+    std::fs::write(&key_path, b"").context("create the key file")?;
+    let key = key_path.to_str().context("key path is not UTF-8")?;
+    let queue = sysv::Queue::open_or_create(&key_path, say)?;
+    let _remove = SysvGuard::new(SysvKind::MessageQueue, queue.id);
+    let count = opts.count.to_string();
+    let mut clients = Vec::new();
+    for _ in 0..opts.clients {
+        let mut args = words(&["sysv", "client", "--key", key, "--count", &count]);
+        if opts.quiet {
+            args.push("--quiet".into());
+        }
+        clients.push(Peer::spawn_self(&args)?);
+    }
+    let pids: Vec<String> = clients.iter().map(|c| c.pid().to_string()).collect();
+    say.step(format!(
+        "started clients {}: each sends requests of type 1 and waits for replies of its own pid's type",
+        pids.join(", ")
+    ));
+    let total = opts.clients * opts.count;
+    let served = sysv::serve(&queue, total, say, Duration::from_secs(120))?;
+    for mut client in clients {
+        let exit = client.wait(Some(Duration::from_secs(60)))?;
+        if !exit.success() {
+            bail!("client pid {} {exit}", client.pid());
+        }
+    }
+    say.step(format!(
+        "served {served} requests; every client got only its own replies and exited 0"
+    ));
+    queue.remove().context("msgctl(IPC_RMID)")?;
+    Ok(2 * served)
+}
