@@ -209,7 +209,13 @@ pub fn sender(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
 }
 
 pub fn receiver(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
-    let queue = Queue::open_or_create(path, say)?;
+    // A waiting receiver may create the queue for senders to come; one
+    // that will not wait has nothing to do without an existing queue.
+    let queue = if opts.nowait {
+        Queue::open(path)?
+    } else {
+        Queue::open_or_create(path, say)?
+    };
     let msgtyp = opts.mtype.unwrap_or(0);
     let flags = if opts.nowait { libc::IPC_NOWAIT } else { 0 };
     let mut tally = Tally::new();
