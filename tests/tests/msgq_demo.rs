@@ -196,12 +196,30 @@ fn hundred_thousand_messages_each_api() {
 #[test]
 fn nowait_timeout_and_empty_paths() {
     let (_dir, key) = key_file();
+    // No queue yet: a receiver that will not wait says so plainly.
+    let out = run(
+        MSGQ_DEMO,
+        &["sysv", "receiver", "--key", &key, "--nowait"],
+        SHORT,
+    );
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("no System V queue for --key"),
+        "{}",
+        out.describe()
+    );
+    ok(&run(
+        MSGQ_DEMO,
+        &["sysv", "sender", "--key", &key, "one"],
+        SHORT,
+    ));
     let out = run(
         MSGQ_DEMO,
         &["sysv", "receiver", "--key", &key, "--nowait"],
         SHORT,
     );
     ok(&out);
+    assert_eq!(texts(&out), ["one"]);
     assert!(out.stdout.contains("ENOMSG"), "{}", out.describe());
     let name = unique_name();
     let out = run(
