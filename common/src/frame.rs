@@ -135,6 +135,34 @@ pub fn read_frame<R: Read + ?Sized>(r: &mut R, max: usize) -> Result<Option<Vec<
     Ok(Some(payload))
 }
 
+/// Find one complete frame at the start of `buf`, for a reader that
+/// collects bytes with non-blocking reads (a `poll` loop cannot block in
+/// `read_frame` waiting for the rest of a frame).
+///
+/// `Ok(None)`: not complete yet, read more. `Ok(Some((payload, used)))`:
+/// the payload is `buf[payload]`, and the frame took `used` bytes.
+pub fn split_frame(
+    buf: &[u8],
+    max: usize,
+) -> Result<Option<(std::ops::Range<usize>, usize)>, FrameError> {
+    let max = max.min(MAX_FRAME);
+    let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes(*header);
+    if len as usize > max {
+        return Err(FrameError::TooLong {
+            len: len.into(),
+            max,
+        });
+    }
+    let end = HEADER_LEN + len as usize;
+    if buf.len() < end {
+        return Ok(None);
+    }
+    Ok(Some((HEADER_LEN..end, end)))
+}
+
 /// Read until `buf` is full or the stream ends; returns the bytes read.
 /// Unlike `read_exact`, it says how much arrived before the end, which is
 /// what tells a clean end from a truncated frame.
@@ -309,7 +337,41 @@ mod tests {
         assert!(read_frame(&mut reader, 100).unwrap().is_none());
     }
 
+    #[test]
+    fn split_frame_waits_for_whole_frames() {
+        let bytes = encode(&[b"abc", b"de"]);
+        for cut in 0..7 {
+            assert!(
+                split_frame(&bytes[..cut], 100).unwrap().is_none(),
+                "cut {cut}"
+            );
+        }
+        let (payload, used) = split_frame(&bytes, 100).unwrap().unwrap();
+        assert_eq!((&bytes[payload], used), (&b"abc"[..], 7));
+        let (payload, used) = split_frame(&bytes[7..], 100).unwrap().unwrap();
+        assert_eq!((&bytes[7..][payload], used), (&b"de"[..], 6));
+        assert!(matches!(
+            split_frame(&bytes, 2),
+            Err(FrameError::TooLong { len: 3, max: 2 })
+        ));
+    }
+
     proptest! {
+        #[test]
+        fn split_frame_agrees_with_read_frame(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            // Whatever the bytes, both decoders see the same first frame
+            // (or both see none / an error).
+            let split = split_frame(&bytes, 256);
+            let read = read_frame(&mut Cursor::new(bytes.clone()), 256);
+            match (split, read) {
+                (Ok(Some((payload, _))), Ok(Some(frame))) => prop_assert_eq!(&bytes[payload], &frame[..]),
+                (Ok(None), Ok(None)) => prop_assert!(bytes.is_empty()),
+                (Ok(None), Err(FrameError::TruncatedHeader { .. } | FrameError::TruncatedBody { .. })) => {}
+                (Err(FrameError::TooLong { .. }), Err(FrameError::TooLong { .. })) => {}
+                (s, r) => prop_assert!(false, "split {s:?} vs read {r:?}"),
+            }
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048),
                                        max in 0usize..4096) {
