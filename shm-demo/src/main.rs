@@ -65,7 +65,6 @@
 //! `psem`, `report`, `sysv_sem`.
 
 mod posix;
-mod ring;
 mod sysv;
 
 use std::path::PathBuf;
@@ -76,7 +75,7 @@ use common::cleanup::stop_on_signals;
 use common::cli::{Args, DEFAULT_COUNT, DEFAULT_SIZE, MAX_COUNT};
 use common::error::{self, usage};
 
-use ring::{MAX_MESSAGE, MAX_SLOT_SIZE, MAX_SLOTS};
+use shm_demo::ring::{MAX_MESSAGE, MAX_SLOT_SIZE, MAX_SLOTS};
 
 const USAGE: &str = "\
 shm-demo: shared memory as a bounded buffer, synchronised with semaphores

@@ -18,7 +18,7 @@ use nix::sys::stat::{Mode, fstat};
 use nix::unistd::ftruncate;
 
 use crate::Options;
-use crate::ring::{
+use shm_demo::ring::{
     self, Detach, HEADER_SPACE, MAX_SLOT_SIZE, MAX_SLOTS, SYNC_POSIX, Segment, pid_gone,
     segment_len,
 };

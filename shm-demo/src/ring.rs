@@ -64,6 +64,18 @@ pub struct Header {
     pub full: UnsafeCell<libc::sem_t>,
 }
 
+impl std::fmt::Debug for Header {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Header")
+            .field("magic", &self.magic)
+            .field("slot_count", &self.slot_count)
+            .field("slot_size", &self.slot_size)
+            .field("receiver_pid", &self.receiver_pid)
+            .field("sender_pid", &self.sender_pid)
+            .finish_non_exhaustive()
+    }
+}
+
 #[repr(C)]
 struct SlotHeader {
     /// Which message this piece belongs to.
@@ -103,6 +115,7 @@ pub enum Detach {
 }
 
 /// One mapping of a segment; unmapped (or detached) on drop.
+#[derive(Debug)]
 pub struct Segment {
     base: NonNull<c_void>,
     len: usize,
@@ -322,32 +335,45 @@ pub fn pid_gone(role: &str, pid: &AtomicI32) -> Option<String> {
 // sending and receiving
 // ---------------------------------------------------------------------------
 
-/// The sender's loop: wait(empty), write a slot, post(full). Ends with an
-/// end-marker slot. Returns the time it took.
-pub fn send(
-    segment: &Segment,
-    (empty, full): (Sem, Sem),
-    count: u64,
-    size: usize,
-    say: &Narrator,
-) -> Result<Duration> {
-    let header = segment.header();
-    header
-        .sender_pid
-        .store(std::process::id() as i32, Ordering::Relaxed);
-    let mut peer_gone = || pid_gone("receiver", &header.receiver_pid);
-    let mut next = 0usize; // our own slot index: nothing shared to trust
-    let pieces = size.div_ceil(segment.slot_size).max(1);
-    say.step(format!(
-        "writing each message straight into the slots (no intermediate buffer): \
-         {pieces} slot(s) per {size}-byte message"
-    ));
-    let start = Instant::now();
-    for seq in 0..count {
+/// The sender's side of the ring, one message at a time.
+#[derive(Debug)]
+pub struct Writer<'a> {
+    segment: &'a Segment,
+    empty: Sem,
+    full: Sem,
+    /// Our own slot index: nothing shared to trust.
+    next: usize,
+}
+
+impl<'a> Writer<'a> {
+    /// Start writing; records our pid in the header for the receiver's
+    /// liveness checks.
+    pub fn new(segment: &'a Segment, (empty, full): (Sem, Sem)) -> Writer<'a> {
+        let header = segment.header();
+        header
+            .sender_pid
+            .store(std::process::id() as i32, Ordering::Relaxed);
+        Writer {
+            segment,
+            empty,
+            full,
+            next: 0,
+        }
+    }
+
+    /// Write message `seq` of `size` bytes: for each slot it needs,
+    /// wait(empty), write the piece, post(full).
+    pub fn write(
+        &mut self,
+        seq: u64,
+        size: usize,
+        peer_gone: &mut dyn FnMut() -> Option<String>,
+    ) -> Result<()> {
+        let segment = self.segment;
         let mut offset = 0;
         loop {
-            wait_on(empty, "empty", &mut peer_gone)?;
-            let (slot, data) = segment.slot(next);
+            wait_on(self.empty, "empty", peer_gone)?;
+            let (slot, data) = segment.slot(self.next);
             let piece = (size - offset).min(segment.slot_size);
             // SAFETY: `data` has slot_size >= piece bytes inside the
             // mapping; between our wait on `empty` and our post on `full`
@@ -362,103 +388,164 @@ pub fn send(
             slot.flags.store(0, Ordering::Relaxed);
             // A semaphore post is a full memory barrier: the receiver's
             // wait that takes this post sees every byte written above.
-            full.post()?;
-            next = (next + 1) % segment.slot_count;
+            self.full.post()?;
+            self.next = (self.next + 1) % segment.slot_count;
             offset += piece;
             if offset >= size {
-                break;
+                return Ok(());
             }
         }
+    }
+
+    /// One last slot says "done", in order behind the last message.
+    pub fn end(&mut self, peer_gone: &mut dyn FnMut() -> Option<String>) -> Result<()> {
+        wait_on(self.empty, "empty", peer_gone)?;
+        let (slot, _) = self.segment.slot(self.next);
+        slot.piece_len.store(0, Ordering::Relaxed);
+        slot.flags.store(FLAG_END, Ordering::Relaxed);
+        self.full.post()
+    }
+}
+
+/// The receiver's side of the ring, one message at a time.
+#[derive(Debug)]
+pub struct Reader<'a> {
+    segment: &'a Segment,
+    empty: Sem,
+    full: Sem,
+    next: usize,
+    message: Vec<u8>,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(segment: &'a Segment, (empty, full): (Sem, Sem)) -> Reader<'a> {
+        Reader {
+            segment,
+            empty,
+            full,
+            next: 0,
+            message: Vec::new(),
+        }
+    }
+
+    /// The next whole message as (seq, bytes), or `None` at the end marker.
+    /// Each slot: wait(full), check and copy the piece out, post(empty).
+    pub fn read(
+        &mut self,
+        peer_gone: &mut dyn FnMut() -> Option<String>,
+    ) -> Result<Option<(u64, &[u8])>> {
+        let segment = self.segment;
+        self.message.clear();
+        let mut current: Option<(u64, usize)> = None; // (seq, length) being assembled
+        loop {
+            wait_on(self.full, "full", peer_gone)?;
+            let (slot, data) = segment.slot(self.next);
+            let at = self.next;
+            self.next = (self.next + 1) % segment.slot_count;
+            if slot.flags.load(Ordering::Relaxed) & FLAG_END != 0 {
+                self.empty.post()?;
+                if current.is_some() {
+                    bail!("slot {at}: end marker in the middle of a message");
+                }
+                return Ok(None);
+            }
+            // Everything below came from another process: check before use.
+            let seq = slot.seq.load(Ordering::Relaxed);
+            let len = slot.message_len.load(Ordering::Relaxed);
+            let offset = slot.offset.load(Ordering::Relaxed);
+            let piece = slot.piece_len.load(Ordering::Relaxed) as usize;
+            if len > MAX_MESSAGE as u64 {
+                bail!("slot {at}: message length {len} is over the limit of {MAX_MESSAGE}");
+            }
+            let len = len as usize;
+            if piece > segment.slot_size || piece == 0 && len != 0 {
+                bail!(
+                    "slot {at}: piece length {piece} does not fit a {}-byte slot",
+                    segment.slot_size
+                );
+            }
+            let (want_seq, want_len) = *current.get_or_insert((seq, len));
+            if seq != want_seq || len != want_len || offset != self.message.len() as u64 {
+                bail!(
+                    "slot {at}: piece of message {seq} at offset {offset} does not continue \
+                     message {want_seq} (at offset {})",
+                    self.message.len()
+                );
+            }
+            if self.message.len() + piece > len {
+                bail!("slot {at}: piece runs past the end of its {len}-byte message");
+            }
+            // Copy the piece out with a raw copy (no reference into memory
+            // the sender may write); checks then run on our private copy.
+            self.message.reserve(piece);
+            // SAFETY: `data` has at least slot_size >= piece readable bytes
+            // in the mapping; `message` has room for `piece` more bytes
+            // (reserve), and the regions cannot overlap (private heap vs
+            // shared mapping).
+            unsafe {
+                let end = self.message.as_mut_ptr().add(self.message.len());
+                std::ptr::copy_nonoverlapping(data, end, piece);
+                self.message.set_len(self.message.len() + piece);
+            }
+            // The slot's contents are in our copy: give it back.
+            self.empty.post()?;
+            if self.message.len() == len {
+                return Ok(Some((seq, &self.message)));
+            }
+        }
+    }
+}
+
+/// The sender's loop: `count` messages, then the end marker. Returns the
+/// time it took.
+pub fn send(
+    segment: &Segment,
+    sems: (Sem, Sem),
+    count: u64,
+    size: usize,
+    say: &Narrator,
+) -> Result<Duration> {
+    let header = segment.header();
+    let mut peer_gone = || pid_gone("receiver", &header.receiver_pid);
+    let mut writer = Writer::new(segment, sems);
+    let pieces = size.div_ceil(segment.slot_size).max(1);
+    say.step(format!(
+        "writing each message straight into the slots (no intermediate buffer): \
+         {pieces} slot(s) per {size}-byte message"
+    ));
+    let start = Instant::now();
+    for seq in 0..count {
+        writer.write(seq, size, &mut peer_gone)?;
         say.message(format!("wrote message {seq} ({size} bytes)"));
     }
-    // One last slot says "done", in order behind the last message.
-    wait_on(empty, "empty", &mut peer_gone)?;
-    let (slot, _) = segment.slot(next);
-    slot.piece_len.store(0, Ordering::Relaxed);
-    slot.flags.store(FLAG_END, Ordering::Relaxed);
-    full.post()?;
+    writer.end(&mut peer_gone)?;
     Ok(start.elapsed())
 }
 
-/// The receiver's loop: wait(full), copy a slot out, post(empty), until the
-/// end marker. Returns the checker's counts and the time from the first slot.
+/// The receiver's loop: every message until the end marker, each checked.
+/// Returns the checker's counts and the time from the first message.
 pub fn receive(
     segment: &Segment,
-    (empty, full): (Sem, Sem),
+    sems: (Sem, Sem),
     expected: Option<u64>,
     say: &Narrator,
     peer_gone: &mut dyn FnMut() -> Option<String>,
 ) -> Result<(CheckReport, Duration)> {
     let mut checker = Checker::new(expected);
-    let mut next = 0usize;
-    let mut message: Vec<u8> = Vec::new();
-    let mut current: Option<(u64, usize)> = None; // (seq, length) being assembled
+    let mut reader = Reader::new(segment, sems);
     let mut start = None;
-    loop {
-        wait_on(full, "full", peer_gone)?;
+    while let Some((seq, message)) = reader.read(peer_gone)? {
         start.get_or_insert_with(Instant::now);
-        let (slot, data) = segment.slot(next);
-        let at = next;
-        next = (next + 1) % segment.slot_count;
-        if slot.flags.load(Ordering::Relaxed) & FLAG_END != 0 {
-            empty.post()?;
-            if current.is_some() {
-                bail!("slot {at}: end marker in the middle of a message");
-            }
-            say.step("read the end marker: the sender is done");
-            break;
-        }
-        // Everything below came from another process: check before use.
-        let seq = slot.seq.load(Ordering::Relaxed);
-        let len = slot.message_len.load(Ordering::Relaxed);
-        let offset = slot.offset.load(Ordering::Relaxed);
-        let piece = slot.piece_len.load(Ordering::Relaxed) as usize;
-        if len > MAX_MESSAGE as u64 {
-            bail!("slot {at}: message length {len} is over the limit of {MAX_MESSAGE}");
-        }
-        let len = len as usize;
-        if piece > segment.slot_size || piece == 0 && len != 0 {
-            bail!(
-                "slot {at}: piece length {piece} does not fit a {}-byte slot",
-                segment.slot_size
-            );
-        }
-        let (want_seq, want_len) = *current.get_or_insert((seq, len));
-        if seq != want_seq || len != want_len || offset != message.len() as u64 {
-            bail!(
-                "slot {at}: piece of message {seq} at offset {offset} does not continue \
-                 message {want_seq} (at offset {})",
-                message.len()
-            );
-        }
-        if message.len() + piece > len {
-            bail!("slot {at}: piece runs past the end of its {len}-byte message");
-        }
-        // Copy the piece out with a raw copy (no reference into memory the
-        // sender may write); checks then run on our private copy.
-        message.reserve(piece);
-        // SAFETY: `data` has at least slot_size >= piece readable bytes in
-        // the mapping; `message` has room for `piece` more bytes (reserve),
-        // and the regions cannot overlap (private heap vs shared mapping).
-        unsafe {
-            std::ptr::copy_nonoverlapping(data, message.as_mut_ptr().add(message.len()), piece);
-            message.set_len(message.len() + piece);
-        }
-        // The slot's contents are in our copy: give it back to the sender.
-        empty.post()?;
-        if message.len() == len {
-            let verdict = checker.check_numbered(seq, &message);
-            let line = format!("message {seq} ({len} bytes): {verdict}");
-            // A bad message is reported even with --quiet.
-            if verdict == Verdict::Ok {
-                say.message(line)
-            } else {
-                say.step(line)
-            }
-            message.clear();
-            current = None;
+        let verdict = checker.check_numbered(seq, message);
+        let line = format!("message {seq} ({} bytes): {verdict}", message.len());
+        // A bad message is reported even with --quiet.
+        if verdict == Verdict::Ok {
+            say.message(line)
+        } else {
+            say.step(line)
         }
     }
+    say.step("read the end marker: the sender is done");
     let elapsed = start.map_or(Duration::ZERO, |s| s.elapsed());
     Ok((checker.report(), elapsed))
 }

@@ -25,7 +25,7 @@ use common::sysv_sem::{SemSet, ftok};
 use nix::errno::Errno;
 
 use crate::Options;
-use crate::ring::{
+use shm_demo::ring::{
     self, Detach, HEADER_SPACE, MAX_SLOT_SIZE, MAX_SLOTS, SYNC_SYSV, Segment, Sem, pid_gone,
     segment_len,
 };
