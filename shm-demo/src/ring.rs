@@ -397,6 +397,16 @@ impl<'a> Writer<'a> {
         }
     }
 
+    /// The slot the next write goes to.
+    pub fn position(&self) -> usize {
+        self.next
+    }
+
+    /// Continue at `slot` (from `position` of an earlier Writer).
+    pub fn resume_at(&mut self, slot: usize) {
+        self.next = slot % self.segment.slot_count;
+    }
+
     /// One last slot says "done", in order behind the last message.
     pub fn end(&mut self, peer_gone: &mut dyn FnMut() -> Option<String>) -> Result<()> {
         wait_on(self.empty, "empty", peer_gone)?;
@@ -414,7 +424,6 @@ pub struct Reader<'a> {
     empty: Sem,
     full: Sem,
     next: usize,
-    message: Vec<u8>,
 }
 
 impl<'a> Reader<'a> {
@@ -424,18 +433,29 @@ impl<'a> Reader<'a> {
             empty,
             full,
             next: 0,
-            message: Vec::new(),
         }
     }
 
-    /// The next whole message as (seq, bytes), or `None` at the end marker.
-    /// Each slot: wait(full), check and copy the piece out, post(empty).
+    /// The slot the next read comes from.
+    pub fn position(&self) -> usize {
+        self.next
+    }
+
+    /// Continue at `slot` (from `position` of an earlier Reader).
+    pub fn resume_at(&mut self, slot: usize) {
+        self.next = slot % self.segment.slot_count;
+    }
+
+    /// Read the next whole message into `message` and return its sequence
+    /// number, or `None` at the end marker. Each slot: wait(full), check
+    /// and copy the piece out, post(empty).
     pub fn read(
         &mut self,
+        message: &mut Vec<u8>,
         peer_gone: &mut dyn FnMut() -> Option<String>,
-    ) -> Result<Option<(u64, &[u8])>> {
+    ) -> Result<Option<u64>> {
         let segment = self.segment;
-        self.message.clear();
+        message.clear();
         let mut current: Option<(u64, usize)> = None; // (seq, length) being assembled
         loop {
             wait_on(self.full, "full", peer_gone)?;
@@ -465,32 +485,32 @@ impl<'a> Reader<'a> {
                 );
             }
             let (want_seq, want_len) = *current.get_or_insert((seq, len));
-            if seq != want_seq || len != want_len || offset != self.message.len() as u64 {
+            if seq != want_seq || len != want_len || offset != message.len() as u64 {
                 bail!(
                     "slot {at}: piece of message {seq} at offset {offset} does not continue \
                      message {want_seq} (at offset {})",
-                    self.message.len()
+                    message.len()
                 );
             }
-            if self.message.len() + piece > len {
+            if message.len() + piece > len {
                 bail!("slot {at}: piece runs past the end of its {len}-byte message");
             }
             // Copy the piece out with a raw copy (no reference into memory
             // the sender may write); checks then run on our private copy.
-            self.message.reserve(piece);
+            message.reserve(piece);
             // SAFETY: `data` has at least slot_size >= piece readable bytes
             // in the mapping; `message` has room for `piece` more bytes
             // (reserve), and the regions cannot overlap (private heap vs
             // shared mapping).
             unsafe {
-                let end = self.message.as_mut_ptr().add(self.message.len());
+                let end = message.as_mut_ptr().add(message.len());
                 std::ptr::copy_nonoverlapping(data, end, piece);
-                self.message.set_len(self.message.len() + piece);
+                message.set_len(message.len() + piece);
             }
             // The slot's contents are in our copy: give it back.
             self.empty.post()?;
-            if self.message.len() == len {
-                return Ok(Some((seq, &self.message)));
+            if message.len() == len {
+                return Ok(Some(seq));
             }
         }
     }
@@ -533,10 +553,11 @@ pub fn receive(
 ) -> Result<(CheckReport, Duration)> {
     let mut checker = Checker::new(expected);
     let mut reader = Reader::new(segment, sems);
+    let mut message = Vec::new();
     let mut start = None;
-    while let Some((seq, message)) = reader.read(peer_gone)? {
+    while let Some(seq) = reader.read(&mut message, peer_gone)? {
         start.get_or_insert_with(Instant::now);
-        let verdict = checker.check_numbered(seq, message);
+        let verdict = checker.check_numbered(seq, &message);
         let line = format!("message {seq} ({} bytes): {verdict}", message.len());
         // A bad message is reported even with --quiet.
         if verdict == Verdict::Ok {

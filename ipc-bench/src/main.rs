@@ -1,0 +1,627 @@
+//! # ipc-bench: every mechanism, one workload, one table
+//!
+//! Throughput (one way, sender and receiver in separate processes) at
+//! several message sizes, and round-trip latency of 64-byte messages, for
+//! every mechanism the demos show. Every message received is checked with
+//! `common::payload` — a wrong byte aborts the run — so nothing is fast
+//! because it is wrong. Reference rows measured in the same run put the
+//! numbers in proportion: `memcpy` bandwidth, the cost of generating and
+//! checking the payload itself, and a raw shared-memory spin ping-pong.
+//!
+//! ```text
+//! cargo run --release -p ipc-bench                       # about a minute on 2 cores
+//! cargo run --release -p ipc-bench -- --quick --json out.json --svg chart.svg
+//! cargo run --release -p ipc-bench -- --mechanisms pipe,shm-spsc --sizes 64,65536
+//! ```
+//!
+//! Progress goes to stderr, the Markdown tables to stdout.
+
+mod output;
+mod transport;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use common::cleanup::{PrivateDir, stop_on_signals};
+use common::cli::Args;
+use common::error::{self, usage};
+use common::payload::{self, Checker, Verdict};
+use common::peer::wait_pid;
+use nix::fcntl::OFlag;
+use nix::unistd::{ForkResult, Pid, fork, getppid, pipe2, read, write};
+
+use transport::{ALL, Channel, Mech, Msg};
+
+const USAGE: &str = "\
+ipc-bench: one benchmark for every IPC mechanism
+
+USAGE:
+    ipc-bench [--mechanisms LIST] [--sizes LIST] [--count N] [--rounds N]
+              [--quick] [--json PATH] [--svg PATH]
+
+OPTIONS:
+    --mechanisms LIST  comma-separated, from: pipe, fifo, unix-stream, unix-dgram,
+                       sysv-msg, posix-mq, shm-sem, shm-spsc, tcp, signal (default: all)
+    --sizes LIST       message sizes in bytes, comma-separated, 1 to 16777216
+                       (default: 64,4096,65536,1048576)
+    --count N          messages per throughput measurement (default: 64 MiB worth,
+                       at least 16 and at most 200000; --quick: 2 MiB worth)
+    --rounds N         round trips per latency measurement (default 20000; --quick 500)
+    --quick            a short run (under 15 s) with every row
+    --json PATH        also write the results as JSON
+    --svg PATH         also draw them as an SVG chart
+    -h, --help         this text
+
+Build with --release for meaningful numbers; a debug build says so in its output.
+";
+
+/// Largest message size accepted.
+pub const MAX_SIZE: usize = 16 * 1024 * 1024;
+/// How long one measurement may take before it counts as a hang.
+const CELL_DEADLINE: Duration = Duration::from_secs(300);
+/// The round-trip message size.
+const PING_SIZE: usize = 64;
+
+fn main() -> ExitCode {
+    error::run("ipc-bench", run)
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub mechs: Vec<Mech>,
+    pub sizes: Vec<usize>,
+    count: Option<u64>,
+    budget: u64,
+    rounds: u64,
+    warmup: u64,
+    json: Option<PathBuf>,
+    svg: Option<PathBuf>,
+    pub quick: bool,
+    pub command: String,
+}
+
+/// One throughput measurement.
+#[derive(Debug, Clone)]
+pub enum Cell {
+    Measured {
+        messages: u64,
+        bytes: u64,
+        seconds: f64,
+        note: Option<String>,
+    },
+    NotApplicable(String),
+}
+
+impl Cell {
+    pub fn mb_per_s(&self) -> Option<f64> {
+        match self {
+            Cell::Measured { bytes, seconds, .. } => Some(*bytes as f64 / seconds.max(1e-9) / 1e6),
+            Cell::NotApplicable(_) => None,
+        }
+    }
+
+    pub fn msg_per_s(&self) -> Option<f64> {
+        match self {
+            Cell::Measured {
+                messages, seconds, ..
+            } => Some(*messages as f64 / seconds.max(1e-9)),
+            Cell::NotApplicable(_) => None,
+        }
+    }
+}
+
+/// Round-trip times in nanoseconds.
+#[derive(Debug, Clone)]
+pub struct Latency {
+    pub rounds: u64,
+    pub median: u64,
+    pub p99: u64,
+    pub p999: u64,
+}
+
+impl Latency {
+    /// Percentiles of the per-round-trip times (all samples kept, sorted:
+    /// the histogram at one-nanosecond resolution).
+    fn from_samples(mut samples: Vec<u64>) -> Latency {
+        samples.sort_unstable();
+        let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+        Latency {
+            rounds: samples.len() as u64,
+            median: at(0.5),
+            p99: at(0.99),
+            p999: at(0.999),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Results {
+    pub throughput: Vec<(Mech, Vec<(usize, Cell)>)>,
+    pub latency: Vec<(Mech, Latency)>,
+    pub memcpy: Vec<(usize, f64)>,
+    pub check: Vec<(usize, f64)>,
+    pub spin: Latency,
+}
+
+fn run() -> Result<()> {
+    let config = parse()?;
+    stop_on_signals()?;
+    let dir = PrivateDir::create("ipc-bench")?;
+    if cfg!(debug_assertions) {
+        progress("a debug build: numbers are far below what the mechanisms can do; use --release");
+    }
+    let started = Instant::now();
+
+    progress("reference: memcpy and payload fill+check bandwidth");
+    let mut memcpy = Vec::new();
+    let mut check = Vec::new();
+    for &size in &config.sizes {
+        memcpy.push((size, memcpy_bandwidth(size, config.budget)));
+        check.push((size, check_bandwidth(size, config.budget / 4)));
+    }
+    progress("reference: raw shared-memory spin ping-pong");
+    let spin = spin_ping_pong(config.rounds, config.warmup)?;
+
+    let mut throughput = Vec::new();
+    let mut latency = Vec::new();
+    for &mech in &config.mechs {
+        let mut row = Vec::new();
+        for &size in &config.sizes {
+            let cell = if mech == Mech::Signal && size != config.sizes[0] {
+                Cell::NotApplicable("n/a: a signal carries one integer, whatever the size".into())
+            } else {
+                let count = config
+                    .count
+                    .unwrap_or_else(|| messages_for(size, config.budget));
+                throughput_cell(mech, size, count, &dir)
+                    .with_context(|| format!("{} at {size} bytes", mech.name()))?
+            };
+            match &cell {
+                Cell::Measured { .. } => progress(&format!(
+                    "{:<12} {:>8}: {:>10.1} MB/s {:>12.0} msg/s",
+                    mech.name(),
+                    output::size_label(size),
+                    cell.mb_per_s().unwrap_or(0.0),
+                    cell.msg_per_s().unwrap_or(0.0)
+                )),
+                Cell::NotApplicable(why) => progress(&format!(
+                    "{:<12} {:>8}: {why}",
+                    mech.name(),
+                    output::size_label(size)
+                )),
+            }
+            row.push((size, cell));
+        }
+        throughput.push((mech, row));
+        let lat = latency_of(mech, config.rounds, config.warmup, &dir)
+            .with_context(|| format!("{} round trips", mech.name()))?;
+        progress(&format!(
+            "{:<12} round trip: median {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs",
+            mech.name(),
+            lat.median as f64 / 1e3,
+            lat.p99 as f64 / 1e3,
+            lat.p999 as f64 / 1e3
+        ));
+        latency.push((mech, lat));
+    }
+    let results = Results {
+        throughput,
+        latency,
+        memcpy,
+        check,
+        spin,
+    };
+    print!("{}", output::markdown(&config, &results));
+    if let Some(path) = &config.json {
+        std::fs::write(path, output::json(&config, &results))
+            .with_context(|| format!("write {}", path.display()))?;
+        progress(&format!("wrote {}", path.display()));
+    }
+    if let Some(path) = &config.svg {
+        std::fs::write(path, output::svg(&config, &results))
+            .with_context(|| format!("write {}", path.display()))?;
+        progress(&format!("wrote {}", path.display()));
+    }
+    progress(&format!("done in {:.1} s", started.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+fn progress(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "[bench] {line}");
+}
+
+fn parse() -> Result<Config> {
+    let mut args = Args::from_env(USAGE)?;
+    let mut config = Config {
+        mechs: ALL.to_vec(),
+        sizes: vec![64, 4096, 65536, 1 << 20],
+        count: None,
+        budget: 64 << 20,
+        rounds: 20_000,
+        warmup: 1000,
+        json: None,
+        svg: None,
+        quick: false,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let (mut rounds, mut quick) = (None, false);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--mechanisms" => {
+                let list = args.value("--mechanisms")?;
+                config.mechs = list
+                    .split(',')
+                    .map(|name| {
+                        Mech::parse(name.trim()).ok_or_else(|| {
+                            let known: Vec<&str> = ALL.iter().map(|m| m.name()).collect();
+                            usage(format!(
+                                "--mechanisms: unknown mechanism '{name}'; known: {}",
+                                known.join(", ")
+                            ))
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            "--sizes" => {
+                let list = args.value("--sizes")?;
+                config.sizes = list
+                    .split(',')
+                    .map(|text| match text.trim().parse::<usize>() {
+                        Ok(n) if (1..=MAX_SIZE).contains(&n) => Ok(n),
+                        Ok(n) => Err(usage(format!(
+                            "--sizes: {n} is out of range: sizes run from 1 to {MAX_SIZE}"
+                        ))),
+                        Err(_) => Err(usage(format!(
+                            "--sizes: '{text}' is not a whole number of bytes"
+                        ))),
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            "--count" => config.count = Some(args.number("--count", 1, 100_000_000)?),
+            "--rounds" => rounds = Some(args.number("--rounds", 10, 10_000_000)?),
+            "--quick" => quick = true,
+            "--json" => config.json = Some(PathBuf::from(args.value("--json")?)),
+            "--svg" => config.svg = Some(PathBuf::from(args.value("--svg")?)),
+            other => return Err(args.unknown(other)),
+        }
+    }
+    if quick {
+        config.quick = true;
+        config.budget = 2 << 20;
+        config.rounds = 500;
+        config.warmup = 50;
+    }
+    if let Some(r) = rounds {
+        config.rounds = r;
+        config.warmup = (r / 20).max(1);
+    }
+    Ok(config)
+}
+
+/// Messages per throughput cell: `budget` bytes' worth, within bounds.
+fn messages_for(size: usize, budget: u64) -> u64 {
+    (budget / size as u64).clamp(16, 200_000)
+}
+
+// ---------------------------------------------------------------------------
+// Reference rows
+// ---------------------------------------------------------------------------
+
+fn memcpy_bandwidth(size: usize, budget: u64) -> f64 {
+    let src = payload::make(0, size);
+    let mut dst = vec![0u8; size];
+    let rounds = (budget / size as u64).max(16);
+    let start = Instant::now();
+    for _ in 0..rounds {
+        dst.copy_from_slice(std::hint::black_box(&src));
+        std::hint::black_box(&mut dst);
+    }
+    (rounds * size as u64) as f64 / start.elapsed().as_secs_f64().max(1e-9) / 1e6
+}
+
+/// What the checked workload costs by itself: generate each message, then
+/// check it, in one process with no IPC at all.
+fn check_bandwidth(size: usize, budget: u64) -> f64 {
+    let mut buf = vec![0u8; size];
+    let mut checker = Checker::new(None);
+    let rounds = (budget / size as u64).max(16);
+    let start = Instant::now();
+    for seq in 0..rounds {
+        payload::fill(seq, &mut buf);
+        std::hint::black_box(checker.check_numbered(seq, &buf));
+    }
+    (rounds * size as u64) as f64 / start.elapsed().as_secs_f64().max(1e-9) / 1e6
+}
+
+/// Two processes bouncing a counter through two cache lines of a shared
+/// page, spinning: the floor for any round trip through memory.
+fn spin_ping_pong(rounds: u64, warmup: u64) -> Result<Latency> {
+    #[repr(C, align(64))]
+    struct Line(AtomicU64);
+    let page = SharedPage::new(2 * size_of::<Line>())?;
+    // SAFETY: the page holds two 64-byte-aligned Lines (atomics only).
+    let (ping, pong) = unsafe {
+        let base = page.base.cast::<Line>().as_ptr();
+        (&(*base).0, &(*base.add(1)).0)
+    };
+    // SAFETY: ipc-bench is single-threaded: the child may call anything.
+    let child = match unsafe { fork() }.context("fork()")? {
+        ForkResult::Child => {
+            let parent = getppid();
+            let mut expect = 1;
+            loop {
+                let mut spins = 0u64;
+                let got = loop {
+                    let v = ping.load(Ordering::Acquire);
+                    if v >= expect {
+                        break v;
+                    }
+                    spins += 1;
+                    if spins.is_multiple_of(1 << 24) && !common::peer::alive(parent.as_raw()) {
+                        std::process::exit(1);
+                    }
+                    std::hint::spin_loop();
+                };
+                if got == u64::MAX {
+                    std::process::exit(0);
+                }
+                pong.store(got, Ordering::Release);
+                expect = got + 1;
+            }
+        }
+        ForkResult::Parent { child } => child,
+    };
+    let mut samples = Vec::with_capacity(rounds as usize);
+    let deadline = Instant::now() + CELL_DEADLINE;
+    for i in 1..=(warmup + rounds) {
+        let start = Instant::now();
+        ping.store(i, Ordering::Release);
+        let mut spins = 0u64;
+        while pong.load(Ordering::Acquire) != i {
+            spins += 1;
+            if spins.is_multiple_of(1 << 20) && Instant::now() > deadline {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                let _ = wait_pid(child, Duration::from_secs(10));
+                bail!("the spin ping-pong partner stopped answering");
+            }
+            std::hint::spin_loop();
+        }
+        if i > warmup {
+            samples.push(start.elapsed().as_nanos() as u64);
+        }
+    }
+    ping.store(u64::MAX, Ordering::Release);
+    let exit = wait_pid(child, Duration::from_secs(30))?;
+    if !exit.success() {
+        bail!("the spin ping-pong partner {exit}");
+    }
+    Ok(Latency::from_samples(samples))
+}
+
+struct SharedPage {
+    base: std::ptr::NonNull<libc::c_void>,
+    len: usize,
+}
+
+impl SharedPage {
+    fn new(len: usize) -> Result<SharedPage> {
+        let len = len.next_multiple_of(4096);
+        // SAFETY: a fresh anonymous shared mapping, zero-filled.
+        let base = unsafe {
+            nix::sys::mman::mmap_anonymous(
+                None,
+                std::num::NonZeroUsize::new(len).expect("nonzero"),
+                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+                nix::sys::mman::MapFlags::MAP_SHARED,
+            )
+        }
+        .context("mmap")?;
+        Ok(SharedPage { base, len })
+    }
+}
+
+impl Drop for SharedPage {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in new(); nothing borrows it now.
+        let _ = unsafe { nix::sys::mman::munmap(self.base, self.len) };
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Measurements
+// ---------------------------------------------------------------------------
+
+/// The sequence number of a received message, checking its bytes.
+fn check(checker: &mut Checker, msg: &Msg<'_>, expected: u64) -> Result<u64> {
+    let (seq, verdict) = match msg {
+        // Every channel here is first in, first out, so the message must be
+        // exactly message `expected`: this also covers bodies under 8 bytes,
+        // too short to carry their own number.
+        Msg::Body(body) => (expected, checker.check_numbered(expected, body)),
+        Msg::Numbered(seq, body) => (*seq, checker.check_numbered(*seq, body)),
+        Msg::Value(v) => (
+            *v,
+            if *v == expected {
+                Verdict::Ok
+            } else {
+                Verdict::Corrupted("wrong value")
+            },
+        ),
+    };
+    if verdict != Verdict::Ok || seq != expected {
+        bail!(
+            "message {expected}: {verdict} (sequence number {seq}): a check failed, so the run stops"
+        );
+    }
+    Ok(seq)
+}
+
+/// A pipe for "go" and the child's result.
+fn control() -> Result<(OwnedFd, OwnedFd)> {
+    pipe2(OFlag::O_CLOEXEC).context("pipe2")
+}
+
+fn signals(first: i32) -> (libc::c_int, libc::c_int) {
+    (libc::SIGRTMIN() + first, libc::SIGRTMIN() + first + 1)
+}
+
+/// One-way throughput: the child sends `count` messages of `size` bytes,
+/// we receive and check each one. Timed from "go" to the last message.
+fn throughput_cell(mech: Mech, size: usize, count: u64, dir: &PrivateDir) -> Result<Cell> {
+    let Channel {
+        tx,
+        rx,
+        note,
+        cleanup,
+    } = match transport::channel(mech, size, dir.path(), signals(1))? {
+        Ok(channel) => channel,
+        Err(reason) => return Ok(Cell::NotApplicable(reason)),
+    };
+    let (go_read, go_write) = control()?;
+    // SAFETY: ipc-bench is single-threaded: the child may call anything.
+    let child = match unsafe { fork() }.context("fork()")? {
+        ForkResult::Child => {
+            drop((rx, go_write));
+            let code = match sender(tx, go_read, count, size) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("[bench] sender: {e:#}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop((tx, go_read));
+    let outcome = receiver(rx, go_write, child, count);
+    transport::unwatch();
+    let exit = wait_pid(child, Duration::from_secs(60))?;
+    drop(cleanup);
+    let seconds = outcome?;
+    if !exit.success() {
+        bail!("the sending process {exit}");
+    }
+    Ok(Cell::Measured {
+        messages: count,
+        bytes: count * if mech == Mech::Signal { 0 } else { size as u64 },
+        seconds,
+        note,
+    })
+}
+
+fn sender(mut tx: Box<dyn transport::Tx>, go: OwnedFd, count: u64, size: usize) -> Result<()> {
+    let parent = getppid();
+    tx.after_fork(parent)?;
+    transport::watch(parent, CELL_DEADLINE)?;
+    wait_go(&go)?;
+    for seq in 0..count {
+        tx.send(seq, size)?;
+    }
+    tx.end()
+}
+
+fn wait_go(go: &OwnedFd) -> Result<()> {
+    let mut byte = [0u8];
+    loop {
+        match read(go.as_fd(), &mut byte) {
+            Ok(1) => return Ok(()),
+            Ok(_) => bail!("the receiver went away before starting"),
+            Err(nix::errno::Errno::EINTR) => transport::still_ok()?,
+            Err(e) => return Err(e).context("read(go)"),
+        }
+    }
+}
+
+fn receiver(mut rx: Box<dyn transport::Rx>, go: OwnedFd, child: Pid, count: u64) -> Result<f64> {
+    rx.after_fork(child)?;
+    transport::watch(child, CELL_DEADLINE)?;
+    let mut checker = Checker::new(Some(count));
+    let start = Instant::now();
+    write(go.as_fd(), b"g").context("write(go)")?;
+    let mut received = 0;
+    while let Some(msg) = rx.recv()? {
+        check(&mut checker, &msg, received)?;
+        received += 1;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    if received != count {
+        bail!("received {received} of {count} messages");
+    }
+    Ok(seconds)
+}
+
+/// Round trips of 64-byte messages: we send on channel A, the child
+/// answers on channel B with the same sequence number.
+fn latency_of(mech: Mech, rounds: u64, warmup: u64, dir: &PrivateDir) -> Result<Latency> {
+    let a =
+        transport::channel(mech, PING_SIZE, dir.path(), signals(1))?.map_err(anyhow::Error::msg)?;
+    let b =
+        transport::channel(mech, PING_SIZE, dir.path(), signals(3))?.map_err(anyhow::Error::msg)?;
+    // SAFETY: single-threaded, as above.
+    let child = match unsafe { fork() }.context("fork()")? {
+        ForkResult::Child => {
+            drop((a.tx, b.rx));
+            let code = match echo(a.rx, b.tx) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("[bench] echo: {e:#}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => child,
+    };
+    let (mut ping, mut pong) = (a.tx, b.rx);
+    drop((a.rx, b.tx));
+    let outcome = (|| -> Result<Vec<u64>> {
+        ping.after_fork(child)?;
+        pong.after_fork(child)?;
+        transport::watch(child, CELL_DEADLINE)?;
+        let mut checker = Checker::new(None);
+        let mut samples = Vec::with_capacity(rounds as usize);
+        for i in 0..(warmup + rounds) {
+            let start = Instant::now();
+            ping.send(i, PING_SIZE)?;
+            let msg = pong.recv()?.context("the echo process ended early")?;
+            check(&mut checker, &msg, i)?;
+            if i >= warmup {
+                samples.push(start.elapsed().as_nanos() as u64);
+            }
+        }
+        ping.end()?;
+        if pong.recv()?.is_some() {
+            bail!("an extra reply after the end");
+        }
+        Ok(samples)
+    })();
+    transport::unwatch();
+    let exit = wait_pid(child, Duration::from_secs(60))?;
+    drop((a.cleanup, b.cleanup));
+    let samples = outcome?;
+    if !exit.success() {
+        bail!("the echo process {exit}");
+    }
+    Ok(Latency::from_samples(samples))
+}
+
+fn echo(mut rx: Box<dyn transport::Rx>, mut tx: Box<dyn transport::Tx>) -> Result<()> {
+    let parent = getppid();
+    rx.after_fork(parent)?;
+    tx.after_fork(parent)?;
+    transport::watch(parent, CELL_DEADLINE)?;
+    let mut checker = Checker::new(None);
+    let mut expected = 0;
+    while let Some(msg) = rx.recv()? {
+        let seq = check(&mut checker, &msg, expected)?;
+        tx.send(seq, PING_SIZE)?;
+        expected += 1;
+    }
+    tx.end()
+}

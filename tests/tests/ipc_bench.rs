@@ -1,0 +1,125 @@
+//! ipc-bench: the quick run produces every row with no check failure, its
+//! JSON parses and holds every mechanism, bad options are refused.
+
+use common::cleanup::PrivateDir;
+use ipc_tests::{LONG, SHORT, run};
+
+const BENCH: &str = "ipc-bench";
+const MECHANISMS: [&str; 10] = [
+    "pipe",
+    "fifo",
+    "unix-stream",
+    "unix-dgram",
+    "sysv-msg",
+    "posix-mq",
+    "shm-sem",
+    "shm-spsc",
+    "tcp",
+    "signal",
+];
+
+#[test]
+fn quick_run_has_every_row_and_valid_json_and_svg() {
+    let dir = PrivateDir::create("ipc-bench-test").unwrap();
+    let json = dir.path().join("out.json");
+    let svg = dir.path().join("out.svg");
+    let out = run(
+        BENCH,
+        &[
+            "--quick",
+            "--json",
+            json.to_str().unwrap(),
+            "--svg",
+            svg.to_str().unwrap(),
+        ],
+        LONG,
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    for mech in MECHANISMS {
+        // One throughput row and one latency row each.
+        let rows = out
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with(&format!("| {mech} |")))
+            .count();
+        assert_eq!(rows, 2, "{mech}\n{}", out.describe());
+    }
+    for reference in [
+        "*memcpy (one process)*",
+        "*payload fill + check, no IPC*",
+        "*raw shared-memory spin*",
+    ] {
+        assert!(
+            out.stdout.contains(reference),
+            "missing {reference}\n{}",
+            out.describe()
+        );
+    }
+    assert!(!out.stderr.contains("check failed"), "{}", out.describe());
+
+    let parsed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).expect("valid JSON");
+    let mechs = parsed["mechanisms"].as_array().expect("mechanisms");
+    let names: Vec<&str> = mechs.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, MECHANISMS);
+    for m in mechs {
+        let cells = m["throughput"].as_array().unwrap();
+        assert_eq!(cells.len(), 4, "{m}");
+        let measured = cells.iter().filter(|c| c["mb_s"].is_number()).count();
+        assert!(measured >= 1, "{m}");
+        assert!(m["round_trip"]["median_ns"].as_u64().unwrap() > 0, "{m}");
+    }
+    assert!(parsed["spin_round_trip"]["median_ns"].as_u64().unwrap() > 0);
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("shm-spsc"));
+}
+
+#[test]
+fn a_subset_of_mechanisms_and_sizes() {
+    let out = run(
+        BENCH,
+        &[
+            "--mechanisms",
+            "pipe,shm-spsc",
+            "--sizes",
+            "1,100",
+            "--count",
+            "50",
+            "--rounds",
+            "20",
+        ],
+        SHORT,
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        out.stdout.contains("| mechanism | 1 B | 100 B |"),
+        "{}",
+        out.describe()
+    );
+    assert!(out.stdout.contains("| pipe |") && out.stdout.contains("| shm-spsc |"));
+    assert!(!out.stdout.contains("| tcp |"));
+}
+
+#[test]
+fn bad_options_exit_2_with_a_clear_message() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--mechanisms", "pipe,carrier-pigeon"],
+            "unknown mechanism 'carrier-pigeon'",
+        ),
+        (&["--sizes", "0"], "--sizes: 0 is out of range"),
+        (&["--sizes", "64,99999999999"], "out of range"),
+        (&["--sizes", "big"], "not a whole number"),
+        (&["--count", "0"], "--count"),
+        (&["--rounds", "x"], "--rounds"),
+        (&["--bogus"], "--bogus"),
+    ];
+    for (args, needle) in cases {
+        let out = run(BENCH, args, SHORT);
+        assert_eq!(out.code(), 2, "{args:?}\n{}", out.describe());
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}\n{}", out.describe());
+        assert!(lines[0].contains(needle), "{args:?}: {}", lines[0]);
+    }
+}
