@@ -35,14 +35,23 @@ fn quick_run_has_every_row_and_valid_json_and_svg() {
         LONG,
     );
     assert_eq!(out.code(), 0, "{}", out.describe());
+    let section = |title: &str| {
+        out.stdout
+            .split("\n## ")
+            .find(|s| s.starts_with(title))
+            .unwrap_or_else(|| panic!("no section {title:?}\n{}", out.describe()))
+            .to_string()
+    };
+    let (throughput, latency) = (section("Throughput"), section("Round trip"));
     for mech in MECHANISMS {
         // One throughput row and one latency row each.
-        let rows = out
-            .stdout
-            .lines()
-            .filter(|l| l.starts_with(&format!("| {mech} |")))
-            .count();
-        assert_eq!(rows, 2, "{mech}\n{}", out.describe());
+        for table in [&throughput, &latency] {
+            let rows = table
+                .lines()
+                .filter(|l| l.starts_with(&format!("| {mech} |")))
+                .count();
+            assert_eq!(rows, 1, "{mech}\n{}", out.describe());
+        }
     }
     for reference in [
         "*memcpy (one process)*",
@@ -56,6 +65,20 @@ fn quick_run_has_every_row_and_valid_json_and_svg() {
         );
     }
     assert!(!out.stderr.contains("check failed"), "{}", out.describe());
+    // The C reference ran beside the Rust transports it has.
+    assert!(
+        out.stdout
+            .contains("## Against the same workload written in C"),
+        "{}",
+        out.describe()
+    );
+    for mech in ["pipe", "unix-stream", "tcp"] {
+        assert!(
+            out.stdout.contains(&format!("| {mech} | 64 B |")),
+            "{mech} vs C\n{}",
+            out.describe()
+        );
+    }
 
     let parsed: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).expect("valid JSON");
@@ -70,6 +93,12 @@ fn quick_run_has_every_row_and_valid_json_and_svg() {
         assert!(m["round_trip"]["median_ns"].as_u64().unwrap() > 0, "{m}");
     }
     assert!(parsed["spin_round_trip"]["median_ns"].as_u64().unwrap() > 0);
+    let versus = parsed["versus_c"].as_array().expect("versus_c");
+    assert!(
+        versus
+            .iter()
+            .all(|v| v["c_mb_s"].as_f64().unwrap() > 0.0 && v["rust_mb_s"].as_f64().unwrap() > 0.0)
+    );
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert!(svg.contains("shm-spsc"));
