@@ -15,6 +15,8 @@
 //! `error::run` exits with 128 + the signal number. `SA_RESETHAND` restores
 //! the default action after the first signal, so a second Ctrl-C always
 //! ends the process, even one stuck in a call that is never interrupted.
+//! SIGWINCH gets a handler that does nothing, so that it too interrupts
+//! blocked calls: a way to test every EINTR path (see `stop_on_signals`).
 
 use std::ffi::CString;
 use std::io::{self, Read, Write};
@@ -49,8 +51,22 @@ pub fn stop_on_signals() -> anyhow::Result<()> {
         // async-signal-safe; no other handler state exists to race with.
         unsafe { sigaction(signal, &action) }.with_context(|| format!("sigaction({signal})"))?;
     }
+    // SIGWINCH (the terminal was resized) is ignored by default and then
+    // interrupts nothing. A handler that does nothing makes it interrupt
+    // blocked calls with EINTR, like any handled signal: resizing the
+    // terminal, or `kill -WINCH` in a loop, exercises every EINTR path of a
+    // demo while it works. The tests do exactly that.
+    let ignore = SigAction::new(
+        SigHandler::Handler(do_nothing),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: `do_nothing` does nothing, so it is async-signal-safe.
+    unsafe { sigaction(Signal::SIGWINCH, &ignore) }.context("sigaction(SIGWINCH)")?;
     Ok(())
 }
+
+extern "C" fn do_nothing(_: libc::c_int) {}
 
 /// The stop signal received so far, if any.
 pub fn stop_requested() -> Option<Signal> {

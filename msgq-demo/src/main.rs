@@ -179,15 +179,22 @@ impl Tally {
         }
     }
 
-    pub fn finish(&self, mechanism: &'static str, elapsed: Duration, say: &Narrator) -> Result<()> {
+    pub fn finish(
+        &self,
+        mechanism: &'static str,
+        expected: Option<u64>,
+        elapsed: Duration,
+        say: &Narrator,
+    ) -> Result<()> {
         let report = self.checker.report();
         say.step(format!(
             "received {} text message(s); payload messages: {report}",
             self.texts
         ));
+        let received = report.received + self.texts;
         summary(
             mechanism,
-            report.received + self.texts,
+            received,
             self.bytes,
             report.errors(),
             elapsed,
@@ -195,6 +202,9 @@ impl Tally {
         );
         if report.errors() > 0 {
             bail!("{} message(s) failed the check ({report})", report.errors());
+        }
+        if let Some(n) = expected.filter(|&n| received < n) {
+            bail!("expected {n} messages, {received} arrived");
         }
         Ok(())
     }

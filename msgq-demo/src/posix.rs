@@ -253,6 +253,8 @@ pub fn sender(opts: &Options, name: &str, say: &Narrator) -> Result<()> {
 
 pub fn receiver(opts: &Options, name: &str, say: &Narrator) -> Result<()> {
     let queue = Queue::open_or_create(name, opts.maxmsg, opts.msgsize, say)?;
+    // Unlinked on every way out (an error included) unless --keep.
+    let _unlink = (!opts.keep).then(|| common::cleanup::MqGuard::new(name));
     let mut tally = Tally::new();
     let start = Instant::now();
     match opts.timeout {
@@ -284,11 +286,14 @@ pub fn receiver(opts: &Options, name: &str, say: &Narrator) -> Result<()> {
             queue.attr()?.curmsgs()
         ));
     } else {
-        drop(queue);
-        mq_unlink(name).with_context(|| format!("mq_unlink({name})"))?;
         say.step(format!("mq_close, mq_unlink({name}): the queue is gone"));
     }
-    tally.finish("msgq-posix", elapsed, say)
+    tally.finish(
+        "msgq-posix",
+        opts.count_given.then_some(opts.count),
+        elapsed,
+        say,
+    )
 }
 
 pub fn remove(name: &str, say: &Narrator) -> Result<()> {

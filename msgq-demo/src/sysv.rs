@@ -13,7 +13,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use common::cleanup::{SysvKind, check_stop, sysv_remove};
+use common::cleanup::{SysvGuard, SysvKind, check_stop, sysv_remove};
+use common::peer::alive;
 use common::report::Narrator;
 use common::sysv_sem::ftok;
 use nix::errno::Errno;
@@ -156,7 +157,15 @@ fn send_checked(queue: &Queue, mtype: i64, text: &[u8]) -> Result<()> {
         check_stop()?;
         match queue.send(mtype, text, false) {
             Ok(()) => return Ok(()),
-            Err(Errno::EINTR) => continue,
+            // The ticker's EINTR: we are blocked on a full queue. If its
+            // last receiver has died, nobody will make room.
+            Err(Errno::EINTR) => {
+                let Ok(ds) = queue.stat() else { continue };
+                let full = ds.__msg_cbytes + text.len() as u64 > ds.msg_qbytes;
+                if full && ds.msg_lrpid > 0 && !alive(ds.msg_lrpid) {
+                    return Err(ReceiverGone(ds.msg_lrpid).into());
+                }
+            }
             Err(Errno::EINVAL) if text.len() > msgmax() => bail!(
                 "msgsnd: a {}-byte message is larger than msgmax, {} bytes \
                  (/proc/sys/kernel/msgmax)",
@@ -165,6 +174,72 @@ fn send_checked(queue: &Queue, mtype: i64, text: &[u8]) -> Result<()> {
             ),
             Err(Errno::EIDRM | Errno::EINVAL) => bail!("msgsnd: the queue was removed"),
             Err(e) => return Err(e).context("msgsnd"),
+        }
+    }
+}
+
+/// The queue is full and the last process that received from it is dead.
+#[derive(Debug)]
+struct ReceiverGone(libc::pid_t);
+
+impl std::fmt::Display for ReceiverGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "msgsnd: the queue is full and its last receiver (pid {}) has exited: nobody will make room",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ReceiverGone {}
+
+/// Wakes blocking msgsnd/msgrcv every 250 ms (SIGALRM without SA_RESTART),
+/// so that they can look at the queue's last sender or receiver pid. A
+/// queue does not tell a waiting process that its peer died: the pids in
+/// `msgctl(IPC_STAT)` are all there is.
+struct Ticker;
+
+extern "C" fn tick(_: libc::c_int) {}
+
+impl Ticker {
+    fn start() -> Result<Ticker> {
+        // SAFETY: an all-zero sigaction is valid; the handler does nothing
+        // (async-signal-safe). No SA_RESTART, so blocked calls get EINTR.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = tick as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            Errno::result(libc::sigaction(
+                libc::SIGALRM,
+                &action,
+                std::ptr::null_mut(),
+            ))
+            .context("sigaction(SIGALRM)")?;
+            let every = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 250_000,
+            };
+            let timer = libc::itimerval {
+                it_interval: every,
+                it_value: every,
+            };
+            Errno::result(libc::setitimer(
+                libc::ITIMER_REAL,
+                &timer,
+                std::ptr::null_mut(),
+            ))
+            .context("setitimer")?;
+        }
+        Ok(Ticker)
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        // SAFETY: a zero itimerval disarms the timer.
+        unsafe {
+            let zero: libc::itimerval = std::mem::zeroed();
+            libc::setitimer(libc::ITIMER_REAL, &zero, std::ptr::null_mut());
         }
     }
 }
@@ -178,27 +253,39 @@ pub fn sender(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
         );
     }
     let queue = Queue::open_or_create(path, say)?;
+    let _ticker = Ticker::start()?;
     let mtype = opts.mtype.unwrap_or(1);
     let start = Instant::now();
     let (mut count, mut bytes) = (0u64, 0u64);
-    if opts.texts.is_empty() {
-        for seq in 0..opts.count {
-            let message = payload_message(seq, opts.size);
-            send_checked(&queue, mtype, &message)?;
-            say.message(format!(
-                "msgsnd(type {mtype}): payload #{seq} ({} bytes)",
-                message.len()
-            ));
-            count += 1;
-            bytes += message.len() as u64;
+    let sent = (|| -> Result<()> {
+        if opts.texts.is_empty() {
+            for seq in 0..opts.count {
+                let message = payload_message(seq, opts.size);
+                send_checked(&queue, mtype, &message)?;
+                say.message(format!(
+                    "msgsnd(type {mtype}): payload #{seq} ({} bytes)",
+                    message.len()
+                ));
+                count += 1;
+                bytes += message.len() as u64;
+            }
+        } else {
+            for text in &opts.texts {
+                send_checked(&queue, mtype, text.as_bytes())?;
+                say.message(format!("msgsnd(type {mtype}): {text:?}"));
+                count += 1;
+                bytes += text.len() as u64;
+            }
         }
-    } else {
-        for text in &opts.texts {
-            send_checked(&queue, mtype, text.as_bytes())?;
-            say.message(format!("msgsnd(type {mtype}): {:?}", text));
-            count += 1;
-            bytes += text.len() as u64;
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        // The receiver that would have removed the queue is dead: its
+        // messages will never be read. Remove it, so no later run sees them.
+        if e.is::<ReceiverGone>() && queue.remove().is_ok() {
+            say.step(format!("removed msqid {} for the dead receiver", queue.id));
         }
+        return Err(e);
     }
     say.step(format!(
         "sent {count} message(s) of type {mtype}; {}",
@@ -216,6 +303,9 @@ pub fn receiver(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
     } else {
         Queue::open_or_create(path, say)?
     };
+    // Removed on every way out (an error included) unless --keep: a
+    // receiver that stops is done with the queue.
+    let _remove = (!opts.keep).then(|| SysvGuard::new(SysvKind::MessageQueue, queue.id));
     let msgtyp = opts.mtype.unwrap_or(0);
     let flags = if opts.nowait { libc::IPC_NOWAIT } else { 0 };
     let mut tally = Tally::new();
@@ -229,11 +319,28 @@ pub fn receiver(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
             t => format!("the oldest message of the lowest type <= {}", -t),
         }
     ));
+    let _ticker = Ticker::start()?;
     while !opts.count_given || tally.received() < opts.count {
         check_stop()?;
         match queue.receive(msgtyp, msgmax(), flags) {
             Ok((mtype, text)) => tally.account(&format!("type {mtype}"), &text, say),
-            Err(Errno::EINTR) => continue,
+            // The ticker's EINTR. A queue may rightly wait for senders to
+            // come; but with --count we expect more, and if the queue is
+            // empty and its last sender has died, nothing more will come
+            // from it.
+            Err(Errno::EINTR) => {
+                let Ok(ds) = queue.stat() else { continue };
+                if opts.count_given && ds.msg_qnum == 0 && ds.msg_lspid > 0 && !alive(ds.msg_lspid)
+                {
+                    bail!(
+                        "the queue is empty and its last sender (pid {}) has exited: {} of {} \
+                         messages arrived",
+                        ds.msg_lspid,
+                        tally.received(),
+                        opts.count
+                    );
+                }
+            }
             Err(Errno::ENOMSG) => {
                 say.step("ENOMSG: no matching message, and IPC_NOWAIT says not to wait");
                 break;
@@ -252,13 +359,17 @@ pub fn receiver(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
             queue.describe()
         ));
     } else {
-        queue.remove().context("msgctl(IPC_RMID)")?;
         say.step(format!(
             "msgctl(msqid {}, IPC_RMID): the queue is gone",
             queue.id
         ));
     }
-    tally.finish("msgq-sysv", elapsed, say)
+    tally.finish(
+        "msgq-sysv",
+        opts.count_given.then_some(opts.count),
+        elapsed,
+        say,
+    )
 }
 
 pub fn remove(path: &Path, say: &Narrator) -> Result<()> {
