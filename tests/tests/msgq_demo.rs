@@ -351,12 +351,8 @@ fn ctrl_c_stops_a_waiting_receiver() {
     let out = receiver.finish(SHORT);
     out.assert_no_panic();
     assert_eq!(out.code(), 130, "{}", out.describe());
-    // The queue outlives the receiver (it was interrupted, not done): remove it.
-    ok(&run(
-        MSGQ_DEMO,
-        &["posix", "remove", "--name", &name],
-        SHORT,
-    ));
+    // The receiver removes its queue on every way out, Ctrl-C included.
+    assert_no_queue(None, Some(&name));
 }
 
 #[test]
