@@ -173,6 +173,10 @@ fn send_checked(queue: &Queue, mtype: i64, text: &[u8]) -> Result<()> {
                 msgmax()
             ),
             Err(Errno::EIDRM | Errno::EINVAL) => bail!("msgsnd: the queue was removed"),
+            // msgget(key, 0) asks for no permission; the check comes here.
+            Err(Errno::EACCES) => bail!(
+                "msgsnd: permission denied (EACCES): the queue belongs to another user (mode 0600)"
+            ),
             Err(e) => return Err(e).context("msgsnd"),
         }
     }
@@ -348,6 +352,9 @@ pub fn receiver(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
             Err(Errno::EIDRM | Errno::EINVAL) => {
                 bail!("msgrcv: the queue was removed while we waited")
             }
+            Err(Errno::EACCES) => bail!(
+                "msgrcv: permission denied (EACCES): the queue belongs to another user (mode 0600)"
+            ),
             Err(e) => return Err(e).context("msgrcv"),
         }
     }
