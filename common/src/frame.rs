@@ -358,7 +358,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn split_frame_agrees_with_read_frame(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        fn fuzz_split_frame_agrees_with_read_frame(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
             // Whatever the bytes, both decoders see the same first frame
             // (or both see none / an error).
             let split = split_frame(&bytes, 256);
@@ -373,7 +373,7 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+        fn fuzz_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048),
                                        max in 0usize..4096) {
             let mut r = Cursor::new(bytes);
             // Decode until the end or the first error: every outcome is fine

@@ -706,3 +706,44 @@ fn client_server(dir: &PrivateDir, opts: &Options, say: &Narrator) -> Result<u64
     queue.remove().context("msgctl(IPC_RMID)")?;
     Ok(2 * served)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Fuzz: whatever bytes another program puts in a queue, the
+        /// receiver's accounting and display never panic, and the byte
+        /// count is exact.
+        #[test]
+        fn fuzz_any_message_is_accounted(messages in proptest::collection::vec(
+            proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), 0..20)) {
+            let say = Narrator::new("fuzz", true, Stream::Stderr);
+            let mut tally = Tally::new();
+            let mut bytes = 0;
+            for m in &messages {
+                let _ = show(m);
+                tally.account("type 1", m, &say);
+                bytes += m.len() as u64;
+            }
+            proptest::prop_assert_eq!(tally.received(), messages.len() as u64);
+            proptest::prop_assert_eq!(tally.bytes, bytes);
+        }
+    }
+
+    #[test]
+    fn a_tagged_message_is_checked_and_a_text_is_not() {
+        let say = Narrator::new("test", true, Stream::Stderr);
+        let mut tally = Tally::new();
+        tally.account("type 1", &payload_message(0, 64), &say);
+        tally.account("type 1", b"hello", &say);
+        let mut bad = payload_message(1, 64);
+        bad[20] ^= 1;
+        tally.account("type 1", &bad, &say);
+        assert_eq!(tally.texts, 1);
+        assert_eq!(tally.checker.report().corrupted, 1);
+        assert!(tally.finish("msgq", Some(3), Duration::ZERO, &say).is_err());
+        assert_eq!(show(b"plain"), "\"plain\"");
+        assert_eq!(show(b"a\x01b"), "b\"a\\x01b\"");
+    }
+}

@@ -612,6 +612,103 @@ pub fn sender_summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::num::NonZeroUsize;
+
+    /// A segment in anonymous shared memory, header initialised and
+    /// published, POSIX semaphores ready, as a receiver would make it.
+    fn segment(slots: u32, slot_size: u32) -> Segment {
+        let len = segment_len(slots, slot_size);
+        // SAFETY: a fresh anonymous mapping at a kernel-chosen address.
+        let base = unsafe {
+            nix::sys::mman::mmap_anonymous(
+                None,
+                NonZeroUsize::new(len).unwrap(),
+                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+                nix::sys::mman::MapFlags::MAP_SHARED,
+            )
+        }
+        .unwrap();
+        // SAFETY: the mapping just made.
+        let mut segment = unsafe { Segment::new(base, len, Detach::Munmap) };
+        segment.init_header(slots, slot_size, SYNC_POSIX);
+        let header = segment.header();
+        // SAFETY: both sem_t are inside the mapping, unused so far.
+        unsafe {
+            SharedSem::init(header.empty.get(), slots).unwrap();
+            SharedSem::init(header.full.get(), 0).unwrap();
+        }
+        segment.publish();
+        segment
+    }
+
+    /// Overwrite every slot (headers and data) with `garbage`, repeated.
+    fn fill_slots(segment: &Segment, garbage: &[u8]) {
+        if garbage.is_empty() {
+            return;
+        }
+        for i in 0..segment.len - HEADER_SPACE {
+            // SAFETY: test-only: `HEADER_SPACE + i` is inside the mapping,
+            // and nothing else reads or writes it meanwhile.
+            unsafe {
+                let at = segment.base.cast::<u8>().as_ptr().add(HEADER_SPACE + i);
+                at.write(garbage[i % garbage.len()]);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Fuzz: a hostile sender fills the slots with anything and posts
+        /// `full` as often as it likes. The reader returns messages within
+        /// bounds, the end, or an error: never a panic, an out-of-bounds
+        /// access, an unbounded allocation or a hang.
+        #[test]
+        fn fuzz_reader_survives_any_slot_contents(
+            slots in 1u32..6,
+            slot_size in 1u32..300,
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            posts in 0u32..64,
+        ) {
+            let segment = segment(slots, slot_size);
+            fill_slots(&segment, &garbage);
+            // SAFETY: initialised by `segment` above.
+            let (empty, full) = unsafe { segment.posix_sems() };
+            for _ in 0..posts {
+                full.post().unwrap();
+            }
+            let mut reader = Reader::new(&segment, (empty, full));
+            let mut message = Vec::new();
+            // The hostile sender "dies" as soon as the reader would wait.
+            let mut gone = || Some("the fuzzer's sender".to_string());
+            for _ in 0..100 {
+                match reader.read(&mut message, &mut gone) {
+                    Ok(Some(_)) => proptest::prop_assert!(message.len() <= MAX_MESSAGE),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+
+        /// Fuzz: any header bytes; `validate` accepts only what it can map.
+        #[test]
+        fn fuzz_validate_refuses_bad_headers(words in proptest::collection::vec(proptest::prelude::any::<u32>(), 8)) {
+            let mut segment = segment(2, 64);
+            let header = segment.header();
+            header.version.store(words[0] % 3, Ordering::Relaxed);
+            header.slot_count.store(words[1] % 2000, Ordering::Relaxed);
+            header.slot_size.store(words[2], Ordering::Relaxed);
+            header.sync.store(words[3] % 4, Ordering::Relaxed);
+            if words[4] % 2 == 0 {
+                // Never 0: that means "still initialising", and validate
+                // would wait for it.
+                header.magic.store(u64::from(words[5]) | 1 << 40, Ordering::Relaxed);
+            }
+            if segment.validate("fuzz", SYNC_POSIX).is_ok() {
+                let (slots, size) = segment.slots();
+                proptest::prop_assert_eq!(segment_len(slots as u32, size as u32), segment.len);
+            }
+        }
+    }
 
     #[test]
     fn layout_is_aligned_and_bounded() {
