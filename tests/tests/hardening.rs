@@ -533,3 +533,132 @@ fn an_eintr_storm_loses_nothing() {
     assert_eq!(received.summary_field("messages"), n);
     assert_eq!(received.summary_field("errors"), "0");
 }
+
+// ---------------------------------------------------------------------------
+// Hostile datagrams and frames from a hand-made peer
+// ---------------------------------------------------------------------------
+
+#[test]
+fn servers_survive_garbage_from_hostile_peers() {
+    use std::io::Write;
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+
+    let dir = PrivateDir::create("hostile").unwrap();
+    // A datagram server: garbage from a bound peer is checked and flagged,
+    // garbage from an unbound one cannot be answered and is ignored; the
+    // server goes on and serves a real client.
+    let path = dir.path().join("dgram.sock");
+    let p = path.to_str().unwrap();
+    let mut server = Proc::spawn(
+        "socket-demo",
+        &["server", "--path", p, "--dgram", "--clients", "2"],
+    );
+    server.wait_for_line(|l| l.contains("bound at"), SHORT);
+    let me = dir.path().join("hostile.sock");
+    let hostile = UnixDatagram::bind(&me).unwrap();
+    hostile
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    for junk in [&b"x"[..], &[0xff; 7][..], &[0u8; 4000][..]] {
+        hostile.send_to(junk, &path).unwrap();
+        let mut back = [0u8; 8192];
+        let n = hostile.recv(&mut back).unwrap();
+        assert_eq!(&back[..n], junk, "the server echoes what it got");
+    }
+    UnixDatagram::unbound()
+        .unwrap()
+        .send_to(b"from nowhere", &path)
+        .unwrap();
+    hostile.send_to(&[], &path).unwrap(); // "done"
+    assert_eq!(
+        run(
+            "socket-demo",
+            &["client", "--path", p, "--dgram", "--count", "20"],
+            SHORT
+        )
+        .code(),
+        0
+    );
+    let out = server.finish(SHORT);
+    out.assert_no_panic();
+    // The junk counts as failed checks, so the server's run is not clean.
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(out.stdout.contains("corrupted"), "{}", out.describe());
+    assert!(
+        out.stdout.contains("no address to reply to; ignored"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("2 client(s) served"),
+        "{}",
+        out.describe()
+    );
+
+    // A stream server: a frame header claiming 4 GiB is refused before any
+    // allocation, that client is dropped, the next is served.
+    let path = dir.path().join("stream.sock");
+    let p = path.to_str().unwrap();
+    let mut server = Proc::spawn("socket-demo", &["server", "--path", p, "--clients", "2"]);
+    server.wait_for_line(|l| l.contains("listening"), SHORT);
+    let mut liar = UnixStream::connect(&path).unwrap();
+    liar.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    assert_eq!(
+        run(
+            "socket-demo",
+            &["client", "--path", p, "--count", "20"],
+            SHORT
+        )
+        .code(),
+        0
+    );
+    let out = server.finish(SHORT);
+    drop(liar);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        out.stdout
+            .contains("frame length 4294967295 is over the limit"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("1 client(s) served, 1 dropped"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn a_worker_stopped_or_killed_does_not_stop_the_others() {
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL] {
+        let name = format!("/{}", unique("worker"));
+        let mut doomed = Proc::spawn(
+            "sem-demo",
+            &["worker", "--name", &name, "--iterations", "1000000000"],
+        );
+        doomed.wait_for_line(|l| l.contains("sem_open("), SHORT);
+        let other = Proc::spawn(
+            "sem-demo",
+            &["worker", "--name", &name, "--iterations", "20000"],
+        );
+        thread::sleep(Duration::from_millis(200));
+        doomed.signal(signal);
+        let out = doomed.finish(SHORT);
+        out.assert_no_panic();
+        match signal {
+            Signal::SIGKILL => assert!(out.status.code().is_none()),
+            Signal::SIGINT => assert_eq!(out.code(), 130, "{}", out.describe()),
+            _ => assert_eq!(out.code(), 143, "{}", out.describe()),
+        }
+        // The survivor finishes its own work: the lock was released, or it
+        // takes it over from the dead holder.
+        let out = other.finish(SHORT);
+        out.assert_no_panic();
+        assert_eq!(out.code(), 0, "{signal:?}\n{}", out.describe());
+        assert_eq!(
+            run("sem-demo", &["remove", "--name", &name], SHORT).code(),
+            0
+        );
+    }
+}
