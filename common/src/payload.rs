@@ -167,6 +167,16 @@ impl CheckReport {
     pub fn errors(&self) -> u64 {
         self.lost + self.duplicated + self.reordered + self.corrupted
     }
+
+    /// Add another checker's counts to these (one report for many peers).
+    pub fn merge(&mut self, other: &CheckReport) {
+        self.received += other.received;
+        self.bytes += other.bytes;
+        self.lost += other.lost;
+        self.duplicated += other.duplicated;
+        self.reordered += other.reordered;
+        self.corrupted += other.corrupted;
+    }
 }
 
 impl fmt::Display for CheckReport {

@@ -740,12 +740,7 @@ fn receive_frames(mut fifo: StopOnSignal<File>, opts: &Options, say: &Narrator) 
     for (pid, checker) in &writers {
         let report = checker.report();
         say.step(format!("writer {pid}: {report}"));
-        total.received += report.received;
-        total.bytes += report.bytes;
-        total.lost += report.lost;
-        total.duplicated += report.duplicated;
-        total.reordered += report.reordered;
-        total.corrupted += report.corrupted;
+        total.merge(&report);
     }
     // A writer that never showed up lost all its messages.
     let mut missing_writers = 0;

@@ -448,24 +448,7 @@ fn tour(quiet: bool) -> Result<()> {
     ));
 
     // Steps 1 to 4 run in one child that installs handlers; we signal it.
-    let (mut to_child, mut child_side) = link_pair()?;
-    // SAFETY: signal-demo is single-threaded: the child may call anything.
-    let child = match unsafe { fork() }.context("fork()")? {
-        ForkResult::Child => {
-            drop(to_child);
-            let say = say.with_role("child");
-            let code = match handler_child(&mut child_side, &say) {
-                Ok(()) => 0,
-                Err(e) => {
-                    say.step(format!("error: {e:#}"));
-                    1
-                }
-            };
-            std::process::exit(code);
-        }
-        ForkResult::Parent { child } => child,
-    };
-    drop(child_side);
+    let (child, mut to_child) = fork_with_link(&say, handler_child)?;
     let outcome = handler_parent(child, &mut to_child, &say, &mut count);
     drop(to_child); // the child sees EOF if we stopped early, and ends
     let exit = wait_pid(child, PROMPTLY)?;
@@ -502,6 +485,34 @@ fn tour(quiet: bool) -> Result<()> {
         elapsed: start.elapsed(),
     });
     Ok(())
+}
+
+/// Fork a child that runs `body` (as "[child]") with its end of a new
+/// link and exits 0 or 1; returns its pid and our end.
+fn fork_with_link(
+    say: &Narrator,
+    body: fn(&mut Link, &Narrator) -> Result<()>,
+) -> Result<(Pid, Link)> {
+    let (parent_side, mut child_side) = link_pair()?;
+    // SAFETY: signal-demo is single-threaded: the child may call anything.
+    match unsafe { fork() }.context("fork()")? {
+        ForkResult::Child => {
+            drop(parent_side);
+            let say = say.with_role("child");
+            let code = match body(&mut child_side, &say) {
+                Ok(()) => 0,
+                Err(e) => {
+                    say.step(format!("error: {e:#}"));
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => {
+            drop(child_side);
+            Ok((child, parent_side))
+        }
+    }
 }
 
 /// The parent's half of steps 1–4.
@@ -907,24 +918,7 @@ fn divide_by_zero() {
 
 /// Step 8: block the signals, then read them as records from a signalfd.
 fn signalfd_step(say: &Narrator, count: &mut Count) -> Result<()> {
-    let (mut parent_side, mut child_side) = link_pair()?;
-    // SAFETY: single-threaded, as above.
-    let child = match unsafe { fork() }.context("fork()")? {
-        ForkResult::Child => {
-            drop(parent_side);
-            let say = say.with_role("child");
-            let code = match signalfd_child(&mut child_side, &say) {
-                Ok(()) => 0,
-                Err(e) => {
-                    say.step(format!("error: {e:#}"));
-                    1
-                }
-            };
-            std::process::exit(code);
-        }
-        ForkResult::Parent { child } => child,
-    };
-    drop(child_side);
+    let (child, mut parent_side) = fork_with_link(say, signalfd_child)?;
     parent_side.hear(b'r')?;
     let rt2 = libc::SIGRTMIN() + 2;
     send(child, libc::SIGUSR1, None).context("kill(SIGUSR1)")?;

@@ -153,17 +153,7 @@ pub fn serve(listener: &OwnedFd, rules: &Rules, say: &Narrator) -> Result<Served
             )?;
         }
     }
-    served.report = reports
-        .into_iter()
-        .fold(CheckReport::default(), |mut total, r| {
-            total.received += r.received;
-            total.bytes += r.bytes;
-            total.lost += r.lost;
-            total.duplicated += r.duplicated;
-            total.reordered += r.reordered;
-            total.corrupted += r.corrupted;
-            total
-        });
+    served.report = total(reports);
     Ok(served)
 }
 
@@ -435,15 +425,9 @@ pub fn serve_dgram(socket: &OwnedFd, stop_after: Option<u64>, say: &Narrator) ->
 const MAX_DGRAM_CLIENTS: usize = 1024;
 
 fn total(reports: Vec<CheckReport>) -> CheckReport {
-    reports
-        .into_iter()
-        .fold(CheckReport::default(), |mut total, r| {
-            total.received += r.received;
-            total.bytes += r.bytes;
-            total.lost += r.lost;
-            total.duplicated += r.duplicated;
-            total.reordered += r.reordered;
-            total.corrupted += r.corrupted;
-            total
-        })
+    let mut total = CheckReport::default();
+    for report in &reports {
+        total.merge(report);
+    }
+    total
 }
