@@ -481,16 +481,7 @@ struct SharedPage {
 impl SharedPage {
     fn new(len: usize) -> Result<SharedPage> {
         let len = len.next_multiple_of(4096);
-        // SAFETY: a fresh anonymous shared mapping, zero-filled.
-        let base = unsafe {
-            nix::sys::mman::mmap_anonymous(
-                None,
-                std::num::NonZeroUsize::new(len).expect("nonzero"),
-                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
-                nix::sys::mman::MapFlags::MAP_SHARED,
-            )
-        }
-        .context("mmap")?;
+        let base = transport::shared_anonymous(len)?;
         Ok(SharedPage { base, len })
     }
 }

@@ -523,18 +523,26 @@ impl RingShared {
     }
 }
 
-fn new_ring(slots: u32, slot_size: u32) -> Result<Rc<RingShared>> {
-    let len = ring::segment_len(slots, slot_size);
-    // SAFETY: a fresh anonymous mapping at a kernel-chosen address.
-    let base = unsafe {
+/// `len` bytes of zero-filled memory that a forked child shares with us
+/// (MAP_SHARED | MAP_ANONYMOUS), at an address the kernel picks. The
+/// caller unmaps it.
+pub fn shared_anonymous(len: usize) -> Result<NonNull<c_void>> {
+    let size = NonZeroUsize::new(len).context("an empty mapping")?;
+    // SAFETY: a fresh mapping at a kernel-chosen address overlaps nothing.
+    unsafe {
         mmap_anonymous(
             None,
-            NonZeroUsize::new(len).expect("nonzero"),
+            size,
             ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
             MapFlags::MAP_SHARED,
         )
     }
-    .context("mmap(MAP_SHARED|MAP_ANONYMOUS)")?;
+    .context("mmap(MAP_SHARED|MAP_ANONYMOUS)")
+}
+
+fn new_ring(slots: u32, slot_size: u32) -> Result<Rc<RingShared>> {
+    let len = ring::segment_len(slots, slot_size);
+    let base = shared_anonymous(len)?;
     // SAFETY: the mapping just made, `len` bytes.
     let mut segment = unsafe { Segment::new(base, len, Detach::Munmap) };
     segment.init_header(slots, slot_size, ring::SYNC_POSIX);
@@ -639,16 +647,8 @@ impl Drop for SpscShared {
 
 fn new_spsc() -> Result<Rc<SpscShared>> {
     let len = size_of::<SpscHeader>() + SPSC_CAPACITY;
-    // SAFETY: a fresh anonymous mapping, zero-filled (head = tail = 0).
-    let base = unsafe {
-        mmap_anonymous(
-            None,
-            NonZeroUsize::new(len).expect("nonzero"),
-            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-            MapFlags::MAP_SHARED,
-        )
-    }
-    .context("mmap(MAP_SHARED|MAP_ANONYMOUS)")?;
+    // Zero-filled: head = tail = 0.
+    let base = shared_anonymous(len)?;
     Ok(Rc::new(SpscShared { base, len }))
 }
 
