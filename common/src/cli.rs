@@ -148,6 +148,22 @@ impl Args {
         T::try_from(n).map_err(|_| usage(format!("{option} {n} does not fit this machine")))
     }
 
+    /// The POSIX IPC name that follows `option` (`--name`): a slash, then
+    /// 1 to `max` characters with no other slash (shm, mq and named
+    /// semaphores all take this form; `max` leaves room for what a demo
+    /// adds to the name within NAME_MAX).
+    pub fn posix_name(&mut self, option: &str, max: usize) -> anyhow::Result<String> {
+        let name = self.value(option)?;
+        let rest = name.strip_prefix('/').unwrap_or("");
+        if rest.is_empty() || rest.contains('/') || rest.len() > max || rest.contains('\0') {
+            return Err(usage(format!(
+                "{option} {name:?} is not a valid name: use a slash then up to {max} characters \
+                 without a slash, e.g. /demo"
+            )));
+        }
+        Ok(name)
+    }
+
     /// A usage error for an argument nobody recognised.
     pub fn unknown(&self, arg: &str) -> anyhow::Error {
         if let Err(help) = self.check_help(arg) {
@@ -222,6 +238,21 @@ mod tests {
         let mut args = Args::new(["sendr"]);
         let msg = usage_text(args.role(&["sender", "receiver"]).unwrap_err());
         assert!(msg.contains("'sendr'") && msg.contains("sender, receiver"));
+    }
+
+    #[test]
+    fn posix_names() {
+        assert_eq!(
+            Args::new(["/demo"]).posix_name("--name", 250).unwrap(),
+            "/demo"
+        );
+        for bad in ["demo", "/", "/a/b", &format!("/{}", "x".repeat(11))] {
+            let msg = usage_text(Args::new([bad]).posix_name("--name", 10).unwrap_err());
+            assert!(
+                msg.starts_with("--name ") && msg.contains("up to 10 characters"),
+                "{bad}: {msg}"
+            );
+        }
     }
 
     #[test]

@@ -321,11 +321,7 @@ fn parse(args: &mut Args, api: Option<&str>, role: Option<&str>) -> Result<Optio
         match arg.as_str() {
             "--" => only_texts = true,
             "--key" => opts.key = Some(PathBuf::from(args.value("--key")?)),
-            "--name" => {
-                let name = args.value("--name")?;
-                posix::check_name(&name)?;
-                opts.name = Some(name);
-            }
+            "--name" => opts.name = Some(args.posix_name("--name", 250)?),
             "--type" => {
                 let text = args.value("--type")?;
                 let t: i64 = text.parse().map_err(|_| {

@@ -207,18 +207,6 @@ impl Queue {
     }
 }
 
-/// POSIX says a portable name is "/" then characters without "/".
-pub fn check_name(name: &str) -> Result<()> {
-    let rest = name.strip_prefix('/').unwrap_or("");
-    if rest.is_empty() || rest.contains('/') || rest.len() > 250 || rest.contains('\0') {
-        return Err(common::error::usage(format!(
-            "--name {name:?} is not a valid queue name: use a slash then up to 250 characters \
-             without a slash, e.g. /demo"
-        )));
-    }
-    Ok(())
-}
-
 pub fn sender(opts: &Options, name: &str, say: &Narrator) -> Result<()> {
     let queue = Queue::open_or_create(name, opts.maxmsg, opts.msgsize, say)?;
     let priority = opts.priority;

@@ -984,19 +984,6 @@ struct RoleOptions {
     value: u32,
 }
 
-fn check_name(name: &str) -> Result<()> {
-    let rest = name.strip_prefix('/').unwrap_or("");
-    // 240 leaves room for the ".counter" suffix and the "sem." prefix
-    // within NAME_MAX (255).
-    if rest.is_empty() || rest.contains('/') || rest.len() > 240 || rest.contains('\0') {
-        return Err(usage(format!(
-            "--name {name:?} is not a valid name: use a slash then up to 240 characters \
-             without a slash, e.g. /demo"
-        )));
-    }
-    Ok(())
-}
-
 fn run() -> Result<()> {
     let mut args = Args::from_env(USAGE)?;
     const ROLES: [&str; 4] = ["worker", "wait", "post", "remove"];
@@ -1030,11 +1017,9 @@ fn run() -> Result<()> {
                 opts.iterations = n;
             }
             "--quiet" => story_opts.quiet = true,
-            "--name" => {
-                let name = args.value("--name")?;
-                check_name(&name)?;
-                opts.name = Some(name);
-            }
+            // 240 leaves room for the ".counter" suffix and the "sem."
+            // prefix within NAME_MAX (255).
+            "--name" => opts.name = Some(args.posix_name("--name", 240)?),
             "--key" => opts.key = Some(PathBuf::from(args.value("--key")?)),
             "--timeout" => {
                 opts.timeout = Some(Duration::from_secs(args.number("--timeout", 1, 86_400)?))
@@ -1096,14 +1081,6 @@ fn run() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names() {
-        assert!(check_name("/demo").is_ok());
-        for bad in ["demo", "/", "/a/b", ""] {
-            assert!(check_name(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn shared_page_holds_the_layout() {

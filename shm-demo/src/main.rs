@@ -174,18 +174,6 @@ fn run() -> Result<()> {
     }
 }
 
-/// POSIX says a portable name is "/" then characters without "/".
-fn check_name(name: &str) -> Result<()> {
-    let rest = name.strip_prefix('/').unwrap_or("");
-    if rest.is_empty() || rest.contains('/') || rest.len() > 250 || rest.contains('\0') {
-        return Err(usage(format!(
-            "--name {name:?} is not a valid name: use a slash then up to 250 characters \
-             without a slash, e.g. /demo"
-        )));
-    }
-    Ok(())
-}
-
 fn parse_options(args: &mut Args, sysv: bool, role: Option<&str>) -> Result<Options> {
     let mut opts = Options {
         name: None,
@@ -200,11 +188,7 @@ fn parse_options(args: &mut Args, sysv: bool, role: Option<&str>) -> Result<Opti
     let mut given = Vec::new();
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--name" => {
-                let name = args.value("--name")?;
-                check_name(&name)?;
-                opts.name = Some(name);
-            }
+            "--name" => opts.name = Some(args.posix_name("--name", 250)?),
             "--key" => opts.key = Some(PathBuf::from(args.value("--key")?)),
             "--count" => {
                 opts.count = args.number("--count", 1, MAX_COUNT)?;
@@ -267,14 +251,6 @@ fn parse_options(args: &mut Args, sysv: bool, role: Option<&str>) -> Result<Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names() {
-        assert!(check_name("/demo").is_ok());
-        for bad in ["demo", "/", "/a/b", "", &format!("/{}", "x".repeat(251))] {
-            assert!(check_name(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn variants_take_their_own_naming_option() {
