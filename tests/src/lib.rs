@@ -113,6 +113,22 @@ impl Output {
             .unwrap_or_else(|| panic!("summary has no {key}\n{}", self.describe()))
     }
 
+    /// Fails the test unless the process ended the way `signal` should end
+    /// a demo: 130 after SIGINT, 143 after SIGTERM (cleaned up), killed by
+    /// SIGKILL.
+    pub fn assert_stopped_by(&self, signal: Signal) {
+        self.assert_no_panic();
+        match signal {
+            Signal::SIGKILL => assert!(
+                self.status.code().is_none(),
+                "{signal:?}\n{}",
+                self.describe()
+            ),
+            Signal::SIGINT => assert_eq!(self.code(), 130, "{}", self.describe()),
+            _ => assert_eq!(self.code(), 143, "{}", self.describe()),
+        }
+    }
+
     /// Fails the test if the process panicked anywhere.
     pub fn assert_no_panic(&self) {
         assert!(
@@ -313,6 +329,17 @@ pub fn wait_group_gone(pgid: Pid, timeout: Duration) -> bool {
         }
         sleep(Duration::from_millis(10));
     }
+}
+
+/// Run a demo that must refuse its command line: exit 2, exactly one line
+/// on stderr, containing `needle` (usually the option's name), no panic.
+pub fn assert_usage_error(name: &str, args: &[&str], needle: &str) -> Output {
+    let out = run(name, args, SHORT);
+    assert_eq!(out.code(), 2, "{name} {args:?}\n{}", out.describe());
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{name} {args:?}\n{}", out.describe());
+    assert!(lines[0].contains(needle), "{name} {args:?}: {}", lines[0]);
+    out
 }
 
 /// Run a demo to completion with captured output and no stdin.

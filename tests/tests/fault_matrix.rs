@@ -13,7 +13,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::cleanup::PrivateDir;
-use ipc_tests::{Output, Proc, SHORT, run};
+use ipc_tests::{Proc, SHORT, run};
 use nix::sys::signal::Signal;
 
 const SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL];
@@ -44,16 +44,6 @@ fn s(path: &Path) -> String {
 
 fn strings(words: &[&str]) -> Vec<String> {
     words.iter().map(|w| w.to_string()).collect()
-}
-
-/// How the victim must have ended.
-fn assert_victim(out: &Output, signal: Signal, what: &str) {
-    out.assert_no_panic();
-    match signal {
-        Signal::SIGKILL => assert!(out.status.code().is_none(), "{what}: {}", out.describe()),
-        Signal::SIGINT => assert_eq!(out.code(), 130, "{what}: {}", out.describe()),
-        _ => assert_eq!(out.code(), 143, "{what}: {}", out.describe()),
-    }
 }
 
 struct Scenario {
@@ -96,7 +86,7 @@ fn cell(sc: &Scenario, victim_is_first: bool, signal: Signal) {
     };
     victim.signal(signal);
     let killed_at = Instant::now();
-    assert_victim(&victim.finish(SHORT), signal, &what);
+    victim.finish(SHORT).assert_stopped_by(signal);
     let expected = if victim_is_first {
         (sc.when_first_dies)(signal)
     } else {
@@ -129,7 +119,7 @@ fn cell(sc: &Scenario, victim_is_first: bool, signal: Signal) {
                 "{what}: expected the survivor to keep waiting"
             );
             survivor.signal(Signal::SIGTERM);
-            assert_victim(&survivor.finish(SHORT), Signal::SIGTERM, &what);
+            survivor.finish(SHORT).assert_stopped_by(Signal::SIGTERM);
         }
     }
 }
@@ -395,7 +385,7 @@ fn pipe_matrix() {
                 (receiver, sender)
             };
             victim.signal(signal);
-            assert_victim(&victim.finish(SHORT), signal, &what);
+            victim.finish(SHORT).assert_stopped_by(signal);
             let out = survivor.finish(SHORT);
             out.assert_no_panic();
             // The receiver: EOF with messages lost (or a cut frame): 1.

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::cleanup::PrivateDir;
-use ipc_tests::{LONG, Output, Proc, SHORT, demo, run};
+use ipc_tests::{LONG, Output, Proc, SHORT, assert_usage_error, demo, run};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -188,22 +188,12 @@ fn every_numeric_option_refuses_nonsense_with_exit_2() {
         for value in values {
             let mut args: Vec<&str> = before.to_vec();
             args.extend([*option, value]);
-            let out = run(name, &args, SHORT);
-            assert_eq!(out.code(), 2, "{name} {args:?}\n{}", out.describe());
-            let lines: Vec<&str> = out.stderr.lines().collect();
-            assert_eq!(lines.len(), 1, "{name} {args:?}\n{}", out.describe());
-            assert!(lines[0].contains(option), "{name} {args:?}: {}", lines[0]);
+            assert_usage_error(name, &args, option);
         }
         // The option with no value at all.
         let mut args: Vec<&str> = before.to_vec();
         args.push(option);
-        let out = run(name, &args, SHORT);
-        assert_eq!(out.code(), 2, "{name} {args:?}\n{}", out.describe());
-        assert!(
-            out.stderr.contains(&format!("{option} needs a value")),
-            "{name} {args:?}\n{}",
-            out.describe()
-        );
+        assert_usage_error(name, &args, &format!("{option} needs a value"));
     }
 }
 
@@ -644,13 +634,7 @@ fn a_worker_stopped_or_killed_does_not_stop_the_others() {
         );
         thread::sleep(Duration::from_millis(200));
         doomed.signal(signal);
-        let out = doomed.finish(SHORT);
-        out.assert_no_panic();
-        match signal {
-            Signal::SIGKILL => assert!(out.status.code().is_none()),
-            Signal::SIGINT => assert_eq!(out.code(), 130, "{}", out.describe()),
-            _ => assert_eq!(out.code(), 143, "{}", out.describe()),
-        }
+        doomed.finish(SHORT).assert_stopped_by(signal);
         // The survivor finishes its own work: the lock was released, or it
         // takes it over from the dead holder.
         let out = other.finish(SHORT);

@@ -2,7 +2,7 @@
 //! JSON parses and holds every mechanism, bad options are refused.
 
 use common::cleanup::PrivateDir;
-use ipc_tests::{LONG, SHORT, run};
+use ipc_tests::{LONG, SHORT, assert_usage_error, run};
 
 const BENCH: &str = "ipc-bench";
 const MECHANISMS: [&str; 10] = [
@@ -145,10 +145,6 @@ fn bad_options_exit_2_with_a_clear_message() {
         (&["--bogus"], "--bogus"),
     ];
     for (args, needle) in cases {
-        let out = run(BENCH, args, SHORT);
-        assert_eq!(out.code(), 2, "{args:?}\n{}", out.describe());
-        let lines: Vec<&str> = out.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "{args:?}\n{}", out.describe());
-        assert!(lines[0].contains(needle), "{args:?}: {}", lines[0]);
+        assert_usage_error(BENCH, args, needle);
     }
 }

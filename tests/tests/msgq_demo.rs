@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use common::cleanup::PrivateDir;
-use ipc_tests::{LONG, Output, Proc, SHORT, run};
+use ipc_tests::{LONG, Output, Proc, SHORT, assert_usage_error, run};
 use nix::sys::signal::Signal;
 
 const MSGQ_DEMO: &str = "msgq-demo";
@@ -402,10 +402,6 @@ fn bad_command_lines_exit_2_with_one_line_naming_the_problem() {
         (&["sysv", "client"], "--key"),
     ];
     for (args, needle) in cases {
-        let out = run(MSGQ_DEMO, args, SHORT);
-        assert_eq!(out.code(), 2, "{args:?}\n{}", out.describe());
-        let lines: Vec<&str> = out.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "{args:?}\n{}", out.describe());
-        assert!(lines[0].contains(needle), "{args:?}: {}", lines[0]);
+        assert_usage_error(MSGQ_DEMO, args, needle);
     }
 }

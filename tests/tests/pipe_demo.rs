@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{frame, payload};
-use ipc_tests::{LONG, Output, Proc, SHORT, run};
+use ipc_tests::{LONG, Output, Proc, SHORT, assert_usage_error, run};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
@@ -285,11 +285,7 @@ fn bad_command_lines_exit_2_with_one_line_naming_the_problem() {
         (&["pipeline", "ls", "", "wc"], "empty"),
     ];
     for (args, needle) in cases {
-        let out = run(PIPE_DEMO, args, SHORT);
-        assert_eq!(out.code(), 2, "{args:?}\n{}", out.describe());
-        let lines: Vec<&str> = out.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "{args:?}\n{}", out.describe());
-        assert!(lines[0].contains(needle), "{args:?}: {}", lines[0]);
+        let out = assert_usage_error(PIPE_DEMO, args, needle);
         assert!(out.stdout.is_empty(), "{args:?}\n{}", out.describe());
     }
 }

@@ -7,7 +7,7 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use common::cleanup::PrivateDir;
-use ipc_tests::{LONG, Proc, SHORT, run};
+use ipc_tests::{LONG, Proc, SHORT, assert_usage_error, run};
 use nix::sys::signal::Signal;
 
 const SEM_DEMO: &str = "sem-demo";
@@ -324,10 +324,6 @@ fn bad_command_lines_exit_2_with_one_line_naming_the_problem() {
         (&["bogus"], "bogus"),
     ];
     for (args, needle) in cases {
-        let out = run(SEM_DEMO, args, SHORT);
-        assert_eq!(out.code(), 2, "{args:?}\n{}", out.describe());
-        let lines: Vec<&str> = out.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "{args:?}\n{}", out.describe());
-        assert!(lines[0].contains(needle), "{args:?}: {}", lines[0]);
+        assert_usage_error(SEM_DEMO, args, needle);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use ipc_tests::{LONG, Output, Proc, SHORT, run};
+use ipc_tests::{LONG, Output, Proc, SHORT, assert_usage_error, run};
 use nix::sys::signal::Signal;
 
 const SHM_DEMO: &str = "shm-demo";
@@ -351,11 +351,7 @@ fn bad_command_lines_exit_2_with_one_line_naming_the_problem() {
         (&["snd"], "snd"),
     ];
     for (args, needle) in cases {
-        let out = run(SHM_DEMO, args, SHORT);
-        assert_eq!(out.code(), 2, "{args:?}\n{}", out.describe());
-        let lines: Vec<&str> = out.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "{args:?}\n{}", out.describe());
-        assert!(lines[0].contains(needle), "{args:?}: {}", lines[0]);
+        assert_usage_error(SHM_DEMO, args, needle);
     }
 }
 
@@ -560,9 +556,7 @@ fn sysv_stale_objects_are_replaced_and_options_checked() {
         (&["sysv", "--key", "/tmp"][..], "--key"),
         (&["receiver", "--key", "/tmp"][..], "--key"),
     ] {
-        let out = run(SHM_DEMO, args, SHORT);
-        assert_eq!(out.code(), 2, "{args:?}\n{}", out.describe());
-        assert!(out.stderr.contains(needle), "{args:?}\n{}", out.describe());
+        assert_usage_error(SHM_DEMO, args, needle);
     }
 }
 

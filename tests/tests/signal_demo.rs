@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use ipc_tests::{Proc, SHORT, run};
+use ipc_tests::{Proc, SHORT, assert_usage_error, run};
 
 const SIGNAL_DEMO: &str = "signal-demo";
 
@@ -161,11 +161,7 @@ fn bad_input_and_missing_processes() {
         (&["listener"], "listener"),
     ];
     for (args, needle) in cases {
-        let out = run(SIGNAL_DEMO, args, SHORT);
-        assert_eq!(out.code(), 2, "{args:?}\n{}", out.describe());
-        let lines: Vec<&str> = out.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "{args:?}\n{}", out.describe());
-        assert!(lines[0].contains(needle), "{args:?}: {}", lines[0]);
+        assert_usage_error(SIGNAL_DEMO, args, needle);
     }
     // A pid nobody has: pid_max is at most 2^22 on Linux.
     let out = run(

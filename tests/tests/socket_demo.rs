@@ -9,7 +9,7 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use common::cleanup::PrivateDir;
-use ipc_tests::{LONG, Output, Proc, SHORT, run};
+use ipc_tests::{LONG, Output, Proc, SHORT, assert_usage_error, run};
 use nix::sys::signal::Signal;
 
 const SOCKET_DEMO: &str = "socket-demo";
@@ -387,11 +387,7 @@ fn bad_command_lines_exit_2_with_one_line_naming_the_problem() {
         (&["server", "--path", "/tmp/x", "--count", "3"], "--count"),
     ];
     for (args, needle) in cases {
-        let out = run(SOCKET_DEMO, args, SHORT);
-        assert_eq!(out.code(), 2, "{args:?}\n{}", out.describe());
-        let lines: Vec<&str> = out.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "{args:?}\n{}", out.describe());
-        assert!(lines[0].contains(needle), "{args:?}: {}", lines[0]);
+        assert_usage_error(SOCKET_DEMO, args, needle);
     }
     let out = run(
         SOCKET_DEMO,
