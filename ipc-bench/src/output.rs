@@ -301,14 +301,7 @@ pub fn svg(config: &Config, r: &Results) -> String {
     let y_of = |v: f64| top + panel - 40.0 - (v.max(1.0).log10() / top_log) * (panel - 60.0);
     for decade in 0..=(top_log as i32) {
         let y = y_of(10f64.powi(decade));
-        let _ = writeln!(
-            s,
-            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            left + plot_w,
-            left - 5.0,
-            y + 4.0,
-            10f64.powi(decade)
-        );
+        gridline(&mut s, left, left + plot_w, y, 10f64.powi(decade));
     }
     let group = plot_w / mechs as f64;
     let bar = (group - 10.0) / config.sizes.len().max(1) as f64;
@@ -370,14 +363,7 @@ pub fn svg(config: &Config, r: &Results) -> String {
     };
     for decade in (low as i32)..=(high as i32) {
         let y = ly(10f64.powi(decade));
-        let _ = writeln!(
-            s,
-            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            left + plot_w,
-            left - 5.0,
-            y + 4.0,
-            10f64.powi(decade)
-        );
+        gridline(&mut s, left, left + plot_w, y, 10f64.powi(decade));
     }
     for (i, (mech, l)) in r.latency.iter().enumerate() {
         let x = left + i as f64 * group + group * 0.25;
@@ -403,6 +389,16 @@ pub fn svg(config: &Config, r: &Results) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// A horizontal grid line at `y` from `x1` to `x2`, labelled on the left.
+fn gridline(s: &mut String, x1: f64, x2: f64, y: f64, label: f64) {
+    let _ = writeln!(
+        s,
+        "<line x1=\"{x1}\" x2=\"{x2}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{label}</text>",
+        x1 - 5.0,
+        y + 4.0
+    );
 }
 
 fn escape(text: &str) -> String {
