@@ -331,6 +331,16 @@ pub fn wait_group_gone(pgid: Pid, timeout: Duration) -> bool {
     }
 }
 
+/// An empty file in a fresh private directory, to give `ftok` a path
+/// (System V keys); the directory goes when the guard is dropped.
+pub fn key_file(prefix: &str) -> (common::cleanup::PrivateDir, String) {
+    let dir = common::cleanup::PrivateDir::create(prefix).expect("private dir");
+    let path = dir.path().join("key");
+    std::fs::write(&path, b"").expect("key file");
+    let path = path.to_str().expect("UTF-8 path").to_string();
+    (dir, path)
+}
+
 /// Run a demo that must refuse its command line: exit 2, exactly one line
 /// on stderr, containing `needle` (usually the option's name), no panic.
 pub fn assert_usage_error(name: &str, args: &[&str], needle: &str) -> Output {

@@ -8,12 +8,12 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
+
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::cleanup::PrivateDir;
-use ipc_tests::{Proc, SHORT, run};
+use common::cleanup::{PrivateDir, unique_name};
+use ipc_tests::{Proc, SHORT, key_file, run};
 use nix::sys::signal::Signal;
 
 const SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL];
@@ -27,15 +27,6 @@ enum Survivor {
     /// Keeps waiting, by design (the mechanism names no peer); the test
     /// then stops it with SIGTERM.
     Waits,
-}
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 fn s(path: &Path) -> String {
@@ -179,7 +170,7 @@ fn dev_shm(name: &str) -> PathBuf {
 
 #[test]
 fn shm_posix_matrix() {
-    let name = format!("/{}", unique("fault-shm"));
+    let name = format!("/{}", unique_name("fault-shm"));
     let sc = Scenario {
         demo: "shm-demo",
         first: strings(&["receiver", "--name", &name, "--quiet"]),
@@ -202,14 +193,6 @@ fn ipcs_has(key: &str) -> bool {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .any(|l| l.starts_with(key))
-}
-
-fn key_file(prefix: &str) -> (PrivateDir, String) {
-    let dir = PrivateDir::create(prefix).unwrap();
-    let key = dir.path().join("key");
-    std::fs::write(&key, b"").unwrap();
-    let key = s(&key);
-    (dir, key)
 }
 
 #[test]
@@ -315,7 +298,7 @@ fn msgq_sysv_matrix() {
 
 #[test]
 fn msgq_posix_matrix() {
-    let name = format!("/{}", unique("fault-mq"));
+    let name = format!("/{}", unique_name("fault-mq"));
     let sc = Scenario {
         demo: "msgq-demo",
         first: strings(&[

@@ -7,23 +7,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use common::cleanup::PrivateDir;
+use common::cleanup::{PrivateDir, unique_name};
 use ipc_tests::{LONG, Output, Proc, SHORT, assert_usage_error, demo, run};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 // ---------------------------------------------------------------------------
 // Every numeric option, every kind of nonsense
@@ -243,7 +234,7 @@ fn objects_are_private_and_another_user_is_refused_clearly() {
     let denied = ["Permission denied", "EACCES", "permission denied"];
 
     // POSIX shared memory, 0600.
-    let shm = format!("/{}", unique("perm-shm"));
+    let shm = format!("/{}", unique_name("perm-shm"));
     let mut receiver = Proc::spawn("shm-demo", &["receiver", "--name", &shm]);
     receiver.wait_for_line(|l| l.contains("waiting for a sender"), SHORT);
     assert_eq!(mode_of(&format!("/dev/shm{shm}")), 0o600);
@@ -256,7 +247,7 @@ fn objects_are_private_and_another_user_is_refused_clearly() {
     let _ = receiver.finish(SHORT);
 
     // A POSIX named semaphore, 0600.
-    let sem = format!("/{}", unique("perm-sem"));
+    let sem = format!("/{}", unique_name("perm-sem"));
     let mut waiter = Proc::spawn("sem-demo", &["wait", "--name", &sem, "--timeout", "60"]);
     waiter.wait_for_line(|l| l.contains("waiting at most"), SHORT);
     assert_eq!(mode_of(&format!("/dev/shm/sem.{}", &sem[1..])), 0o600);
@@ -273,7 +264,7 @@ fn objects_are_private_and_another_user_is_refused_clearly() {
     );
 
     // A POSIX message queue, 0600.
-    let mq = format!("/{}", unique("perm-mq"));
+    let mq = format!("/{}", unique_name("perm-mq"));
     assert_eq!(
         run(
             "msgq-demo",
@@ -452,7 +443,7 @@ fn an_eintr_storm_loses_nothing() {
         true,
         n,
     );
-    let shm = format!("/{}", unique("storm-shm"));
+    let shm = format!("/{}", unique_name("storm-shm"));
     stormy(
         "shm-demo",
         &["receiver", "--name", &shm, "--count", n, "--quiet"],
@@ -480,7 +471,7 @@ fn an_eintr_storm_loses_nothing() {
         true,
         n,
     );
-    let mq = format!("/{}", unique("storm-mq"));
+    let mq = format!("/{}", unique_name("storm-mq"));
     stormy(
         "msgq-demo",
         &["posix", "receiver", "--name", &mq, "--count", n, "--quiet"],
@@ -622,7 +613,7 @@ fn servers_survive_garbage_from_hostile_peers() {
 #[test]
 fn a_worker_stopped_or_killed_does_not_stop_the_others() {
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL] {
-        let name = format!("/{}", unique("worker"));
+        let name = format!("/{}", unique_name("worker"));
         let mut doomed = Proc::spawn(
             "sem-demo",
             &["worker", "--name", &name, "--iterations", "1000000000"],

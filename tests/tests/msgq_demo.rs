@@ -1,31 +1,11 @@
 //! End-to-end tests of msgq-demo: real System V and POSIX queues, real
 //! processes, selection by type and priority, limits, interop by TEXT.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
-use common::cleanup::PrivateDir;
-use ipc_tests::{LONG, Output, Proc, SHORT, assert_usage_error, run};
+use common::cleanup::unique_name;
+use ipc_tests::{LONG, Output, Proc, SHORT, assert_usage_error, key_file, run};
 use nix::sys::signal::Signal;
 
 const MSGQ_DEMO: &str = "msgq-demo";
-
-fn unique_name() -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "/msgq-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// A key file in a private directory (removed with the guard).
-fn key_file() -> (PrivateDir, String) {
-    let dir = PrivateDir::create("msgq-demo-test").expect("dir");
-    let path = dir.path().join("key");
-    std::fs::write(&path, b"").unwrap();
-    let path = path.to_str().unwrap().to_string();
-    (dir, path)
-}
 
 fn ok(out: &Output) {
     out.assert_no_panic();
@@ -93,7 +73,7 @@ fn story_runs_both_apis_and_the_client_server() {
 
 #[test]
 fn sysv_type_selection_on_a_known_set() {
-    let (_dir, key) = key_file();
+    let (_dir, key) = key_file("msgq-demo-test");
     for (mtype, words) in [
         ("3", ["c1", "c2"]),
         ("1", ["a1", "a2"]),
@@ -132,7 +112,7 @@ fn sysv_type_selection_on_a_known_set() {
 
 #[test]
 fn posix_priority_order_and_fifo_within_a_priority() {
-    let name = unique_name();
+    let name = format!("/{}", unique_name("msgq-test"));
     for (priority, words) in [
         ("1", ["l1", "l2"]),
         ("9", ["h1", "h2"]),
@@ -156,8 +136,8 @@ fn posix_priority_order_and_fifo_within_a_priority() {
 
 #[test]
 fn hundred_thousand_messages_each_api() {
-    let (_dir, key) = key_file();
-    let name = unique_name();
+    let (_dir, key) = key_file("msgq-demo-test");
+    let name = format!("/{}", unique_name("msgq-test"));
     let runs: [(&[&str], &[&str]); 2] = [
         (
             &[
@@ -195,7 +175,7 @@ fn hundred_thousand_messages_each_api() {
 
 #[test]
 fn nowait_timeout_and_empty_paths() {
-    let (_dir, key) = key_file();
+    let (_dir, key) = key_file("msgq-demo-test");
     // No queue yet: a receiver that will not wait says so plainly.
     let out = run(
         MSGQ_DEMO,
@@ -221,7 +201,7 @@ fn nowait_timeout_and_empty_paths() {
     ok(&out);
     assert_eq!(texts(&out), ["one"]);
     assert!(out.stdout.contains("ENOMSG"), "{}", out.describe());
-    let name = unique_name();
+    let name = format!("/{}", unique_name("msgq-test"));
     let out = run(
         MSGQ_DEMO,
         &["posix", "receiver", "--name", &name, "--timeout", "1"],
@@ -234,7 +214,7 @@ fn nowait_timeout_and_empty_paths() {
 
 #[test]
 fn oversize_and_limits_name_the_knob() {
-    let (_dir, key) = key_file();
+    let (_dir, key) = key_file("msgq-demo-test");
     let out = run(
         MSGQ_DEMO,
         &["sysv", "sender", "--key", &key, "--size", "1000000"],
@@ -246,7 +226,7 @@ fn oversize_and_limits_name_the_knob() {
         "{}",
         out.describe()
     );
-    let name = unique_name();
+    let name = format!("/{}", unique_name("msgq-test"));
     // A queue with 100-byte messages, then a longer TEXT.
     ok(&run(
         MSGQ_DEMO,
@@ -280,7 +260,7 @@ fn oversize_and_limits_name_the_knob() {
             "posix",
             "sender",
             "--name",
-            &unique_name(),
+            &format!("/{}", unique_name("msgq-test")),
             "--maxmsg",
             "1000000",
             "x",
@@ -303,7 +283,7 @@ fn oversize_and_limits_name_the_knob() {
 
 #[test]
 fn text_messages_interoperate_and_bytes_are_escaped() {
-    let (_dir, key) = key_file();
+    let (_dir, key) = key_file("msgq-demo-test");
     ok(&run(
         MSGQ_DEMO,
         &[
@@ -344,7 +324,7 @@ fn text_messages_interoperate_and_bytes_are_escaped() {
 
 #[test]
 fn ctrl_c_stops_a_waiting_receiver() {
-    let name = unique_name();
+    let name = format!("/{}", unique_name("msgq-test"));
     let mut receiver = Proc::spawn(MSGQ_DEMO, &["posix", "receiver", "--name", &name]);
     receiver.wait_for_line(|l| l.contains("Ctrl-C to stop"), SHORT);
     receiver.signal(Signal::SIGINT);

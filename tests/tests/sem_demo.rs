@@ -2,24 +2,14 @@
 //! lock holders, and the roles between separate processes.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::sleep;
 use std::time::Duration;
 
-use common::cleanup::PrivateDir;
+use common::cleanup::{PrivateDir, unique_name};
 use ipc_tests::{LONG, Proc, SHORT, assert_usage_error, run};
 use nix::sys::signal::Signal;
 
 const SEM_DEMO: &str = "sem-demo";
-
-fn unique() -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "/sem-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// Nothing of `name` left: neither the semaphore nor the worker counter.
 fn assert_gone(name: &str) {
@@ -110,7 +100,7 @@ fn story_shows_the_race_the_locks_the_signal_the_sets_and_the_crash() {
 
 #[test]
 fn workers_in_separate_processes_count_exactly_then_remove() {
-    let name = unique();
+    let name = format!("/{}", unique_name("sem-test"));
     let a = Proc::spawn(
         SEM_DEMO,
         &["worker", "--name", &name, "--iterations", "40000"],
@@ -141,7 +131,7 @@ fn workers_in_separate_processes_count_exactly_then_remove() {
 
 #[test]
 fn a_killed_posix_worker_does_not_block_the_next_one() {
-    let name = unique();
+    let name = format!("/{}", unique_name("sem-test"));
     let mut first = Proc::spawn(
         SEM_DEMO,
         &["worker", "--name", &name, "--iterations", "1000000000"],
@@ -164,7 +154,7 @@ fn a_killed_posix_worker_does_not_block_the_next_one() {
 
 #[test]
 fn wait_and_post_order_two_processes_and_wait_times_out() {
-    let name = unique();
+    let name = format!("/{}", unique_name("sem-test"));
     let mut waiter = Proc::spawn(SEM_DEMO, &["wait", "--name", &name, "--timeout", "60"]);
     waiter.wait_for_line(|l| l.contains("waiting at most 60 s"), SHORT);
     sleep(Duration::from_millis(200));
@@ -198,7 +188,7 @@ fn wait_and_post_order_two_processes_and_wait_times_out() {
     assert_gone(&name);
 
     // A fresh one created with --value 1 can be taken at once.
-    let fresh = unique();
+    let fresh = format!("/{}", unique_name("sem-test"));
     let out = run(
         SEM_DEMO,
         &["wait", "--name", &fresh, "--value", "1", "--timeout", "5"],
@@ -213,7 +203,7 @@ fn wait_and_post_order_two_processes_and_wait_times_out() {
 
 #[test]
 fn ctrl_c_ends_a_wait() {
-    let name = unique();
+    let name = format!("/{}", unique_name("sem-test"));
     let mut waiter = Proc::spawn(SEM_DEMO, &["wait", "--name", &name]);
     waiter.wait_for_line(|l| l.contains("until a post or Ctrl-C"), SHORT);
     waiter.signal(Signal::SIGINT);
@@ -267,7 +257,7 @@ fn sysv_workers_recover_by_sem_undo_and_remove_leaves_nothing() {
 
 #[test]
 fn missing_semaphores_get_a_hint() {
-    let name = unique();
+    let name = format!("/{}", unique_name("sem-test"));
     let out = run(SEM_DEMO, &["post", "--name", &name], SHORT);
     assert_eq!(out.code(), 1, "{}", out.describe());
     assert!(

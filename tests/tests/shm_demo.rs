@@ -2,24 +2,15 @@
 //! peers killed mid-transfer, hostile segment contents.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use ipc_tests::{LONG, Output, Proc, SHORT, assert_usage_error, run};
+use common::cleanup::unique_name;
+use ipc_tests::{LONG, Output, Proc, SHORT, assert_usage_error, key_file, run};
 use nix::sys::signal::Signal;
 
 const SHM_DEMO: &str = "shm-demo";
-
-/// A segment name no other test (or run) uses: /shm-test-PID-N.
-fn unique() -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "/shm-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 fn dev_shm(name: &str) -> PathBuf {
     PathBuf::from(format!("/dev/shm{name}"))
@@ -119,7 +110,7 @@ fn every_size_from_one_byte_to_beyond_a_slot() {
 
 #[test]
 fn two_processes_meet_by_name() {
-    let name = unique();
+    let name = format!("/{}", unique_name("shm-test"));
     let mut receiver = Proc::spawn(SHM_DEMO, &["receiver", "--name", &name, "--count", "50"]);
     receiver.wait_for_line(|l| l.contains("waiting for a sender"), SHORT);
     assert!(dev_shm(&name).exists());
@@ -138,7 +129,7 @@ fn two_processes_meet_by_name() {
 
 /// A receiver and a sender in the middle of a long transfer.
 fn mid_transfer() -> (String, Proc, Proc) {
-    let name = unique();
+    let name = format!("/{}", unique_name("shm-test"));
     let mut receiver = Proc::spawn(SHM_DEMO, &["receiver", "--name", &name, "--quiet"]);
     receiver.wait_for_line(|l| l.contains("waiting for a sender"), SHORT);
     let mut sender = Proc::spawn(
@@ -210,7 +201,7 @@ fn receiver_killed_mid_transfer_is_noticed_and_its_segment_removed() {
 #[test]
 fn ctrl_c_removes_the_segment() {
     // A receiver waiting for a sender that never comes.
-    let name = unique();
+    let name = format!("/{}", unique_name("shm-test"));
     let mut receiver = Proc::spawn(SHM_DEMO, &["receiver", "--name", &name]);
     receiver.wait_for_line(|l| l.contains("waiting for a sender"), SHORT);
     receiver.signal(Signal::SIGINT);
@@ -236,7 +227,7 @@ fn ctrl_c_removes_the_segment() {
 
 #[test]
 fn a_stale_segment_from_a_killed_run_is_replaced() {
-    let name = unique();
+    let name = format!("/{}", unique_name("shm-test"));
     let mut first = Proc::spawn(SHM_DEMO, &["receiver", "--name", &name]);
     first.wait_for_line(|l| l.contains("waiting for a sender"), SHORT);
     first.signal(Signal::SIGKILL); // no cleanup at all
@@ -278,10 +269,10 @@ fn plant(name: &str, bytes: &[u8]) -> Planted {
 #[test]
 fn corrupted_headers_are_refused_and_left_alone() {
     // Garbage, the right size for a default segment.
-    let garbage = unique();
+    let garbage = format!("/{}", unique_name("shm-test"));
     let _g = plant(&garbage, &vec![0xA5u8; 33408]);
     // Our magic and version, but sizes that do not match the object.
-    let lying = unique();
+    let lying = format!("/{}", unique_name("shm-test"));
     let mut header = vec![0u8; 33408];
     header[..8].copy_from_slice(b"IPCSHM01");
     header[8..12].copy_from_slice(&1u32.to_le_bytes()); // version
@@ -289,7 +280,7 @@ fn corrupted_headers_are_refused_and_left_alone() {
     header[16..20].copy_from_slice(&1_048_576u32.to_le_bytes()); // slot size
     let _l = plant(&lying, &header);
     // Too short to hold a header at all.
-    let tiny = unique();
+    let tiny = format!("/{}", unique_name("shm-test"));
     let _t = plant(&tiny, b"IPCSHM01");
 
     for (name, why) in [
@@ -322,7 +313,7 @@ fn corrupted_headers_are_refused_and_left_alone() {
 
 #[test]
 fn sender_without_receiver_is_told_what_to_start() {
-    let name = unique();
+    let name = format!("/{}", unique_name("shm-test"));
     let out = run(SHM_DEMO, &["sender", "--name", &name], SHORT);
     assert_eq!(out.code(), 1, "{}", out.describe());
     assert!(
@@ -358,15 +349,6 @@ fn bad_command_lines_exit_2_with_one_line_naming_the_problem() {
 // ---------------------------------------------------------------------------
 // The System V variant
 // ---------------------------------------------------------------------------
-
-/// A key file for ftok, in a private directory removed with the guard.
-fn key_file() -> (common::cleanup::PrivateDir, String) {
-    let dir = common::cleanup::PrivateDir::create("shm-demo-test").expect("dir");
-    let path = dir.path().join("key");
-    std::fs::write(&path, b"").unwrap();
-    let path = path.to_str().unwrap().to_string();
-    (dir, path)
-}
 
 /// Lines of `ipcs -m -s` that mention `key` (as printed in a ftok line).
 fn ipcs_lines_with(key: &str) -> Vec<String> {
@@ -432,7 +414,7 @@ fn sysv_story_shows_nattch_undo_and_rmid_and_leaves_nothing() {
 
 #[test]
 fn sysv_two_processes_and_bulk_sizes() {
-    let (_dir, key) = key_file();
+    let (_dir, key) = key_file("shm-demo-test");
     let mut receiver = Proc::spawn(
         SHM_DEMO,
         &[
@@ -457,7 +439,7 @@ fn sysv_two_processes_and_bulk_sizes() {
 #[test]
 fn sysv_peers_killed_mid_transfer_leave_nothing_in_ipcs() {
     for victim in ["sender", "receiver"] {
-        let (_dir, key) = key_file();
+        let (_dir, key) = key_file("shm-demo-test");
         let mut receiver = Proc::spawn(SHM_DEMO, &["sysv", "receiver", "--key", &key, "--quiet"]);
         let ftok = receiver.wait_for_line(|l| l.contains("ftok("), SHORT);
         let announced = announced_key(&ftok);
@@ -507,7 +489,7 @@ fn sysv_peers_killed_mid_transfer_leave_nothing_in_ipcs() {
 
 #[test]
 fn sysv_stale_objects_are_replaced_and_options_checked() {
-    let (_dir, key) = key_file();
+    let (_dir, key) = key_file("shm-demo-test");
     let mut first = Proc::spawn(SHM_DEMO, &["sysv", "receiver", "--key", &key]);
     first.wait_for_line(|l| l.contains("waiting for a sender"), SHORT);
     first.signal(Signal::SIGKILL);
@@ -562,7 +544,7 @@ fn sysv_stale_objects_are_replaced_and_options_checked() {
 
 #[test]
 fn sysv_ctrl_c_removes_both_objects() {
-    let (_dir, key) = key_file();
+    let (_dir, key) = key_file("shm-demo-test");
     let mut receiver = Proc::spawn(SHM_DEMO, &["sysv", "receiver", "--key", &key]);
     let announced = announced_key(&receiver.wait_for_line(|l| l.contains("ftok("), SHORT));
     receiver.wait_for_line(|l| l.contains("waiting for a sender"), SHORT);
