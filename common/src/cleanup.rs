@@ -18,7 +18,6 @@
 //! SIGWINCH gets a handler that does nothing, so that it too interrupts
 //! blocked calls: a way to test every EINTR path (see `stop_on_signals`).
 
-use std::ffi::CString;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
@@ -286,11 +285,6 @@ impl Drop for SysvGuard {
     fn drop(&mut self) {
         let _ = sysv_remove(self.kind, self.id);
     }
-}
-
-/// `name` as a C string, for the `libc` calls that need one.
-pub fn c_name(name: &str) -> anyhow::Result<CString> {
-    CString::new(name).with_context(|| format!("name {name:?} contains a NUL byte"))
 }
 
 #[cfg(test)]

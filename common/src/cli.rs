@@ -99,7 +99,7 @@ impl Args {
     }
 
     /// `Err` carrying the help text if `arg` is `-h` or `--help`.
-    pub fn check_help(&self, arg: &str) -> anyhow::Result<()> {
+    fn check_help(&self, arg: &str) -> anyhow::Result<()> {
         if arg == "-h" || arg == "--help" {
             return Err(ShowHelp(self.help).into());
         }

@@ -171,28 +171,6 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
-/// Wait for a `std::process::Child` for at most `timeout`, reaping it.
-pub fn wait_child(child: &mut Child, timeout: Duration) -> anyhow::Result<PeerExit> {
-    let pid = child.id();
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child
-            .try_wait()
-            .with_context(|| format!("waitpid({pid})"))?
-        {
-            return Ok(status.into());
-        }
-        if Instant::now() >= deadline {
-            // SIGKILL cannot be caught: the child ends now, then we reap it
-            // so that it does not stay a zombie.
-            let _ = child.kill();
-            child.wait().with_context(|| format!("waitpid({pid})"))?;
-            return Ok(PeerExit::TimedOut);
-        }
-        sleep(POLL);
-    }
-}
-
 /// Wait for a forked child `pid` for at most `timeout`, reaping it.
 ///
 /// `waitpid` with `WNOHANG` asks without blocking, so we can give up at the
@@ -224,20 +202,20 @@ mod tests {
 
     #[test]
     fn exit_codes_and_signals_are_described() {
-        let mut ok = Command::new("true").spawn().unwrap();
+        let wait = |child| Peer { child }.wait(Some(Duration::from_secs(30))).unwrap();
         assert_eq!(
-            wait_child(&mut ok, Duration::from_secs(30)).unwrap(),
+            wait(Command::new("true").spawn().unwrap()),
             PeerExit::Exited(0)
         );
-        let mut bad = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
-        let exit = wait_child(&mut bad, Duration::from_secs(30)).unwrap();
+        let exit = wait(Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap());
         assert_eq!(exit, PeerExit::Exited(3));
         assert_eq!(exit.to_string(), "exited with status 3");
-        let mut killed = Command::new("sh")
-            .args(["-c", "kill -9 $$"])
-            .spawn()
-            .unwrap();
-        let exit = wait_child(&mut killed, Duration::from_secs(30)).unwrap();
+        let exit = wait(
+            Command::new("sh")
+                .args(["-c", "kill -9 $$"])
+                .spawn()
+                .unwrap(),
+        );
         assert_eq!(exit, PeerExit::Killed(Signal::SIGKILL));
         assert_eq!(exit.to_string(), "was killed by SIGKILL");
     }
@@ -275,9 +253,11 @@ mod tests {
 
     #[test]
     fn a_hanging_child_is_killed_and_reaped() {
-        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+        let child = Command::new("sleep").arg("60").spawn().unwrap();
         let pid = Pid::from_raw(child.id() as i32);
-        let exit = wait_child(&mut child, Duration::from_millis(100)).unwrap();
+        let exit = Peer { child }
+            .wait(Some(Duration::from_millis(100)))
+            .unwrap();
         assert_eq!(exit, PeerExit::TimedOut);
         // Reaped: no zombie is left under that pid for us.
         assert_eq!(waitpid(pid, Some(WaitPidFlag::WNOHANG)), Err(Errno::ECHILD));

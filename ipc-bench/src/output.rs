@@ -83,9 +83,8 @@ pub fn markdown(config: &Config, r: &Results) -> String {
                 .find(|(s, _)| s == size)
                 .map_or(1.0, |(_, v)| *v);
             match cell {
-                Cell::Measured { note, .. } if *mech == Mech::Signal => {
+                Cell::Measured { .. } if *mech == Mech::Signal => {
                     let _ = write!(line, " {:.0} signals/s |", cell.msg_per_s().unwrap_or(0.0));
-                    let _ = note;
                 }
                 Cell::Measured { note, .. } => {
                     let v = cell.mb_per_s().unwrap_or(0.0);
