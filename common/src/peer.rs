@@ -171,6 +171,60 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+/// Wakes this process's blocking system calls every `period`: a SIGALRM
+/// interval timer whose handler does nothing, installed without
+/// SA_RESTART, so a blocked `msgrcv`, `msgsnd`, `read`... returns EINTR and
+/// the caller can look at its peer (or a deadline) before waiting again.
+/// Some kernel objects never tell a waiter that the other side died (a
+/// message queue, for one); this is how a waiter asks. Disarmed on drop.
+#[derive(Debug)]
+pub struct Ticker;
+
+extern "C" fn tick(_: libc::c_int) {}
+
+impl Ticker {
+    pub fn start(period: Duration) -> anyhow::Result<Ticker> {
+        let every = libc::timeval {
+            tv_sec: period.as_secs() as libc::time_t,
+            tv_usec: period.subsec_micros() as libc::suseconds_t,
+        };
+        let timer = libc::itimerval {
+            it_interval: every,
+            it_value: every,
+        };
+        // SAFETY: an all-zero sigaction is valid (empty mask, no flags); the
+        // handler does nothing, so it is async-signal-safe; `timer` is a
+        // valid itimerval and the old values are not wanted.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = tick as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            Errno::result(libc::sigaction(
+                libc::SIGALRM,
+                &action,
+                std::ptr::null_mut(),
+            ))
+            .context("sigaction(SIGALRM)")?;
+            Errno::result(libc::setitimer(
+                libc::ITIMER_REAL,
+                &timer,
+                std::ptr::null_mut(),
+            ))
+            .context("setitimer(ITIMER_REAL)")?;
+        }
+        Ok(Ticker)
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        // SAFETY: a zero itimerval disarms the timer.
+        unsafe {
+            let zero: libc::itimerval = std::mem::zeroed();
+            libc::setitimer(libc::ITIMER_REAL, &zero, std::ptr::null_mut());
+        }
+    }
+}
+
 /// Wait for a forked child `pid` for at most `timeout`, reaping it.
 ///
 /// `waitpid` with `WNOHANG` asks without blocking, so we can give up at the

@@ -561,7 +561,6 @@ fn throughput_cell(mech: Mech, size: usize, count: u64, dir: &PrivateDir) -> Res
     };
     drop((tx, go_read));
     let outcome = receiver(rx, go_write, child, count);
-    transport::unwatch();
     let exit = wait_pid(child, Duration::from_secs(60))?;
     drop(cleanup);
     let seconds = outcome?;
@@ -579,7 +578,7 @@ fn throughput_cell(mech: Mech, size: usize, count: u64, dir: &PrivateDir) -> Res
 fn sender(mut tx: Box<dyn transport::Tx>, go: OwnedFd, count: u64, size: usize) -> Result<()> {
     let parent = getppid();
     tx.after_fork(parent)?;
-    transport::watch(parent, CELL_DEADLINE)?;
+    let _ticker = transport::watch(parent, CELL_DEADLINE)?;
     wait_go(&go)?;
     for seq in 0..count {
         tx.send(seq, size)?;
@@ -601,7 +600,7 @@ fn wait_go(go: &OwnedFd) -> Result<()> {
 
 fn receiver(mut rx: Box<dyn transport::Rx>, go: OwnedFd, child: Pid, count: u64) -> Result<f64> {
     rx.after_fork(child)?;
-    transport::watch(child, CELL_DEADLINE)?;
+    let _ticker = transport::watch(child, CELL_DEADLINE)?;
     let mut checker = Checker::new(Some(count));
     let start = Instant::now();
     write(go.as_fd(), b"g").context("write(go)")?;
@@ -644,7 +643,7 @@ fn latency_of(mech: Mech, rounds: u64, warmup: u64, dir: &PrivateDir) -> Result<
     let outcome = (|| -> Result<Vec<u64>> {
         ping.after_fork(child)?;
         pong.after_fork(child)?;
-        transport::watch(child, CELL_DEADLINE)?;
+        let _ticker = transport::watch(child, CELL_DEADLINE)?;
         let mut checker = Checker::new(None);
         let mut samples = Vec::with_capacity(rounds as usize);
         for i in 0..(warmup + rounds) {
@@ -662,7 +661,6 @@ fn latency_of(mech: Mech, rounds: u64, warmup: u64, dir: &PrivateDir) -> Result<
         }
         Ok(samples)
     })();
-    transport::unwatch();
     let exit = wait_pid(child, Duration::from_secs(60))?;
     drop((a.cleanup, b.cleanup));
     let samples = outcome?;
@@ -676,7 +674,7 @@ fn echo(mut rx: Box<dyn transport::Rx>, mut tx: Box<dyn transport::Tx>) -> Resul
     let parent = getppid();
     rx.after_fork(parent)?;
     tx.after_fork(parent)?;
-    transport::watch(parent, CELL_DEADLINE)?;
+    let _ticker = transport::watch(parent, CELL_DEADLINE)?;
     let mut checker = Checker::new(None);
     let mut expected = 0;
     while let Some(msg) = rx.recv()? {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use common::cleanup::{MqGuard, PathGuard, SysvGuard, SysvKind, unique_name};
 use common::payload;
-use common::peer::alive;
+use common::peer::{Ticker, alive};
 use common::psem::SharedSem;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -146,50 +146,13 @@ fn epoch() -> Instant {
     *START.get_or_init(Instant::now)
 }
 
-extern "C" fn on_alarm(_: libc::c_int) {}
-
-/// Start the 100 ms wake-ups and set what `still_ok` checks.
-pub fn watch(peer: Pid, deadline: Duration) -> Result<()> {
+/// Set what `still_ok` checks, and wake blocked calls every 100 ms so they
+/// check it; the wake-ups last as long as the returned ticker.
+pub fn watch(peer: Pid, deadline: Duration) -> Result<Ticker> {
     PEER.store(peer.as_raw(), Ordering::Relaxed);
     let ms = (epoch().elapsed() + deadline).as_millis() as u64;
     DEADLINE_MS.store(ms, Ordering::Relaxed);
-    // SAFETY: an all-zero sigaction is valid; the handler does nothing, so
-    // it is trivially async-signal-safe. No SA_RESTART: calls get EINTR.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_alarm as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        Errno::result(libc::sigaction(
-            libc::SIGALRM,
-            &action,
-            std::ptr::null_mut(),
-        ))
-        .context("sigaction(SIGALRM)")?;
-        let tick = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 100_000,
-        };
-        let timer = libc::itimerval {
-            it_interval: tick,
-            it_value: tick,
-        };
-        Errno::result(libc::setitimer(
-            libc::ITIMER_REAL,
-            &timer,
-            std::ptr::null_mut(),
-        ))
-        .context("setitimer")?;
-    }
-    Ok(())
-}
-
-/// Stop the wake-ups.
-pub fn unwatch() {
-    // SAFETY: a zero itimerval disarms the timer.
-    unsafe {
-        let zero: libc::itimerval = std::mem::zeroed();
-        libc::setitimer(libc::ITIMER_REAL, &zero, std::ptr::null_mut());
-    }
-    PEER.store(0, Ordering::Relaxed);
+    Ticker::start(Duration::from_millis(100))
 }
 
 /// Fails if the peer died or the deadline passed.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use common::cleanup::{SysvGuard, SysvKind, check_stop, sysv_remove};
-use common::peer::alive;
+use common::peer::{Ticker, alive};
 use common::report::Narrator;
 use common::sysv_sem::ftok;
 use nix::errno::Errno;
@@ -198,55 +198,10 @@ impl std::fmt::Display for ReceiverGone {
 
 impl std::error::Error for ReceiverGone {}
 
-/// Wakes blocking msgsnd/msgrcv every 250 ms (SIGALRM without SA_RESTART),
-/// so that they can look at the queue's last sender or receiver pid. A
-/// queue does not tell a waiting process that its peer died: the pids in
-/// `msgctl(IPC_STAT)` are all there is.
-struct Ticker;
-
-extern "C" fn tick(_: libc::c_int) {}
-
-impl Ticker {
-    fn start() -> Result<Ticker> {
-        // SAFETY: an all-zero sigaction is valid; the handler does nothing
-        // (async-signal-safe). No SA_RESTART, so blocked calls get EINTR.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = tick as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            Errno::result(libc::sigaction(
-                libc::SIGALRM,
-                &action,
-                std::ptr::null_mut(),
-            ))
-            .context("sigaction(SIGALRM)")?;
-            let every = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 250_000,
-            };
-            let timer = libc::itimerval {
-                it_interval: every,
-                it_value: every,
-            };
-            Errno::result(libc::setitimer(
-                libc::ITIMER_REAL,
-                &timer,
-                std::ptr::null_mut(),
-            ))
-            .context("setitimer")?;
-        }
-        Ok(Ticker)
-    }
-}
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        // SAFETY: a zero itimerval disarms the timer.
-        unsafe {
-            let zero: libc::itimerval = std::mem::zeroed();
-            libc::setitimer(libc::ITIMER_REAL, &zero, std::ptr::null_mut());
-        }
-    }
-}
+/// How often blocked msgsnd/msgrcv wake (peer::Ticker) to look at the
+/// queue's last sender or receiver pid: a queue does not tell a waiting
+/// process that its peer died; the pids in `msgctl(IPC_STAT)` are all there is.
+const TICK: Duration = Duration::from_millis(250);
 
 pub fn sender(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
     if opts.size > msgmax() {
@@ -257,7 +212,7 @@ pub fn sender(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
         );
     }
     let queue = Queue::open_or_create(path, say)?;
-    let _ticker = Ticker::start()?;
+    let _ticker = Ticker::start(TICK)?;
     let mtype = opts.mtype.unwrap_or(1);
     let start = Instant::now();
     let (mut count, mut bytes) = (0u64, 0u64);
@@ -323,7 +278,7 @@ pub fn receiver(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
             t => format!("the oldest message of the lowest type <= {}", -t),
         }
     ));
-    let _ticker = Ticker::start()?;
+    let _ticker = Ticker::start(TICK)?;
     while !opts.count_given || tally.received() < opts.count {
         check_stop()?;
         match queue.receive(msgtyp, msgmax(), flags) {
