@@ -12,15 +12,26 @@
 //! `SA_RESTART`, a blocked `read`/`write`/`open` returns `EINTR`; the demo
 //! then sees [`stop_requested`], returns
 //! [`Interrupted`](crate::error::Interrupted), the guards drop, and
-//! `error::run` exits with 128 + the signal number. `SA_RESETHAND` restores
-//! the default action after the first signal, so a second Ctrl-C always
-//! ends the process, even one stuck in a call that is never interrupted.
+//! `error::run` exits with 128 + the signal number.
+//!
+//! A second Ctrl-C must end the process at once, even one stuck in a call
+//! that is never interrupted, yet still leave nothing behind. So every
+//! guard also writes its object into a small fixed table (no allocation,
+//! no lock) when it is made, and takes it out after removing it. On the
+//! second signal the handler itself walks that table with plain system
+//! calls, which are async-signal-safe (`unlink`, `rmdir`, `mq_unlink`,
+//! `msgctl`/`shmctl`/`semctl(IPC_RMID)`, `kill` to stop our children), then
+//! dies of the signal with its default action.
+//!
+//! A test hook, opt-in: with `DEMO_EINTR_ON_SIGWINCH=1` in the environment,
 //! SIGWINCH gets a handler that does nothing, so that it too interrupts
-//! blocked calls: a way to test every EINTR path (see `stop_on_signals`).
+//! blocked calls, and a test's `kill -WINCH` storm exercises every EINTR
+//! path of a demo (see [`stop_on_signals`]).
 
+use std::cell::UnsafeCell;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, Ordering};
 
 use anyhow::Context;
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
@@ -33,35 +44,71 @@ use crate::error::Interrupted;
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn record_stop(signal: libc::c_int) {
-    STOP_SIGNAL.store(signal, Ordering::SeqCst);
+    // The first stop signal is only recorded: the demo cleans up in order.
+    if STOP_SIGNAL
+        .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
+    {
+        return;
+    }
+    // The second one (of any of the three) ends the process now, once.
+    if EMERGENCY.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    remove_registered_objects();
+    // SAFETY: sigaction with SIG_DFL and raise are async-signal-safe. The
+    // signal is blocked while this handler runs, so the raised one stays
+    // pending and ends the process by its default action when we return:
+    // the parent sees "killed by SIGINT", as after any second Ctrl-C.
+    unsafe {
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(signal, &default, std::ptr::null_mut());
+        libc::raise(signal);
+    }
 }
+
+/// Set once the second stop signal has started the emergency removal.
+static EMERGENCY: AtomicBool = AtomicBool::new(false);
 
 /// Catch SIGINT, SIGTERM and SIGHUP so that the demo can clean up.
 pub fn stop_on_signals() -> anyhow::Result<()> {
     // No SA_RESTART: blocked calls fail with EINTR so the demo notices.
-    // SA_RESETHAND: the second signal gets the default action (terminate).
-    let action = SigAction::new(
-        SigHandler::Handler(record_stop),
-        SaFlags::SA_RESETHAND,
-        SigSet::empty(),
-    );
-    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: `record_stop` only stores to an atomic, which is
-        // async-signal-safe; no other handler state exists to race with.
+    // The mask blocks the other two stop signals while the handler runs,
+    // so the handler is never interrupted by itself.
+    let mut mask = SigSet::empty();
+    for signal in STOP_SIGNALS {
+        mask.add(signal);
+    }
+    let action = SigAction::new(SigHandler::Handler(record_stop), SaFlags::empty(), mask);
+    for signal in STOP_SIGNALS {
+        // SAFETY: `record_stop` touches only atomics and the emergency
+        // table, and calls only async-signal-safe system calls.
         unsafe { sigaction(signal, &action) }.with_context(|| format!("sigaction({signal})"))?;
     }
-    // SIGWINCH (the terminal was resized) is ignored by default and then
-    // interrupts nothing. A handler that does nothing makes it interrupt
-    // blocked calls with EINTR, like any handled signal: resizing the
-    // terminal, or `kill -WINCH` in a loop, exercises every EINTR path of a
-    // demo while it works. The tests do exactly that.
-    let ignore = SigAction::new(
+    if std::env::var_os("DEMO_EINTR_ON_SIGWINCH").is_some_and(|v| v == "1") {
+        interrupt_on_sigwinch()?;
+    }
+    Ok(())
+}
+
+const STOP_SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+
+/// Test hook: make SIGWINCH interrupt blocked calls.
+///
+/// SIGWINCH (the terminal was resized) is ignored by default and then
+/// interrupts nothing. A handler that does nothing makes it interrupt
+/// blocked calls with EINTR, like any handled signal: `kill -WINCH` in a
+/// loop then exercises every EINTR path of a demo while it works. Only
+/// installed when `DEMO_EINTR_ON_SIGWINCH=1`; the tests set it.
+fn interrupt_on_sigwinch() -> anyhow::Result<()> {
+    let nothing = SigAction::new(
         SigHandler::Handler(do_nothing),
         SaFlags::empty(),
         SigSet::empty(),
     );
     // SAFETY: `do_nothing` does nothing, so it is async-signal-safe.
-    unsafe { sigaction(Signal::SIGWINCH, &ignore) }.context("sigaction(SIGWINCH)")?;
+    unsafe { sigaction(Signal::SIGWINCH, &nothing) }.context("sigaction(SIGWINCH)")?;
     Ok(())
 }
 
@@ -125,6 +172,226 @@ impl<T: Write> Write for StopOnSignal<T> {
     }
 }
 
+// ---------------------------------------------------------------------------
+// The emergency table: what a second Ctrl-C removes. A first reading may
+// skip this part; the guards below are what a demo uses.
+
+/// How many objects one process can have in the table at once; more than
+/// any demo holds. A guard that finds no free entry still removes its
+/// object on drop; only the second-Ctrl-C path misses it.
+const ENTRIES: usize = 32;
+/// Longest path (with its NUL) an entry holds; a longer one is not entered.
+const PATH_BYTES: usize = 512;
+
+const FREE: u8 = 0;
+const BUSY: u8 = 1;
+const READY: u8 = 2;
+
+/// What the signal handler does with an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Removal {
+    /// `unlink(path)`: a FIFO, a socket file, `/dev/shm/NAME`.
+    Unlink = 1,
+    /// Empty the directory (one level), then `rmdir(path)`.
+    Rmdir = 2,
+    /// `mq_unlink(path)`.
+    MqUnlink = 3,
+    /// `msgctl`/`shmctl`/`semctl(id, IPC_RMID)`.
+    MsgRmid = 4,
+    ShmRmid = 5,
+    SemRmid = 6,
+    /// `kill(id, SIGTERM)`: a child that cleans up its own objects.
+    StopChild = 7,
+}
+
+struct Entry {
+    state: AtomicU8,
+    removal: AtomicU8,
+    /// The process that entered it: a forked child inherits the table but
+    /// must never remove its parent's objects.
+    owner: AtomicI32,
+    /// System V id or child pid.
+    id: AtomicI32,
+    /// NUL-terminated; written only while `state` is BUSY.
+    path: UnsafeCell<[u8; PATH_BYTES]>,
+}
+
+// SAFETY: `path` is written only by the thread that moved `state` from FREE
+// to BUSY, and read only after `state` is READY (Acquire/Release pairs), so
+// no read overlaps a write. The demos are single-threaded; a handler that
+// interrupts a write sees BUSY and skips the entry.
+unsafe impl Sync for Entry {}
+
+static TABLE: [Entry; ENTRIES] = [const {
+    Entry {
+        state: AtomicU8::new(FREE),
+        removal: AtomicU8::new(0),
+        owner: AtomicI32::new(0),
+        id: AtomicI32::new(0),
+        path: UnsafeCell::new([0; PATH_BYTES]),
+    }
+}; ENTRIES];
+
+/// An object's place in the emergency table; dropping it takes the object
+/// out (after the guard has removed the object itself).
+#[derive(Debug)]
+pub struct Registration(Option<usize>);
+
+impl Registration {
+    fn enter(removal: Removal, id: i32, path: &[u8]) -> Registration {
+        if path.len() >= PATH_BYTES || path.contains(&0) {
+            return Registration(None);
+        }
+        for (index, entry) in TABLE.iter().enumerate() {
+            if entry
+                .state
+                .compare_exchange(FREE, BUSY, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            // SAFETY: we moved this entry to BUSY, so nobody else writes it
+            // and the handler does not read it until it is READY.
+            let bytes = unsafe { &mut *entry.path.get() };
+            bytes[..path.len()].copy_from_slice(path);
+            bytes[path.len()] = 0;
+            entry.removal.store(removal as u8, Ordering::Relaxed);
+            entry.id.store(id, Ordering::Relaxed);
+            entry
+                .owner
+                .store(std::process::id() as i32, Ordering::Relaxed);
+            entry.state.store(READY, Ordering::Release);
+            return Registration(Some(index));
+        }
+        Registration(None)
+    }
+
+    /// Enter a file name for `unlink` on a second Ctrl-C.
+    pub fn unlink(path: &Path) -> Registration {
+        Self::enter(Removal::Unlink, 0, path_bytes(path))
+    }
+
+    /// Enter a child process for SIGTERM on a second Ctrl-C (it then
+    /// removes its own objects). Drop it once the child has been reaped:
+    /// after that the pid may belong to somebody else.
+    pub fn child(pid: i32) -> Registration {
+        if pid <= 0 {
+            return Registration(None);
+        }
+        Self::enter(Removal::StopChild, pid, b"")
+    }
+}
+
+fn path_bytes(path: &Path) -> &[u8] {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str().as_bytes()
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(index) = self.0 {
+            TABLE[index].state.store(FREE, Ordering::Release);
+        }
+    }
+}
+
+/// The second stop signal's work: remove every object this process
+/// entered, newest first (a socket file before its directory), with
+/// async-signal-safe system calls only, then ask our children to stop.
+fn remove_registered_objects() {
+    // SAFETY: getpid is async-signal-safe.
+    let me = unsafe { libc::getpid() };
+    for pass in [false, true] {
+        for entry in TABLE.iter().rev() {
+            if entry.state.load(Ordering::Acquire) != READY
+                || entry.owner.load(Ordering::Relaxed) != me
+            {
+                continue;
+            }
+            let removal = entry.removal.load(Ordering::Relaxed);
+            // Objects first, then children (they clean up their own).
+            if (removal == Removal::StopChild as u8) != pass {
+                continue;
+            }
+            let id = entry.id.load(Ordering::Relaxed);
+            let path = entry.path.get().cast::<libc::c_char>();
+            // SAFETY: READY entries hold a NUL-terminated path that nobody
+            // writes until the entry is freed; every call below is a plain
+            // system call, async-signal-safe, whose failure we ignore
+            // (the object may already be gone).
+            unsafe {
+                match removal {
+                    r if r == Removal::Unlink as u8 => {
+                        libc::unlink(path);
+                    }
+                    r if r == Removal::Rmdir as u8 => empty_and_rmdir(path),
+                    r if r == Removal::MqUnlink as u8 => {
+                        // The system call takes the name without its slash.
+                        libc::syscall(libc::SYS_mq_unlink, path.add(1));
+                    }
+                    r if r == Removal::MsgRmid as u8 => {
+                        libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut());
+                    }
+                    r if r == Removal::ShmRmid as u8 => {
+                        libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+                    }
+                    r if r == Removal::SemRmid as u8 => {
+                        libc::semctl(id, 0, libc::IPC_RMID);
+                    }
+                    r if r == Removal::StopChild as u8 => {
+                        libc::kill(id, libc::SIGTERM);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Unlink every entry of directory `path` (one level: our private
+/// directories hold FIFOs, sockets and key files), then remove it.
+/// Only `open`, `getdents64`, `unlinkat`, `close`, `rmdir`: all system calls.
+///
+/// # Safety
+/// `path` must point to a NUL-terminated string.
+unsafe fn empty_and_rmdir(path: *const libc::c_char) {
+    // SAFETY: the caller passes a NUL-terminated path; the buffer is ours
+    // and getdents64 writes at most its length; each record's name is
+    // NUL-terminated inside the bytes getdents64 returned.
+    unsafe {
+        let dir = libc::open(path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW);
+        if dir >= 0 {
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len());
+                if n <= 0 {
+                    break;
+                }
+                let mut at = 0usize;
+                while at < n as usize {
+                    // struct linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name
+                    let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+                    let name = buf.as_ptr().add(at + 19).cast::<libc::c_char>();
+                    let dot = *name == b'.' as libc::c_char;
+                    let is_dot = dot && *name.add(1) == 0;
+                    let is_dotdot =
+                        dot && *name.add(1) == b'.' as libc::c_char && *name.add(2) == 0;
+                    if !is_dot && !is_dotdot {
+                        libc::unlinkat(dir, name, 0);
+                    }
+                    if reclen == 0 {
+                        break;
+                    }
+                    at += reclen;
+                }
+            }
+            libc::close(dir);
+        }
+        libc::rmdir(path);
+    }
+}
+
 /// A name no other process or test uses at the same time: `PREFIX-PID-N`.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -148,6 +415,8 @@ pub fn runtime_dir() -> PathBuf {
 #[derive(Debug)]
 pub struct PrivateDir {
     path: PathBuf,
+    /// Emptied and removed by a second Ctrl-C too.
+    _entry: Registration,
 }
 
 impl PrivateDir {
@@ -161,7 +430,11 @@ impl PrivateDir {
             .mode(0o700)
             .create(&path)
             .with_context(|| format!("mkdir({})", path.display()))?;
-        Ok(PrivateDir { path })
+        // The mode given to mkdir is masked by the umask: set it exactly.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .with_context(|| format!("chmod({}, 0700)", path.display()))?;
+        let _entry = Registration::enter(Removal::Rmdir, 0, path_bytes(&path));
+        Ok(PrivateDir { path, _entry })
     }
 
     pub fn path(&self) -> &Path {
@@ -179,12 +452,15 @@ impl Drop for PrivateDir {
 #[derive(Debug)]
 pub struct PathGuard {
     path: PathBuf,
+    _entry: Registration,
 }
 
 impl PathGuard {
     /// Take charge of removing `path`, which this process just created.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        PathGuard { path: path.into() }
+        let path = path.into();
+        let _entry = Registration::unlink(&path);
+        PathGuard { path, _entry }
     }
 
     pub fn path(&self) -> &Path {
@@ -203,12 +479,17 @@ impl Drop for PathGuard {
 #[derive(Debug)]
 pub struct ShmGuard {
     name: String,
+    _entry: Registration,
 }
 
 impl ShmGuard {
     /// Take charge of `shm_unlink(name)`; `name` starts with `/`.
     pub fn new(name: impl Into<String>) -> Self {
-        ShmGuard { name: name.into() }
+        let name = name.into();
+        // shm_unlink(NAME) is unlink("/dev/shm/NAME") on Linux; the handler
+        // uses the plain system call.
+        let _entry = Registration::unlink(Path::new(&format!("/dev/shm{name}")));
+        ShmGuard { name, _entry }
     }
 }
 
@@ -224,12 +505,15 @@ impl Drop for ShmGuard {
 #[derive(Debug)]
 pub struct MqGuard {
     name: String,
+    _entry: Registration,
 }
 
 impl MqGuard {
     /// Take charge of `mq_unlink(name)`; `name` starts with `/`.
     pub fn new(name: impl Into<String>) -> Self {
-        MqGuard { name: name.into() }
+        let name = name.into();
+        let _entry = Registration::enter(Removal::MqUnlink, 0, name.as_bytes());
+        MqGuard { name, _entry }
     }
 }
 
@@ -253,13 +537,20 @@ pub enum SysvKind {
 pub struct SysvGuard {
     kind: SysvKind,
     id: libc::c_int,
+    _entry: Registration,
 }
 
 impl SysvGuard {
     /// Take charge of removing the object `id` returned by `msgget`,
     /// `shmget` or `semget`.
     pub fn new(kind: SysvKind, id: libc::c_int) -> Self {
-        SysvGuard { kind, id }
+        let removal = match kind {
+            SysvKind::MessageQueue => Removal::MsgRmid,
+            SysvKind::SharedMemory => Removal::ShmRmid,
+            SysvKind::SemaphoreSet => Removal::SemRmid,
+        };
+        let _entry = Registration::enter(removal, id, b"");
+        SysvGuard { kind, id, _entry }
     }
 
     pub fn id(&self) -> libc::c_int {

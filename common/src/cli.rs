@@ -89,9 +89,8 @@ impl Args {
     #[allow(clippy::should_implement_trait)] // fallible by design; not an Iterator
     pub fn next(&mut self) -> Option<String> {
         let arg = self.rest.pop_front()?;
-        if arg.starts_with("--")
-            && let Some((name, value)) = arg.split_once('=')
-        {
+        // (No let-chain here: this file also builds in edition 2021.)
+        if let Some((name, value)) = arg.split_once('=').filter(|_| arg.starts_with("--")) {
             self.rest.push_front(value.to_string());
             return Some(name.to_string());
         }
@@ -159,6 +158,14 @@ impl Args {
             return Err(usage(format!(
                 "{option} {name:?} is not a valid name: use a slash then up to {max} characters \
                  without a slash, e.g. /demo"
+            )));
+        }
+        // Linux keeps these objects as files (/dev/shm/NAME, /dev/mqueue/NAME):
+        // "/." and "/.." would name the directory itself or its parent.
+        if rest == "." || rest == ".." {
+            return Err(usage(format!(
+                "{option} {name:?} is not a valid name: '.' and '..' name directories, \
+                 not objects; use e.g. /demo"
             )));
         }
         Ok(name)
@@ -253,6 +260,14 @@ mod tests {
                 "{bad}: {msg}"
             );
         }
+        for bad in ["/.", "/.."] {
+            let msg = usage_text(Args::new([bad]).posix_name("--name", 10).unwrap_err());
+            assert!(msg.contains("name directories"), "{bad}: {msg}");
+        }
+        assert_eq!(
+            Args::new(["/..x"]).posix_name("--name", 10).unwrap(),
+            "/..x"
+        );
     }
 
     #[test]

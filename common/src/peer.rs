@@ -73,6 +73,8 @@ impl From<ExitStatus> for PeerExit {
 #[derive(Debug)]
 pub struct Peer {
     child: Child,
+    /// Until reaped, a second Ctrl-C sends it SIGTERM (see `cleanup`).
+    entry: Option<crate::cleanup::Registration>,
 }
 
 impl Peer {
@@ -84,7 +86,8 @@ impl Peer {
             .args(args)
             .spawn()
             .with_context(|| format!("spawn({})", exe.display()))?;
-        Ok(Peer { child })
+        let entry = Some(crate::cleanup::Registration::child(child.id() as i32));
+        Ok(Peer { child, entry })
     }
 
     pub fn pid(&self) -> u32 {
@@ -98,6 +101,10 @@ impl Peer {
             .child
             .try_wait()
             .with_context(|| format!("waitpid({pid})"))?;
+        if status.is_some() {
+            // Reaped: the pid is free for reuse, so forget it.
+            self.entry = None;
+        }
         Ok(status.map(PeerExit::from))
     }
 
@@ -256,7 +263,11 @@ mod tests {
 
     #[test]
     fn exit_codes_and_signals_are_described() {
-        let wait = |child| Peer { child }.wait(Some(Duration::from_secs(30))).unwrap();
+        let wait = |child| {
+            Peer { child, entry: None }
+                .wait(Some(Duration::from_secs(30)))
+                .unwrap()
+        };
         assert_eq!(
             wait(Command::new("true").spawn().unwrap()),
             PeerExit::Exited(0)
@@ -294,10 +305,10 @@ mod tests {
     fn a_dropped_peer_is_stopped_and_reaped() {
         let child = Command::new("sleep").arg("60").spawn().unwrap();
         let pid = Pid::from_raw(child.id() as i32);
-        drop(Peer { child });
+        drop(Peer { child, entry: None });
         assert_eq!(waitpid(pid, Some(WaitPidFlag::WNOHANG)), Err(Errno::ECHILD));
         let child = Command::new("sleep").arg("60").spawn().unwrap();
-        let mut peer = Peer { child };
+        let mut peer = Peer { child, entry: None };
         assert_eq!(peer.try_wait().unwrap(), None);
         assert_eq!(
             peer.wait(Some(Duration::from_millis(50))).unwrap(),
@@ -309,7 +320,7 @@ mod tests {
     fn a_hanging_child_is_killed_and_reaped() {
         let child = Command::new("sleep").arg("60").spawn().unwrap();
         let pid = Pid::from_raw(child.id() as i32);
-        let exit = Peer { child }
+        let exit = Peer { child, entry: None }
             .wait(Some(Duration::from_millis(100)))
             .unwrap();
         assert_eq!(exit, PeerExit::TimedOut);

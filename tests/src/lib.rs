@@ -60,7 +60,11 @@ pub fn bin(name: &str) -> PathBuf {
 /// A command for a demo binary, in a new process group.
 pub fn demo(name: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(bin(name));
-    cmd.args(args).process_group(0);
+    // The demos' opt-in test hook: SIGWINCH interrupts blocked calls, so a
+    // signal storm can exercise every EINTR path (common::cleanup).
+    cmd.args(args)
+        .process_group(0)
+        .env("DEMO_EINTR_ON_SIGWINCH", "1");
     cmd
 }
 
