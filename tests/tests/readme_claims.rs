@@ -1,0 +1,88 @@
+//! What README.md promises of every demo, checked on the real binaries:
+//! each story and each role that moves messages ends with one summary
+//! line in the same format, and the shared options mean the same
+//! everywhere. (Exit 130 on Ctrl-C, for every story: `ctrl_c.rs`.)
+
+use ipc_tests::{SHORT, run};
+
+/// Every story, as a newcomer runs it (`cargo run -p X [-- variant]`).
+const STORIES: &[(&str, &[&str])] = &[
+    ("pipe-demo", &[]),
+    ("fifo-demo", &[]),
+    ("signal-demo", &[]),
+    ("msgq-demo", &[]),
+    ("sem-demo", &[]),
+    ("shm-demo", &[]),
+    ("shm-demo", &["sysv"]),
+    ("socket-demo", &[]),
+];
+
+/// The stories that move messages: they take --count, --size and --quiet.
+const MOVERS: &[(&str, &[&str])] = &[
+    ("pipe-demo", &[]),
+    ("fifo-demo", &[]),
+    ("msgq-demo", &[]),
+    ("shm-demo", &[]),
+    ("shm-demo", &["sysv"]),
+    ("socket-demo", &[]),
+];
+
+/// "summary: mechanism=... messages=N bytes=N errors=N seconds=S MB/s=R"
+fn assert_one_summary_last(what: &str, stdout: &str) {
+    let summaries: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("summary:"))
+        .collect();
+    assert_eq!(
+        summaries.len(),
+        1,
+        "{what}: exactly one summary line, got {summaries:#?}"
+    );
+    let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
+    assert_eq!(
+        last,
+        Some(summaries[0]),
+        "{what}: the summary line comes last"
+    );
+    let keys: Vec<&str> = summaries[0]["summary: ".len()..]
+        .split(' ')
+        .map(|kv| kv.split_once('=').map_or("", |(k, _)| k))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "mechanism",
+            "messages",
+            "bytes",
+            "errors",
+            "seconds",
+            "MB/s"
+        ],
+        "{what}: {}",
+        summaries[0]
+    );
+}
+
+#[test]
+fn every_story_ends_with_one_summary_line() {
+    for (demo, variant) in STORIES {
+        let mut args = variant.to_vec();
+        args.push("--quiet");
+        let out = run(demo, &args, SHORT);
+        assert_eq!(out.code(), 0, "{demo} {args:?}\n{}", out.describe());
+        assert_one_summary_last(&format!("{demo} {args:?}"), &out.stdout);
+        assert_eq!(out.summary_field("errors"), "0", "{demo} {args:?}");
+    }
+}
+
+#[test]
+fn stories_that_move_messages_take_count_size_and_quiet() {
+    for (demo, variant) in MOVERS {
+        let mut args = variant.to_vec();
+        args.extend(["--count", "3", "--size", "100", "--quiet"]);
+        let out = run(demo, &args, SHORT);
+        assert_eq!(out.code(), 0, "{demo} {args:?}\n{}", out.describe());
+        assert_one_summary_last(&format!("{demo} {args:?}"), &out.stdout);
+        assert_eq!(out.summary_field("errors"), "0", "{demo} {args:?}");
+    }
+}
