@@ -496,8 +496,14 @@ impl ShmGuard {
 impl Drop for ShmGuard {
     fn drop(&mut self) {
         // Unlinking removes the name; mappings still open stay valid until
-        // they are unmapped, like an unlinked file.
-        let _ = nix::sys::mman::shm_unlink(self.name.as_str());
+        // they are unmapped, like an unlinked file. (Through libc: this file
+        // goes into every copied demo, and so needs no nix feature of the
+        // mechanisms it cleans up.)
+        let Ok(name) = std::ffi::CString::new(self.name.as_str()) else {
+            return;
+        };
+        // SAFETY: `name` is a valid NUL-terminated string.
+        unsafe { libc::shm_unlink(name.as_ptr()) };
     }
 }
 
@@ -519,7 +525,12 @@ impl MqGuard {
 
 impl Drop for MqGuard {
     fn drop(&mut self) {
-        let _ = nix::mqueue::mq_unlink(self.name.as_str());
+        // Through libc, as for ShmGuard: no nix `mqueue` feature needed.
+        let Ok(name) = std::ffi::CString::new(self.name.as_str()) else {
+            return;
+        };
+        // SAFETY: `name` is a valid NUL-terminated string.
+        unsafe { libc::mq_unlink(name.as_ptr()) };
     }
 }
 

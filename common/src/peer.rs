@@ -178,6 +178,79 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+/// A process watched through a pidfd (`pidfd_open`, Linux 5.3+).
+///
+/// A bare pid can lie: once the process exits and is reaped, the kernel may
+/// give its number to a new, unrelated process, and `kill(pid, 0)` then
+/// answers for that one. A pidfd refers to one process for as long as it is
+/// open and becomes readable when that process exits. Open it while the pid
+/// is known to be the peer (right after a handshake, or for a child we
+/// started); [`alive`](Self::alive) then answers for that process only.
+/// On kernels without `pidfd_open` (ENOSYS) it falls back to [`alive`]'s
+/// pid check, and [`fallback`](Self::fallback) says so for the narration.
+#[derive(Debug)]
+pub struct PidWatch {
+    pid: i32,
+    fd: Option<std::os::fd::OwnedFd>,
+}
+
+impl PidWatch {
+    /// Watch `pid`, which must be running now.
+    pub fn open(pid: i32) -> anyhow::Result<PidWatch> {
+        use std::os::fd::FromRawFd;
+        if pid <= 0 {
+            anyhow::bail!("pidfd_open({pid}): not a process id");
+        }
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1;
+        // nix 0.32 has no wrapper for it.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        match Errno::result(fd) {
+            Ok(fd) => Ok(PidWatch {
+                pid,
+                // SAFETY: the kernel just returned this fd and nobody else owns it.
+                fd: Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }),
+            }),
+            Err(Errno::ENOSYS) if alive(pid) => Ok(PidWatch { pid, fd: None }),
+            Err(Errno::ENOSYS | Errno::ESRCH) => {
+                anyhow::bail!("pidfd_open({pid}): no such process")
+            }
+            Err(e) => Err(e).with_context(|| format!("pidfd_open({pid})")),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Has the watched process not exited yet? (A zombie has exited.)
+    pub fn alive(&self) -> bool {
+        use nix::poll::{PollFd, PollFlags, poll};
+        use std::os::fd::AsFd;
+        let Some(fd) = &self.fd else {
+            return alive(self.pid);
+        };
+        // A pidfd polls readable once its process has exited; a zero
+        // timeout asks without waiting.
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        loop {
+            match poll(&mut fds, 0u8) {
+                Ok(0) => return true,
+                Ok(_) => return false,
+                Err(Errno::EINTR) => continue,
+                Err(_) => return alive(self.pid),
+            }
+        }
+    }
+
+    /// A note for the narration when there is no pidfd on this kernel.
+    pub fn fallback(&self) -> Option<&'static str> {
+        self.fd.is_none().then_some(
+            "pidfd_open is missing (Linux before 5.3): checking the pid with kill(pid, 0), \
+             which a reused pid can fool",
+        )
+    }
+}
+
 /// Wakes this process's blocking system calls every `period`: a SIGALRM
 /// interval timer whose handler does nothing, installed without
 /// SA_RESTART, so a blocked `msgrcv`, `msgsnd`, `read`... returns EINTR and
@@ -299,6 +372,23 @@ mod tests {
         assert!(!alive(pid));
         child.wait().unwrap();
         assert!(!alive(pid));
+    }
+
+    #[test]
+    fn a_pid_watch_sees_its_process_exit() {
+        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+        let watch = PidWatch::open(child.id() as i32).unwrap();
+        assert!(watch.alive());
+        child.kill().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while watch.alive() && Instant::now() < deadline {
+            sleep(POLL);
+        }
+        // Exited (a zombie until reaped): no longer alive.
+        assert!(!watch.alive());
+        child.wait().unwrap();
+        assert!(!watch.alive());
+        assert!(PidWatch::open(0).is_err() && PidWatch::open(-1).is_err());
     }
 
     #[test]
