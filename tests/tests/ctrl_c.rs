@@ -179,3 +179,12 @@ fn shm_sysv_story() {
 fn socket_story() {
     both_gaps("socket-demo", &["--count", "2000000", "--quiet"], "bind(");
 }
+
+#[test]
+fn memfd_story() {
+    both_gaps(
+        "memfd-demo",
+        &["--count", "10000", "--size", "65536", "--quiet"],
+        "== 4.",
+    );
+}

@@ -15,6 +15,7 @@ const STORIES: &[(&str, &[&str])] = &[
     ("shm-demo", &[]),
     ("shm-demo", &["sysv"]),
     ("socket-demo", &[]),
+    ("memfd-demo", &[]),
 ];
 
 /// The stories that move messages: they take --count, --size and --quiet.
@@ -25,6 +26,7 @@ const MOVERS: &[(&str, &[&str])] = &[
     ("shm-demo", &[]),
     ("shm-demo", &["sysv"]),
     ("socket-demo", &[]),
+    ("memfd-demo", &[]),
 ];
 
 /// "summary: mechanism=... messages=N bytes=N errors=N seconds=S MB/s=R"
