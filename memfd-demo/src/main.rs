@@ -54,8 +54,11 @@
 //! Uses `common` modules: `cleanup`, `cli`, `error`, `payload`, `peer`,
 //! `report`; `nix` features: `fs`, `mman`, `poll`, `process`, `signal`, `socket`, `uio`.
 //!
-//! Read next: `shm-demo` (the named shared memory this improves on).
-//! See also: `socket-demo` (SCM_RIGHTS and SO_PEERCRED on their own).
+//! Read next: `docs/comparison.md`, every mechanism side by side (this is
+//! the last demo in the README's reading order).
+//! See also: `shm-demo` (the named shared memory this improves on),
+//! `socket-demo` (SCM_RIGHTS and SO_PEERCRED on their own), `eventfd-demo`
+//! (the wake-up that pairs with shared memory).
 
 mod ipc;
 mod story;
