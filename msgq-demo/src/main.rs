@@ -26,6 +26,8 @@
 //! cargo run -p msgq-demo -- sysv receiver --key /tmp/demo.key --type -3 --nowait
 //! cargo run -p msgq-demo -- posix sender --name /demo --priority 5 urgent
 //! cargo run -p msgq-demo -- posix receiver --name /demo --timeout 2
+//! cargo run -p msgq-demo -- sysv server --key /tmp/demo.key            # terminal 1
+//! cargo run -p msgq-demo -- sysv client --key /tmp/demo.key --count 3  # terminal 2
 //! ```
 //!
 //! ## What to look for
@@ -34,10 +36,16 @@
 //! - the order each `msgtyp` gives, and priority order in POSIX;
 //! - `ENOMSG`, `EAGAIN`, `E2BIG` and `MSG_NOERROR`, a timed receive;
 //! - `mq_notify` announcing a message to a process that is not reading;
-//! - many clients sharing one queue, each getting only its own replies.
+//! - a server and many clients: requests on the server's queue, each
+//!   client's replies in a private queue of its own (TLPI's `svmsg_file`
+//!   design; `sysv.rs` says why one queue both ways can deadlock);
+//! - a client noticing that its server has gone (`msg_lrpid`, `EIDRM`),
+//!   and every wait bounded by `--timeout`.
 //!
 //! Uses `common` modules: `cleanup`, `cli`, `error`, `payload`, `peer`,
 //! `report`, `sysv_sem` (for `ftok`).
+//! nix features: `fs` (fstat of an mqd), `mqueue`, `signal`, `time`,
+//! `user` (geteuid, and the name of a queue's owner).
 
 mod posix;
 mod sysv;

@@ -971,3 +971,60 @@ fn every_wait_is_bounded_by_timeout() {
         assert!(help.stdout.contains(needle), "help lacks {needle:?}");
     }
 }
+
+#[test]
+fn a_server_refuses_forged_requests_and_survives_garbage() {
+    let (_dir, key) = key_file("msgq-demo-test");
+    let (_dir2, other_key) = key_file("msgq-demo-test");
+    let mut server = Proc::spawn(MSGQ_DEMO, &["sysv", "server", "--key", &key]);
+    let line = server.wait_for_line(|l| l.contains("a new queue"), SHORT);
+    let server_id = msqids(&line)[0];
+    server.wait_for_line(|l| l.contains("waiting for requests"), SHORT);
+    // Garbage: a text of type 5.
+    ok(&run(
+        MSGQ_DEMO,
+        &["sysv", "sender", "--key", &key, "--type", "5", "junk"],
+        SHORT,
+    ));
+    server.wait_for_line(|l| l.contains("not a request: dropped"), SHORT);
+    // A forged request naming a keyed queue (not a client's private one).
+    let out = run(
+        MSGQ_DEMO,
+        &["sysv", "sender", "--key", &other_key, "theirs"],
+        SHORT,
+    );
+    ok(&out);
+    let victim = own_msqids(&out.stdout)[0];
+    let mut message = (std::process::id() as libc::c_long).to_ne_bytes().to_vec();
+    message.extend_from_slice(b"RQ01");
+    message.extend_from_slice(&victim.to_le_bytes());
+    message.extend_from_slice(&0u64.to_le_bytes());
+    message.extend_from_slice(b"forged reply");
+    let len = message.len() - size_of::<libc::c_long>();
+    // SAFETY: `message` is a long type followed by `len` bytes.
+    let rc = unsafe { libc::msgsnd(server_id, message.as_ptr().cast(), len, 0) };
+    assert_eq!(rc, 0, "msgsnd: {}", std::io::Error::last_os_error());
+    server.wait_for_line(
+        |l| l.contains(&format!("names msqid {victim} is not a private queue")),
+        SHORT,
+    );
+    // The server goes on serving real clients.
+    let out = run(
+        MSGQ_DEMO,
+        &["sysv", "client", "--key", &key, "--count", "3"],
+        SHORT,
+    );
+    ok(&out);
+    server.signal(Signal::SIGTERM);
+    server.finish(SHORT).assert_stopped_by(Signal::SIGTERM);
+    // The victim got nothing.
+    let out = run(
+        MSGQ_DEMO,
+        &["sysv", "receiver", "--key", &other_key, "--nowait"],
+        SHORT,
+    );
+    ok(&out);
+    assert_eq!(texts(&out), ["theirs"]);
+    assert_no_queue(Some(&key), None);
+    assert_no_queue(Some(&other_key), None);
+}
