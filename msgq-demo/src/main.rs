@@ -575,6 +575,28 @@ fn posix_name(args: &mut Args) -> Result<String> {
 /// How long a role the story runs may take.
 const ROLE_LIMIT: Duration = Duration::from_secs(120);
 
+/// A role the story started. Dropped while the story stops on a signal
+/// sent to the whole process group (Ctrl-C in a terminal), the child got
+/// that signal too and is cleaning up: give it a moment to finish before
+/// `Peer`'s drop sends SIGTERM. A second SIGTERM would find its handler
+/// already reset (SA_RESETHAND) and kill it halfway, leaving its queue.
+struct Role(Peer);
+
+/// How long a stopping story lets a child finish its own cleanup.
+const GRACE: Duration = Duration::from_secs(2);
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        if stop_requested().is_none() {
+            return;
+        }
+        let deadline = Instant::now() + GRACE;
+        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// Run this program with `args` and wait for it; its output is part of
 /// ours. Roles get `--no-summary`: their figures are narration, and the
 /// story's own summary is the run's only one.
@@ -582,12 +604,16 @@ fn run_role(args: &[String], say: &Narrator) -> Result<()> {
     let mut args = args.to_vec();
     let at = args.iter().position(|a| a == "--").unwrap_or(args.len());
     args.insert(at, "--no-summary".into());
-    let mut peer = Peer::spawn_self(&args)?;
-    let exit = peer.wait(Some(ROLE_LIMIT))?;
+    let mut peer = Role(Peer::spawn_self(&args)?);
+    let exit = peer.0.wait(Some(ROLE_LIMIT))?;
     if !exit.success() {
-        bail!("'msgq-demo {}' (pid {}) {exit}", args.join(" "), peer.pid());
+        bail!(
+            "'msgq-demo {}' (pid {}) {exit}",
+            args.join(" "),
+            peer.0.pid()
+        );
     }
-    say.message(format!("pid {} {exit}", peer.pid()));
+    say.message(format!("pid {} {exit}", peer.0.pid()));
     Ok(())
 }
 
@@ -882,9 +908,9 @@ fn client_server(dir: &PrivateDir, opts: &Options, say: &Narrator) -> Result<sys
         if opts.quiet {
             args.push("--quiet".into());
         }
-        clients.push(Peer::spawn_self(&args)?);
+        clients.push(Role(Peer::spawn_self(&args)?));
     }
-    let pids: Vec<String> = clients.iter().map(|c| c.pid().to_string()).collect();
+    let pids: Vec<String> = clients.iter().map(|c| c.0.pid().to_string()).collect();
     say.step(format!(
         "started clients {}: each makes a private queue, sends {} request(s) of {} bytes with \
          its queue's id in them, and checks every reply",
@@ -896,9 +922,9 @@ fn client_server(dir: &PrivateDir, opts: &Options, say: &Narrator) -> Result<sys
     let start = Instant::now();
     let moved = sysv::serve(&server, Some(total), Some(DEFAULT_TIMEOUT), &server_say)?;
     for mut client in clients {
-        let exit = client.wait(Some(DEFAULT_TIMEOUT))?;
+        let exit = client.0.wait(Some(DEFAULT_TIMEOUT))?;
         if !exit.success() {
-            bail!("client pid {} {exit}", client.pid());
+            bail!("client pid {} {exit}", client.0.pid());
         }
     }
     drop(server);
