@@ -502,10 +502,14 @@ pub fn server_queue(path: &Path, say: &Narrator) -> Result<ServerQueue> {
             }
             // A server killed by SIGKILL removes nothing; its queue, and
             // the requests in it, wait for the next server.
+            let last = match ds.msg_lrpid {
+                0 => "nobody has received from it yet".to_string(),
+                pid => format!("its last receiver, pid {pid}, has exited"),
+            };
             say.step(format!(
-                "msgget = msqid {}: a queue left by an earlier process (its last receiver, pid {}, \
-                 has exited), with {} message(s) in it: taking it over",
-                queue.id, ds.msg_lrpid, ds.msg_qnum
+                "msgget = msqid {}: a queue of yours left by an earlier process ({last}), with {} \
+                 message(s) in it: taking it over",
+                queue.id, ds.msg_qnum
             ));
             queue
         }
