@@ -84,21 +84,28 @@ impl Queue {
     /// `msgget(key, 0)`: the existing queue, with a plain message if none,
     /// and refused unless it is ours ([`Queue::check_ours`]).
     pub fn open(path: &Path) -> Result<Queue> {
+        Queue::find(path)?.with_context(|| {
+            format!(
+                "no System V queue for --key {}: a sender or receiver creates it",
+                path.display()
+            )
+        })
+    }
+
+    /// Like [`Queue::open`], but `None` if no queue has the key (ENOENT).
+    pub fn find(path: &Path) -> Result<Option<Queue>> {
         let key = key_of(path)?;
         // SAFETY: msgget takes no pointers.
         let queue = match Errno::result(unsafe { libc::msgget(key, 0) }) {
             Ok(id) => Queue { id },
-            Err(Errno::ENOENT) => bail!(
-                "no System V queue for --key {}: a sender or receiver creates it",
-                path.display()
-            ),
+            Err(Errno::ENOENT) => return Ok(None),
             Err(Errno::EACCES) => {
                 bail!("msgget: permission denied (EACCES): the queue belongs to another user")
             }
             Err(e) => return Err(e).context("msgget(key, 0)"),
         };
         queue.check_ours(&format!("for --key {}", path.display()))?;
-        Ok(queue)
+        Ok(Some(queue))
     }
 
     /// A queue this demo did not just create is someone else's until
@@ -755,17 +762,14 @@ fn server_trouble(
 pub fn client(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
     // Several clients may share a terminal: name each by its pid.
     let say = &say.with_role(format!("client {}", std::process::id()));
-    let server = Queue::open(path).map_err(|e| {
-        if e.to_string().starts_with("no System V queue") {
-            anyhow::anyhow!(
-                "no server for --key {}: its queue does not exist; start one first with \
-                 'msgq-demo sysv server --key {}'",
-                path.display(),
-                path.display()
-            )
-        } else {
-            e
-        }
+    // The server makes its queue: none means no server (yet).
+    let server = Queue::find(path)?.with_context(|| {
+        format!(
+            "no server for --key {}: its queue does not exist; start one first with \
+             'msgq-demo sysv server --key {}'",
+            path.display(),
+            path.display()
+        )
     })?;
     // SAFETY: msgget takes no pointers. IPC_PRIVATE always makes a new
     // queue, which only its id (passed in our requests) can reach.
