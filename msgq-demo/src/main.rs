@@ -26,6 +26,8 @@
 //! cargo run -p msgq-demo -- sysv receiver --key /tmp/demo.key --type -3 --nowait
 //! cargo run -p msgq-demo -- posix sender --name /demo --priority 5 urgent
 //! cargo run -p msgq-demo -- posix receiver --name /demo --timeout 2
+//! cargo run -p msgq-demo -- sysv server --key /tmp/demo.key            # terminal 1
+//! cargo run -p msgq-demo -- sysv client --key /tmp/demo.key --count 3  # terminal 2
 //! ```
 //!
 //! ## What to look for
@@ -34,10 +36,16 @@
 //! - the order each `msgtyp` gives, and priority order in POSIX;
 //! - `ENOMSG`, `EAGAIN`, `E2BIG` and `MSG_NOERROR`, a timed receive;
 //! - `mq_notify` announcing a message to a process that is not reading;
-//! - many clients sharing one queue, each getting only its own replies.
+//! - a server and many clients: requests on the server's queue, each
+//!   client's replies in a private queue of its own (TLPI's `svmsg_file`
+//!   design; `sysv.rs` says why one queue both ways can deadlock);
+//! - a client noticing that its server has gone (`msg_lrpid`, `EIDRM`),
+//!   and every wait bounded by `--timeout`.
 //!
 //! Uses `common` modules: `cleanup`, `cli`, `error`, `payload`, `peer`,
 //! `report`, `sysv_sem` (for `ftok`).
+//! nix features: `fs` (fstat of an mqd), `mqueue`, `signal`, `time`,
+//! `user` (geteuid, and the name of a queue's owner).
 
 mod posix;
 mod sysv;
@@ -48,9 +56,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use common::cleanup::{MqGuard, PrivateDir, SysvGuard, SysvKind, stop_on_signals, unique_name};
+use common::cleanup::{
+    MqGuard, PrivateDir, SysvGuard, SysvKind, stop_on_signals, stop_requested, unique_name,
+};
 use common::cli::{Args, DEFAULT_COUNT, DEFAULT_SIZE, MAX_COUNT};
-use common::error::{self, usage};
+use common::error::{self, Interrupted, usage};
 use common::payload::{self, Checker, Verdict};
 use common::peer::Peer;
 use common::report::{Narrator, Stream, Summary};
@@ -60,16 +70,17 @@ const USAGE: &str = "\
 msgq-demo: System V and POSIX message queues
 
 USAGE:
-    msgq-demo [--clients K] [--count N] [--quiet]
+    msgq-demo [--clients K] [--count N] [--size BYTES] [--quiet]
         The story: System V messages waiting in the kernel and chosen by type,
         POSIX priorities, timeouts and mq_notify, then K clients and one server
-        on one System V queue.
-    msgq-demo sysv receiver --key PATH [--type T] [--nowait] [--count N] [--keep] [--quiet]
-    msgq-demo sysv sender --key PATH [--type T] [--count N] [--size BYTES] [TEXT...]
+        (the 'sysv server' code) with a private reply queue per client.
+    msgq-demo sysv receiver --key PATH [--type T] [--nowait] [--timeout SECS] [--count N] [--keep] [--quiet]
+    msgq-demo sysv sender --key PATH [--type T] [--timeout SECS] [--count N] [--size BYTES] [TEXT...]
     msgq-demo sysv remove --key PATH
-    msgq-demo sysv client --key PATH [--count N]
+    msgq-demo sysv server --key PATH [--count N] [--timeout SECS] [--quiet]
+    msgq-demo sysv client --key PATH [--count N] [--size BYTES] [--timeout SECS] [--quiet]
     msgq-demo posix receiver --name /NAME [--timeout SECS] [--count N] [--keep] [--quiet]
-    msgq-demo posix sender --name /NAME [--priority P] [--count N] [--size BYTES] [TEXT...]
+    msgq-demo posix sender --name /NAME [--priority P] [--timeout SECS] [--count N] [--size BYTES] [TEXT...]
     msgq-demo posix remove --name /NAME
 
     Either sender or receiver creates the queue if it does not exist (0600),
@@ -78,27 +89,56 @@ USAGE:
     exactly those bytes, one message per argument (after -- they may start
     with a dash); without, N checkable messages of --size bytes.
 
+    The server makes the queue for --key and removes it when it stops; each
+    client sends its requests there and gets the replies in a private queue
+    of its own (msgget(IPC_PRIVATE)), removed when it exits. Start the
+    server first: a client with no server queue exits 1 at once.
+
+    An existing queue is used, read or removed only if it is yours (owner
+    and creator your effective uid, also for root) and has mode 0600;
+    otherwise it is left alone and the error says whose it is.
+
 OPTIONS:
     --key PATH        System V: an existing file; ftok(PATH, 'Q') is the queue's key
     --name /NAME      POSIX: a slash, then up to 250 characters without a slash
+                      (not /. or /..)
     --type T          sysv sender: the messages' type (1 or more, default 1);
                       sysv receiver: msgtyp, 0 = any (default), T > 0 = exactly T,
                       T < 0 = the lowest type <= |T| first (--type -3 or --type=-3)
     --priority P      posix sender: 0 to 32767 (default 0); higher comes out first
     --nowait          sysv receiver: IPC_NOWAIT, stop at ENOMSG instead of waiting
-    --timeout SECS    posix receiver: stop after SECS seconds without a message
+    --timeout SECS    1 to 86400, default 60: the longest a role waits for its peer
+                      to make progress. A receiver waits that long for the next
+                      message, then stops (an error if --count is not reached yet);
+                      a sender waits that long for room in a full queue, a client
+                      for each reply, then exit 1. A server waits for requests
+                      without limit unless --timeout is given: waiting for clients
+                      is what a server is for (Ctrl-C or SIGTERM stops it).
     --maxmsg M        posix, when creating: messages the queue holds (default 10)
     --msgsize BYTES   posix, when creating: largest message (default 8192)
     --count N         messages to send, or to receive before stopping (default 5);
-                      story: requests per client
-    --size BYTES      bytes per checkable message (default 64; at least 12)
+                      server: requests to serve, then stop (default: until stopped);
+                      client and story: requests per client
+    --size BYTES      bytes per checkable message (default 64; at least 12). At most
+                      the mechanism's largest message: for System V msgmax
+                      (/proc/sys/kernel/msgmax, 8192 unless raised), less the
+                      16-byte request header for a client and the story's part 3;
+                      for POSIX the queue's msgsize (--msgsize)
     --keep            receiver: leave the queue in place when done
     --clients K       story: client processes (default 3; 1 to 32)
+    --no-summary      roles: print the closing figures as a narration line instead
+                      of a summary: line (the story passes it to the roles it runs,
+                      so that the story's own summary is the only one)
     --quiet           no line per message
     -h, --help        this text
 
-EXIT STATUS: 0 success, 1 runtime error (including data errors), 2 bad
-command line, 128+N stopped by signal N (130 for Ctrl-C).
+    The story bounds every wait: each role it runs must finish within 120 s,
+    its server and clients give up after 60 s without progress, and the
+    mq_notify signal is awaited at most 10 s.
+
+EXIT STATUS: 0 success, 1 runtime error (including data errors, a peer
+that is gone, a timeout), 2 bad command line, 128+N stopped by signal N
+(130 for Ctrl-C; the story too, whatever its children reported).
 ";
 
 fn main() -> ExitCode {
@@ -181,6 +221,7 @@ impl Tally {
 
     pub fn finish(
         &self,
+        opts: &Options,
         mechanism: &'static str,
         expected: Option<u64>,
         elapsed: Duration,
@@ -192,7 +233,8 @@ impl Tally {
             self.texts
         ));
         let received = report.received + self.texts;
-        summary(
+        figures(
+            opts,
             mechanism,
             received,
             self.bytes,
@@ -210,7 +252,11 @@ impl Tally {
     }
 }
 
-pub fn summary(
+/// A role's closing figures: its one `summary:` line, or with
+/// `--no-summary` (a role the story runs) a narration line, so that the
+/// story's own summary is the only one.
+pub fn figures(
+    opts: &Options,
     mechanism: &'static str,
     messages: u64,
     bytes: u64,
@@ -218,13 +264,29 @@ pub fn summary(
     elapsed: Duration,
     say: &Narrator,
 ) {
-    say.line(Summary {
+    let figures = Summary {
         mechanism,
         messages,
         bytes,
         errors,
         elapsed,
-    });
+    };
+    if opts.no_summary {
+        say.step(format!(
+            "moved {messages} message(s), {bytes} bytes, {errors} error(s) in {:.3} s",
+            elapsed.as_secs_f64()
+        ));
+    } else {
+        say.line(figures);
+    }
+}
+
+/// The name of user `uid`, for messages about whose an object is.
+pub fn owner_name(uid: libc::uid_t) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => format!("{} (uid {uid})", user.name),
+        _ => format!("uid {uid}"),
+    }
 }
 
 pub fn read_proc_number(path: &str) -> Option<usize> {
@@ -243,7 +305,9 @@ pub struct Options {
     mtype: Option<i64>,
     priority: u32,
     nowait: bool,
-    timeout: Option<Duration>,
+    /// The idle timeout (`--timeout`, default 60 s); see USAGE.
+    timeout: Duration,
+    timeout_given: bool,
     maxmsg: usize,
     msgsize: usize,
     count: u64,
@@ -251,15 +315,19 @@ pub struct Options {
     size: usize,
     keep: bool,
     clients: u64,
+    no_summary: bool,
     quiet: bool,
     texts: Vec<String>,
 }
+
+/// The default idle timeout of a role waiting for its peer.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn run() -> Result<()> {
     let mut args = Args::from_env(USAGE)?;
     let api = args.role(&["sysv", "posix"])?;
     let role = match api.as_deref() {
-        Some("sysv") => args.role(&["sender", "receiver", "remove", "client"])?,
+        Some("sysv") => args.role(&["sender", "receiver", "remove", "server", "client"])?,
         Some(_) => args.role(&["sender", "receiver", "remove"])?,
         None => None,
     };
@@ -271,7 +339,13 @@ fn run() -> Result<()> {
     let opts = parse(&mut args, api.as_deref(), role.as_deref())?;
     stop_on_signals()?;
     let Some(role) = role else {
-        return story(&opts);
+        // A story stopped by a signal exits 128+N, whatever its children
+        // did meanwhile: a child that got the same Ctrl-C exits 130 (or
+        // reports EPIPE), and that is not the story's error.
+        return story(&opts).map_err(|e| match stop_requested() {
+            Some(signal) => Interrupted(signal).into(),
+            None => e,
+        });
     };
     let say = Narrator::new(role.as_str(), opts.quiet, Stream::Stdout);
     if api.as_deref() == Some("sysv") {
@@ -279,6 +353,7 @@ fn run() -> Result<()> {
         match role.as_str() {
             "sender" => sysv::sender(&opts, &key, &say),
             "receiver" => sysv::receiver(&opts, &key, &say),
+            "server" => sysv::server(&opts, &key, &say),
             "client" => sysv::client(&opts, &key, &say),
             _ => sysv::remove(&key, &say),
         }
@@ -300,7 +375,8 @@ fn parse(args: &mut Args, api: Option<&str>, role: Option<&str>) -> Result<Optio
         mtype: None,
         priority: 0,
         nowait: false,
-        timeout: None,
+        timeout: DEFAULT_TIMEOUT,
+        timeout_given: false,
         maxmsg: 10.min(limits.msg_max),
         msgsize: 8192.min(limits.msgsize_max),
         count: DEFAULT_COUNT,
@@ -308,6 +384,7 @@ fn parse(args: &mut Args, api: Option<&str>, role: Option<&str>) -> Result<Optio
         size: DEFAULT_SIZE,
         keep: false,
         clients: 3,
+        no_summary: false,
         quiet: false,
         texts: Vec::new(),
     };
@@ -321,7 +398,7 @@ fn parse(args: &mut Args, api: Option<&str>, role: Option<&str>) -> Result<Optio
         match arg.as_str() {
             "--" => only_texts = true,
             "--key" => opts.key = Some(PathBuf::from(args.value("--key")?)),
-            "--name" => opts.name = Some(args.posix_name("--name", 250)?),
+            "--name" => opts.name = Some(posix_name(args)?),
             "--type" => {
                 let text = args.value("--type")?;
                 let t: i64 = text.parse().map_err(|_| {
@@ -334,7 +411,8 @@ fn parse(args: &mut Args, api: Option<&str>, role: Option<&str>) -> Result<Optio
             "--priority" => opts.priority = args.number("--priority", 0, 32767)?,
             "--nowait" => opts.nowait = true,
             "--timeout" => {
-                opts.timeout = Some(Duration::from_secs(args.number("--timeout", 1, 86_400)?))
+                opts.timeout = Duration::from_secs(args.number("--timeout", 1, 86_400)?);
+                opts.timeout_given = true;
             }
             "--maxmsg" => opts.maxmsg = args.number("--maxmsg", 1, 1_000_000)?,
             "--msgsize" => opts.msgsize = args.number("--msgsize", 1, 64 * 1024 * 1024)?,
@@ -351,6 +429,7 @@ fn parse(args: &mut Args, api: Option<&str>, role: Option<&str>) -> Result<Optio
             }
             "--keep" => opts.keep = true,
             "--clients" => opts.clients = args.number("--clients", 1, 32)?,
+            "--no-summary" => opts.no_summary = true,
             "--quiet" => opts.quiet = true,
             other => return Err(args.unknown(other)),
         }
@@ -360,27 +439,55 @@ fn parse(args: &mut Args, api: Option<&str>, role: Option<&str>) -> Result<Optio
     }
     // Which options each role takes; anything else is refused.
     let allowed: &[&str] = match (api, role) {
-        (None, _) => &["--clients", "--count", "--quiet"],
+        (None, _) => &["--clients", "--count", "--size", "--quiet"],
         (Some("sysv"), Some("receiver")) => &[
-            "--key", "--type", "--nowait", "--count", "--keep", "--quiet",
+            "--key",
+            "--type",
+            "--nowait",
+            "--timeout",
+            "--count",
+            "--keep",
+            "--quiet",
+            "--no-summary",
         ],
-        (Some("sysv"), Some("sender")) => &["--key", "--type", "--count", "--size", "--quiet"],
-        (Some("sysv"), Some("client")) => &["--key", "--count", "--quiet"],
+        (Some("sysv"), Some("sender")) => &[
+            "--key",
+            "--type",
+            "--timeout",
+            "--count",
+            "--size",
+            "--quiet",
+            "--no-summary",
+        ],
+        (Some("sysv"), Some("server")) => {
+            &["--key", "--count", "--timeout", "--quiet", "--no-summary"]
+        }
+        (Some("sysv"), Some("client")) => &[
+            "--key",
+            "--count",
+            "--size",
+            "--timeout",
+            "--quiet",
+            "--no-summary",
+        ],
         (Some("posix"), Some("receiver")) => &[
             "--name",
             "--timeout",
             "--count",
             "--keep",
             "--quiet",
+            "--no-summary",
             "--maxmsg",
             "--msgsize",
         ],
         (Some("posix"), Some("sender")) => &[
             "--name",
             "--priority",
+            "--timeout",
             "--count",
             "--size",
             "--quiet",
+            "--no-summary",
             "--maxmsg",
             "--msgsize",
         ],
@@ -420,6 +527,19 @@ fn parse(args: &mut Args, api: Option<&str>, role: Option<&str>) -> Result<Optio
             "--type for sending must be 1 or more: 0 and negative types only select when receiving",
         ));
     }
+    // A client's request (and the story's) is a 16-byte header and the
+    // payload, in one System V message of at most msgmax bytes.
+    let request_max = sysv::msgmax().saturating_sub(sysv::REQUEST_HEADER);
+    if (role == Some("client") || api.is_none()) && opts.size > request_max {
+        return Err(usage(format!(
+            "--size {} is too large: a request is a {}-byte header plus --size bytes in one \
+             System V message, at most msgmax = {} bytes (/proc/sys/kernel/msgmax), so --size \
+             is at most {request_max}",
+            opts.size,
+            sysv::REQUEST_HEADER,
+            sysv::msgmax()
+        )));
+    }
     if role == Some("sender")
         && api == Some("posix")
         && opts.size > opts.msgsize
@@ -434,18 +554,66 @@ fn parse(args: &mut Args, api: Option<&str>, role: Option<&str>) -> Result<Optio
     Ok(opts)
 }
 
+/// `--name`, through common's `posix_name`. "/." and "/.." are refused
+/// here as well until common does (they would name the queue directory
+/// and its parent; mq_open then fails with a misleading EACCES).
+fn posix_name(args: &mut Args) -> Result<String> {
+    let name = args.posix_name("--name", 250)?;
+    if name == "/." || name == "/.." {
+        return Err(usage(format!(
+            "--name {name:?} is not a valid name: . and .. are directories, not queues; \
+             use e.g. /demo"
+        )));
+    }
+    Ok(name)
+}
+
 // ---------------------------------------------------------------------------
 // The story
 // ---------------------------------------------------------------------------
 
-/// Run this program with `args` and wait for it; its output is part of ours.
-fn run_role(args: &[String], say: &Narrator) -> Result<()> {
-    let mut peer = Peer::spawn_self(args)?;
-    let exit = peer.wait(Some(Duration::from_secs(120)))?;
-    if !exit.success() {
-        bail!("'msgq-demo {}' (pid {}) {exit}", args.join(" "), peer.pid());
+/// How long a role the story runs may take.
+const ROLE_LIMIT: Duration = Duration::from_secs(120);
+
+/// A role the story started. Dropped while the story stops on a signal
+/// sent to the whole process group (Ctrl-C in a terminal), the child got
+/// that signal too and is cleaning up: give it a moment to finish before
+/// `Peer`'s drop sends SIGTERM. A second SIGTERM would find its handler
+/// already reset (SA_RESETHAND) and kill it halfway, leaving its queue.
+struct Role(Peer);
+
+/// How long a stopping story lets a child finish its own cleanup.
+const GRACE: Duration = Duration::from_secs(2);
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        if stop_requested().is_none() {
+            return;
+        }
+        let deadline = Instant::now() + GRACE;
+        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
-    say.message(format!("pid {} {exit}", peer.pid()));
+}
+
+/// Run this program with `args` and wait for it; its output is part of
+/// ours. Roles get `--no-summary`: their figures are narration, and the
+/// story's own summary is the run's only one.
+fn run_role(args: &[String], say: &Narrator) -> Result<()> {
+    let mut args = args.to_vec();
+    let at = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    args.insert(at, "--no-summary".into());
+    let mut peer = Role(Peer::spawn_self(&args)?);
+    let exit = peer.0.wait(Some(ROLE_LIMIT))?;
+    if !exit.success() {
+        bail!(
+            "'msgq-demo {}' (pid {}) {exit}",
+            args.join(" "),
+            peer.0.pid()
+        );
+    }
+    say.message(format!("pid {} {exit}", peer.0.pid()));
     Ok(())
 }
 
@@ -462,21 +630,44 @@ fn story(opts: &Options) -> Result<()> {
     ));
     let dir = PrivateDir::create("msgq-demo")?;
     let mut moved = sysv_story(&dir, &say)?;
-    moved += posix_story(&say)?;
-    moved += client_server(&dir, opts, &say)?;
+    let part = posix_story(&say)?;
+    moved.messages += part.messages;
+    moved.bytes += part.bytes;
+    let part = client_server(&dir, opts, &say)?;
+    moved.messages += part.messages;
+    moved.bytes += part.bytes;
     say.line("");
-    summary("msgq", moved, 0, 0, start.elapsed(), &say);
+    say.line(Summary {
+        mechanism: "msgq",
+        messages: moved.messages,
+        bytes: moved.bytes,
+        errors: 0,
+        elapsed: start.elapsed(),
+    });
     Ok(())
 }
 
+/// A queue for the story: new, or the story stops. `ftok` keys can
+/// collide; a queue already there for our key file is not ours to use.
+fn new_story_queue(key_path: &std::path::Path, say: &Narrator) -> Result<sysv::Queue> {
+    sysv::Queue::create(key_path, say)?.with_context(|| {
+        format!(
+            "msgget(IPC_CREAT|IPC_EXCL): a queue already has the key of {} (ftok keys can \
+             collide): not ours, left alone; run again",
+            key_path.display()
+        )
+    })
+}
+
 /// Part 1: messages wait in the kernel; msgtyp chooses; ENOMSG, E2BIG.
-fn sysv_story(dir: &PrivateDir, say: &Narrator) -> Result<u64> {
+fn sysv_story(dir: &PrivateDir, say: &Narrator) -> Result<sysv::Moved> {
     say.line("\n== 1. System V: messages wait in the kernel, and msgrcv chooses by type ==");
     let key_path = dir.path().join("key");
     std::fs::write(&key_path, b"").context("create the key file")?;
     let key = key_path.to_str().context("key path is not UTF-8")?;
-    let queue = sysv::Queue::open_or_create(&key_path, say)?;
+    let queue = new_story_queue(&key_path, say)?;
     let _remove = SysvGuard::new(SysvKind::MessageQueue, queue.id);
+    let mut moved = sysv::Moved::default();
     let batches: [(&str, &[&str]); 4] = [
         ("3", &["three-a", "three-b"]),
         ("1", &["one-a"]),
@@ -492,6 +683,8 @@ fn sysv_story(dir: &PrivateDir, say: &Narrator) -> Result<u64> {
         say.step(format!(
             "a sender process sent {texts:?} as type {mtype} and exited"
         ));
+        moved.messages += 2 * texts.len() as u64; // sent, then received below
+        moved.bytes += 2 * texts.iter().map(|t| t.len() as u64).sum::<u64>();
     }
     say.step(format!(
         "no sender is left, the messages wait in the kernel: {}",
@@ -532,13 +725,19 @@ fn sysv_story(dir: &PrivateDir, say: &Narrator) -> Result<u64> {
         "msgrcv(MSG_NOERROR) → {} bytes: truncated to the buffer, the rest is discarded",
         cut.len()
     ));
+    moved.messages += 2;
+    moved.bytes += 100 + cut.len() as u64;
     queue.remove().context("msgctl(IPC_RMID)")?;
     say.step(format!("msgctl(msqid {}, IPC_RMID): removed", queue.id));
-    Ok(8)
+    say.step(format!(
+        "part 1 moved {} messages, {} bytes",
+        moved.messages, moved.bytes
+    ));
+    Ok(moved)
 }
 
 /// Part 2: priorities, getattr, EAGAIN, a timed receive, mq_notify.
-fn posix_story(say: &Narrator) -> Result<u64> {
+fn posix_story(say: &Narrator) -> Result<sysv::Moved> {
     say.line("\n== 2. POSIX: the highest priority first, and a notification ==");
     let l = posix::limits();
     say.step(format!(
@@ -546,15 +745,16 @@ fn posix_story(say: &Narrator) -> Result<u64> {
         l.msg_max, l.msgsize_max, l.queues_max
     ));
     let name = format!("/{}", unique_name("msgq-demo"));
+    let queue = posix::Queue::create(&name, 10.min(l.msg_max), 128.min(l.msgsize_max), say)?;
     let _unlink = MqGuard::new(&name);
-    let queue =
-        posix::Queue::open_or_create(&name, 10.min(l.msg_max), 128.min(l.msgsize_max), say)?;
-    for (priority, texts) in [
-        ("1", &["low-a", "low-b"][..]),
-        ("5", &["high-a"][..]),
-        ("3", &["mid-a"][..]),
-        ("5", &["high-b"][..]),
-    ] {
+    let mut moved = sysv::Moved::default();
+    let batches: [(&str, &[&str]); 4] = [
+        ("1", &["low-a", "low-b"]),
+        ("5", &["high-a"]),
+        ("3", &["mid-a"]),
+        ("5", &["high-b"]),
+    ];
+    for (priority, texts) in batches {
         let mut args = words(&[
             "posix",
             "sender",
@@ -570,6 +770,8 @@ fn posix_story(say: &Narrator) -> Result<u64> {
         say.step(format!(
             "a sender process sent {texts:?} at priority {priority} and exited"
         ));
+        moved.messages += 2 * texts.len() as u64; // sent, then received below
+        moved.bytes += 2 * texts.iter().map(|t| t.len() as u64).sum::<u64>();
     }
     say.step(format!(
         "mq_getattr: {} messages waiting",
@@ -603,15 +805,21 @@ fn posix_story(say: &Narrator) -> Result<u64> {
         "mq_timedreceive(300 ms) → ETIMEDOUT after {:.0} ms",
         start.elapsed().as_secs_f64() * 1e3
     ));
-    notify(&queue, &name, say)?;
+    let woke = notify(&queue, &name, say)?;
+    moved.messages += 2;
+    moved.bytes += 2 * woke as u64;
     drop(queue);
     nix::mqueue::mq_unlink(name.as_str()).with_context(|| format!("mq_unlink({name})"))?;
     say.step(format!("mq_unlink({name}): removed"));
-    Ok(6)
+    say.step(format!(
+        "part 2 moved {} messages, {} bytes",
+        moved.messages, moved.bytes
+    ));
+    Ok(moved)
 }
-
 /// mq_notify: a signal when the empty queue gets a message.
-fn notify(queue: &posix::Queue, name: &str, say: &Narrator) -> Result<()> {
+/// Returns the announced message's length.
+fn notify(queue: &posix::Queue, name: &str, say: &Narrator) -> Result<usize> {
     use nix::sys::signal::{SigEvent, SigSet, SigevNotify, SigmaskHow, Signal, sigprocmask};
     // Block SIGUSR1 first: it then stays pending until sigtimedwait takes
     // it, instead of running a handler (or killing us) at any moment.
@@ -660,47 +868,76 @@ fn notify(queue: &posix::Queue, name: &str, say: &Narrator) -> Result<()> {
         },
         show(&text)
     ));
-    Ok(())
+    Ok(text.len())
 }
 
-/// Part 3: K clients, one server, one System V queue.
-fn client_server(dir: &PrivateDir, opts: &Options, say: &Narrator) -> Result<u64> {
+/// Part 3: K clients and the server, a private reply queue per client.
+fn client_server(dir: &PrivateDir, opts: &Options, say: &Narrator) -> Result<sysv::Moved> {
     say.line(format!(
-        "\n== 3. {} clients and a server on one System V queue: replies typed by client pid ==",
+        "\n== 3. {} clients and a server: requests on one queue, replies in a private queue per client ==",
         opts.clients
     ));
     let key_path = dir.path().join("server-key");
     std::fs::write(&key_path, b"").context("create the key file")?;
     let key = key_path.to_str().context("key path is not UTF-8")?;
-    let queue = sysv::Queue::open_or_create(&key_path, say)?;
-    let _remove = SysvGuard::new(SysvKind::MessageQueue, queue.id);
-    let count = opts.count.to_string();
+    let server_say = say.with_role("server");
+    // The same code as 'msgq-demo sysv server', run by this process.
+    let server = sysv::server_queue(&key_path, &server_say)?;
+    say.step(
+        "why not replies typed by client pid on the server's queue? Requests and replies would \
+         share its msg_qbytes: once requests fill it, the server blocks sending a reply while \
+         the clients block sending requests, and nobody receives: a deadlock. So each client \
+         gets its replies in a queue of its own",
+    );
+    let (count, size) = (opts.count.to_string(), opts.size.to_string());
     let mut clients = Vec::new();
     for _ in 0..opts.clients {
-        let mut args = words(&["sysv", "client", "--key", key, "--count", &count]);
+        let mut args = words(&[
+            "sysv",
+            "client",
+            "--key",
+            key,
+            "--count",
+            &count,
+            "--size",
+            &size,
+            "--timeout",
+            "60",
+            "--no-summary",
+        ]);
         if opts.quiet {
             args.push("--quiet".into());
         }
-        clients.push(Peer::spawn_self(&args)?);
+        clients.push(Role(Peer::spawn_self(&args)?));
     }
-    let pids: Vec<String> = clients.iter().map(|c| c.pid().to_string()).collect();
+    let pids: Vec<String> = clients.iter().map(|c| c.0.pid().to_string()).collect();
     say.step(format!(
-        "started clients {}: each sends requests of type 1 and waits for replies of its own pid's type",
-        pids.join(", ")
+        "started clients {}: each makes a private queue, sends {} request(s) of {} bytes with \
+         its queue's id in them, and checks every reply",
+        pids.join(", "),
+        opts.count,
+        opts.size
     ));
     let total = opts.clients * opts.count;
-    let served = sysv::serve(&queue, total, say, Duration::from_secs(120))?;
+    let start = Instant::now();
+    let moved = sysv::serve(&server, Some(total), Some(DEFAULT_TIMEOUT), &server_say)?;
     for mut client in clients {
-        let exit = client.wait(Some(Duration::from_secs(60)))?;
+        let exit = client.0.wait(Some(DEFAULT_TIMEOUT))?;
         if !exit.success() {
-            bail!("client pid {} {exit}", client.pid());
+            bail!("client pid {} {exit}", client.0.pid());
         }
     }
+    drop(server);
     say.step(format!(
-        "served {served} requests; every client got only its own replies and exited 0"
+        "served {total} requests in {:.3} s; every client got only its own replies and exited 0; \
+         the server's queue and every private queue are removed",
+        start.elapsed().as_secs_f64()
     ));
-    queue.remove().context("msgctl(IPC_RMID)")?;
-    Ok(2 * served)
+    say.step(format!(
+        "part 3 moved {} messages (requests and replies), {} bytes",
+        moved.messages, moved.bytes
+    ));
+    Ok(moved)
 }
 
 #[cfg(test)]
@@ -738,7 +975,13 @@ mod tests {
         tally.account("type 1", &bad, &say);
         assert_eq!(tally.texts, 1);
         assert_eq!(tally.checker.report().corrupted, 1);
-        assert!(tally.finish("msgq", Some(3), Duration::ZERO, &say).is_err());
+        let mut args = Args::new(["--quiet"]);
+        let opts = parse(&mut args, None, None).unwrap();
+        assert!(
+            tally
+                .finish(&opts, "msgq", Some(3), Duration::ZERO, &say)
+                .is_err()
+        );
         assert_eq!(show(b"plain"), "\"plain\"");
         assert_eq!(show(b"a\x01b"), "b\"a\\x01b\"");
     }

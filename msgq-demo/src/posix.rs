@@ -7,18 +7,19 @@
 //! priority per message: `mq_receive` returns the highest priority first,
 //! oldest first within a priority. There are no types to select by.
 
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use common::cleanup::check_stop;
 use common::report::Narrator;
 use nix::errno::Errno;
-use nix::mqueue::{MQ_OFlag, MqAttr, MqdT, mq_getattr, mq_open, mq_receive, mq_send, mq_unlink};
+use nix::mqueue::{MQ_OFlag, MqAttr, MqdT, mq_getattr, mq_open, mq_receive, mq_unlink};
 use nix::sys::stat::Mode;
 use nix::sys::time::TimeSpec;
 use nix::time::{ClockId, clock_gettime};
 
-use crate::{Options, Tally, payload_message, read_proc_number};
+use crate::{Options, Tally, owner_name, payload_message, read_proc_number};
 
 /// The kernel's limits for queues an unprivileged process creates.
 #[derive(Debug)]
@@ -48,7 +49,6 @@ pub struct Queue {
 
 impl Drop for Queue {
     fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
         // SAFETY: the descriptor came from mq_open and is closed once, here.
         unsafe { libc::mq_close(self.mqd.as_raw_fd()) };
     }
@@ -75,37 +75,103 @@ fn open_error(name: &str, e: Errno, attr: &MqAttr) -> anyhow::Error {
         Errno::ENOENT => {
             anyhow::anyhow!("no POSIX queue named {name}: a sender or receiver creates it")
         }
-        Errno::EMFILE | Errno::ENOSPC => anyhow::anyhow!(
-            "mq_open({name}): {e}: too many queues (/proc/sys/fs/mqueue/queues_max is {})",
+        // EMFILE has two causes: the bytes of all this user's queues would
+        // pass RLIMIT_MSGQUEUE (the usual one: the default is 819200), or
+        // this process has RLIMIT_NOFILE descriptors open (an mqd is one).
+        Errno::EMFILE => {
+            let (soft, _) = rlimit(libc::RLIMIT_MSGQUEUE);
+            // The kernel charges maxmsg * msgsize plus its bookkeeping
+            // (about 100 bytes a message).
+            let need = attr.maxmsg() as u64 * (attr.msgsize() as u64 + 100);
+            anyhow::anyhow!(
+                "mq_open({name}): EMFILE: the limit RLIMIT_MSGQUEUE, {} for all your queues \
+                 together, has no room for this one (maxmsg {} x msgsize {}, about {need} \
+                 bytes with the kernel's bookkeeping); see it with 'ulimit -q' or 'prlimit \
+                 --msgqueue', raise it with 'ulimit -q BYTES' (up to the hard limit, {}), or \
+                 ask for less with --maxmsg/--msgsize. (EMFILE also means RLIMIT_NOFILE open \
+                 descriptors, 'ulimit -n', if that is reached.)",
+                show_limit(soft),
+                attr.maxmsg(),
+                attr.msgsize(),
+                show_limit(rlimit(libc::RLIMIT_MSGQUEUE).1)
+            )
+        }
+        Errno::ENOSPC => anyhow::anyhow!(
+            "mq_open({name}): ENOSPC: the system already has its most queues, \
+             /proc/sys/fs/mqueue/queues_max = {} (root may raise it)",
             l.queues_max
         ),
         e => anyhow::Error::new(e).context(format!("mq_open({name})")),
     }
 }
 
+/// A resource limit's (soft, hard) values.
+fn rlimit(resource: libc::__rlimit_resource_t) -> (u64, u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the rlimit we point to.
+    if unsafe { libc::getrlimit(resource, &mut limit) } != 0 {
+        return (0, 0);
+    }
+    (limit.rlim_cur, limit.rlim_max)
+}
+
+fn show_limit(bytes: u64) -> String {
+    if bytes == libc::RLIM_INFINITY {
+        "unlimited".into()
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
 impl Queue {
-    /// Open `name` read-write, creating it (0600, with `maxmsg`/`msgsize`)
-    /// if it does not exist.
-    pub fn open_or_create(
+    /// Create `name` read-write (0600, with `maxmsg`/`msgsize`); `None` if
+    /// a queue of that name exists (EEXIST).
+    pub fn create_new(
         name: &str,
         maxmsg: usize,
         msgsize: usize,
         say: &Narrator,
-    ) -> Result<Queue> {
+    ) -> Result<Option<Queue>> {
         let attr = MqAttr::new(0, maxmsg as _, msgsize as _, 0);
         let mode = Mode::S_IRUSR | Mode::S_IWUSR;
+        // O_EXCL: we never take a queue somebody else prepared for a new one.
         let create = MQ_OFlag::O_CREAT | MQ_OFlag::O_EXCL | MQ_OFlag::O_RDWR;
         match mq_open(name, create, mode, Some(&attr)) {
             Ok(mqd) => {
                 say.step(format!(
                     "mq_open({name}, O_CREAT|O_EXCL|O_RDWR, 0600, maxmsg {maxmsg}, msgsize {msgsize}): a new queue"
                 ));
-                Ok(Queue {
+                Ok(Some(Queue {
                     mqd,
                     name: name.to_string(),
-                })
+                }))
             }
-            Err(Errno::EEXIST) => {
+            Err(Errno::EEXIST) => Ok(None),
+            Err(e) => Err(open_error(name, e, &attr)),
+        }
+    }
+
+    /// A new queue, or an error if `name` exists (the story's queues).
+    pub fn create(name: &str, maxmsg: usize, msgsize: usize, say: &Narrator) -> Result<Queue> {
+        Queue::create_new(name, maxmsg, msgsize, say)?.with_context(|| {
+            format!("mq_open({name}, O_CREAT|O_EXCL): the queue exists: not ours, left alone")
+        })
+    }
+
+    /// Open `name` read-write, creating it (0600, with `maxmsg`/`msgsize`)
+    /// if it does not exist; an existing one must be ours ([`Queue::open`]).
+    pub fn open_or_create(
+        name: &str,
+        maxmsg: usize,
+        msgsize: usize,
+        say: &Narrator,
+    ) -> Result<Queue> {
+        match Queue::create_new(name, maxmsg, msgsize, say)? {
+            Some(queue) => Ok(queue),
+            None => {
                 let queue = Queue::open(name)?;
                 let attr = queue.attr()?;
                 say.step(format!(
@@ -116,19 +182,47 @@ impl Queue {
                 ));
                 Ok(queue)
             }
-            Err(e) => Err(open_error(name, e, &attr)),
         }
     }
 
-    /// Open an existing queue read-write.
+    /// Open an existing queue read-write, and refuse it unless it is ours.
     pub fn open(name: &str) -> Result<Queue> {
         let attr = MqAttr::new(0, 0, 0, 0);
         let mqd = mq_open(name, MQ_OFlag::O_RDWR, Mode::empty(), None)
             .map_err(|e| open_error(name, e, &attr))?;
-        Ok(Queue {
+        let queue = Queue {
             mqd,
             name: name.to_string(),
-        })
+        };
+        queue.check_ours()?;
+        Ok(queue)
+    }
+
+    /// A queue this demo did not just create is someone else's until
+    /// proven otherwise, even for root (whom mq_open never refuses): on
+    /// Linux an mqd is a file descriptor, and fstat gives the queue's owner
+    /// and mode. It must be our effective uid and the 0600 this demo uses.
+    fn check_ours(&self) -> Result<()> {
+        let st = nix::sys::stat::fstat(&self.mqd)
+            .with_context(|| format!("fstat(mqd of {})", self.name))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if st.st_uid != me {
+            bail!(
+                "POSIX queue {} belongs to {}, not to you, {}: leaving it alone",
+                self.name,
+                owner_name(st.st_uid),
+                owner_name(me)
+            );
+        }
+        let mode = st.st_mode & 0o777;
+        if mode != 0o600 {
+            bail!(
+                "POSIX queue {} has mode {mode:04o}, not the 0600 this demo gives its queues: \
+                 not one of ours, leaving it alone",
+                self.name
+            );
+        }
+        Ok(())
     }
 
     pub fn attr(&self) -> Result<MqAttr> {
@@ -139,13 +233,38 @@ impl Queue {
         &self.mqd
     }
 
-    /// `mq_send` with a clear message for a message over `mq_msgsize`.
-    pub fn send(&self, message: &[u8], priority: u32) -> Result<()> {
+    /// `mq_timedsend` with a clear message for a message over
+    /// `mq_msgsize`; gives up if the queue stays full for `timeout`.
+    pub fn send(&self, message: &[u8], priority: u32, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
         loop {
             check_stop()?;
-            match mq_send(&self.mqd, message, priority) {
-                Ok(()) => return Ok(()),
+            let left = timeout.saturating_sub(start.elapsed());
+            // An absolute CLOCK_REALTIME deadline, as mq_timedsend wants.
+            let deadline = clock_gettime(ClockId::CLOCK_REALTIME).context("clock_gettime")?
+                + TimeSpec::from_duration(left);
+            // SAFETY: the descriptor is open; `message` is valid for its
+            // length; `deadline` is a valid timespec. (nix has no mq_timedsend.)
+            let rc = unsafe {
+                libc::mq_timedsend(
+                    self.mqd.as_raw_fd(),
+                    message.as_ptr().cast(),
+                    message.len(),
+                    priority,
+                    deadline.as_ref(),
+                )
+            };
+            match Errno::result(rc) {
+                Ok(_) => return Ok(()),
                 Err(Errno::EINTR) => continue,
+                // A POSIX queue names no receiver: all a sender can tell
+                // is that nobody took a message for that long.
+                Err(Errno::ETIMEDOUT) => bail!(
+                    "mq_timedsend({}): the queue has been full for {} s (--timeout): no \
+                     receiver is taking messages",
+                    self.name,
+                    timeout.as_secs()
+                ),
                 Err(Errno::EMSGSIZE) => bail!(
                     "mq_send({}): a {}-byte message is larger than the queue's msgsize, {} bytes \
                      (set at creation with --msgsize; at most /proc/sys/fs/mqueue/msgsize_max)",
@@ -208,6 +327,7 @@ impl Queue {
 }
 
 pub fn sender(opts: &Options, name: &str, say: &Narrator) -> Result<()> {
+    // An existing queue must be ours before we write to it.
     let queue = Queue::open_or_create(name, opts.maxmsg, opts.msgsize, say)?;
     let priority = opts.priority;
     let start = Instant::now();
@@ -215,7 +335,7 @@ pub fn sender(opts: &Options, name: &str, say: &Narrator) -> Result<()> {
     if opts.texts.is_empty() {
         for seq in 0..opts.count {
             let message = payload_message(seq, opts.size);
-            queue.send(&message, priority)?;
+            queue.send(&message, priority, opts.timeout)?;
             say.message(format!(
                 "mq_send(priority {priority}): payload #{seq} ({} bytes)",
                 message.len()
@@ -225,7 +345,7 @@ pub fn sender(opts: &Options, name: &str, say: &Narrator) -> Result<()> {
         }
     } else {
         for text in &opts.texts {
-            queue.send(text.as_bytes(), priority)?;
+            queue.send(text.as_bytes(), priority, opts.timeout)?;
             say.message(format!("mq_send(priority {priority}): {text:?}"));
             count += 1;
             bytes += text.len() as u64;
@@ -235,34 +355,32 @@ pub fn sender(opts: &Options, name: &str, say: &Narrator) -> Result<()> {
         "sent {count} message(s) at priority {priority}; {} waiting",
         queue.attr()?.curmsgs()
     ));
-    crate::summary("msgq-posix", count, bytes, 0, start.elapsed(), say);
+    crate::figures(opts, "msgq-posix", count, bytes, 0, start.elapsed(), say);
     Ok(())
 }
 
 pub fn receiver(opts: &Options, name: &str, say: &Narrator) -> Result<()> {
+    // An existing queue must be ours before we read or unlink it.
     let queue = Queue::open_or_create(name, opts.maxmsg, opts.msgsize, say)?;
     // Unlinked on every way out (an error included) unless --keep.
     let _unlink = (!opts.keep).then(|| common::cleanup::MqGuard::new(name));
     let mut tally = Tally::new();
     let start = Instant::now();
-    match opts.timeout {
-        Some(t) => say.step(format!(
-            "mq_timedreceive: highest priority first, giving up after {} s of silence",
-            t.as_secs()
-        )),
-        None => {
-            say.step("mq_receive: highest priority first; waiting for messages (Ctrl-C to stop)")
-        }
-    }
+    // A POSIX queue names no sender, so a receiver cannot tell that its
+    // senders died: silence for --timeout is all it can go by.
+    say.step(format!(
+        "mq_timedreceive: highest priority first; waiting for messages, giving up after {} s \
+         of silence (Ctrl-C to stop)",
+        opts.timeout.as_secs()
+    ));
     while !opts.count_given || tally.received() < opts.count {
-        let got = match opts.timeout {
-            Some(t) => queue.receive_within(t)?,
-            None => queue.receive()?,
-        };
-        match got {
+        match queue.receive_within(opts.timeout)? {
             Some((priority, text)) => tally.account(&format!("priority {priority}"), &text, say),
             None => {
-                say.step("mq_timedreceive → ETIMEDOUT: no message within the timeout");
+                say.step(format!(
+                    "mq_timedreceive → ETIMEDOUT: no message for {} s (--timeout)",
+                    opts.timeout.as_secs()
+                ));
                 break;
             }
         }
@@ -277,6 +395,7 @@ pub fn receiver(opts: &Options, name: &str, say: &Narrator) -> Result<()> {
         say.step(format!("mq_close, mq_unlink({name}): the queue is gone"));
     }
     tally.finish(
+        opts,
         "msgq-posix",
         opts.count_given.then_some(opts.count),
         elapsed,
@@ -285,6 +404,10 @@ pub fn receiver(opts: &Options, name: &str, say: &Narrator) -> Result<()> {
 }
 
 pub fn remove(name: &str, say: &Narrator) -> Result<()> {
+    // Root may unlink any queue: check it is ours first. (Another process
+    // could swap the name between the check and mq_unlink; only a process
+    // of ours, or root, can.)
+    drop(Queue::open(name)?);
     match mq_unlink(name) {
         Ok(()) => {
             say.step(format!("mq_unlink({name}): removed"));

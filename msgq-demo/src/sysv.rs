@@ -9,6 +9,7 @@
 //!
 //! nix has no System V IPC, so the calls are made through `libc` here.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -18,8 +19,9 @@ use common::peer::{Ticker, alive};
 use common::report::Narrator;
 use common::sysv_sem::ftok;
 use nix::errno::Errno;
+use nix::unistd::geteuid;
 
-use crate::{Options, Tally, payload_message};
+use crate::{Options, Tally, owner_name, payload_message};
 
 /// The `ftok` project byte for msgq-demo's queues.
 const PROJECT: u8 = b'Q';
@@ -46,8 +48,24 @@ pub fn key_of(path: &Path) -> Result<libc::key_t> {
 }
 
 impl Queue {
-    /// `msgget(key, IPC_CREAT | IPC_EXCL | 0600)`, or the existing queue.
+    /// `msgget(key, IPC_CREAT | IPC_EXCL | 0600)`, or the existing queue
+    /// if it is ours (see [`Queue::open`]).
     pub fn open_or_create(path: &Path, say: &Narrator) -> Result<Queue> {
+        if let Some(queue) = Queue::create(path, say)? {
+            return Ok(queue);
+        }
+        let queue = Queue::open(path)?;
+        say.step(format!(
+            "msgget({:#010x}, 0) = msqid {}: the existing queue (yours, mode 0600)",
+            key_of(path)?,
+            queue.id
+        ));
+        Ok(queue)
+    }
+
+    /// `msgget(key, IPC_CREAT | IPC_EXCL | 0600)`: a new queue, or `None`
+    /// if one exists for the key (EEXIST).
+    pub fn create(path: &Path, say: &Narrator) -> Result<Option<Queue>> {
         let key = key_of(path)?;
         // SAFETY: msgget takes no pointers.
         let id = unsafe { libc::msgget(key, libc::IPC_CREAT | libc::IPC_EXCL | 0o600) };
@@ -55,34 +73,83 @@ impl Queue {
             say.step(format!(
                 "msgget({key:#010x}, IPC_CREAT|IPC_EXCL|0600) = msqid {id}: a new queue"
             ));
-            return Ok(Queue { id });
+            return Ok(Some(Queue { id }));
         }
-        if Errno::last() != Errno::EEXIST {
-            return Err(Errno::last()).context("msgget(IPC_CREAT|IPC_EXCL)");
+        match Errno::last() {
+            Errno::EEXIST => Ok(None),
+            e => Err(e).context("msgget(IPC_CREAT|IPC_EXCL)"),
         }
-        let queue = Queue::open(path)?;
-        say.step(format!(
-            "msgget({key:#010x}, 0) = msqid {}: the existing queue",
-            queue.id
-        ));
-        Ok(queue)
     }
 
-    /// `msgget(key, 0)`: the existing queue, with a plain message if none.
+    /// `msgget(key, 0)`: the existing queue, with a plain message if none,
+    /// and refused unless it is ours ([`Queue::check_ours`]).
     pub fn open(path: &Path) -> Result<Queue> {
-        let key = key_of(path)?;
-        // SAFETY: msgget takes no pointers.
-        match Errno::result(unsafe { libc::msgget(key, 0) }) {
-            Ok(id) => Ok(Queue { id }),
-            Err(Errno::ENOENT) => bail!(
+        Queue::find(path)?.with_context(|| {
+            format!(
                 "no System V queue for --key {}: a sender or receiver creates it",
                 path.display()
-            ),
+            )
+        })
+    }
+
+    /// Like [`Queue::open`], but `None` if no queue has the key (ENOENT).
+    pub fn find(path: &Path) -> Result<Option<Queue>> {
+        let key = key_of(path)?;
+        // SAFETY: msgget takes no pointers.
+        let queue = match Errno::result(unsafe { libc::msgget(key, 0) }) {
+            Ok(id) => Queue { id },
+            Err(Errno::ENOENT) => return Ok(None),
             Err(Errno::EACCES) => {
                 bail!("msgget: permission denied (EACCES): the queue belongs to another user")
             }
-            Err(e) => Err(e).context("msgget(key, 0)"),
+            Err(e) => return Err(e).context("msgget(key, 0)"),
+        };
+        queue.check_ours(&format!("for --key {}", path.display()))?;
+        Ok(Some(queue))
+    }
+
+    /// A queue this demo did not just create is someone else's until
+    /// proven otherwise, even for root (who may read, write and remove any
+    /// queue): its owner and creator must be our effective uid, and its
+    /// mode the 0600 this demo gives its queues. Otherwise we leave it
+    /// alone and say whose it is.
+    pub fn check_ours(&self, what: &str) -> Result<()> {
+        let ds = match self.stat() {
+            Ok(ds) => ds,
+            // IPC_STAT needs read permission: not ours.
+            Err(Errno::EACCES) => bail!(
+                "msgctl(msqid {}, IPC_STAT): permission denied (EACCES): the queue {what} \
+                 belongs to another user",
+                self.id
+            ),
+            Err(e) => {
+                return Err(e).with_context(|| format!("msgctl(msqid {}, IPC_STAT)", self.id));
+            }
+        };
+        let me = geteuid().as_raw();
+        let perm = ds.msg_perm;
+        if perm.uid != me || perm.cuid != me {
+            let creator = if perm.cuid == perm.uid {
+                String::new()
+            } else {
+                format!(", created by {}", owner_name(perm.cuid))
+            };
+            bail!(
+                "msqid {} {what} belongs to {}{creator}, not to you, {}: leaving it alone",
+                self.id,
+                owner_name(perm.uid),
+                owner_name(me)
+            );
         }
+        let mode = perm.mode & 0o777;
+        if mode != 0o600 {
+            bail!(
+                "msqid {} {what} has mode {mode:04o}, not the 0600 this demo gives its queues: \
+                 not one of ours, leaving it alone",
+                self.id
+            );
+        }
+        Ok(())
     }
 
     /// `msgsnd`: append a message of type `mtype`. Blocks while the queue
@@ -151,8 +218,10 @@ impl Queue {
     }
 }
 
-/// `msgsnd` with a clear message for the errors a user can cause.
-fn send_checked(queue: &Queue, mtype: i64, text: &[u8]) -> Result<()> {
+/// `msgsnd` with a clear message for the errors a user can cause; gives up
+/// after `timeout` on a full queue nobody empties.
+fn send_checked(queue: &Queue, mtype: i64, text: &[u8], timeout: Duration) -> Result<()> {
+    let start = Instant::now();
     loop {
         check_stop()?;
         match queue.send(mtype, text, false) {
@@ -164,6 +233,13 @@ fn send_checked(queue: &Queue, mtype: i64, text: &[u8]) -> Result<()> {
                 let full = ds.__msg_cbytes + text.len() as u64 > ds.msg_qbytes;
                 if full && ds.msg_lrpid > 0 && !alive(ds.msg_lrpid) {
                     return Err(ReceiverGone(ds.msg_lrpid).into());
+                }
+                if start.elapsed() >= timeout {
+                    bail!(
+                        "msgsnd: the queue has been full for {} s (--timeout) and no receiver \
+                         made room",
+                        timeout.as_secs()
+                    );
                 }
             }
             Err(Errno::EINVAL) if text.len() > msgmax() => bail!(
@@ -199,8 +275,9 @@ impl std::fmt::Display for ReceiverGone {
 impl std::error::Error for ReceiverGone {}
 
 /// How often blocked msgsnd/msgrcv wake (peer::Ticker) to look at the
-/// queue's last sender or receiver pid: a queue does not tell a waiting
-/// process that its peer died; the pids in `msgctl(IPC_STAT)` are all there is.
+/// queue's last sender or receiver pid, or at a deadline: a queue does not
+/// tell a waiting process that its peer died; the pids in
+/// `msgctl(IPC_STAT)` are all there is.
 const TICK: Duration = Duration::from_millis(250);
 
 pub fn sender(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
@@ -220,7 +297,7 @@ pub fn sender(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
         if opts.texts.is_empty() {
             for seq in 0..opts.count {
                 let message = payload_message(seq, opts.size);
-                send_checked(&queue, mtype, &message)?;
+                send_checked(&queue, mtype, &message, opts.timeout)?;
                 say.message(format!(
                     "msgsnd(type {mtype}): payload #{seq} ({} bytes)",
                     message.len()
@@ -230,7 +307,7 @@ pub fn sender(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
             }
         } else {
             for text in &opts.texts {
-                send_checked(&queue, mtype, text.as_bytes())?;
+                send_checked(&queue, mtype, text.as_bytes(), opts.timeout)?;
                 say.message(format!("msgsnd(type {mtype}): {text:?}"));
                 count += 1;
                 bytes += text.len() as u64;
@@ -250,13 +327,14 @@ pub fn sender(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
         "sent {count} message(s) of type {mtype}; {}",
         queue.describe()
     ));
-    crate::summary("msgq-sysv", count, bytes, 0, start.elapsed(), say);
+    crate::figures(opts, "msgq-sysv", count, bytes, 0, start.elapsed(), say);
     Ok(())
 }
 
 pub fn receiver(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
     // A waiting receiver may create the queue for senders to come; one
     // that will not wait has nothing to do without an existing queue.
+    // Either way an existing queue must be ours before we read or remove it.
     let queue = if opts.nowait {
         Queue::open(path)?
     } else {
@@ -270,19 +348,31 @@ pub fn receiver(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
     let mut tally = Tally::new();
     let start = Instant::now();
     say.step(format!(
-        "msgrcv(msgtyp {msgtyp}{}): {}",
+        "msgrcv(msgtyp {msgtyp}{}): {}{}",
         if opts.nowait { ", IPC_NOWAIT" } else { "" },
         match msgtyp {
             0 => "the oldest message of any type".to_string(),
             t if t > 0 => format!("the oldest message of type {t}"),
             t => format!("the oldest message of the lowest type <= {}", -t),
+        },
+        if opts.nowait {
+            String::new()
+        } else {
+            format!(
+                "; giving up after {} s without a message",
+                opts.timeout.as_secs()
+            )
         }
     ));
     let _ticker = Ticker::start(TICK)?;
+    let mut last = Instant::now();
     while !opts.count_given || tally.received() < opts.count {
         check_stop()?;
         match queue.receive(msgtyp, msgmax(), flags) {
-            Ok((mtype, text)) => tally.account(&format!("type {mtype}"), &text, say),
+            Ok((mtype, text)) => {
+                last = Instant::now();
+                tally.account(&format!("type {mtype}"), &text, say)
+            }
             // The ticker's EINTR. A queue may rightly wait for senders to
             // come; but with --count we expect more, and if the queue is
             // empty and its last sender has died, nothing more will come
@@ -298,6 +388,14 @@ pub fn receiver(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
                         tally.received(),
                         opts.count
                     );
+                }
+                if last.elapsed() >= opts.timeout {
+                    // With --count, finish() below reports the shortfall.
+                    say.step(format!(
+                        "no message for {} s (--timeout): stopping",
+                        opts.timeout.as_secs()
+                    ));
+                    break;
                 }
             }
             Err(Errno::ENOMSG) => {
@@ -327,6 +425,7 @@ pub fn receiver(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
         ));
     }
     tally.finish(
+        opts,
         "msgq-sysv",
         opts.count_given.then_some(opts.count),
         elapsed,
@@ -335,6 +434,7 @@ pub fn receiver(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
 }
 
 pub fn remove(path: &Path, say: &Narrator) -> Result<()> {
+    // Root may remove any queue: check it is ours first.
     let queue = Queue::open(path)?;
     let left = queue.stat().map(|ds| ds.msg_qnum).unwrap_or(0);
     queue.remove().context("msgctl(IPC_RMID)")?;
@@ -346,77 +446,451 @@ pub fn remove(path: &Path, say: &Narrator) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------
-// Client and server over one queue
+// Client and server (the design of TLPI's svmsg_file)
 // ---------------------------------------------------------------------------
+//
+// The server's queue, found by --key, carries requests only. Each client
+// makes a private queue for its replies (msgget(IPC_PRIVATE)) and puts its
+// id in every request; the server answers into that queue.
+//
+// Why not one queue both ways, replies typed by client pid? A queue holds
+// at most msg_qbytes bytes, requests and replies together. Once requests
+// fill it, the server blocks in msgsnd of a reply while every client
+// blocks in msgsnd of its next request: nobody is left to msgrcv, and all
+// wait for ever. One client that stops reading its replies does the same
+// on its own. With a private queue per client, the server never waits for
+// a client: it replies with IPC_NOWAIT and drops a reply that does not fit.
 
-/// Requests go to the server as type 1; each reply goes back with the
-/// client's pid as its type, so a client's msgrcv(type = own pid) gets
-/// only its own replies, though all share one queue.
-pub const REQUEST_TYPE: i64 = 1;
+/// A request's first bytes: the tag, the client's reply msqid (i32,
+/// little-endian) and the request's sequence number (u64); then the
+/// payload for the server to send back.
+const REQUEST_TAG: &[u8; 4] = b"RQ01";
+pub const REQUEST_HEADER: usize = 16;
+/// Replies go into the client's private queue with this type.
+const REPLY_TYPE: i64 = 1;
 
-/// A request: "PID SEQ"; the reply: "PID SEQ answered".
-pub fn client(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
-    let queue = Queue::open(path)?;
-    let me = i64::from(std::process::id());
-    let start = Instant::now();
-    for seq in 0..opts.count {
-        send_checked(&queue, REQUEST_TYPE, format!("{me} {seq}").as_bytes())?;
-        let (mtype, reply) = loop {
-            check_stop()?;
-            match queue.receive(me, 256, 0) {
-                Ok(got) => break got,
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(e).context("msgrcv(own pid)"),
+fn request(reply_queue: libc::c_int, seq: u64, body: &[u8]) -> Vec<u8> {
+    let mut bytes = REQUEST_TAG.to_vec();
+    bytes.extend_from_slice(&reply_queue.to_le_bytes());
+    bytes.extend_from_slice(&seq.to_le_bytes());
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// Parse a request from another process: every length checked, no panic.
+fn parse_request(bytes: &[u8]) -> Option<(libc::c_int, u64, &[u8])> {
+    let rest = bytes.strip_prefix(REQUEST_TAG)?;
+    let qid = libc::c_int::from_le_bytes(rest.get(..4)?.try_into().ok()?);
+    let seq = u64::from_le_bytes(rest.get(4..12)?.try_into().ok()?);
+    Some((qid, seq, rest.get(12..)?))
+}
+
+/// The server's queue; removed (with any requests still in it) on drop.
+pub struct ServerQueue {
+    pub queue: Queue,
+    _remove: SysvGuard,
+}
+
+/// Make the server's queue for `path`, or take over one a dead server left
+/// (it is ours and nobody receives from it); refuse a live server's.
+pub fn server_queue(path: &Path, say: &Narrator) -> Result<ServerQueue> {
+    let queue = match Queue::create(path, say)? {
+        Some(queue) => queue,
+        None => {
+            let queue = Queue::open(path)?;
+            let ds = queue.stat().context("msgctl(IPC_STAT)")?;
+            if alive(ds.msg_lrpid) {
+                bail!(
+                    "msqid {} for --key {} is in use: pid {} receives from it (another server?)",
+                    queue.id,
+                    path.display(),
+                    ds.msg_lrpid
+                );
             }
-        };
-        let want = format!("{me} {seq} answered");
-        if mtype != me || reply != want.as_bytes() {
-            bail!(
-                "reply {seq}: type {mtype}, {:?}; expected type {me}, {want:?}",
-                String::from_utf8_lossy(&reply)
-            );
+            // A server killed by SIGKILL removes nothing; its queue, and
+            // the requests in it, wait for the next server.
+            let last = match ds.msg_lrpid {
+                0 => "nobody has received from it yet".to_string(),
+                pid => format!("its last receiver, pid {pid}, has exited"),
+            };
+            say.step(format!(
+                "msgget = msqid {}: a queue of yours left by an earlier process ({last}), with {} \
+                 message(s) in it: taking it over",
+                queue.id, ds.msg_qnum
+            ));
+            queue
         }
-        say.message(format!("request {seq} → reply of type {mtype}: {want:?}"));
-    }
+    };
+    let _remove = SysvGuard::new(SysvKind::MessageQueue, queue.id);
+    // msgrcv records the receiver's pid in msg_lrpid, which clients read
+    // to tell whether a server is alive. One message to ourselves puts our
+    // pid there before the first request.
+    let me = i64::from(std::process::id());
+    queue
+        .send(me, b"server started", true)
+        .context("msgsnd(to ourselves)")?;
+    queue
+        .receive(me, 64, libc::IPC_NOWAIT)
+        .context("msgrcv(from ourselves)")?;
     say.step(format!(
-        "{} requests, every reply my own, in {:.3} s",
-        opts.count,
-        start.elapsed().as_secs_f64()
+        "msgrcv of one message to myself: msg_lrpid = {me}, so clients can see a live server"
     ));
+    Ok(ServerQueue { queue, _remove })
+}
+
+/// Is `id` a client's reply queue we may write to or remove? A forged
+/// request could name any queue (someone else's, if we are root): it must
+/// be private (key IPC_PRIVATE), ours, and 0600.
+fn check_client_queue(id: libc::c_int) -> Result<libc::msqid_ds, String> {
+    let queue = Queue { id };
+    let ds = queue
+        .stat()
+        .map_err(|e| format!("msqid {id}: {}", e.desc()))?;
+    let me = geteuid().as_raw();
+    let perm = ds.msg_perm;
+    if perm.__key != libc::IPC_PRIVATE || perm.uid != me || perm.cuid != me {
+        return Err(format!(
+            "msqid {id} is not a private queue of yours (key {:#x}, owner {})",
+            perm.__key,
+            owner_name(perm.uid)
+        ));
+    }
+    if perm.mode & 0o777 != 0o600 {
+        return Err(format!("msqid {id} has mode {:04o}", perm.mode & 0o777));
+    }
+    Ok(ds)
+}
+
+/// Clients seen by a server (reply msqid → pid). A client killed by
+/// SIGKILL cannot remove its private queue; the server removes the queues
+/// of dead clients when it notices, and when it stops.
+struct Clients<'a> {
+    seen: HashMap<libc::c_int, i64>,
+    say: &'a Narrator,
+}
+
+impl Clients<'_> {
+    fn remove_if_dead(&self, qid: libc::c_int, pid: i64) -> bool {
+        // A type that is no pid (too large) cannot be a live client.
+        if alive(i32::try_from(pid).unwrap_or(0)) {
+            return false;
+        }
+        // Still its queue? Private, ours, and read last by that client (or
+        // never read): then nobody will ever read it again.
+        if let Ok(ds) = check_client_queue(qid)
+            && (ds.msg_lrpid == 0 || i64::from(ds.msg_lrpid) == pid)
+            && (Queue { id: qid }).remove().is_ok()
+        {
+            self.say.step(format!(
+                "client pid {pid} has exited without removing its queue: removed msqid {qid}"
+            ));
+        }
+        true
+    }
+}
+
+impl Drop for Clients<'_> {
+    fn drop(&mut self) {
+        for (&qid, &pid) in &self.seen {
+            self.remove_if_dead(qid, pid);
+        }
+    }
+}
+
+/// What a server or client moved.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Moved {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+/// The server role: make the queue, serve, remove the queue.
+pub fn server(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
+    let queue = server_queue(path, say)?;
+    let start = Instant::now();
+    let limit = opts.count_given.then_some(opts.count);
+    let timeout = opts.timeout_given.then_some(opts.timeout);
+    let moved = serve(&queue, limit, timeout, say)?;
+    say.step(format!(
+        "msgctl(msqid {}, IPC_RMID): my queue is gone",
+        queue.queue.id
+    ));
+    crate::figures(
+        opts,
+        "msgq-sysv",
+        moved.messages,
+        moved.bytes,
+        0,
+        start.elapsed(),
+        say,
+    );
     Ok(())
 }
 
-/// Serve `total` requests: read type 1, answer with the client's pid as type.
-pub fn serve(queue: &Queue, total: u64, say: &Narrator, deadline: Duration) -> Result<u64> {
-    let start = Instant::now();
-    let mut served = 0;
-    while served < total {
+/// Answer requests: each reply carries the request's payload back to the
+/// client's private queue. Stops after `limit` replies (if given), or with
+/// an error after `timeout` without a request (if given). Without a
+/// timeout the wait for requests is unbounded: a server waits for clients
+/// for as long as it runs, until Ctrl-C or SIGTERM.
+pub fn serve(
+    server: &ServerQueue,
+    limit: Option<u64>,
+    timeout: Option<Duration>,
+    say: &Narrator,
+) -> Result<Moved> {
+    let queue = server.queue;
+    let mut clients = Clients {
+        seen: HashMap::new(),
+        say,
+    };
+    say.step(format!(
+        "waiting for requests on msqid {} (msgrcv blocks{}; Ctrl-C to stop){}",
+        queue.id,
+        match timeout {
+            Some(t) => format!(", at most {} s without a request", t.as_secs()),
+            None => ", for as long as no client comes".into(),
+        },
+        limit.map_or(String::new(), |n| format!(": serving {n} request(s)"))
+    ));
+    // Only a timeout needs waking up: Ctrl-C and SIGTERM interrupt msgrcv
+    // themselves (their handler has no SA_RESTART).
+    let _ticker = timeout
+        .map(|_| Ticker::start(Duration::from_secs(1)))
+        .transpose()?;
+    let mut moved = Moved::default();
+    let mut served = 0u64;
+    let mut last = Instant::now();
+    while limit.is_none_or(|n| served < n) {
         check_stop()?;
-        if start.elapsed() > deadline {
-            bail!("served {served} of {total} requests in {deadline:?}: a client is missing");
-        }
-        let (_, request) = match queue.receive(REQUEST_TYPE, 256, libc::IPC_NOWAIT) {
+        // msgtyp 0: the oldest request, whoever sent it (its type is the
+        // client's pid). Blocks until one comes.
+        let (pid, bytes) = match queue.receive(0, msgmax(), 0) {
             Ok(got) => got,
-            Err(Errno::ENOMSG) => {
-                std::thread::sleep(Duration::from_millis(1));
+            Err(Errno::EINTR) => {
+                if let Some(t) = timeout.filter(|t| last.elapsed() >= *t) {
+                    bail!(
+                        "no request for {} s (--timeout): served {served}{}",
+                        t.as_secs(),
+                        limit.map_or(String::new(), |n| format!(" of {n} requests"))
+                    );
+                }
                 continue;
             }
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e).context("msgrcv(type 1)"),
+            Err(Errno::EIDRM | Errno::EINVAL) => bail!("msgrcv: my queue was removed"),
+            Err(e) => return Err(e).context("msgrcv(server queue)"),
         };
-        let text = String::from_utf8_lossy(&request).into_owned();
-        let client: i64 = text
-            .split(' ')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .filter(|p| *p > 0)
-            .context(
-                // A malformed request cannot be answered: there is no type to send it to.
-                "a request without a valid client pid",
-            )?;
-        send_checked(queue, client, format!("{text} answered").as_bytes())?;
-        say.message(format!("request {text:?} → reply of type {client}"));
-        served += 1;
+        last = Instant::now();
+        moved.messages += 1;
+        moved.bytes += bytes.len() as u64;
+        let Some((qid, seq, body)) = parse_request(&bytes) else {
+            say.step(format!(
+                "a {}-byte message of type {pid} is not a request: dropped",
+                bytes.len()
+            ));
+            continue;
+        };
+        clients.seen.insert(qid, pid);
+        if clients.remove_if_dead(qid, pid) {
+            say.step(format!(
+                "request {seq} from pid {pid}: the client has exited, no reply"
+            ));
+            continue;
+        }
+        if let Err(why) = check_client_queue(qid) {
+            say.step(format!(
+                "request {seq} from pid {pid} names {why}: not replying"
+            ));
+            continue;
+        }
+        // IPC_NOWAIT: a client that does not read must not stop the server.
+        match (Queue { id: qid }).send(REPLY_TYPE, body, true) {
+            Ok(()) => {
+                served += 1;
+                moved.messages += 1;
+                moved.bytes += body.len() as u64;
+                say.message(format!(
+                    "request {seq} from pid {pid} → reply into its queue msqid {qid}"
+                ));
+            }
+            Err(Errno::EAGAIN) => say.step(format!(
+                "request {seq} from pid {pid}: its queue msqid {qid} is full, reply dropped"
+            )),
+            Err(Errno::EIDRM | Errno::EINVAL) => say.step(format!(
+                "request {seq} from pid {pid}: its queue msqid {qid} is gone, reply dropped"
+            )),
+            Err(e) => return Err(e).with_context(|| format!("msgsnd(msqid {qid})")),
+        }
     }
-    Ok(served)
+    say.step(format!("served {served} request(s)"));
+    Ok(moved)
+}
+
+/// Why a client gives up on its server.
+fn server_trouble(
+    server: &Queue,
+    waited: Duration,
+    timeout: Duration,
+    seen: &mut i32,
+) -> Result<()> {
+    let ds = match server.stat() {
+        Ok(ds) => ds,
+        Err(Errno::EIDRM | Errno::EINVAL) => bail!(
+            "the server's queue msqid {} was removed: the server has stopped",
+            server.id
+        ),
+        Err(e) => return Err(e).context("msgctl(server queue, IPC_STAT)"),
+    };
+    // The first live receiver we see is the server (it receives one
+    // message from itself at start); once it has gone, nobody will answer.
+    if *seen == 0 && alive(ds.msg_lrpid) {
+        *seen = ds.msg_lrpid;
+    } else if *seen > 0 && !alive(*seen) {
+        bail!("the server (pid {seen}) has exited without answering");
+    }
+    if waited >= timeout {
+        bail!(
+            "no reply within {} s (--timeout): no server is answering on msqid {}",
+            timeout.as_secs(),
+            server.id
+        );
+    }
+    Ok(())
+}
+
+/// The client role: `--count` requests of `--size` bytes, each answered
+/// into our private queue and checked.
+pub fn client(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
+    // Several clients may share a terminal: name each by its pid.
+    let say = &say.with_role(format!("client {}", std::process::id()));
+    // The server makes its queue: none means no server (yet).
+    let server = Queue::find(path)?.with_context(|| {
+        format!(
+            "no server for --key {}: its queue does not exist; start one first with \
+             'msgq-demo sysv server --key {}'",
+            path.display(),
+            path.display()
+        )
+    })?;
+    // SAFETY: msgget takes no pointers. IPC_PRIVATE always makes a new
+    // queue, which only its id (passed in our requests) can reach.
+    let id = Errno::result(unsafe { libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600) })
+        .context("msgget(IPC_PRIVATE)")?;
+    let mine = Queue { id };
+    // Removed on every way out: nobody else reads it.
+    let _remove = SysvGuard::new(SysvKind::MessageQueue, id);
+    say.step(format!(
+        "msgget(IPC_PRIVATE, 0600) = msqid {id}: my private queue for replies, removed when I exit"
+    ));
+    let mut seen = 0;
+    let ds = server.stat().context("msgctl(server queue, IPC_STAT)")?;
+    if alive(ds.msg_lrpid) {
+        seen = ds.msg_lrpid;
+        say.step(format!(
+            "server pid {seen} serves msqid {}; waiting at most {} s for each reply",
+            server.id,
+            opts.timeout.as_secs()
+        ));
+    } else {
+        say.step(format!(
+            "waiting for a server: nobody receives from msqid {} yet; giving up after {} s \
+             (--timeout)",
+            server.id,
+            opts.timeout.as_secs()
+        ));
+    }
+    let me = i64::from(std::process::id());
+    let _ticker = Ticker::start(TICK)?;
+    let start = Instant::now();
+    let mut moved = Moved::default();
+    let result = (|| -> Result<()> {
+        for seq in 0..opts.count {
+            let body = payload_message(seq, opts.size);
+            let asked = Instant::now();
+            // Our requests' type is our pid: the server takes any type
+            // (msgtyp 0), and we can take an unanswered one back.
+            loop {
+                check_stop()?;
+                match server.send(me, &request(id, seq, &body), false) {
+                    Ok(()) => break,
+                    Err(Errno::EINTR) => {
+                        server_trouble(&server, asked.elapsed(), opts.timeout, &mut seen)?
+                    }
+                    Err(Errno::EIDRM | Errno::EINVAL) => {
+                        bail!("the server's queue was removed: the server has stopped")
+                    }
+                    Err(e) => return Err(e).context("msgsnd(request)"),
+                }
+            }
+            let reply = loop {
+                check_stop()?;
+                match mine.receive(0, msgmax(), 0) {
+                    Ok(got) => break got,
+                    Err(Errno::EINTR) => {
+                        // The reply may have come just as the server left.
+                        if let Ok(got) = mine.receive(0, msgmax(), libc::IPC_NOWAIT) {
+                            break got;
+                        }
+                        server_trouble(&server, asked.elapsed(), opts.timeout, &mut seen)?
+                    }
+                    Err(e) => return Err(e).context("msgrcv(my queue)"),
+                }
+            };
+            if reply != (REPLY_TYPE, body.clone()) {
+                bail!(
+                    "reply {seq}: type {}, {} bytes, not the type {REPLY_TYPE} echo of my request",
+                    reply.0,
+                    reply.1.len()
+                );
+            }
+            moved.messages += 1;
+            moved.bytes += body.len() as u64;
+            say.message(format!(
+                "request {seq} → reply in my queue ({} bytes, checked)",
+                body.len()
+            ));
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        // Leave nothing behind: take back an unanswered request (its type
+        // is our pid), so that a later server does not answer a dead client.
+        if let Ok((_, bytes)) = server.receive(me, msgmax(), libc::IPC_NOWAIT) {
+            say.step(format!(
+                "took my unanswered request back from msqid {} ({} bytes)",
+                server.id,
+                bytes.len()
+            ));
+        }
+        return Err(e);
+    }
+    say.step(format!(
+        "{} request(s), every reply my own, in {:.3} s",
+        opts.count,
+        start.elapsed().as_secs_f64()
+    ));
+    crate::figures(
+        opts,
+        "msgq-sysv",
+        moved.messages,
+        moved.bytes,
+        0,
+        start.elapsed(),
+        say,
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_short_ones_are_refused() {
+        let bytes = request(42, 7, b"body");
+        assert_eq!(parse_request(&bytes), Some((42, 7, &b"body"[..])));
+        for n in 0..REQUEST_HEADER {
+            assert_eq!(parse_request(&bytes[..n]), None);
+        }
+        assert_eq!(parse_request(b"XXXXXXXXXXXXXXXXXXXX"), None);
+    }
 }
