@@ -126,6 +126,20 @@ impl Peer {
         }
     }
 
+    /// True if the child ends (and is reaped) within `timeout`.
+    fn exits_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            sleep(POLL);
+        }
+    }
+
     fn kill_and_reap(&mut self) {
         // SIGKILL cannot be caught: the child ends now, then we reap it so
         // that it does not stay a zombie.
@@ -139,18 +153,20 @@ impl Drop for Peer {
         if !matches!(self.child.try_wait(), Ok(None)) {
             return; // already ended and reaped
         }
+        // After Ctrl-C the child most likely got the same signal (a
+        // terminal signals the whole process group) and is cleaning up: a
+        // SIGTERM now would be its second stop signal, which ends it at
+        // once. Give it a moment to finish on its own first.
+        if crate::cleanup::stop_requested().is_some() && self.exits_within(Duration::from_secs(2)) {
+            return;
+        }
         // Ask politely first, so the child can clean up its own objects;
         // SIGKILL if it has not finished within a few seconds.
         let pid = Pid::from_raw(self.child.id() as i32);
         let _ = kill(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            sleep(POLL);
+        if !self.exits_within(Duration::from_secs(5)) {
+            self.kill_and_reap();
         }
-        self.kill_and_reap();
     }
 }
 
