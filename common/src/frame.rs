@@ -262,17 +262,21 @@ impl<T> Idle<T> {
         self.last_progress = Instant::now();
     }
 
+    /// The `TimedOut` error if `limit` has passed without progress, for a
+    /// caller that waits outside `read`/`write` (e.g. in `poll`).
+    pub fn check(&self) -> io::Result<()> {
+        if self.last_progress.elapsed() >= self.limit {
+            return Err(io::Error::new(ErrorKind::TimedOut, IdleTimeout(self.limit)));
+        }
+        Ok(())
+    }
+
     /// The outcome of one call: progress restarts the clock; an `EINTR`
     /// after `limit` without progress becomes `TimedOut`.
     fn account(&mut self, result: io::Result<usize>) -> io::Result<usize> {
         match &result {
             Ok(n) if *n > 0 => self.last_progress = Instant::now(),
-            Err(e)
-                if e.kind() == ErrorKind::Interrupted
-                    && self.last_progress.elapsed() >= self.limit =>
-            {
-                return Err(io::Error::new(ErrorKind::TimedOut, IdleTimeout(self.limit)));
-            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => self.check()?,
             _ => {}
         }
         result

@@ -467,9 +467,10 @@ struct Writer {
 ///
 /// While a writer is mid-stream, though, the reader *wants* EOF: it is how
 /// a writer that dies is noticed at once. So it holds the dummy only while
-/// no writer is mid-stream, closes it when a writer's first frame arrives,
-/// and opens it again after that writer's end marker (EOF is decided at
-/// read() time, so a writer that closed just before cannot slip in an EOF).
+/// it waits for a writer: it polls until bytes arrive, closes the dummy,
+/// reads, and opens it again after that writer's end marker (EOF is
+/// decided at read() time, so a writer that closed just before cannot slip
+/// in an EOF while we hold the dummy).
 struct Server<'a> {
     path: &'a Path,
     checked: FileStat,
@@ -528,7 +529,12 @@ impl<'a> Server<'a> {
     fn serve_until(&mut self, target: u64) -> Result<()> {
         let p = self.path.display();
         while self.finished < target {
-            self.apply_dummy_rule()?;
+            if self.mid_stream().is_empty() {
+                self.hold_dummy()?;
+                self.wait_for_bytes()?;
+            }
+            // Bytes from a writer: from now on its death must show as EOF.
+            self.dummy = None;
             match frame::read_frame_or_end(&mut self.fifo, MAX_FRAME) {
                 Ok(Some(Frame::Data(message))) => self.data(&message)?,
                 Ok(Some(Frame::End(payload))) => self.end(&payload),
@@ -537,21 +543,46 @@ impl<'a> Server<'a> {
                      they stopped mid-stream (killed or interrupted)",
                     self.mid_stream()
                 ),
+                // (An empty list: the bytes came from a writer that sent no
+                // whole tagged frame, so its pid is unknown.)
                 Err(e) => {
-                    let waiting = if self.mid_stream().is_empty() {
-                        format!(
-                            "waiting for writer {} of {target} (or the rest of its first frame)",
-                            self.finished + 1
-                        )
+                    let from = if self.mid_stream().is_empty() {
+                        format!("writer {} of {target}", self.finished + 1)
                     } else {
-                        format!("reading from writer(s) {:?}", self.mid_stream())
+                        format!("writer(s) {:?}", self.mid_stream())
                     };
-                    return Err(anyhow::Error::new(e).context(format!("read({p}), {waiting}")));
+                    return Err(
+                        anyhow::Error::new(e).context(format!("read({p}), reading from {from}"))
+                    );
                 }
             }
         }
         // After the last end marker too: the story goes on reading.
         self.apply_dummy_rule()
+    }
+
+    /// Wait until the FIFO has bytes to read, at most the idle timeout.
+    /// poll, not read: read() would consume the bytes before we could
+    /// close the dummy.
+    fn wait_for_bytes(&mut self) -> Result<()> {
+        let p = self.path.display();
+        loop {
+            check_stop()?;
+            let mut fds = [PollFd::new(
+                self.fifo.0.get_ref().as_fd(),
+                PollFlags::POLLIN,
+            )];
+            match poll(&mut fds, PollTimeout::from(1000u16)) {
+                // Nothing yet (or the tick interrupted us): look at the clock.
+                Ok(0) | Err(Errno::EINTR) => {
+                    self.fifo.0.check().with_context(|| {
+                        format!("poll({p}), waiting for writer {}", self.finished + 1)
+                    })?;
+                }
+                Ok(_) => return Ok(()),
+                Err(e) => return Err(e).with_context(|| format!("poll({p})")),
+            }
+        }
     }
 
     /// The dummy rule above: held between writers, closed during one.
@@ -770,7 +801,7 @@ fn story_writers(
         "open(O_WRONLY|O_NONBLOCK) → my own write end (the dummy writer fd), at once since \
          I am a reader. read() gives EOF only when no write end is open: while I hold one, \
          a gap between two writers is not the end, so I count end markers instead. (I close \
-         it while a writer is mid-stream, so that a writer that dies shows as EOF.)",
+         it while a writer's bytes flow, so that a writer that dies shows as EOF.)",
     );
     let frame_len = HEADER_LEN + TAG_LEN + opts.size;
     let atomic = frame_len <= libc::PIPE_BUF;

@@ -754,3 +754,33 @@ fn help_names_the_end_marker_and_the_unbounded_waits() {
         );
     }
 }
+
+#[test]
+fn a_writer_that_dies_inside_its_first_frame_is_noticed_at_once() {
+    // The dummy writer fd must not hide this writer's EOF: the receiver
+    // closes it as soon as bytes arrive.
+    let dir = test_dir();
+    let path = dir.path().join("first-frame.fifo");
+    let mut receiver = Proc::spawn(FIFO_DEMO, &["receiver", "--path", s(&path)]);
+    receiver.wait_for_line(|l| l.contains("waits until a writer opens"), SHORT);
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    receiver.wait_for_line(|l| l.contains("the dummy writer fd"), SHORT);
+    std::io::Write::write_all(&mut writer, &[64, 0, 0, 0, b'a', b'b', b'c']).unwrap();
+    sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    drop(writer); // the writer is gone
+    let out = receiver.finish(SHORT);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("stream ended inside a frame"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}: the default --timeout, not EOF",
+        started.elapsed()
+    );
+    assert!(!path.exists());
+}
