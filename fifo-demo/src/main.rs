@@ -958,7 +958,9 @@ fn open_rules(path: &Path, checked: &FileStat, say: &Narrator) -> Result<()> {
 fn sender(opts: &Options) -> Result<()> {
     let path = opts.path.as_deref().expect("checked by parse_options");
     let p = path.display();
-    let say = Narrator::new("sender", opts.quiet, Stream::Stdout);
+    // The pid in the label: the receiver names writers by pid.
+    let role = format!("sender pid {}", std::process::id());
+    let say = Narrator::new(role, opts.quiet, Stream::Stdout);
     let checked = existing_fifo(path)?.with_context(|| {
         format!("no FIFO at {p}: start 'fifo-demo receiver --path {p}' first; it creates the FIFO")
     })?;
