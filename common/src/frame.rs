@@ -20,6 +20,15 @@
 //! - a length over the limit: a broken or hostile writer; rejected before
 //!   allocating anything ([`FrameError::TooLong`]).
 //!
+//! A byte stream also cannot say whether the writer *finished* or was cut
+//! off at a frame boundary (killed, Ctrl-C'd): both end with EOF. A writer
+//! that wants the difference seen ends with an **end marker**
+//! ([`write_end`]): a header whose length is [`END_MARK`] (`0xFFFF_FFFF`,
+//! over any frame limit, so an old reader rejects it rather than take it
+//! for data), then one ordinary frame of at most [`MAX_END`] bytes saying
+//! what the writer sent (e.g. its message count). [`read_frame_or_end`]
+//! returns it as [`Frame::End`]; EOF before it means the stream was cut.
+//!
 //! Short reads and writes are continued and `EINTR` is retried. To stop a
 //! blocked read on Ctrl-C, wrap the stream in
 //! [`cleanup::StopOnSignal`](crate::cleanup::StopOnSignal), which turns
@@ -28,6 +37,7 @@
 
 use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
+use std::time::{Duration, Instant};
 
 /// Bytes of the length prefix.
 pub const HEADER_LEN: usize = 4;
@@ -35,6 +45,21 @@ pub const HEADER_LEN: usize = 4;
 /// Largest payload this module writes or accepts: 16 MiB. A reader that
 /// trusted any `u32` would allocate up to 4 GiB because a peer said so.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// The length value that marks the end of a stream instead of a frame.
+pub const END_MARK: u32 = u32::MAX;
+
+/// Largest payload of an end marker: a count and a tag, not data.
+pub const MAX_END: usize = 256;
+
+/// What [`read_frame_or_end`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// An ordinary frame's payload.
+    Data(Vec<u8>),
+    /// The end marker's payload: the writer says it is done.
+    End(Vec<u8>),
+}
 
 /// Why a frame could not be read or written.
 #[derive(Debug)]
@@ -65,7 +90,9 @@ impl fmt::Display for FrameError {
                 "stream ended inside a frame ({got} of {expected} bytes): \
                  the writer stopped mid-message"
             ),
-            FrameError::Io(e) => write!(f, "{e}"),
+            // The io::Error itself is the source (next in the chain), so
+            // it is not repeated here.
+            FrameError::Io(_) => f.write_str("I/O error"),
         }
     }
 }
@@ -109,13 +136,22 @@ pub fn write_frame<W: Write + ?Sized>(w: &mut W, payload: &[u8]) -> Result<(), F
 ///
 /// `Ok(None)` is a clean end of stream at a frame boundary.
 pub fn read_frame<R: Read + ?Sized>(r: &mut R, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
-    let max = max.min(MAX_FRAME);
     let mut header = [0u8; HEADER_LEN];
     match read_full(r, &mut header)? {
         0 => return Ok(None),
         HEADER_LEN => {}
         got => return Err(FrameError::TruncatedHeader { got }),
     }
+    read_body(r, header, max).map(Some)
+}
+
+/// The payload after `header`, checked against `max` before allocating.
+fn read_body<R: Read + ?Sized>(
+    r: &mut R,
+    header: [u8; HEADER_LEN],
+    max: usize,
+) -> Result<Vec<u8>, FrameError> {
+    let max = max.min(MAX_FRAME);
     let len = u32::from_le_bytes(header);
     // Check before allocating: the length came from another process.
     if len as usize > max {
@@ -132,7 +168,137 @@ pub fn read_frame<R: Read + ?Sized>(r: &mut R, max: usize) -> Result<Option<Vec<
             got,
         });
     }
-    Ok(Some(payload))
+    Ok(payload)
+}
+
+/// Write the end marker: [`END_MARK`], then `payload` as one frame, all in
+/// one `write` (atomic on a pipe: at most [`MAX_END`] + 8 bytes).
+pub fn write_end<W: Write + ?Sized>(w: &mut W, payload: &[u8]) -> Result<(), FrameError> {
+    if payload.len() > MAX_END {
+        return Err(FrameError::TooLong {
+            len: payload.len() as u64,
+            max: MAX_END,
+        });
+    }
+    let mut marker = Vec::with_capacity(2 * HEADER_LEN + payload.len());
+    marker.extend_from_slice(&END_MARK.to_le_bytes());
+    marker.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    marker.extend_from_slice(payload);
+    w.write_all(&marker)?;
+    Ok(())
+}
+
+/// Read one frame of at most `max` bytes, or the end marker.
+///
+/// `Ok(None)` is EOF at a frame boundary: for a writer that sends an end
+/// marker, EOF *before* the marker means the stream was cut off.
+pub fn read_frame_or_end<R: Read + ?Sized>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<Frame>, FrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    match read_full(r, &mut header)? {
+        0 => return Ok(None),
+        HEADER_LEN => {}
+        got => return Err(FrameError::TruncatedHeader { got }),
+    }
+    if u32::from_le_bytes(header) == END_MARK {
+        // The marker's own frame must follow: EOF here is a cut stream too.
+        return match read_frame(r, MAX_END)? {
+            Some(payload) => Ok(Some(Frame::End(payload))),
+            None => Err(FrameError::TruncatedHeader { got: 0 }),
+        };
+    }
+    read_body(r, header, max).map(|p| Some(Frame::Data(p)))
+}
+
+/// A `Read`/`Write` wrapper with an idle timeout: once no byte has moved
+/// for `limit`, the next interrupted call fails with `TimedOut` instead of
+/// being retried.
+///
+/// A blocked `read`/`write` has no timeout of its own, so something must
+/// interrupt it: a periodic signal installed without `SA_RESTART` (e.g.
+/// `common::peer::Ticker`) makes it return `EINTR` (or a short count)
+/// every tick; this wrapper then looks at the clock. Without such a
+/// signal it never fires.
+#[derive(Debug)]
+pub struct Idle<T> {
+    inner: T,
+    limit: Duration,
+    last_progress: Instant,
+}
+
+/// The error inside the `TimedOut` `io::Error` that [`Idle`] returns.
+#[derive(Debug)]
+pub struct IdleTimeout(pub Duration);
+
+impl fmt::Display for IdleTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the peer made no progress for {} s (--timeout): it is stalled or stopped",
+            self.0.as_secs()
+        )
+    }
+}
+
+impl std::error::Error for IdleTimeout {}
+
+impl<T> Idle<T> {
+    pub fn new(inner: T, limit: Duration) -> Self {
+        Idle {
+            inner,
+            limit,
+            last_progress: Instant::now(),
+        }
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// Start the idle clock again (e.g. when a new phase begins).
+    pub fn restart(&mut self) {
+        self.last_progress = Instant::now();
+    }
+
+    /// The `TimedOut` error if `limit` has passed without progress, for a
+    /// caller that waits outside `read`/`write` (e.g. in `poll`).
+    pub fn check(&self) -> io::Result<()> {
+        if self.last_progress.elapsed() >= self.limit {
+            return Err(io::Error::new(ErrorKind::TimedOut, IdleTimeout(self.limit)));
+        }
+        Ok(())
+    }
+
+    /// The outcome of one call: progress restarts the clock; an `EINTR`
+    /// after `limit` without progress becomes `TimedOut`.
+    fn account(&mut self, result: io::Result<usize>) -> io::Result<usize> {
+        match &result {
+            Ok(n) if *n > 0 => self.last_progress = Instant::now(),
+            Err(e) if e.kind() == ErrorKind::Interrupted => self.check()?,
+            _ => {}
+        }
+        result
+    }
+}
+
+impl<T: Read> Read for Idle<T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let result = self.inner.read(buf);
+        self.account(result)
+    }
+}
+
+impl<T: Write> Write for Idle<T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let result = self.inner.write(buf);
+        self.account(result)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Find one complete frame at the start of `buf`, for a reader that
@@ -354,6 +520,61 @@ mod tests {
             split_frame(&bytes, 2),
             Err(FrameError::TooLong { len: 3, max: 2 })
         ));
+    }
+
+    #[test]
+    fn end_marker_is_told_from_data_and_from_a_cut() {
+        let mut bytes = encode(&[b"one", b"two"]);
+        write_end(&mut bytes, &7u64.to_le_bytes()).unwrap();
+        let mut r = Cursor::new(bytes.clone());
+        assert_eq!(
+            read_frame_or_end(&mut r, 100).unwrap(),
+            Some(Frame::Data(b"one".to_vec()))
+        );
+        assert_eq!(
+            read_frame_or_end(&mut r, 100).unwrap(),
+            Some(Frame::Data(b"two".to_vec()))
+        );
+        assert_eq!(
+            read_frame_or_end(&mut r, 100).unwrap(),
+            Some(Frame::End(7u64.to_le_bytes().to_vec()))
+        );
+        assert_eq!(read_frame_or_end(&mut r, 100).unwrap(), None);
+        // A reader that knows no marker refuses it instead of taking it for data.
+        let mut r = Cursor::new(bytes[14..].to_vec());
+        assert!(matches!(
+            read_frame(&mut r, MAX_FRAME),
+            Err(FrameError::TooLong { .. })
+        ));
+        // A marker cut anywhere is an error, never a clean end.
+        for cut in 15..bytes.len() {
+            let mut r = Cursor::new(bytes[14..cut].to_vec());
+            assert!(read_frame_or_end(&mut r, 100).is_err(), "cut {cut}");
+        }
+        assert!(write_end(&mut Vec::new(), &[0u8; MAX_END + 1]).is_err());
+    }
+
+    #[test]
+    fn idle_times_out_only_after_the_limit_without_progress() {
+        struct Eintr;
+        impl Read for Eintr {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(ErrorKind::Interrupted.into())
+            }
+        }
+        let mut idle = Idle::new(Eintr, Duration::from_secs(3600));
+        assert_eq!(
+            idle.read(&mut [0u8; 1]).unwrap_err().kind(),
+            ErrorKind::Interrupted
+        );
+        let mut idle = Idle::new(Eintr, Duration::ZERO);
+        let err = read_frame(&mut idle, 10).unwrap_err();
+        assert!(matches!(&err, FrameError::Io(e) if e.kind() == ErrorKind::TimedOut));
+        let chain = format!("{:#}", anyhow::Error::new(err));
+        assert_eq!(
+            chain,
+            "I/O error: the peer made no progress for 0 s (--timeout): it is stalled or stopped"
+        );
     }
 
     proptest! {

@@ -16,15 +16,16 @@
 //!
 //! ## Run it
 //!
-//! One terminal, the whole story (a receiver process started from this
-//! program's own executable, not forked):
+//! One terminal, the whole story (the parent reads; the writers are
+//! processes started from this program's own executable, not forked):
 //!
 //! ```text
 //! cargo run -p fifo-demo
 //! cargo run -p fifo-demo -- --writers 4 --count 1000 --quiet
 //! ```
 //!
-//! Two terminals:
+//! Two terminals (or three: a receiver serves `--writers K` senders, one
+//! after another or at once):
 //!
 //! ```text
 //! cargo run -p fifo-demo -- receiver --path /tmp/demo.fifo
@@ -42,10 +43,14 @@
 //!
 //! - which `open` waits for whom, and the non-blocking variants (`ENXIO`);
 //! - why opening with `O_RDWR` never waits, and why that is a trick;
+//! - the dummy writer fd: a reader that holds a write end of its own sees
+//!   no EOF between two writers, so it must know by other means when it is
+//!   done (here: one end marker per writer);
 //! - several writers whose frames never interleave, because each frame is
 //!   one `write` of at most `PIPE_BUF` bytes;
 //! - EOF only when the *last* writer closes; `EPIPE` when the reader left;
-//! - the FIFO and its directory gone afterwards, also after Ctrl-C.
+//! - the FIFO and its directory gone afterwards, also after Ctrl-C, and a
+//!   FIFO left by a killed receiver taken over and removed by the next one.
 //!
 //! Uses `common` modules: `cleanup`, `cli`, `error`, `frame`, `payload`,
 //! `peer`, `report`.
@@ -61,15 +66,16 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use common::cleanup::{PathGuard, PrivateDir, StopOnSignal, check_stop, stop_on_signals};
+use common::cleanup::{PrivateDir, StopOnSignal, check_stop, stop_on_signals, stop_requested};
 use common::cli::{Args, DEFAULT_COUNT, DEFAULT_SIZE, MAX_COUNT};
-use common::error::{self, usage};
-use common::frame::{self, FrameError, HEADER_LEN, MAX_FRAME};
+use common::error::{self, Interrupted, usage};
+use common::frame::{self, Frame, FrameError, HEADER_LEN, Idle, MAX_FRAME};
 use common::payload::{self, CheckReport, Checker, MIN_SIZE, Verdict};
-use common::peer::Peer;
+use common::peer::{Peer, Ticker};
 use common::report::{Narrator, Stream, Summary};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl, open};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, lstat};
 use nix::unistd::{Whence, geteuid, lseek, mkfifo};
 
@@ -77,43 +83,76 @@ const USAGE: &str = "\
 fifo-demo: named pipes (FIFOs) between unrelated processes
 
 USAGE:
-    fifo-demo [--count N] [--size BYTES] [--writers K] [--quiet]
+    fifo-demo [--count N] [--size BYTES] [--writers K] [--timeout SECS] [--quiet]
         The whole story in one terminal: mkfifo in a private directory, the
-        open() rules, a receiver process and K writers meeting by name, EOF.
-    fifo-demo receiver --path P [--count N] [--writers K] [--lines] [--quiet]
-        Create the FIFO P if absent (and remove it on exit), open it for
-        reading, check framed messages until every writer has closed.
-    fifo-demo sender --path P [--count N] [--size BYTES] [--nonblock] [--lines] [--quiet]
-        Open the FIFO P for writing and send N framed messages.
+        open() rules, K writer processes meeting the parent by name, the
+        dummy writer fd, EOF.
+    fifo-demo receiver --path P [--count N] [--writers K] [--timeout SECS] [--lines] [--quiet]
+        Create the FIFO P (or take over a FIFO of yours left there), open it
+        for reading, and check framed messages until K writers have sent
+        their end marker; remove P on exit.
+    fifo-demo sender --path P [--count N] [--size BYTES] [--timeout SECS] [--nonblock] [--lines] [--quiet]
+        Open the FIFO P for writing, send N framed messages and the end marker.
 
 OPTIONS:
     --path P        the FIFO's path (sender and receiver)
     --count N       messages per writer to send or expect (default 5; 1 to 1000000000)
-    --size BYTES    bytes per message (default 64; 8 to 16777212)
-    --writers K     story: K writer processes at once; receiver: K writers
-                    expected (default 1; 1 to 64)
+    --size BYTES    bytes per message (default 64; 8 to 16777212: the 16 MiB
+                    frame limit less the 4-byte writer pid in every frame)
+    --writers K     writers: the story starts K (default 2: the parent shows
+                    the gap between the first and the others); the receiver
+                    waits for K end markers (default 1); 1 to 64
+    --timeout SECS  idle timeout (default 60; 1 to 86400): the longest a
+                    role waits for its peer to make progress before it gives
+                    up with exit 1: a sender for a reader to open the FIFO
+                    and for room in it; a receiver, once a first writer came,
+                    for the next bytes or the next of its K writers
     --lines         newline-delimited text instead of frames: the receiver
                     prints each line, the sender forwards its stdin; works
-                    with 'echo hi > P' and 'cat P'
+                    with 'echo hi > P' and 'cat P'. Text has no end marker:
+                    the receiver stops at EOF (the last writer closing), so
+                    a cut-off text stream cannot be told from a finished one
     --nonblock      sender: open with O_NONBLOCK, failing (ENXIO) at once
                     if no reader has the FIFO open
+    --no-summary    roles: print the figures as a narration line instead of
+                    the summary line (the story starts its writers so, and
+                    prints the run's one summary line itself)
     --quiet         no line per message, only the steps and the summary
     -h, --help      this text
 
-EXIT STATUS: 0 success, 1 runtime error (including data errors and a peer
-that died), 2 bad command line, 128+N stopped by signal N (130 for Ctrl-C).
+FRAMES: every message is a frame (u32 little-endian length, then the
+writer's pid as u32, then the checkable body). A sender ends with an END
+MARKER: the length 0xFFFFFFFF, then a 12-byte frame holding its pid and how
+many messages it sent. A receiver that reaches EOF before a writer's end
+marker reports that writer's stream as cut off (exit 1), with or without
+--count.
+
+WAITS WITHOUT A TIME LIMIT: the receiver's first open(O_RDONLY), which
+waits for a first writer (a server waits for its clients; Ctrl-C stops it).
+Every other wait is bounded by --timeout, or in the story by a deadline.
+
+EXIT STATUS: 0 success, 1 runtime error (including data errors, a cut-off
+stream, a timeout and a peer that died), 2 bad command line, 128+N stopped
+by signal N (130 for Ctrl-C), for the story too, whatever its writers did.
 ";
 
 /// Each frame's payload starts with the writer's pid (u32, little-endian),
 /// then the checkable body, so the receiver keeps one checker per writer.
 const TAG_LEN: usize = 4;
+/// The end marker's payload: the writer's pid (u32) and its count (u64).
+const END_LEN: usize = 12;
 /// Most writers the story starts and the receiver tracks.
 const MAX_WRITERS: u64 = 64;
 /// Longest line accepted in `--lines` mode: a writer that sends no newline
 /// cannot make the receiver buffer without end.
 const MAX_LINE: usize = 1024 * 1024;
-/// How long the story waits for a process that should be finishing.
+/// How long the story waits for a writer process that should be finishing.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default idle timeout (`--timeout`).
+const DEFAULT_TIMEOUT: u64 = 60;
+/// How often blocked calls wake (a SIGALRM tick) to look at the clock: a
+/// blocked open(), read() or write() has no timeout of its own.
+const TICK: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     error::run("fifo-demo", run)
@@ -126,8 +165,10 @@ struct Options {
     size: usize,
     writers: u64,
     writers_given: bool,
+    timeout: Duration,
     lines: bool,
     nonblock: bool,
+    no_summary: bool,
     quiet: bool,
 }
 
@@ -138,10 +179,19 @@ fn run() -> Result<()> {
     // Ctrl-C/SIGTERM end blocked calls (open, read, write) with EINTR, so
     // each role can remove what it created before exiting.
     stop_on_signals()?;
-    match role.as_deref() {
+    // A SIGALRM every second interrupts blocked calls too (EINTR), so that
+    // each wait can look at its deadline; see frame::Idle.
+    let _ticker = Ticker::start(TICK)?;
+    let result = match role.as_deref() {
         None => story(&opts),
         Some("receiver") => receiver(&opts),
         _ => sender(&opts),
+    };
+    // Stopped by a signal: that is the outcome (exit 128+N), whatever
+    // error the stop caused on the way out (an EPIPE, a writer's exit 130).
+    match stop_requested() {
+        Some(signal) => Err(Interrupted(signal).into()),
+        None => result,
     }
 }
 
@@ -151,10 +201,13 @@ fn parse_options(args: &mut Args, role: Option<&str>) -> Result<Options> {
         count: DEFAULT_COUNT,
         count_given: false,
         size: DEFAULT_SIZE,
-        writers: 1,
+        // The story's default shows the gap between two writers.
+        writers: if role.is_none() { 2 } else { 1 },
         writers_given: false,
+        timeout: Duration::from_secs(DEFAULT_TIMEOUT),
         lines: false,
         nonblock: false,
+        no_summary: false,
         quiet: false,
     };
     let mut size_given = false;
@@ -173,8 +226,12 @@ fn parse_options(args: &mut Args, role: Option<&str>) -> Result<Options> {
                 opts.writers = args.number("--writers", 1, MAX_WRITERS)?;
                 opts.writers_given = true;
             }
+            "--timeout" => {
+                opts.timeout = Duration::from_secs(args.number("--timeout", 1, 86_400)?);
+            }
             "--lines" => opts.lines = true,
             "--nonblock" => opts.nonblock = true,
+            "--no-summary" => opts.no_summary = true,
             "--quiet" => opts.quiet = true,
             other => return Err(args.unknown(other)),
         }
@@ -186,8 +243,11 @@ fn parse_options(args: &mut Args, role: Option<&str>) -> Result<Options> {
             if opts.path.is_some() {
                 return Err(not_for("--path", "of the story (it makes its own FIFO)"));
             }
-            if opts.lines || opts.nonblock {
-                return Err(not_for("--lines/--nonblock", "of the story; use the roles"));
+            if opts.lines || opts.nonblock || opts.no_summary {
+                return Err(not_for(
+                    "--lines/--nonblock/--no-summary",
+                    "of the story; use the roles",
+                ));
             }
         }
         Some(role) => {
@@ -198,6 +258,12 @@ fn parse_options(args: &mut Args, role: Option<&str>) -> Result<Options> {
             }
             if role == "receiver" && (size_given || opts.nonblock) {
                 return Err(not_for("--size/--nonblock", "of the receiver"));
+            }
+            if role == "receiver" && opts.lines && opts.writers_given {
+                return Err(usage(
+                    "--lines reads text until EOF, which has no end markers to count: \
+                     --writers does not apply",
+                ));
             }
             if role == "sender" && opts.writers_given {
                 return Err(not_for(
@@ -246,7 +312,8 @@ fn existing_fifo(path: &Path) -> Result<Option<FileStat>> {
     let me = geteuid().as_raw();
     if st.st_uid != me {
         bail!(
-            "{p} is a FIFO owned by uid {}, not by you (uid {me}): refusing to use it",
+            "{p} is a FIFO owned by uid {}, not by you (uid {me}): refusing to use it, \
+             and leaving it in place; choose another --path",
             st.st_uid
         );
     }
@@ -254,8 +321,14 @@ fn existing_fifo(path: &Path) -> Result<Option<FileStat>> {
 }
 
 /// open(2) the FIFO checked by [`existing_fifo`], retrying EINTR until a
-/// stop signal, and make sure the opened file is the one we checked.
-fn open_fifo(path: &Path, flags: OFlag, checked: &FileStat) -> Result<OwnedFd> {
+/// stop signal or `give_up`, and make sure the opened file is the one we
+/// checked. Without `give_up` a blocking open waits as long as it takes.
+fn open_fifo(
+    path: &Path,
+    flags: OFlag,
+    checked: &FileStat,
+    give_up: Option<Instant>,
+) -> Result<OwnedFd> {
     // O_NOFOLLOW: if someone swapped the name for a symlink since lstat,
     // open fails (ELOOP) instead of opening whatever the link points to.
     let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -264,9 +337,13 @@ fn open_fifo(path: &Path, flags: OFlag, checked: &FileStat) -> Result<OwnedFd> {
         check_stop()?;
         match open(path, flags, Mode::empty()) {
             Ok(fd) => break fd,
-            // A signal interrupted the wait for the other side; check_stop
-            // above decides whether to give up or wait again.
-            Err(Errno::EINTR) => continue,
+            // A signal (Ctrl-C, or the one-second tick) interrupted the wait
+            // for the other side: give up, or wait again.
+            Err(Errno::EINTR) => {
+                if give_up.is_some_and(|t| Instant::now() >= t) {
+                    return Err(OpenTimeout(path.to_path_buf()).into());
+                }
+            }
             Err(Errno::ENXIO) => return Err(NoReader(path.to_path_buf()).into()),
             Err(Errno::ELOOP) => bail!("open({p}): it became a symbolic link: refusing it"),
             Err(e) => return Err(e).with_context(|| format!("open({p})")),
@@ -299,11 +376,57 @@ impl std::fmt::Display for NoReader {
 
 impl std::error::Error for NoReader {}
 
+/// A blocking open() of the FIFO found no peer before its deadline.
+#[derive(Debug)]
+struct OpenTimeout(PathBuf);
+
+impl std::fmt::Display for OpenTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "open({}): nobody opened the other end in time (--timeout): is a receiver \
+             running? A FIFO left by a killed receiver has none",
+            self.0.display()
+        )
+    }
+}
+
+impl std::error::Error for OpenTimeout {}
+
 fn create_fifo(path: &Path) -> Result<()> {
     // 0600: only this user may open it. mkfifo fails with EEXIST rather
     // than replace anything.
     mkfifo(path, Mode::S_IRUSR | Mode::S_IWUSR)
         .with_context(|| format!("mkfifo({}, 0600)", path.display()))
+}
+
+/// Removes the receiver's FIFO on drop (every way out, Ctrl-C included),
+/// but only if the name still is the FIFO we checked: a file someone put
+/// there since is not ours to delete. SIGKILL runs no drop: the next
+/// receiver finds the FIFO and takes it over.
+#[derive(Debug)]
+struct FifoGuard {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl FifoGuard {
+    fn new(path: &Path, st: &FileStat) -> Self {
+        FifoGuard {
+            path: path.to_path_buf(),
+            id: (st.st_dev, st.st_ino),
+        }
+    }
+}
+
+impl Drop for FifoGuard {
+    fn drop(&mut self) {
+        if let Ok(st) = lstat(&self.path)
+            && (st.st_dev, st.st_ino) == self.id
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 fn describe(st: &FileStat) -> String {
@@ -317,6 +440,272 @@ fn describe(st: &FileStat) -> String {
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+// ---------------------------------------------------------------------------
+// The receiving side: the read end, the dummy writer fd, a checker per writer
+// ---------------------------------------------------------------------------
+
+/// One writer as the reader sees it.
+#[derive(Debug)]
+struct Writer {
+    checker: Checker,
+    /// The count from its end marker, once that arrived.
+    sent: Option<u64>,
+}
+
+/// The reader of framed messages from K writers (the story's parent and
+/// the receiver role both use it).
+///
+/// **The dummy writer fd.** read() on a FIFO returns 0 (EOF) as soon as no
+/// process has it open for writing. Between two writers (one closed, the
+/// next not yet opened) that is true for a moment, and a reader that stops
+/// at EOF misses every later writer. The classic answer (Kerrisk, TLPI
+/// 44.8): the reader opens the FIFO for writing too, never writes, and so
+/// never sees EOF; it must then know by other means when it is done. Here:
+/// every writer ends with an end marker, and the reader stops after K.
+///
+/// While a writer is mid-stream, though, the reader *wants* EOF: it is how
+/// a writer that dies is noticed at once. So it holds the dummy only while
+/// it waits for a writer: it polls until bytes arrive, closes the dummy,
+/// reads, and opens it again after that writer's end marker (EOF is
+/// decided at read() time, so a writer that closed just before cannot slip
+/// in an EOF while we hold the dummy).
+struct Server<'a> {
+    path: &'a Path,
+    checked: FileStat,
+    fifo: StopOnSignal<Idle<File>>,
+    dummy: Option<OwnedFd>,
+    writers: BTreeMap<u32, Writer>,
+    /// Frames too short to carry a writer pid, or bad end markers.
+    untagged: u64,
+    finished: u64,
+    /// Messages per writer, if known.
+    expected: Option<u64>,
+    quiet: bool,
+    say: &'a Narrator,
+}
+
+impl<'a> Server<'a> {
+    fn new(
+        path: &'a Path,
+        checked: FileStat,
+        read_end: OwnedFd,
+        opts: &Options,
+        expected: Option<u64>,
+        say: &'a Narrator,
+    ) -> Self {
+        Server {
+            path,
+            checked,
+            fifo: StopOnSignal(Idle::new(File::from(read_end), opts.timeout)),
+            dummy: None,
+            writers: BTreeMap::new(),
+            untagged: 0,
+            finished: 0,
+            expected,
+            quiet: opts.quiet,
+            say,
+        }
+    }
+
+    /// Open the dummy write end. O_NONBLOCK: we hold a read end, so this
+    /// cannot fail with ENXIO, and it must not wait for anything.
+    fn hold_dummy(&mut self) -> Result<()> {
+        if self.dummy.is_none() {
+            let flags = OFlag::O_WRONLY | OFlag::O_NONBLOCK;
+            self.dummy = Some(open_fifo(self.path, flags, &self.checked, None)?);
+        }
+        Ok(())
+    }
+
+    /// A writer has sent frames but no end marker yet.
+    fn mid_stream(&self) -> Vec<u32> {
+        let open = self.writers.iter().filter(|(_, w)| w.sent.is_none());
+        open.map(|(pid, _)| *pid).collect()
+    }
+
+    /// Read until `target` writers have sent their end marker.
+    fn serve_until(&mut self, target: u64) -> Result<()> {
+        let p = self.path.display();
+        while self.finished < target {
+            if self.mid_stream().is_empty() {
+                self.hold_dummy()?;
+                self.wait_for_bytes()?;
+            }
+            // Bytes from a writer: from now on its death must show as EOF.
+            self.dummy = None;
+            match frame::read_frame_or_end(&mut self.fifo, MAX_FRAME) {
+                Ok(Some(Frame::Data(message))) => self.data(&message)?,
+                Ok(Some(Frame::End(payload))) => self.end(&payload),
+                Ok(None) => bail!(
+                    "read({p}) returned 0 (EOF) before the end marker of writer(s) {:?}: \
+                     they stopped mid-stream (killed or interrupted)",
+                    self.mid_stream()
+                ),
+                // (An empty list: the bytes came from a writer that sent no
+                // whole tagged frame, so its pid is unknown.)
+                Err(e) => {
+                    let from = if self.mid_stream().is_empty() {
+                        format!("writer {} of {target}", self.finished + 1)
+                    } else {
+                        format!("writer(s) {:?}", self.mid_stream())
+                    };
+                    return Err(
+                        anyhow::Error::new(e).context(format!("read({p}), reading from {from}"))
+                    );
+                }
+            }
+        }
+        // After the last end marker too: the story goes on reading.
+        self.apply_dummy_rule()
+    }
+
+    /// Wait until the FIFO has bytes to read, at most the idle timeout.
+    /// poll, not read: read() would consume the bytes before we could
+    /// close the dummy.
+    fn wait_for_bytes(&mut self) -> Result<()> {
+        let p = self.path.display();
+        loop {
+            check_stop()?;
+            let mut fds = [PollFd::new(
+                self.fifo.0.get_ref().as_fd(),
+                PollFlags::POLLIN,
+            )];
+            match poll(&mut fds, PollTimeout::from(1000u16)) {
+                // Nothing yet (or the tick interrupted us): look at the clock.
+                Ok(0) | Err(Errno::EINTR) => {
+                    self.fifo.0.check().with_context(|| {
+                        format!("poll({p}), waiting for writer {}", self.finished + 1)
+                    })?;
+                }
+                Ok(_) => return Ok(()),
+                Err(e) => return Err(e).with_context(|| format!("poll({p})")),
+            }
+        }
+    }
+
+    /// The dummy rule above: held between writers, closed during one.
+    fn apply_dummy_rule(&mut self) -> Result<()> {
+        if self.mid_stream().is_empty() {
+            self.hold_dummy()
+        } else {
+            self.dummy = None;
+            Ok(())
+        }
+    }
+
+    fn writer(&mut self, pid: u32) -> Result<&mut Writer> {
+        if !self.writers.contains_key(&pid) {
+            if self.writers.len() as u64 >= MAX_WRITERS {
+                bail!("more than {MAX_WRITERS} writers: refusing to track more");
+            }
+            self.say
+                .step(format!("first message from writer pid {pid}"));
+        }
+        let expected = self.expected;
+        Ok(self.writers.entry(pid).or_insert_with(|| Writer {
+            checker: Checker::new(expected),
+            sent: None,
+        }))
+    }
+
+    fn data(&mut self, message: &[u8]) -> Result<()> {
+        let Some((tag, body)) = message.split_first_chunk::<TAG_LEN>() else {
+            self.untagged += 1;
+            self.say
+                .step("a frame too short to carry a writer pid: corrupted");
+            return Ok(());
+        };
+        let pid = u32::from_le_bytes(*tag);
+        let quiet = self.quiet;
+        let writer = self.writer(pid)?;
+        let verdict = writer.checker.check(body);
+        if verdict != Verdict::Ok || !quiet {
+            let seq = payload::seq_of(body).map_or("?".into(), |s| s.to_string());
+            self.say.step(format!(
+                "writer {pid}: message {seq} ({} bytes): {verdict}",
+                body.len()
+            ));
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, payload: &[u8]) {
+        let Some((pid, count)) = parse_end(payload) else {
+            self.untagged += 1;
+            self.say.step("an end marker of the wrong size: corrupted");
+            return;
+        };
+        let Ok(writer) = self.writer(pid) else {
+            self.untagged += 1;
+            return;
+        };
+        if writer.sent.is_some() {
+            self.untagged += 1;
+            self.say
+                .step(format!("writer {pid}: a second end marker: corrupted"));
+            return;
+        }
+        writer.sent = Some(count);
+        self.finished += 1;
+        self.say.step(format!(
+            "writer {pid}: end marker: it sent {count} message(s); {} writer(s) done",
+            self.finished
+        ));
+    }
+
+    /// Every writer's figures, narrated, and their sum. A writer's end
+    /// marker says how many it sent: what did not arrive of those is lost.
+    fn report(&self, wanted: u64) -> (CheckReport, u64) {
+        let mut total = CheckReport {
+            corrupted: self.untagged,
+            received: self.untagged,
+            ..CheckReport::default()
+        };
+        for (pid, writer) in &self.writers {
+            let mut report = writer.checker.report();
+            if let Some(sent) = writer.sent {
+                let arrived = report.received - report.duplicated - report.corrupted;
+                report.lost = report.lost.max(sent.saturating_sub(arrived));
+            }
+            let end = if writer.sent.is_some() {
+                ""
+            } else {
+                " (no end marker: cut off)"
+            };
+            self.say.step(format!("writer {pid}: {report}{end}"));
+            total.merge(&report);
+        }
+        // Writers that never came, or never finished, are errors too.
+        let unfinished = wanted.saturating_sub(self.finished);
+        let never_came = wanted.saturating_sub(self.writers.len() as u64);
+        if let Some(n) = self.expected {
+            total.lost += never_came * n;
+        }
+        self.say.step(format!(
+            "checked, {} writer(s): {total}; {unfinished} of {wanted} without an end marker",
+            self.writers.len()
+        ));
+        (total, total.errors() + unfinished)
+    }
+}
+
+/// The end marker's payload: [pid: u32][count: u64], little-endian.
+fn end_payload(count: u64) -> [u8; END_LEN] {
+    let mut out = [0u8; END_LEN];
+    out[..4].copy_from_slice(&std::process::id().to_le_bytes());
+    out[4..].copy_from_slice(&count.to_le_bytes());
+    out
+}
+
+fn parse_end(payload: &[u8]) -> Option<(u32, u64)> {
+    let bytes: &[u8; END_LEN] = payload.try_into().ok()?;
+    let (pid, count) = bytes.split_at(4);
+    Some((
+        u32::from_le_bytes(pid.try_into().ok()?),
+        u64::from_le_bytes(count.try_into().ok()?),
+    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -354,33 +743,69 @@ fn story(opts: &Options) -> Result<()> {
     open_rules(&path, &checked, &say)?;
 
     say.line("\n== 3. Meeting by name: each open() waits for the other side ==");
-    let mut args: Vec<OsString> = vec!["receiver".into(), "--path".into(), path.clone().into()];
-    for a in [
-        "--count",
-        &opts.count.to_string(),
-        "--writers",
-        &opts.writers.to_string(),
-    ] {
-        args.push(a.into());
-    }
-    if opts.quiet {
-        args.push("--quiet".into());
-    }
-    let mut receiver = Peer::spawn_self(&args)?;
+    let mut writers = Vec::new();
+    writers.push(spawn_writer(&path, opts)?);
     say.step(format!(
-        "started the receiver, pid {}: a new program from current_exe(), not a fork; \
-         it finds the FIFO only by its path",
-        receiver.pid()
+        "started writer 1, pid {}: a new program from current_exe(), not a fork; it finds \
+         the FIFO only by its path, and its open(O_WRONLY) waits for a reader",
+        writers[0].pid()
     ));
-    // Give the receiver time to get into its blocking open(O_RDONLY), so its
-    // wait for a writer is visible in its narration.
+    // Give the writer time to get into its blocking open(O_WRONLY), so that
+    // our open is the one that releases it.
     sleep(Duration::from_millis(200));
-    let fd = open_when_reader(&path, &checked, &mut receiver, &say)?;
-    let mut fifo = StopOnSignal(File::from(fd));
+    let p = path.display();
+    say.step(format!(
+        "open({p}, O_RDONLY): waits until a writer opens the FIFO"
+    ));
+    let start = Instant::now();
+    let read_end = open_fifo(&path, OFlag::O_RDONLY, &checked, Some(start + opts.timeout))?;
+    say.step(format!(
+        "open(O_RDONLY) returned after {}: writer 1's open(O_WRONLY) and mine released \
+         each other",
+        ms(start.elapsed())
+    ));
 
-    say.line("\n== 4. Writing: every frame is one write() ==");
+    let mut server = Server::new(&path, checked, read_end, opts, Some(opts.count), &say);
+    let result = story_writers(opts, &mut server, &mut writers, &say);
+    // Whatever happened: writers still running are stopped and reaped
+    // (Peer's drop), then the figures, then the FIFO goes.
+    drop(writers);
+    let (total, errors) = server.report(opts.writers);
+    drop(server);
+    drop(dir);
+    say.step("removed the FIFO and its directory");
+    say.line(Summary {
+        mechanism: "fifo",
+        messages: total.received,
+        bytes: total.bytes,
+        errors,
+        elapsed: start.elapsed(),
+    });
+    result?;
+    if errors > 0 {
+        bail!("{errors} error(s) in the messages ({total})");
+    }
+    Ok(())
+}
+
+/// Steps 4 to 6, with the FIFO open for reading.
+fn story_writers(
+    opts: &Options,
+    server: &mut Server<'_>,
+    writers: &mut Vec<Peer>,
+    say: &Narrator,
+) -> Result<()> {
+    say.line("\n== 4. The dummy writer fd: no EOF between writers ==");
+    server.hold_dummy()?;
+    say.step(
+        "open(O_WRONLY|O_NONBLOCK) → my own write end (the dummy writer fd), at once since \
+         I am a reader. read() gives EOF only when no write end is open: while I hold one, \
+         a gap between two writers is not the end, so I count end markers instead. (I close \
+         it while a writer's bytes flow, so that a writer that dies shows as EOF.)",
+    );
     let frame_len = HEADER_LEN + TAG_LEN + opts.size;
-    if frame_len <= libc::PIPE_BUF {
+    let atomic = frame_len <= libc::PIPE_BUF;
+    if atomic {
         say.step(format!(
             "each frame is {frame_len} bytes, at most PIPE_BUF ({}): one write() that the \
              kernel never splits, so frames of different writers never interleave",
@@ -388,80 +813,117 @@ fn story(opts: &Options) -> Result<()> {
         ));
     } else {
         say.step(format!(
-            "each frame is {frame_len} bytes, more than PIPE_BUF ({}): the kernel may split such \
-             a write, and with several writers the pieces can interleave; the receiver would \
-             then find corrupted or truncated frames",
+            "each frame is {frame_len} bytes, more than PIPE_BUF ({}): the kernel may split \
+             such a write, and pieces of two writers' frames would interleave; so the \
+             writers take turns, one after another",
             libc::PIPE_BUF
         ));
     }
-    let mut senders = Vec::new();
-    for _ in 1..opts.writers {
-        let mut args: Vec<OsString> = vec!["sender".into(), "--path".into(), path.clone().into()];
-        for a in [
-            "--count",
-            &opts.count.to_string(),
-            "--size",
-            &opts.size.to_string(),
-            "--quiet",
-        ] {
-            args.push(a.into());
+    server.serve_until(1)?;
+    wait_writer(&mut writers[0], 1, say)?;
+
+    let next = match opts.writers {
+        2 => "writer 2 is not started yet".to_string(),
+        k if k > 2 => format!("writers 2 to {k} are not started yet"),
+        _ => "no other writer is coming (--writers 1)".to_string(),
+    };
+    let read_fd = server.fifo.0.get_ref().as_fd();
+    let mut fds = [PollFd::new(read_fd, PollFlags::POLLIN)];
+    let ready = loop {
+        match poll(&mut fds, PollTimeout::from(200u16)) {
+            Err(Errno::EINTR) => check_stop()?,
+            other => break other.context("poll(FIFO)")?,
         }
-        let sender = Peer::spawn_self(&args)?;
-        say.step(format!("started writer pid {}", sender.pid()));
-        senders.push(sender);
+    };
+    if ready != 0 {
+        bail!(
+            "poll(FIFO) reported {:?} with no writer: expected nothing",
+            fds[0].revents()
+        );
     }
-    let start = Instant::now();
-    send_frames(&mut fifo, &path, opts.count, opts.size, &say)?;
     say.step(format!(
-        "sent {} messages as writer pid {}",
-        opts.count,
-        std::process::id()
+        "writer 1 has exited, so its write end is closed, and {next}: the only write end \
+         left is my dummy. poll(POLLIN, 200 ms) → 0: nothing to read and no EOF. Without \
+         the dummy, read() would return 0 (EOF) now, and a reader that stops at EOF would \
+         miss every later writer"
     ));
 
-    say.line("\n== 5. EOF only after the last writer closes ==");
-    drop(fifo);
-    if senders.is_empty() {
-        say.step("closed my write end, the only one: the receiver's next read() returns 0 (EOF)");
+    say.line("\n== 5. Several writers ==");
+    if opts.writers == 1 {
+        say.step("--writers 1: no more writers (try --writers 4)");
+    } else if atomic {
+        for n in 2..=opts.writers {
+            let writer = spawn_writer(server.path, opts)?;
+            say.step(format!("started writer {n}, pid {}", writer.pid()));
+            writers.push(writer);
+        }
+        server.fifo.0.restart();
+        server.serve_until(opts.writers)?;
+        for (i, writer) in writers.iter_mut().enumerate().skip(1) {
+            wait_writer(writer, i + 1, say)?;
+        }
     } else {
-        say.step(format!(
-            "closed my write end; the receiver sees EOF only when the other {} writer(s) close too",
-            senders.len()
-        ));
-    }
-    let mut failed = Vec::new();
-    for mut sender in senders {
-        let exit = sender.wait(None)?;
-        say.step(format!("writer pid {} {exit}", sender.pid()));
-        if !exit.success() {
-            failed.push(format!("writer pid {} {exit}", sender.pid()));
+        for n in 2..=opts.writers {
+            let writer = spawn_writer(server.path, opts)?;
+            say.step(format!("started writer {n}, pid {}, alone", writer.pid()));
+            writers.push(writer);
+            server.fifo.0.restart();
+            server.serve_until(n)?;
+            wait_writer(writers.last_mut().expect("just pushed"), n as usize, say)?;
         }
     }
-    let elapsed = start.elapsed();
-    let exit = receiver.wait(Some(FINISH_TIMEOUT))?;
-    say.step(format!("receiver pid {} {exit}", receiver.pid()));
+
+    say.line("\n== 6. EOF only after the last writer closes ==");
+    server.dummy = None;
+    let mut byte = [0u8; 1];
+    let got = loop {
+        match server.fifo.read(&mut byte) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            other => break other.context("read(FIFO)")?,
+        }
+    };
+    if got != 0 {
+        bail!("read(FIFO) after the last end marker returned {got} byte(s): expected EOF");
+    }
+    say.step(
+        "closed my dummy write end; every writer has exited, so no write end is open: \
+         read() → 0 (EOF)",
+    );
+    Ok(())
+}
+
+/// Start one writer: this program's sender role, on the story's FIFO.
+fn spawn_writer(path: &Path, opts: &Options) -> Result<Peer> {
+    let mut args: Vec<OsString> = vec!["sender".into(), "--path".into(), path.into()];
+    for a in [
+        "--count",
+        &opts.count.to_string(),
+        "--size",
+        &opts.size.to_string(),
+        "--timeout",
+        &opts.timeout.as_secs().to_string(),
+        "--quiet",
+        // The story prints the run's one summary line.
+        "--no-summary",
+    ] {
+        args.push(a.into());
+    }
+    Peer::spawn_self(&args)
+}
+
+fn wait_writer(writer: &mut Peer, n: usize, say: &Narrator) -> Result<()> {
+    let exit = writer.wait(Some(FINISH_TIMEOUT))?;
+    say.step(format!("writer {n} (pid {}) {exit}", writer.pid()));
     if !exit.success() {
-        failed.push(format!("the receiver (pid {}) {exit}", receiver.pid()));
+        bail!("writer {n} (pid {}) {exit}", writer.pid());
     }
-    if !failed.is_empty() {
-        bail!("{}", failed.join("; "));
-    }
-    drop(dir);
-    say.step("removed the FIFO and its directory");
-    let messages = opts.count * opts.writers;
-    say.line(Summary {
-        mechanism: "fifo",
-        messages,
-        bytes: messages * opts.size as u64,
-        errors: 0,
-        elapsed,
-    });
     Ok(())
 }
 
 /// Step 2: the open() variants that return at once, and lseek.
 fn open_rules(path: &Path, checked: &FileStat, say: &Narrator) -> Result<()> {
     let p = path.display();
-    match open_fifo(path, OFlag::O_WRONLY | OFlag::O_NONBLOCK, checked) {
+    match open_fifo(path, OFlag::O_WRONLY | OFlag::O_NONBLOCK, checked, None) {
         Err(e) if e.is::<NoReader>() => say.step(format!(
             "open({p}, O_WRONLY|O_NONBLOCK) → ENXIO: no reader yet, and a non-blocking \
              writer does not wait for one"
@@ -469,12 +931,12 @@ fn open_rules(path: &Path, checked: &FileStat, say: &Narrator) -> Result<()> {
         Err(e) => return Err(e),
         Ok(_) => bail!("open(O_WRONLY|O_NONBLOCK) succeeded with no reader: expected ENXIO"),
     }
-    let reader = open_fifo(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK, checked)?;
+    let reader = open_fifo(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK, checked, None)?;
     say.step(format!(
         "open({p}, O_RDONLY|O_NONBLOCK) → opened at once: a non-blocking reader does not wait"
     ));
     drop(reader);
-    let both = open_fifo(path, OFlag::O_RDWR, checked)?;
+    let both = open_fifo(path, OFlag::O_RDWR, checked, None)?;
     say.step(format!(
         "open({p}, O_RDWR) → opened at once: this process is its own reader and writer, so \
          neither side waits. A trick: POSIX leaves it undefined, and a reader that also holds \
@@ -489,43 +951,6 @@ fn open_rules(path: &Path, checked: &FileStat, say: &Narrator) -> Result<()> {
     Ok(())
 }
 
-/// Open the write end once the receiver is reading. A plain blocking open
-/// would wait forever if the receiver failed to start; polling with
-/// O_NONBLOCK lets us check between tries that it is still alive.
-fn open_when_reader(
-    path: &Path,
-    checked: &FileStat,
-    receiver: &mut Peer,
-    say: &Narrator,
-) -> Result<OwnedFd> {
-    let start = Instant::now();
-    let mut tries = 0;
-    let fd = loop {
-        tries += 1;
-        match open_fifo(path, OFlag::O_WRONLY | OFlag::O_NONBLOCK, checked) {
-            Ok(fd) => break fd,
-            Err(e) if e.is::<NoReader>() => {} // no reader yet
-            Err(e) => return Err(e),
-        }
-        if let Some(exit) = receiver.try_wait()? {
-            bail!("the receiver {exit} before opening the FIFO");
-        }
-        if start.elapsed() > FINISH_TIMEOUT {
-            bail!("the receiver did not open the FIFO within {FINISH_TIMEOUT:?}");
-        }
-        sleep(Duration::from_millis(10));
-    };
-    // Now that a reader exists, make writes block normally again: a full
-    // FIFO should make us wait, not fail with EAGAIN.
-    fcntl(fd.as_fd(), FcntlArg::F_SETFL(OFlag::empty())).context("fcntl(F_SETFL, 0)")?;
-    say.step(format!(
-        "open(O_WRONLY|O_NONBLOCK) succeeded on try {tries} after {}: the receiver is blocked \
-         in open(O_RDONLY), which counts as a reader; our open now releases it",
-        ms(start.elapsed())
-    ));
-    Ok(fd)
-}
-
 // ---------------------------------------------------------------------------
 // sender
 // ---------------------------------------------------------------------------
@@ -533,12 +958,14 @@ fn open_when_reader(
 fn sender(opts: &Options) -> Result<()> {
     let path = opts.path.as_deref().expect("checked by parse_options");
     let p = path.display();
-    let say = Narrator::new("sender", opts.quiet, Stream::Stdout);
+    // The pid in the label: the receiver names writers by pid.
+    let role = format!("sender pid {}", std::process::id());
+    let say = Narrator::new(role, opts.quiet, Stream::Stdout);
     let checked = existing_fifo(path)?.with_context(|| {
         format!("no FIFO at {p}: start 'fifo-demo receiver --path {p}' first; it creates the FIFO")
     })?;
     let fd = if opts.nonblock {
-        let fd = open_fifo(path, OFlag::O_WRONLY | OFlag::O_NONBLOCK, &checked)?;
+        let fd = open_fifo(path, OFlag::O_WRONLY | OFlag::O_NONBLOCK, &checked, None)?;
         fcntl(fd.as_fd(), FcntlArg::F_SETFL(OFlag::empty())).context("fcntl(F_SETFL, 0)")?;
         say.step(format!(
             "open({p}, O_WRONLY|O_NONBLOCK) → opened at once: a reader has it open \
@@ -547,37 +974,70 @@ fn sender(opts: &Options) -> Result<()> {
         fd
     } else {
         say.step(format!(
-            "open({p}, O_WRONLY): waits until a reader opens the FIFO"
+            "open({p}, O_WRONLY): waits until a reader opens the FIFO (at most {} s)",
+            opts.timeout.as_secs()
         ));
         let start = Instant::now();
-        let fd = open_fifo(path, OFlag::O_WRONLY, &checked)?;
+        let fd = open_fifo(path, OFlag::O_WRONLY, &checked, Some(start + opts.timeout))?;
         say.step(format!(
             "open(O_WRONLY) returned after {}: a reader has it open",
             ms(start.elapsed())
         ));
         fd
     };
-    let mut fifo = StopOnSignal(File::from(fd));
+    // Idle: a write that waits for room longer than --timeout (a reader
+    // that stopped reading) fails instead of waiting forever.
+    let mut fifo = StopOnSignal(Idle::new(File::from(fd), opts.timeout));
     let start = Instant::now();
     let (messages, bytes) = if opts.lines {
         forward_lines(&mut fifo, path, &say)?
     } else {
         send_frames(&mut fifo, path, opts.count, opts.size, &say)?;
+        // One write() of 20 bytes: atomic, so it never mixes with another
+        // writer's frame.
+        frame::write_end(&mut fifo, &end_payload(opts.count))
+            .map_err(|e| write_error(e, path, opts.count))?;
+        say.step(format!(
+            "sent the end marker (length 0xFFFFFFFF, my pid, count {}): the receiver can \
+             tell that I finished from a stream cut off",
+            opts.count
+        ));
         (opts.count, opts.count * opts.size as u64)
     };
-    say.line(Summary {
+    let summary = Summary {
         mechanism: "fifo",
         messages,
         bytes,
         errors: 0,
         elapsed: start.elapsed(),
-    });
+    };
+    if opts.no_summary {
+        say.step(format!("sent: {}", figures(&summary)));
+    } else {
+        say.line(summary);
+    }
     Ok(())
+}
+
+fn empty_summary(start: Instant) -> Summary {
+    Summary {
+        mechanism: "fifo",
+        messages: 0,
+        bytes: 0,
+        errors: 1,
+        elapsed: start.elapsed(),
+    }
+}
+
+/// The summary's figures without the `summary:` word, for a narration line.
+fn figures(summary: &Summary) -> String {
+    let line = summary.to_string();
+    line.strip_prefix("summary: ").unwrap_or(&line).to_string()
 }
 
 /// Send `count` frames tagged with our pid: [pid][payload body].
 fn send_frames(
-    fifo: &mut StopOnSignal<File>,
+    fifo: &mut StopOnSignal<Idle<File>>,
     path: &Path,
     count: u64,
     size: usize,
@@ -601,12 +1061,17 @@ fn write_error(e: FrameError, path: &Path, sent: u64) -> anyhow::Error {
              (it exited or was killed)",
             path.display()
         ),
-        other => anyhow::Error::new(other).context(format!("write({})", path.display())),
+        other => anyhow::Error::new(other)
+            .context(format!("write({}) after {sent} messages", path.display())),
     }
 }
 
 /// `--lines`: copy stdin to the FIFO, one write() per line.
-fn forward_lines(fifo: &mut StopOnSignal<File>, path: &Path, say: &Narrator) -> Result<(u64, u64)> {
+fn forward_lines(
+    fifo: &mut StopOnSignal<Idle<File>>,
+    path: &Path,
+    say: &Narrator,
+) -> Result<(u64, u64)> {
     let stdin = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
@@ -656,124 +1121,119 @@ fn receiver(opts: &Options) -> Result<()> {
     let path = opts.path.as_deref().expect("checked by parse_options");
     let p = path.display();
     let say = Narrator::new("receiver", opts.quiet, Stream::Stdout);
-    // The guard removes the FIFO on every way out of this function, Ctrl-C
-    // included, but only if we created it.
-    let mut _guard = None;
     let checked = match existing_fifo(path)? {
         Some(st) => {
+            // Ours (owner == euid, checked above): most likely left by a
+            // receiver killed with SIGKILL, which runs no cleanup. Taking it
+            // over means removing it at the end, as if we had made it.
             say.step(format!(
-                "{p} is already a FIFO of yours (made by the peer, or left by an earlier run \
-                 that was killed): reusing it, and leaving it in place"
+                "{p} is already a FIFO of yours (left by an earlier run that was killed, or \
+                 made with mkfifo): taking it over; I remove it when I exit"
             ));
             st
         }
         None => {
             create_fifo(path)?;
-            _guard = Some(PathGuard::new(path));
             say.step(format!(
                 "mkfifo({p}, 0600): created; I remove it when I exit"
             ));
             existing_fifo(path)?.context("the FIFO vanished right after mkfifo")?
         }
     };
+    // Removes the FIFO on every way out of this function, Ctrl-C included.
+    let _guard = FifoGuard::new(path, &checked);
     say.step(format!(
-        "open({p}, O_RDONLY): waits until a writer opens the FIFO"
+        "open({p}, O_RDONLY): waits until a writer opens the FIFO (no time limit: a server \
+         waits for its first client; Ctrl-C stops it)"
     ));
     let start = Instant::now();
-    let fd = open_fifo(path, OFlag::O_RDONLY, &checked)?;
+    let fd = open_fifo(path, OFlag::O_RDONLY, &checked, None)?;
     say.step(format!(
         "open(O_RDONLY) returned after {}: a writer has opened it",
         ms(start.elapsed())
     ));
-    let fifo = StopOnSignal(File::from(fd));
-    if opts.lines {
-        receive_lines(fifo, opts, &say)
+    let (summary, result) = if opts.lines {
+        receive_lines(
+            StopOnSignal(Idle::new(File::from(fd), opts.timeout)),
+            opts,
+            &say,
+        )
     } else {
-        receive_frames(fifo, opts, &say)
+        receive_frames(path, checked, fd, opts, &say)
+    };
+    drop(_guard);
+    say.step(format!("removed {p}"));
+    if opts.no_summary {
+        say.step(format!("received: {}", figures(&summary)));
+    } else {
+        say.line(summary);
     }
+    result
 }
 
-fn receive_frames(mut fifo: StopOnSignal<File>, opts: &Options, say: &Narrator) -> Result<()> {
+fn receive_frames(
+    path: &Path,
+    checked: FileStat,
+    fd: OwnedFd,
+    opts: &Options,
+    say: &Narrator,
+) -> (Summary, Result<()>) {
     let expected = opts.count_given.then_some(opts.count);
-    let mut writers: BTreeMap<u32, Checker> = BTreeMap::new();
-    let mut untagged = 0u64;
+    let mut server = Server::new(path, checked, fd, opts, expected, say);
     let start = Instant::now();
-    let result = loop {
-        let message = match frame::read_frame(&mut fifo, MAX_FRAME) {
-            Ok(Some(message)) => message,
-            Ok(None) => {
-                say.step("read() returned 0 (EOF): the last writer has closed its end");
-                break Ok(());
-            }
-            Err(e) => break Err(anyhow::Error::new(e).context("read(FIFO)")),
-        };
-        let Some((tag, body)) = message.split_first_chunk::<TAG_LEN>() else {
-            untagged += 1;
-            say.step("a frame too short to carry a writer pid: corrupted");
-            continue;
-        };
-        let pid = u32::from_le_bytes(*tag);
-        if !writers.contains_key(&pid) {
-            if writers.len() as u64 >= MAX_WRITERS {
-                break Err(anyhow!(
-                    "more than {MAX_WRITERS} writers: refusing to track more"
-                ));
-            }
-            say.step(format!("first message from writer pid {pid}"));
-        }
-        let checker = writers.entry(pid).or_insert_with(|| Checker::new(expected));
-        let verdict = checker.check(body);
-        if verdict != Verdict::Ok || !opts.quiet {
-            let seq = payload::seq_of(body).map_or("?".into(), |s| s.to_string());
-            say.step(format!(
-                "writer {pid}: message {seq} ({} bytes): {verdict}",
-                body.len()
-            ));
-        }
-    };
-
-    let mut total = CheckReport {
-        corrupted: untagged,
-        received: untagged,
-        ..CheckReport::default()
-    };
-    for (pid, checker) in &writers {
-        let report = checker.report();
-        say.step(format!("writer {pid}: {report}"));
-        total.merge(&report);
+    if let Err(e) = server.hold_dummy() {
+        return (empty_summary(start), Err(e));
     }
-    // A writer that never showed up lost all its messages.
-    let mut missing_writers = 0;
-    if opts.writers_given && (writers.len() as u64) < opts.writers {
-        missing_writers = opts.writers - writers.len() as u64;
-        total.lost += missing_writers * opts.count;
-    }
-    say.step(format!("checked, {} writer(s): {total}", writers.len()));
-    say.line(Summary {
+    say.step(format!(
+        "opened it for writing too (the dummy writer fd): no EOF between writers, so I \
+         stop after {} end marker(s), waiting at most {} s for each next writer",
+        opts.writers,
+        opts.timeout.as_secs()
+    ));
+    let mut result = server.serve_until(opts.writers);
+    let (total, errors) = server.report(opts.writers);
+    let summary = Summary {
         mechanism: "fifo",
         messages: total.received,
         bytes: total.bytes,
-        errors: total.errors(),
+        errors,
         elapsed: start.elapsed(),
-    });
-    result?;
-    if missing_writers > 0 {
-        bail!("expected {} writers, saw {}", opts.writers, writers.len());
+    };
+    if result.is_ok() && errors > 0 {
+        result = Err(anyhow!("{errors} error(s) in the messages ({total})"));
     }
-    if total.errors() > 0 {
-        bail!("{} message(s) failed the check ({total})", total.errors());
-    }
-    Ok(())
+    (summary, result)
 }
 
-fn receive_lines(fifo: StopOnSignal<File>, opts: &Options, say: &Narrator) -> Result<()> {
+/// `--lines`: print each line until EOF; no end marker in plain text.
+fn receive_lines(
+    fifo: StopOnSignal<Idle<File>>,
+    opts: &Options,
+    say: &Narrator,
+) -> (Summary, Result<()>) {
     let mut input = BufReader::new(fifo);
     let (mut lines, mut bytes) = (0u64, 0u64);
     let start = Instant::now();
-    while let Some(line) = read_line(&mut input).context("read(FIFO)")? {
-        lines += 1;
-        bytes += line.len() as u64 + 1;
-        say.message(format!("line {lines}: {}", String::from_utf8_lossy(&line)));
+    let result = loop {
+        match read_line(&mut input).context("read(FIFO)") {
+            Ok(Some(line)) => {
+                lines += 1;
+                bytes += line.len() as u64 + 1;
+                say.message(format!("line {lines}: {}", String::from_utf8_lossy(&line)));
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    if let Err(e) = result {
+        let summary = Summary {
+            mechanism: "fifo",
+            messages: lines,
+            bytes,
+            errors: 1,
+            elapsed: start.elapsed(),
+        };
+        return (summary, Err(e));
     }
     say.step("read() returned 0 (EOF): the last writer has closed its end");
     let lost = if opts.count_given {
@@ -781,15 +1241,17 @@ fn receive_lines(fifo: StopOnSignal<File>, opts: &Options, say: &Narrator) -> Re
     } else {
         0
     };
-    say.line(Summary {
+    let summary = Summary {
         mechanism: "fifo",
         messages: lines,
         bytes,
         errors: lost,
         elapsed: start.elapsed(),
-    });
-    if opts.count_given && lines != opts.count {
-        bail!("expected {} lines, got {lines}", opts.count);
-    }
-    Ok(())
+    };
+    let result = if opts.count_given && lines != opts.count {
+        Err(anyhow!("expected {} lines, got {lines}", opts.count))
+    } else {
+        Ok(())
+    };
+    (summary, result)
 }

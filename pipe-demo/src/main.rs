@@ -36,6 +36,8 @@
 //! - `EPIPE` when the reader has gone, and SIGPIPE killing a process that
 //!   keeps the default action;
 //! - the pipe's capacity, found by filling it until `EAGAIN`;
+//! - the end marker: how `receiver` tells a sender that finished from
+//!   one that was killed, when both end in EOF;
 //! - the summary line: `errors=0` means every message was checked.
 //!
 //! Uses `common` modules: `cleanup`, `cli`, `error`, `frame`, `payload`,
@@ -49,12 +51,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use common::cleanup::{StopOnSignal, check_stop, stop_on_signals};
+use common::cleanup::{StopOnSignal, check_stop, stop_on_signals, stop_requested};
 use common::cli::{Args, DEFAULT_COUNT, DEFAULT_SIZE, MAX_COUNT};
-use common::error::{self, usage};
-use common::frame::{self, FrameError, MAX_FRAME};
+use common::error::{self, Interrupted, usage};
+use common::frame::{self, Frame, FrameError, Idle, MAX_FRAME};
 use common::payload::{self, Checker, MIN_SIZE, Verdict};
-use common::peer::{PeerExit, wait_pid};
+use common::peer::{PeerExit, Ticker, wait_pid};
 use common::report::{Narrator, Stream, Summary};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -67,23 +69,40 @@ const USAGE: &str = "\
 pipe-demo: anonymous pipes between related processes
 
 USAGE:
-    pipe-demo [--count N] [--size BYTES] [--quiet]
+    pipe-demo [--count N] [--size BYTES] [--timeout SECS] [--quiet]
         The whole story in one terminal: parent and forked child talk over
         two pipes, then EOF, EPIPE/SIGPIPE and the pipe's capacity.
-    pipe-demo sender [--count N] [--size BYTES] [--quiet]
-        Write N framed, checkable messages to stdout (narration on stderr).
-    pipe-demo receiver [--count N] [--quiet]
-        Read framed messages from stdin (which must be a pipe) until EOF and
-        check each one; --count N is how many should arrive.
+    pipe-demo sender [--count N] [--size BYTES] [--timeout SECS] [--quiet]
+        Write N framed, checkable messages and the end marker to stdout
+        (narration on stderr).
+    pipe-demo receiver [--count N] [--timeout SECS] [--quiet]
+        Read framed messages from stdin (which must be a pipe) up to the end
+        marker and check each one; --count N is how many should arrive.
     pipe-demo pipeline \"CMD1 ARGS\" \"CMD2 ARGS\"
         Run CMD1 | CMD2 the way a shell does: pipe, fork, dup2, execvp.
-        Arguments are split on spaces; there is no shell quoting.
+        Arguments are split on spaces; there is no shell quoting. The bytes
+        go from CMD1 to CMD2 without passing through pipe-demo, so it
+        prints no summary line.
 
 OPTIONS:
     --count N       messages to send or expect (default 5; 1 to 1000000000)
-    --size BYTES    bytes per message (default 64; 8 to 16777216, the frame limit)
+    --size BYTES    bytes per message (default 64; 8 to 16777216: a pipe has
+                    no message size, so the limit is the frame module's 16 MiB)
+    --timeout SECS  idle timeout (default 60; 1 to 86400): the longest a
+                    sender waits for room in the pipe, and a receiver for
+                    the next bytes, before it gives up with exit 1; the
+                    story's parent and child wait on each other as long
     --quiet         no line per message, only the steps and the summary
     -h, --help      this text
+
+FRAMES: every message is a frame (u32 little-endian length, then the
+body). The sender ends with an END MARKER: the length 0xFFFFFFFF, then an
+8-byte frame holding how many messages it sent. EOF before the end marker
+means the sender was cut off (killed, Ctrl-C): the receiver reports it and
+exits 1, with or without --count.
+
+WAITS WITHOUT A TIME LIMIT: pipeline waits for its two commands as long as
+they run (they are yours; Ctrl-C stops them). Every other wait is bounded.
 
 EXAMPLES:
     pipe-demo
@@ -101,6 +120,13 @@ const CHILD_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Replies are short text (`ack 3 ok`); anything longer is a broken peer.
 const MAX_REPLY: usize = 256;
 
+/// Default idle timeout (`--timeout`).
+const DEFAULT_TIMEOUT: u64 = 60;
+
+/// How often blocked reads and writes wake (a SIGALRM tick) to look at the
+/// clock: a blocked read() or write() has no timeout of its own.
+const TICK: Duration = Duration::from_secs(1);
+
 fn main() -> ExitCode {
     error::run("pipe-demo", run)
 }
@@ -111,6 +137,8 @@ struct Options {
     /// Whether `--count` was given (the receiver then knows what to expect).
     count_given: bool,
     size: usize,
+    /// The idle timeout: see `--timeout` in the help.
+    timeout: Duration,
     quiet: bool,
 }
 
@@ -124,10 +152,19 @@ fn run() -> Result<()> {
     // Ctrl-C/SIGTERM end blocked calls with EINTR, so each role stops
     // cleanly and says so (exit 130/143) instead of dying mid-line.
     stop_on_signals()?;
-    match role.as_deref() {
+    // A SIGALRM every second interrupts blocked reads and writes (EINTR),
+    // so that each can look at its idle deadline; see frame::Idle.
+    let _ticker = Ticker::start(TICK)?;
+    let result = match role.as_deref() {
         None => story(&opts),
         Some("sender") => sender(&opts),
         _ => receiver(&opts),
+    };
+    // Stopped by a signal: that is the outcome (exit 128+N), whatever
+    // error the stop caused on the way out (an EPIPE, a child's exit).
+    match stop_requested() {
+        Some(signal) => Err(Interrupted(signal).into()),
+        None => result,
     }
 }
 
@@ -136,6 +173,7 @@ fn parse_options(args: &mut Args, role: Option<&str>) -> Result<Options> {
         count: DEFAULT_COUNT,
         count_given: false,
         size: DEFAULT_SIZE,
+        timeout: Duration::from_secs(DEFAULT_TIMEOUT),
         quiet: false,
     };
     while let Some(arg) = args.next() {
@@ -147,6 +185,9 @@ fn parse_options(args: &mut Args, role: Option<&str>) -> Result<Options> {
             // The receiver learns each size from the frame header.
             "--size" if role != Some("receiver") => {
                 opts.size = args.number("--size", MIN_SIZE, MAX_FRAME)?;
+            }
+            "--timeout" => {
+                opts.timeout = Duration::from_secs(args.number("--timeout", 1, 86_400)?);
             }
             "--quiet" => opts.quiet = true,
             other => return Err(args.unknown(other)),
@@ -218,7 +259,10 @@ fn conversation(opts: &Options, say: &Narrator) -> Result<(u64, u64, Duration)> 
             drop(up_read);
             let say = say.with_role("child");
             say.step("closed the ends I do not use (parent→child write, child→parent read)");
-            let code = match child_role(down_read, up_write, opts.count, &say) {
+            // fork() does not copy interval timers: the child starts its own.
+            let code = match Ticker::start(TICK)
+                .and_then(|_ticker| child_role(down_read, up_write, opts, &say))
+            {
                 Ok(()) => 0,
                 Err(e) => {
                     say.step(format!("error: {e:#}"));
@@ -238,8 +282,10 @@ fn conversation(opts: &Options, say: &Narrator) -> Result<(u64, u64, Duration)> 
     drop(up_write);
     say.step("closed the ends I do not use (parent→child read, child→parent write)");
 
-    let mut to_child = StopOnSignal(File::from(down_write));
-    let mut from_child = StopOnSignal(File::from(up_read));
+    // Idle: if the child stops (SIGSTOP) or hangs, a read or write gives
+    // up after --timeout instead of waiting forever.
+    let mut to_child = StopOnSignal(Idle::new(File::from(down_write), opts.timeout));
+    let mut from_child = StopOnSignal(Idle::new(File::from(up_read), opts.timeout));
     let start = Instant::now();
     let outcome = send_and_collect(opts, say, &mut to_child, &mut from_child);
     let elapsed = start.elapsed();
@@ -250,7 +296,14 @@ fn conversation(opts: &Options, say: &Narrator) -> Result<(u64, u64, Duration)> 
     drop(to_child);
     drop(from_child);
     say.step("closed my write end: the child's next read() returns 0 (EOF)");
-    let exit = wait_pid(child, CHILD_EXIT_TIMEOUT)?;
+    // After a failure the child may be stopped or stuck: a short wait, then
+    // SIGKILL (which ends even a stopped process).
+    let patience = if outcome.is_ok() {
+        CHILD_EXIT_TIMEOUT
+    } else {
+        Duration::from_secs(5)
+    };
+    let exit = wait_pid(child, patience)?;
     say.step(format!("waitpid({child}): the child {exit}"));
 
     match (outcome, exit) {
@@ -267,8 +320,8 @@ fn conversation(opts: &Options, say: &Narrator) -> Result<(u64, u64, Duration)> 
 fn send_and_collect(
     opts: &Options,
     say: &Narrator,
-    to_child: &mut StopOnSignal<File>,
-    from_child: &mut StopOnSignal<File>,
+    to_child: &mut StopOnSignal<Idle<File>>,
+    from_child: &mut StopOnSignal<Idle<File>>,
 ) -> Result<(u64, u64)> {
     let mut errors = 0;
     for seq in 0..opts.count {
@@ -301,10 +354,10 @@ fn send_and_collect(
 }
 
 /// The child's side: read and check until EOF, answering each message.
-fn child_role(input: OwnedFd, output: OwnedFd, expected: u64, say: &Narrator) -> Result<()> {
-    let mut input = StopOnSignal(File::from(input));
-    let mut output = StopOnSignal(File::from(output));
-    let mut checker = Checker::new(Some(expected));
+fn child_role(input: OwnedFd, output: OwnedFd, opts: &Options, say: &Narrator) -> Result<()> {
+    let mut input = StopOnSignal(Idle::new(File::from(input), opts.timeout));
+    let mut output = StopOnSignal(Idle::new(File::from(output), opts.timeout));
+    let mut checker = Checker::new(Some(opts.count));
     while let Some(body) =
         frame::read_frame(&mut input, MAX_FRAME).context("read(parent→child pipe)")?
     {
@@ -422,11 +475,14 @@ fn sender(opts: &Options) -> Result<()> {
     }
     say.step(format!("stdout is {}", describe_fd(stdout.as_fd())));
     // Our own descriptor for fd 1, unbuffered: one write() per frame.
+    // Idle: a reader that stops reading (SIGSTOP, a hang) leaves us
+    // blocked in write() on a full pipe; after --timeout we give up.
     let fd = stdout.as_fd().try_clone_to_owned().context("dup(stdout)")?;
-    let mut out = StopOnSignal(File::from(fd));
+    let mut out = StopOnSignal(Idle::new(File::from(fd), opts.timeout));
 
     let start = Instant::now();
-    let mut sent = 0;
+    let mut sent = 0u64;
+    let mut reader_left = false;
     for seq in 0..opts.count {
         check_stop()?;
         let body = payload::make(seq, opts.size);
@@ -439,12 +495,29 @@ fn sender(opts: &Options) -> Result<()> {
                     "write() → EPIPE after {sent} of {} messages: the reader closed the pipe; stopping",
                     opts.count
                 ));
+                reader_left = true;
                 break;
             }
-            Err(e) => return Err(e).context("write(stdout)"),
+            Err(e) => {
+                return Err(e).with_context(|| format!("write(stdout) after {sent} messages"));
+            }
         }
         sent += 1;
         say.message(format!("sent message {seq} ({} bytes)", body.len()));
+    }
+    if !reader_left {
+        // Without it, the receiver could not tell this EOF from that of a
+        // sender killed half-way. One write() of 16 bytes.
+        match frame::write_end(&mut out, &sent.to_le_bytes()) {
+            Ok(()) => say.step(format!(
+                "sent the end marker (length 0xFFFFFFFF, then the count {sent}): the reader \
+                 can tell a finished stream from one cut off"
+            )),
+            Err(FrameError::Io(e)) if e.kind() == ErrorKind::BrokenPipe => {
+                say.step("write() → EPIPE at the end marker: the reader closed the pipe");
+            }
+            Err(e) => return Err(e).context("write(stdout) of the end marker"),
+        }
     }
     say.line(Summary {
         mechanism: "pipe",
@@ -467,35 +540,54 @@ fn receiver(opts: &Options) -> Result<()> {
             describe_fd(stdin.as_fd())
         )));
     }
-    say.step("stdin is a pipe (fstat: S_IFIFO); reading frames until EOF");
+    say.step(format!(
+        "stdin is a pipe (fstat: S_IFIFO); reading frames up to the end marker (at most {} s \
+         without data)",
+        opts.timeout.as_secs()
+    ));
     let fd = stdin.as_fd().try_clone_to_owned().context("dup(stdin)")?;
-    let mut input = StopOnSignal(File::from(fd));
+    // Idle: a sender that stalls (SIGSTOP, half a frame and then nothing)
+    // makes read() give up after --timeout instead of waiting forever.
+    let mut input = StopOnSignal(Idle::new(File::from(fd), opts.timeout));
     let mut checker = Checker::new(opts.count_given.then_some(opts.count));
 
     let start = Instant::now();
     let result = loop {
-        match frame::read_frame(&mut input, MAX_FRAME) {
-            Ok(Some(body)) => {
+        match frame::read_frame_or_end(&mut input, MAX_FRAME) {
+            Ok(Some(Frame::Data(body))) => {
                 let verdict = checker.check(&body);
                 if verdict != Verdict::Ok || !opts.quiet {
                     let seq = payload::seq_of(&body).map_or("?".into(), |s| s.to_string());
                     say.step(format!("message {seq} ({} bytes): {verdict}", body.len()));
                 }
             }
+            Ok(Some(Frame::End(count))) => break end_marker(&count, &checker, opts, &say),
             Ok(None) => {
-                say.step("read() returned 0 (EOF): every write end is closed");
-                break Ok(());
+                // EOF alone proves nothing: a killed sender's pipe ends so too.
+                let n = checker.report().received;
+                break Err(anyhow::anyhow!(
+                    "read(stdin) returned 0 (EOF) after {n} messages but before the end \
+                     marker: the sender stopped early (killed or interrupted)"
+                ));
             }
             Err(e) => break Err(anyhow::Error::new(e).context("read(stdin)")),
         }
     };
-    let report = checker.report();
+    let mut report = checker.report();
+    if let Ok(sent) = result {
+        // What the sender sent and did not arrive is lost.
+        let arrived = report.received - report.duplicated - report.corrupted;
+        report.lost = report.lost.max(sent.saturating_sub(arrived));
+    }
     say.step(format!("checked: {report}"));
+    // A stream cut off (or a bad end marker) is an error even when no
+    // message was lost.
+    let errors = report.errors() + u64::from(result.is_err() && report.errors() == 0);
     say.line(Summary {
         mechanism: "pipe",
         messages: report.received,
         bytes: report.bytes,
-        errors: report.errors(),
+        errors,
         elapsed: start.elapsed(),
     });
     result?;
@@ -503,6 +595,29 @@ fn receiver(opts: &Options) -> Result<()> {
         bail!("{} message(s) failed the check ({report})", report.errors());
     }
     Ok(())
+}
+
+/// The end marker: its count, checked against --count. Returns the count.
+fn end_marker(payload: &[u8], checker: &Checker, opts: &Options, say: &Narrator) -> Result<u64> {
+    let sent = <[u8; 8]>::try_from(payload)
+        .map(u64::from_le_bytes)
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "read(stdin): an end marker of {} bytes, not 8: corrupted",
+                payload.len()
+            )
+        })?;
+    say.step(format!(
+        "end marker: the sender says it sent {sent} messages; {} arrived",
+        checker.report().received
+    ));
+    if opts.count_given && sent != opts.count {
+        bail!(
+            "the sender sent {sent} messages, but --count expects {}",
+            opts.count
+        );
+    }
+    Ok(sent)
 }
 
 /// What kind of file a descriptor refers to, for messages.

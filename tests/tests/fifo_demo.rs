@@ -45,11 +45,20 @@ fn story_dir(out: &str) -> PathBuf {
     PathBuf::from(&line["[parent] mkdir(".len()..line.find(", 0700)").unwrap()])
 }
 
+/// Exactly one summary line, and it is the last line of stdout.
+fn assert_one_summary_at_the_end(out: &Output) {
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(all.matches("summary:").count(), 1, "{}", out.describe());
+    let last = out.stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with("summary: "), "{}", out.describe());
+}
+
 #[test]
 fn default_run_tells_the_whole_story_and_leaves_nothing() {
     let out = run(FIFO_DEMO, &[], SHORT);
     assert_ok(&out);
-    assert_eq!(out.summary_field("messages"), "5");
+    // Two writers by default: the parent shows the gap between them.
+    assert_eq!(out.summary_field("messages"), "10");
     for expected in [
         "mode 0600",
         "O_WRONLY|O_NONBLOCK) → ENXIO",
@@ -57,11 +66,14 @@ fn default_run_tells_the_whole_story_and_leaves_nothing() {
         "O_RDWR) → opened at once",
         "lseek(fd, 0, SEEK_SET) → ESPIPE",
         "not a fork",
-        "[receiver] open(O_RDONLY) returned after",
+        "[parent] open(O_RDONLY) returned after",
+        "the dummy writer fd",
+        "writer 1 has exited, so its write end is closed, and writer 2 is not started yet",
+        "poll(POLLIN, 200 ms) → 0: nothing to read and no EOF",
         "at most PIPE_BUF",
-        "[receiver] read() returned 0 (EOF)",
-        "[receiver] checked, 1 writer(s): received=5 lost=0",
-        "receiver pid",
+        "end marker: it sent 5 message(s); 2 writer(s) done",
+        "read() → 0 (EOF)",
+        "[parent] checked, 2 writer(s): received=10 lost=0",
         "removed the FIFO and its directory",
     ] {
         assert!(
@@ -70,10 +82,31 @@ fn default_run_tells_the_whole_story_and_leaves_nothing() {
             out.describe()
         );
     }
-    // Both summaries: the receiver's and the parent's.
-    assert_eq!(out.stdout.matches("summary: mechanism=fifo").count(), 2);
+    assert_one_summary_at_the_end(&out);
     let dir = story_dir(&out.stdout);
     assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+#[test]
+fn story_with_any_number_of_writers_ends_every_time() {
+    // Before the fix the first writer's close could reach the reader before
+    // the others opened: EOF, the reader left, a late writer hung forever
+    // in open(O_WRONLY). Now: every writer count, count and size, every run.
+    for writers in 1..=6u32 {
+        for (count, size) in [("1", "8"), ("200", "64"), ("20", "10000")] {
+            let w = writers.to_string();
+            let out = run(
+                FIFO_DEMO,
+                &["--writers", &w, "--count", count, "--size", size, "--quiet"],
+                LONG,
+            );
+            assert_ok(&out);
+            let total = u64::from(writers) * count.parse::<u64>().unwrap();
+            assert_eq!(out.summary_field("messages"), total.to_string());
+            assert_one_summary_at_the_end(&out);
+            assert!(!story_dir(&out.stdout).exists());
+        }
+    }
 }
 
 #[test]
@@ -89,7 +122,7 @@ fn four_writers_never_interleave() {
         .stdout
         .lines()
         .filter(|l| {
-            l.starts_with("[receiver] writer ")
+            l.starts_with("[parent] writer ")
                 && l.ends_with("received=10000 lost=0 duplicated=0 reordered=0 corrupted=0")
         })
         .count();
@@ -99,16 +132,29 @@ fn four_writers_never_interleave() {
 
 #[test]
 fn frames_over_pipe_buf_are_announced_as_not_atomic() {
-    // One writer cannot interleave with itself: the run still succeeds, and
-    // the output says what would change with several writers.
+    // Such frames could interleave, so the writers take turns: the run
+    // succeeds, and the output says why.
     let out = run(
         FIFO_DEMO,
-        &["--size", "10000", "--count", "20", "--quiet"],
+        &[
+            "--writers",
+            "3",
+            "--size",
+            "10000",
+            "--count",
+            "20",
+            "--quiet",
+        ],
         SHORT,
     );
     assert_ok(&out);
     assert!(
-        out.stdout.contains("more than PIPE_BUF"),
+        out.stdout.contains("more than PIPE_BUF") && out.stdout.contains("take turns"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("started writer 3, pid "),
         "{}",
         out.describe()
     );
@@ -154,13 +200,15 @@ fn writer_waits_for_a_reader() {
     assert_ok(&sender.finish(SHORT));
     let received = receiver.finish(SHORT);
     assert_ok(&received);
-    // The FIFO was ours, not the receiver's: it is reused and left alone.
+    // A FIFO of ours already there is taken over and removed at the end.
     assert!(
         received
             .stdout
-            .contains("reusing it, and leaving it in place")
+            .contains("taking it over; I remove it when I exit"),
+        "{}",
+        received.describe()
     );
-    assert!(path.exists());
+    assert!(!path.exists());
 }
 
 #[test]
@@ -248,15 +296,23 @@ fn receiver_stopped_by_sigint_removes_its_fifo() {
     assert!(!path.exists(), "FIFO left behind after Ctrl-C");
 }
 
-/// A long story run, with the receiver's pid and the private directory.
-fn long_story() -> (Proc, Pid, PathBuf) {
+/// A long story run, with the first writer's pid and the private directory.
+fn long_story(writers: &str) -> (Proc, Pid, PathBuf) {
     let mut proc = Proc::spawn(
         FIFO_DEMO,
-        &["--count", "1000000000", "--size", "1024", "--quiet"],
+        &[
+            "--writers",
+            writers,
+            "--count",
+            "1000000000",
+            "--size",
+            "1024",
+            "--quiet",
+        ],
     );
     let mkdir = proc.wait_for_line(|l| l.starts_with("[parent] mkdir("), SHORT);
     let dir = story_dir(&mkdir);
-    let line = proc.wait_for_line(|l| l.contains("started the receiver, pid "), SHORT);
+    let line = proc.wait_for_line(|l| l.contains("started writer 1, pid "), SHORT);
     let pid = line
         .split("pid ")
         .nth(1)
@@ -264,36 +320,68 @@ fn long_story() -> (Proc, Pid, PathBuf) {
         .split(':')
         .next()
         .unwrap();
-    let pid = Pid::from_raw(pid.parse().expect("receiver pid"));
-    proc.wait_for_line(|l| l.contains("one write()"), SHORT);
+    let pid = Pid::from_raw(pid.parse().expect("writer pid"));
+    proc.wait_for_line(|l| l.contains("first message from writer"), SHORT);
     sleep(Duration::from_millis(300)); // mid-transfer
     (proc, pid, dir)
 }
 
 #[test]
-fn story_receiver_interrupted_mid_transfer_fails_the_writer_cleanly() {
-    let (proc, receiver, dir) = long_story();
-    kill(receiver, Signal::SIGINT).unwrap();
-    let out = proc.finish(SHORT); // the receiver is gone too: the group is empty
+fn story_writer_interrupted_mid_transfer_fails_the_story_cleanly() {
+    let (proc, writer, dir) = long_story("1");
+    kill(writer, Signal::SIGINT).unwrap();
+    let out = proc.finish(SHORT);
     out.assert_no_panic();
     assert_eq!(out.code(), 1, "{}", out.describe());
-    assert!(out.stderr.contains("EPIPE"), "{}", out.describe());
     assert!(
-        out.stderr.contains("stopped by SIGINT"),
-        "receiver's line\n{}",
+        out.stderr.contains("before the end marker of writer(s)"),
+        "{}",
         out.describe()
     );
+    assert!(
+        out.stderr.contains("stopped by SIGINT"),
+        "the writer's line\n{}",
+        out.describe()
+    );
+    assert_one_summary_at_the_end(&out);
+    assert_ne!(out.summary_field("errors"), "0");
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
 
 #[test]
-fn story_parent_interrupted_stops_the_receiver_and_removes_everything() {
+fn story_parent_interrupted_stops_the_writers_and_removes_everything() {
     for (signal, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
-        let (proc, _receiver, dir) = long_story();
+        let (proc, _writer, dir) = long_story("1");
         proc.signal(signal);
         let out = proc.finish(SHORT);
         out.assert_no_panic();
         assert_eq!(out.code(), code, "{}", out.describe());
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+#[test]
+fn story_stopped_by_a_signal_to_the_whole_group_exits_128_plus_n() {
+    // A terminal's Ctrl-C reaches the parent and every writer at once;
+    // whatever the writers then report (EPIPE, exit 130), the story says
+    // 130. Before the fix about 3 runs in 8 exited 1.
+    for round in 0..6 {
+        let signal = if round % 2 == 0 {
+            Signal::SIGINT
+        } else {
+            Signal::SIGTERM
+        };
+        let mut proc = Proc::spawn(
+            FIFO_DEMO,
+            &["--writers", "4", "--count", "1000000", "--quiet"],
+        );
+        let mkdir = proc.wait_for_line(|l| l.starts_with("[parent] mkdir("), SHORT);
+        let dir = story_dir(&mkdir);
+        proc.wait_for_line(|l| l.contains("started writer 4, pid "), SHORT);
+        sleep(Duration::from_millis(100 * (round + 1)));
+        nix::sys::signal::killpg(proc.pid(), signal).unwrap();
+        let out = proc.finish(SHORT);
+        out.assert_stopped_by(signal);
         assert!(!dir.exists(), "{} left behind", dir.display());
     }
 }
@@ -330,7 +418,8 @@ fn sender_killed_mid_frame_is_reported_by_the_receiver() {
     out.assert_no_panic();
     assert_eq!(out.code(), 1, "{}", out.describe());
     assert!(
-        out.stderr.contains("stream ended inside a frame") || out.stderr.contains("lost="),
+        out.stderr.contains("stream ended inside a frame")
+            || out.stderr.contains("before the end marker"),
         "{}",
         out.describe()
     );
@@ -338,7 +427,7 @@ fn sender_killed_mid_frame_is_reported_by_the_receiver() {
 }
 
 #[test]
-fn receiver_killed_gives_the_sender_epipe_and_the_stale_fifo_is_reused() {
+fn receiver_killed_gives_the_sender_epipe_and_the_next_one_removes_the_stale_fifo() {
     let dir = test_dir();
     let path = dir.path().join("stale.fifo");
     let mut receiver = Proc::spawn(FIFO_DEMO, &["receiver", "--path", s(&path), "--quiet"]);
@@ -378,10 +467,12 @@ fn receiver_killed_gives_the_sender_epipe_and_the_stale_fifo_is_reused() {
     let out = receiver.finish(SHORT);
     assert_ok(&out);
     assert!(
-        out.stdout.contains("left by an earlier run"),
+        out.stdout.contains("left by an earlier run") && out.stdout.contains("taking it over"),
         "{}",
         out.describe()
     );
+    // Before the fix the stale FIFO was "reused, and left in place" forever.
+    assert!(!path.exists(), "the stale FIFO was left behind again");
 }
 
 #[test]
@@ -448,6 +539,16 @@ fn bad_command_lines_exit_2_with_one_line_naming_the_problem() {
         (&["--size", "16777213"], "--size"),
         (&["--writers", "0"], "--writers"),
         (&["--writers", "65"], "--writers"),
+        (&["--timeout", "0"], "--timeout"),
+        (&["--timeout", "86401"], "--timeout"),
+        (&["--timeout", "x"], "--timeout"),
+        (&["--count", "0"], "--count"),
+        (&["--count", "1000000001"], "--count"),
+        (&["--no-summary"], "--no-summary"),
+        (
+            &["receiver", "--path", "/tmp/x", "--lines", "--writers", "2"],
+            "--writers",
+        ),
         (&["--path", "/tmp/x"], "--path"),
         (&["--lines"], "--lines"),
         (&["receiver"], "--path"),
@@ -467,4 +568,219 @@ fn bad_command_lines_exit_2_with_one_line_naming_the_problem() {
     for (args, needle) in cases {
         assert_usage_error(FIFO_DEMO, args, needle);
     }
+}
+
+#[test]
+fn receiver_serves_writers_that_do_not_overlap() {
+    // TLPI's dummy writer fd: the first sender's close is not EOF for a
+    // receiver that holds a write end of its own. Before the fix the first
+    // close ended the receiver and the second sender found no reader.
+    let dir = test_dir();
+    let path = dir.path().join("serial.fifo");
+    let mut receiver = Proc::spawn(
+        FIFO_DEMO,
+        &["receiver", "--path", s(&path), "--writers", "2", "--quiet"],
+    );
+    receiver.wait_for_line(|l| l.contains("waits until a writer opens"), SHORT);
+    for _ in 0..2 {
+        let sent = run(
+            FIFO_DEMO,
+            &[
+                "sender",
+                "--path",
+                s(&path),
+                "--count",
+                "7",
+                "--timeout",
+                "10",
+            ],
+            SHORT,
+        );
+        assert_ok(&sent);
+        assert_one_summary_at_the_end(&sent);
+        sleep(Duration::from_millis(500)); // nobody has the FIFO open for writing now
+    }
+    let out = receiver.finish(SHORT);
+    assert_ok(&out);
+    assert_eq!(out.summary_field("messages"), "14");
+    assert!(
+        out.stdout.contains("the dummy writer fd"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("2 writer(s) done"),
+        "{}",
+        out.describe()
+    );
+    assert_one_summary_at_the_end(&out);
+    assert!(!path.exists());
+}
+
+#[test]
+fn receiver_without_count_reports_a_sender_cut_off() {
+    // Ctrl-C'd mid-transfer, the sender sends no end marker: before the
+    // fix the receiver called the EOF a success (exit 0, errors=0).
+    let dir = test_dir();
+    let path = dir.path().join("cut-off.fifo");
+    let mut receiver = Proc::spawn(FIFO_DEMO, &["receiver", "--path", s(&path), "--quiet"]);
+    receiver.wait_for_line(|l| l.contains("waits until a writer opens"), SHORT);
+    let sender = Proc::spawn(
+        FIFO_DEMO,
+        &[
+            "sender",
+            "--path",
+            s(&path),
+            "--count",
+            "1000000000",
+            "--quiet",
+        ],
+    );
+    receiver.wait_for_line(|l| l.contains("first message from writer"), SHORT);
+    sleep(Duration::from_millis(200));
+    sender.signal(Signal::SIGINT);
+    sender.finish(SHORT).assert_stopped_by(Signal::SIGINT);
+    let out = receiver.finish(SHORT);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert_ne!(out.summary_field("errors"), "0", "{}", out.describe());
+    assert!(
+        out.stderr.contains("before the end marker of writer(s)"),
+        "{}",
+        out.describe()
+    );
+    assert!(!path.exists());
+}
+
+#[test]
+fn receiver_gives_up_on_a_live_writer_that_sends_half_a_frame() {
+    let dir = test_dir();
+    let path = dir.path().join("half.fifo");
+    let mut receiver = Proc::spawn(
+        FIFO_DEMO,
+        &["receiver", "--path", s(&path), "--timeout", "2"],
+    );
+    receiver.wait_for_line(|l| l.contains("waits until a writer opens"), SHORT);
+    // A writer that stays alive with a frame half sent: 64 bytes announced,
+    // 3 given.
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut writer, &[64, 0, 0, 0, b'a', b'b', b'c']).unwrap();
+    let started = std::time::Instant::now();
+    let out = receiver.finish(SHORT);
+    drop(writer);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("no progress for 2 s (--timeout)"),
+        "{}",
+        out.describe()
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_one_summary_at_the_end(&out);
+    assert!(!path.exists());
+}
+
+#[test]
+fn sender_gives_up_on_a_fifo_nobody_reads() {
+    // A FIFO left by a killed receiver: before the fix open(O_WRONLY)
+    // waited forever.
+    let dir = test_dir();
+    let path = dir.path().join("no-reader.fifo");
+    mkfifo_0600(&path);
+    let out = run(
+        FIFO_DEMO,
+        &["sender", "--path", s(&path), "--timeout", "1"],
+        SHORT,
+    );
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("nobody opened the other end in time (--timeout)"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn sender_gives_up_on_a_receiver_that_stops_reading() {
+    let dir = test_dir();
+    let path = dir.path().join("stopped.fifo");
+    let mut receiver = Proc::spawn(FIFO_DEMO, &["receiver", "--path", s(&path), "--quiet"]);
+    receiver.wait_for_line(|l| l.contains("waits until a writer opens"), SHORT);
+    let sender = Proc::spawn(
+        FIFO_DEMO,
+        &[
+            "sender",
+            "--path",
+            s(&path),
+            "--count",
+            "1000000000",
+            "--timeout",
+            "2",
+            "--quiet",
+        ],
+    );
+    receiver.wait_for_line(|l| l.contains("first message from writer"), SHORT);
+    receiver.signal(Signal::SIGSTOP); // alive, but reads no more: the FIFO fills
+    let out = sender.finish(SHORT);
+    receiver.signal(Signal::SIGCONT);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("no progress for 2 s (--timeout)"),
+        "{}",
+        out.describe()
+    );
+    // The receiver then sees the writer gone mid-stream.
+    let received = receiver.finish(SHORT);
+    assert_eq!(received.code(), 1, "{}", received.describe());
+    assert!(!path.exists());
+}
+
+#[test]
+fn help_names_the_end_marker_and_the_unbounded_waits() {
+    let out = run(FIFO_DEMO, &["--help"], SHORT);
+    assert_eq!(out.code(), 0);
+    for expected in [
+        "END\nMARKER: the length 0xFFFFFFFF",
+        "0xFFFFFFFF",
+        "--timeout SECS",
+        "WAITS WITHOUT A TIME LIMIT",
+    ] {
+        assert!(
+            out.stdout.contains(expected),
+            "{expected:?}\n{}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn a_writer_that_dies_inside_its_first_frame_is_noticed_at_once() {
+    // The dummy writer fd must not hide this writer's EOF: the receiver
+    // closes it as soon as bytes arrive.
+    let dir = test_dir();
+    let path = dir.path().join("first-frame.fifo");
+    let mut receiver = Proc::spawn(FIFO_DEMO, &["receiver", "--path", s(&path)]);
+    receiver.wait_for_line(|l| l.contains("waits until a writer opens"), SHORT);
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    receiver.wait_for_line(|l| l.contains("the dummy writer fd"), SHORT);
+    std::io::Write::write_all(&mut writer, &[64, 0, 0, 0, b'a', b'b', b'c']).unwrap();
+    sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    drop(writer); // the writer is gone
+    let out = receiver.finish(SHORT);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("stream ended inside a frame"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}: the default --timeout, not EOF",
+        started.elapsed()
+    );
+    assert!(!path.exists());
 }

@@ -146,6 +146,7 @@ fn receiver_reports_each_kind_of_bad_message() {
     ] {
         frame::write_frame(&mut pipe, &body).expect("write frame");
     }
+    frame::write_end(&mut pipe, &6u64.to_le_bytes()).expect("write end marker");
     drop(pipe);
     let out = receiver.finish(SHORT);
     out.assert_no_panic();
@@ -232,6 +233,10 @@ fn pipeline_runs_two_real_commands() {
         "{}",
         out.describe()
     );
+    // The bytes never pass through pipe-demo: no summary line, as the help says.
+    assert!(!out.stdout.contains("summary:"), "{}", out.describe());
+    let help = run(PIPE_DEMO, &["--help"], SHORT);
+    assert!(help.stdout.contains("prints no summary line"));
 }
 
 #[test]
@@ -278,6 +283,9 @@ fn bad_command_lines_exit_2_with_one_line_naming_the_problem() {
         (&["--size", "16777217"], "--size"),
         (&["--size", "99999999999999999999999"], "--size"),
         (&["--size", "4"], "--size"),
+        (&["--timeout", "0"], "--timeout"),
+        (&["--timeout", "86401"], "--timeout"),
+        (&["receiver", "--timeout", "x"], "--timeout"),
         (&["sender", "--size", "x"], "--size"),
         (&["receiver", "--size", "64"], "--size"),
         (&["sendr"], "sendr"),
@@ -379,7 +387,7 @@ fn receiver_stops_on_sigint_while_blocked_in_read() {
         File::from(read_end),
         Stdio::piped(),
     );
-    receiver.wait_for_line(|l| l.contains("reading frames until EOF"), SHORT);
+    receiver.wait_for_line(|l| l.contains("reading frames up to the end marker"), SHORT);
     std::thread::sleep(Duration::from_millis(200));
     receiver.signal(Signal::SIGINT);
     let out = receiver.finish(SHORT);
@@ -388,6 +396,179 @@ fn receiver_stops_on_sigint_while_blocked_in_read() {
     assert_eq!(out.code(), 130, "{}", out.describe());
     assert!(
         out.stderr.contains("stopped by SIGINT"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// Exactly one summary line in everything the process printed.
+fn assert_one_summary(out: &Output) {
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(all.matches("summary:").count(), 1, "{}", out.describe());
+}
+
+#[test]
+fn every_role_and_the_story_print_one_summary_line() {
+    let out = run(PIPE_DEMO, &["--quiet"], SHORT);
+    assert_ok(&out);
+    assert_one_summary(&out);
+    let (sent, received) = shell_pipe(&["--count", "9"], &[]);
+    assert_one_summary(&sent);
+    assert_one_summary(&received);
+    assert_ok(&received);
+    assert!(
+        received
+            .stdout
+            .contains("end marker: the sender says it sent 9 messages"),
+        "{}",
+        received.describe()
+    );
+}
+
+#[test]
+fn receiver_without_count_reports_a_sender_cut_off() {
+    // EOF with no end marker: before the fix a sender Ctrl-C'd half-way
+    // left a receiver that said exit 0, errors=0.
+    let (read_end, write_end) = cloexec_pipe();
+    let mut receiver = Proc::spawn_with(
+        PIPE_DEMO,
+        &["receiver", "--quiet"],
+        File::from(read_end),
+        Stdio::piped(),
+    );
+    let sender = Proc::spawn_with(
+        PIPE_DEMO,
+        &["sender", "--count", "1000000000", "--quiet"],
+        Stdio::null(),
+        File::from(write_end),
+    );
+    receiver.wait_for_line(|l| l.contains("reading frames"), SHORT);
+    std::thread::sleep(Duration::from_millis(300));
+    sender.signal(Signal::SIGINT);
+    sender.finish(SHORT).assert_stopped_by(Signal::SIGINT);
+    let out = receiver.finish(SHORT);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert_ne!(out.summary_field("errors"), "0", "{}", out.describe());
+    assert!(
+        out.stderr.contains("before the end marker"),
+        "{}",
+        out.describe()
+    );
+
+    // Whole frames and then EOF, no marker: cut off too.
+    let (read_end, write_end) = cloexec_pipe();
+    let receiver = Proc::spawn_with(
+        PIPE_DEMO,
+        &["receiver"],
+        File::from(read_end),
+        Stdio::piped(),
+    );
+    let mut pipe = File::from(write_end);
+    for seq in 0..3 {
+        frame::write_frame(&mut pipe, &payload::make(seq, 64)).unwrap();
+    }
+    drop(pipe);
+    let out = receiver.finish(SHORT);
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("after 3 messages but before the end marker"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn receiver_counts_what_the_end_marker_says_was_sent() {
+    // The marker says 4, two arrived: two lost, even without --count.
+    let (read_end, write_end) = cloexec_pipe();
+    let receiver = Proc::spawn_with(
+        PIPE_DEMO,
+        &["receiver"],
+        File::from(read_end),
+        Stdio::piped(),
+    );
+    let mut pipe = File::from(write_end);
+    for seq in 0..2 {
+        frame::write_frame(&mut pipe, &payload::make(seq, 64)).unwrap();
+    }
+    frame::write_end(&mut pipe, &4u64.to_le_bytes()).unwrap();
+    drop(pipe);
+    let out = receiver.finish(SHORT);
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert_eq!(out.summary_field("errors"), "2", "{}", out.describe());
+    assert!(
+        out.stdout.contains("received=2 lost=2"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn receiver_gives_up_on_a_live_sender_that_sends_half_a_frame() {
+    let (read_end, write_end) = cloexec_pipe();
+    let receiver = Proc::spawn_with(
+        PIPE_DEMO,
+        &["receiver", "--timeout", "2"],
+        File::from(read_end),
+        Stdio::piped(),
+    );
+    let mut whole = Vec::new();
+    frame::write_frame(&mut whole, &payload::make(0, 64)).unwrap();
+    let mut pipe = File::from(write_end);
+    pipe.write_all(&whole[..20]).unwrap(); // and keep the write end open
+    let started = std::time::Instant::now();
+    let out = receiver.finish(SHORT);
+    drop(pipe);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("no progress for 2 s (--timeout)"),
+        "{}",
+        out.describe()
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_one_summary(&out);
+}
+
+#[test]
+fn sender_gives_up_on_a_reader_that_never_reads() {
+    let (read_end, write_end) = cloexec_pipe();
+    let sender = Proc::spawn_with(
+        PIPE_DEMO,
+        &["sender", "--count", "1000000", "--timeout", "2", "--quiet"],
+        Stdio::null(),
+        File::from(write_end),
+    );
+    let out = sender.finish(SHORT); // we hold the read end and read nothing
+    drop(read_end);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("no progress for 2 s (--timeout)"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn story_gives_up_on_a_stopped_child() {
+    // The forked child stops (SIGSTOP): the parent waits for its reply at
+    // most --timeout, then fails and kills and reaps the child.
+    let mut proc = Proc::spawn(
+        PIPE_DEMO,
+        &["--count", "1000000000", "--timeout", "2", "--quiet"],
+    );
+    let line = proc.wait_for_line(|l| l.contains("fork() → child pid"), SHORT);
+    let pid: i32 = line.rsplit(' ').next().unwrap().parse().expect("child pid");
+    std::thread::sleep(Duration::from_millis(200));
+    nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    let out = proc.finish(SHORT); // also checks the child is gone
+    out.assert_no_panic();
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("no progress for 2 s (--timeout)"),
         "{}",
         out.describe()
     );
