@@ -38,10 +38,10 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction
 
 use crate::error::Interrupted;
 
-/// The signal that asked us to stop, or 0. A handler may only touch
-/// lock-free atomics: it can run between any two instructions, even inside
-/// `malloc` or while a lock is held.
-static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+// The signal that asked us to stop, or 0, is kept in `error`, which decides
+// the exit status. A handler may only touch lock-free atomics: it can run
+// between any two instructions, even inside `malloc` or while a lock is held.
+use crate::error::STOP_SIGNAL;
 
 extern "C" fn record_stop(signal: libc::c_int) {
     // The first stop signal is only recorded: the demo cleans up in order.

@@ -10,7 +10,7 @@
 //! | success                          | nothing                        | 0        |
 //! | `-h`/`--help` ([`ShowHelp`])     | the usage text, on stdout      | 0        |
 //! | bad command line ([`UsageError`])| one line on stderr             | 2        |
-//! | stopped by a signal ([`Interrupted`]) | one line on stderr        | 128+sig  |
+//! | stopped by a signal ([`Interrupted`], or any error after a stop signal) | one line on stderr | 128+sig |
 //! | anything else                    | the error chain, one line      | 1        |
 //!
 //! Never a panic or a backtrace: the chain is printed with `{:#}`, which
@@ -19,6 +19,7 @@
 use std::fmt;
 use std::io::{self, Write};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::sys::signal::Signal;
 
@@ -63,6 +64,11 @@ impl fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// The stop signal received so far, or 0. Written only by the handler that
+/// `cleanup::stop_on_signals` installs; it lives here so that [`run`] can
+/// give a stopped run its 128+N without depending on `cleanup`.
+pub static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
 /// Find an error of type `T` anywhere in the chain, also inside an
 /// `io::Error` (a `Read`/`Write` adapter can only report through one).
 pub fn find_in_chain<T: std::error::Error + 'static>(err: &anyhow::Error) -> Option<&T> {
@@ -91,6 +97,16 @@ pub fn run(program: &str, body: impl FnOnce() -> anyhow::Result<()>) -> ExitCode
         return ExitCode::SUCCESS;
     }
     let mut stderr = io::stderr().lock();
+    // Stopped by Ctrl-C or SIGTERM: whatever failed afterwards (a child that
+    // was stopped too, a write that was cut), the run ends as stopped.
+    let stopped = Signal::try_from(STOP_SIGNAL.load(Ordering::SeqCst)).ok();
+    if let Some(signal) = stopped.filter(|_| find_in_chain::<Interrupted>(&err).is_none()) {
+        let _ = writeln!(
+            stderr,
+            "{program}: stopped by {signal} ({err:#}), cleaned up"
+        );
+        return ExitCode::from(128 + signal as u8);
+    }
     if let Some(bad) = find_in_chain::<UsageError>(&err) {
         let _ = writeln!(stderr, "{program}: {bad} (see '{program} --help')");
         return ExitCode::from(2);

@@ -27,7 +27,21 @@ fn main() {
         parent(gap);
     }
     private_dir_ignores_the_umask();
-    println!("process_wide: 3 passed, 0 failed");
+    any_error_after_a_stop_signal_exits_128_plus_n();
+    println!("process_wide: 4 passed, 0 failed");
+}
+
+/// A run that fails after Ctrl-C (a child stopped too, a write cut short)
+/// ends as stopped: 130, not 1.
+fn any_error_after_a_stop_signal_exits_128_plus_n() {
+    use std::process::ExitCode;
+    use std::sync::atomic::Ordering;
+    let fail = || Err(anyhow::anyhow!("the child exited with status 130"));
+    assert_eq!(common::error::run("t", fail), ExitCode::FAILURE);
+    common::error::STOP_SIGNAL.store(libc::SIGINT, Ordering::SeqCst);
+    assert_eq!(common::error::run("t", fail), ExitCode::from(130));
+    assert_eq!(common::error::run("t", || Ok(())), ExitCode::SUCCESS);
+    common::error::STOP_SIGNAL.store(0, Ordering::SeqCst);
 }
 
 /// `mkdir(path, 0700)` is masked by the umask; the mode is then set exactly.
