@@ -113,6 +113,9 @@ pub enum Cell {
         seconds: f64,
         /// Untimed messages sent first.
         warm: u64,
+        /// Page faults the receiver took while timed (first touches of a
+        /// ring would show here; the warm-up keeps it near 0).
+        faults: u64,
         note: Option<String>,
     },
     NotApplicable(String),
@@ -142,6 +145,8 @@ pub struct Latency {
     pub rounds: u64,
     /// Untimed round trips before them.
     pub warmup: u64,
+    /// Page faults of the timing process during the timed rounds.
+    pub faults: u64,
     pub median: u64,
     pub p99: u64,
     pub p999: u64,
@@ -156,6 +161,7 @@ impl Latency {
         Latency {
             rounds: samples.len() as u64,
             warmup,
+            faults: 0,
             median: at(0.5),
             p99: at(0.99),
             p999: at(0.999),
@@ -174,6 +180,8 @@ pub struct Results {
     pub spin: Latency,
     /// (name, value) of every kernel limit a configuration depends on.
     pub limits: Vec<(&'static str, String)>,
+    /// How long the measurements took.
+    pub seconds: f64,
 }
 
 fn run() -> Result<()> {
@@ -280,6 +288,7 @@ fn run() -> Result<()> {
         check,
         spin,
         limits: transport::kernel_limits(),
+        seconds: started.elapsed().as_secs_f64(),
     };
     // Files first: a full or closed stdout must not cost the results.
     if let Some(path) = &config.json {
@@ -503,6 +512,14 @@ fn check_bandwidth(size: usize, budget: u64) -> f64 {
     (rounds * size as u64) as f64 / start.elapsed().as_secs_f64().max(1e-9) / 1e6
 }
 
+/// Room for `rounds` samples, every page of it written now: pushing into
+/// untouched capacity would take page faults between timed rounds.
+fn sample_buffer(rounds: u64) -> Vec<u64> {
+    let mut samples = vec![u64::MAX; rounds as usize];
+    samples.clear(); // keeps the touched capacity
+    samples
+}
+
 /// Two processes bouncing a counter through two cache lines of a shared
 /// page, spinning: the floor for any round trip through memory.
 fn spin_ping_pong(rounds: u64, warmup: u64) -> Result<Latency> {
@@ -541,7 +558,7 @@ fn spin_ping_pong(rounds: u64, warmup: u64) -> Result<Latency> {
         }
         ForkResult::Parent { child } => child,
     };
-    let mut samples = Vec::with_capacity(rounds as usize);
+    let mut samples = sample_buffer(rounds);
     let deadline = Instant::now() + CELL_DEADLINE;
     for i in 1..=(warmup + rounds) {
         let start = Instant::now();
@@ -627,16 +644,20 @@ fn signals(first: i32) -> (libc::c_int, libc::c_int) {
 }
 
 /// Untimed messages before a throughput measurement: twice what the
-/// channel holds in flight, so the timed messages find every page of a
-/// ring already mapped in both processes and every buffer already grown.
-/// Without it, a fresh ring's first-touch page faults are timed: shm-spsc
-/// at 64 KiB measured 2.2 GB/s with 32 messages and 22 GB/s with 16 K.
+/// channel holds in flight, so every buffer has grown and every slot of a
+/// ring has been used (at least 16, at most 10 000: for small messages the
+/// kernel's per-message overhead fills a buffer long before its bytes do;
+/// the SPSC ring's ends touch each of its pages after fork instead).
+/// Without it, a fresh ring's first-touch page faults were timed:
+/// shm-spsc at 64 KiB measured 2.2 GB/s with 32 messages and 22 GB/s with
+/// 16 K.
 pub fn warm_messages(buffer: usize, size: usize) -> u64 {
-    ((2 * buffer).div_ceil(size) as u64).max(MIN_WARM)
+    ((2 * buffer).div_ceil(size) as u64).clamp(MIN_WARM, MAX_WARM)
 }
 
-/// The fewest warm-up messages of any cell.
+/// The fewest and the most warm-up messages of a cell.
 const MIN_WARM: u64 = 16;
+const MAX_WARM: u64 = 10_000;
 
 /// One-way throughput: the child sends `warm` messages, waits for "go",
 /// then sends `count` more; we receive and check every one. The pause
@@ -677,7 +698,7 @@ fn throughput_cell(mech: Mech, size: usize, count: u64, dir: &PrivateDir) -> Res
     let outcome = receiver(rx, go_write, child, warm, count);
     let exit = wait_pid(child, Duration::from_secs(60))?;
     drop(cleanup);
-    let seconds = outcome?;
+    let (seconds, faults) = outcome?;
     if !exit.success() {
         bail!("the sending process {exit}");
     }
@@ -687,8 +708,18 @@ fn throughput_cell(mech: Mech, size: usize, count: u64, dir: &PrivateDir) -> Res
         bytes: timed * if mech == Mech::Signal { 0 } else { size as u64 },
         seconds,
         warm,
+        faults,
         note,
     })
+}
+
+/// Minor plus major page faults of this process so far.
+fn page_faults() -> u64 {
+    // SAFETY: rusage is plain data; getrusage fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    (usage.ru_minflt + usage.ru_majflt) as u64
 }
 
 fn sender(
@@ -729,7 +760,7 @@ fn receiver(
     child: Pid,
     warm: u64,
     count: u64,
-) -> Result<f64> {
+) -> Result<(f64, u64)> {
     rx.after_fork(child)?;
     let _ticker = transport::watch(child, CELL_DEADLINE)?;
     let mut checker = Checker::new(Some(warm + count));
@@ -752,16 +783,18 @@ fn receiver(
     write(go.as_fd(), b"g").context("write(go)")?;
     let mut start = None;
     while next(&mut rx, &mut received)? {
-        start.get_or_insert_with(Instant::now);
+        start.get_or_insert_with(|| (Instant::now(), page_faults()));
     }
-    let seconds = start.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    let (seconds, faults) = start.map_or((0.0, 0), |(t, f)| {
+        (t.elapsed().as_secs_f64(), page_faults() - f)
+    });
     if received != warm + count {
         bail!(
             "received {} of {count} messages after the warm-up",
             received - warm
         );
     }
-    Ok(seconds)
+    Ok((seconds, faults))
 }
 
 /// Round trips of 64-byte messages: we send on channel A, the child
@@ -786,17 +819,21 @@ fn latency_of(mech: Mech, rounds: u64, warmup: u64, dir: &PrivateDir) -> Result<
         }
         ForkResult::Parent { child } => child,
     };
-    // Walk the rings once before timing (see Channel::cycle).
+    // Walk shm-sem's slots once before timing (see Channel::cycle).
     let warmup = warmup.max(a.cycle.max(b.cycle));
     let (mut ping, mut pong) = (a.tx, b.rx);
     drop((a.rx, b.tx));
-    let outcome = (|| -> Result<Vec<u64>> {
+    let outcome = (|| -> Result<(Vec<u64>, u64)> {
         ping.after_fork(child)?;
         pong.after_fork(child)?;
         let _ticker = transport::watch(child, CELL_DEADLINE)?;
         let mut checker = Checker::new(None);
-        let mut samples = Vec::with_capacity(rounds as usize);
+        let mut samples = sample_buffer(rounds);
+        let mut faults = 0;
         for i in 0..(warmup + rounds) {
+            if i == warmup {
+                faults = page_faults();
+            }
             let start = Instant::now();
             ping.send(i, PING_SIZE)?;
             let msg = pong.recv()?.context("the echo process ended early")?;
@@ -805,19 +842,22 @@ fn latency_of(mech: Mech, rounds: u64, warmup: u64, dir: &PrivateDir) -> Result<
                 samples.push(start.elapsed().as_nanos() as u64);
             }
         }
+        faults = page_faults() - faults;
         ping.end()?;
         if pong.recv()?.is_some() {
             bail!("an extra reply after the end");
         }
-        Ok(samples)
+        Ok((samples, faults))
     })();
     let exit = wait_pid(child, Duration::from_secs(60))?;
     drop((a.cleanup, b.cleanup));
-    let samples = outcome?;
+    let (samples, faults) = outcome?;
     if !exit.success() {
         bail!("the echo process {exit}");
     }
-    Ok(Latency::from_samples(samples, warmup))
+    let mut latency = Latency::from_samples(samples, warmup);
+    latency.faults = faults;
+    Ok(latency)
 }
 
 fn echo(mut rx: Box<dyn transport::Rx>, mut tx: Box<dyn transport::Tx>) -> Result<()> {

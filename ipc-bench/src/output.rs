@@ -99,7 +99,14 @@ pub fn markdown(config: &Config, r: &Results) -> String {
                 }
                 Cell::NotApplicable(why) => {
                     if i > 0 && *mech == Mech::Signal {
-                        line.push_str(" – |");
+                        // One note for the row: the reason is the same.
+                        if i == 1 {
+                            notes.push(format!(
+                                "{} at every size after the first: {why}",
+                                mech.name()
+                            ));
+                        }
+                        let _ = write!(line, " – [{}] |", notes.len());
                     } else {
                         notes.push(format!("{} at {}: {why}", mech.name(), size_label(*size)));
                         let _ = write!(line, " n/a [{}] |", notes.len());
@@ -197,10 +204,7 @@ pub fn markdown(config: &Config, r: &Results) -> String {
         if warm.is_empty() {
             String::new()
         } else {
-            format!(
-                " (the rings walk their whole mapping first: {})",
-                warm.join(", ")
-            )
+            format!(" (shm-sem walks all its slots first: {})", warm.join(", "))
         }
     );
     out.push_str(&configuration(r));
@@ -245,8 +249,8 @@ fn json_str(s: &str) -> String {
 
 fn json_latency(l: &Latency) -> String {
     format!(
-        "{{\"warm_up_rounds\": {}, \"rounds\": {}, \"median_ns\": {}, \"p99_ns\": {}, \"p999_ns\": {}}}",
-        l.warmup, l.rounds, l.median, l.p99, l.p999
+        "{{\"warm_up_rounds\": {}, \"rounds\": {}, \"timed_page_faults\": {}, \"median_ns\": {}, \"p99_ns\": {}, \"p999_ns\": {}}}",
+        l.warmup, l.rounds, l.faults, l.median, l.p99, l.p999
     )
 }
 
@@ -290,8 +294,8 @@ pub fn json(config: &Config, r: &Results) -> String {
             let cells: Vec<String> = row
                 .iter()
                 .map(|(size, cell)| match cell {
-                    Cell::Measured { messages, bytes, seconds, warm, note } => format!(
-                        "{{\"size\": {size}, \"warm_up_messages\": {warm}, \"messages\": {messages}, \"bytes\": {bytes}, \"seconds\": {seconds:.6}, \"mb_s\": {:.1}, \"msg_s\": {:.0}, \"note\": {}}}",
+                    Cell::Measured { messages, bytes, seconds, warm, faults, note } => format!(
+                        "{{\"size\": {size}, \"warm_up_messages\": {warm}, \"timed_receiver_page_faults\": {faults}, \"messages\": {messages}, \"bytes\": {bytes}, \"seconds\": {seconds:.6}, \"mb_s\": {:.1}, \"msg_s\": {:.0}, \"note\": {}}}",
                         cell.mb_per_s().unwrap_or(0.0),
                         cell.msg_per_s().unwrap_or(0.0),
                         note.as_deref().map_or("null".into(), json_str)

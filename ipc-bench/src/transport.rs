@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::ptr::NonNull;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -134,10 +134,10 @@ pub struct Channel {
     /// ring): the warm-up moves at least twice this much before timing, so
     /// every page of the ring has been touched and every buffer has grown.
     pub buffer: usize,
-    /// For the rings: messages after which a stream of them has walked the
-    /// whole shared mapping and starts reusing it. The round-trip warm-up
-    /// sends at least this many, or the timed rounds would take the
-    /// first-touch page faults of pages not yet walked. 0: kernel buffers.
+    /// For shm-sem's slots: messages after which a stream of them has used
+    /// every slot. The round-trip warm-up sends at least this many, or the
+    /// timed rounds would take the first touch of slots not yet used.
+    /// (shm-spsc's ends touch every page after fork instead.)
     pub cycle: u64,
     pub cleanup: Vec<Box<dyn std::any::Any>>,
 }
@@ -635,6 +635,22 @@ impl SpscShared {
         // SAFETY: the data area follows the header inside the mapping.
         unsafe { self.base.cast::<u8>().as_ptr().add(size_of::<SpscHeader>()) }
     }
+
+    /// Read one byte of every page of the data area, so that this process
+    /// takes its page faults now rather than in a timed message or round
+    /// trip. (A read fault on a shared writable mapping maps the page
+    /// writable: the producer's later stores take no fault either.) Atomic
+    /// loads: the peer may be doing the same at the same time.
+    fn touch_every_page(&self) {
+        let mut sum = 0u8;
+        for offset in (0..self.cap).step_by(4096) {
+            // SAFETY: `offset < cap`, inside the data area; AtomicU8 has
+            // the size and alignment of u8.
+            let byte = unsafe { &*self.data().add(offset).cast::<AtomicU8>() };
+            sum = sum.wrapping_add(byte.load(Ordering::Relaxed));
+        }
+        std::hint::black_box(sum);
+    }
 }
 
 impl Drop for SpscShared {
@@ -722,6 +738,11 @@ impl SpscTx {
 }
 
 impl Tx for SpscTx {
+    fn after_fork(&mut self, _peer: Pid) -> Result<()> {
+        self.shared.touch_every_page();
+        Ok(())
+    }
+
     fn send(&mut self, seq: u64, size: usize) -> Result<()> {
         let need = spsc_record(size);
         let at = self.reserve(need)?;
@@ -759,6 +780,11 @@ struct SpscRx {
 }
 
 impl Rx for SpscRx {
+    fn after_fork(&mut self, _peer: Pid) -> Result<()> {
+        self.shared.touch_every_page();
+        Ok(())
+    }
+
     fn recv(&mut self) -> Result<Option<Msg<'_>>> {
         let capacity = self.shared.cap;
         let cap = capacity as u64;
@@ -936,7 +962,7 @@ pub const MQ_MAXMSG: usize = 10;
 pub const SHM_SEM_SLOTS: u32 = 16;
 pub const SHM_SEM_SLOT_SIZE: u32 = 64 * 1024;
 /// A pipe's default capacity (16 pages).
-const PIPE_DEFAULT: usize = 65536;
+pub const PIPE_DEFAULT: usize = 65536;
 
 fn pipe_capacity(fd: &OwnedFd) -> usize {
     nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETPIPE_SZ).map_or(PIPE_DEFAULT, |n| n as usize)
@@ -1140,8 +1166,9 @@ pub fn channel(
         }
         Mech::ShmSpsc => {
             let shared = new_spsc(spsc_capacity(size))?;
+            // Both ends touch every page after fork (touch_every_page):
+            // walking 8 MiB with 64-byte round trips would take 116 K rounds.
             buffer = shared.cap;
-            cycle = (shared.cap / spsc_record(size)) as u64 + 1;
             (
                 Box::new(SpscTx {
                     shared: shared.clone(),
@@ -1225,7 +1252,7 @@ fn sigpending() -> String {
 
 /// SO_SNDBUF and SO_RCVBUF of a fresh socket pair of `kind`, as the kernel
 /// sets them by default.
-fn default_buffers(kind: SockType) -> (usize, usize) {
+pub fn default_buffers(kind: SockType) -> (usize, usize) {
     socketpair(AddressFamily::Unix, kind, None, SockFlag::SOCK_CLOEXEC).map_or((0, 0), |(a, b)| {
         (
             nix::sys::socket::getsockopt(&a, sockopt::SndBuf).unwrap_or(0),
@@ -1291,7 +1318,8 @@ pub fn configuration(mech: Mech) -> String {
              {} MiB: twice their record) in an anonymous MAP_SHARED mapping inherited over fork \
              (not named: only related processes share it as set up here); head and tail \
              atomics on their own cache lines; a waiting side spins 1000 times, then calls \
-             sched_yield; the receiver checks each message in place; no system call per message",
+             sched_yield; the receiver checks each message in place; no system call per message unless a side \
+             waits",
             SPSC_CAPACITY >> 20,
             SPSC_CAPACITY >> 21
         ),
