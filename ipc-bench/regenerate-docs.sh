@@ -8,4 +8,4 @@
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-exec cargo run --quiet --release -p ipc-bench -- --docs "$root" "$@"
+exec cargo run --quiet --release -p ipc-bench -- --docs . "$@"

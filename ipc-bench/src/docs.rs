@@ -182,7 +182,7 @@ fn limit(r: &Results, name: &str) -> String {
         .map_or("unknown".into(), |(_, v)| v.clone())
 }
 
-/// 1720, 34.4, 11.9 k
+/// 1720 or 34.4
 fn num(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")

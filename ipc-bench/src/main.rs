@@ -8,10 +8,16 @@
 //! numbers in proportion: `memcpy` bandwidth, the cost of generating and
 //! checking the payload itself, and a raw shared-memory spin ping-pong.
 //!
+//! Every measurement is warmed up first (untimed messages, then a pause
+//! for the channel to drain), so the first touch of a fresh ring's pages
+//! is not timed; the output states how each mechanism is set up and the
+//! kernel limits it depends on.
+//!
 //! ```text
-//! cargo run --release -p ipc-bench                       # about a minute on 2 cores
+//! cargo run --release -p ipc-bench                       # about half a minute on 2 cores
 //! cargo run --release -p ipc-bench -- --quick --json out.json --svg chart.svg
 //! cargo run --release -p ipc-bench -- --mechanisms pipe,shm-spsc --sizes 64,65536
+//! ipc-bench/regenerate-docs.sh                           # every figure in the docs
 //! ```
 //!
 //! Progress goes to stderr, the Markdown tables to stdout.
