@@ -1148,7 +1148,7 @@ pub fn channel(
             let slot = SHM_SEM_SLOT_SIZE as usize;
             let shared = new_ring(SHM_SEM_SLOTS, SHM_SEM_SLOT_SIZE)?;
             buffer = ring::segment_len(SHM_SEM_SLOTS, SHM_SEM_SLOT_SIZE);
-            cycle = SHM_SEM_SLOTS as u64 * size.div_ceil(slot).max(1) as u64;
+            cycle = u64::from(SHM_SEM_SLOTS).div_ceil(size.div_ceil(slot).max(1) as u64);
             if size > slot {
                 note = Some(format!("split into {} KiB slots", slot / 1024));
             }
