@@ -8,15 +8,24 @@
 //! numbers in proportion: `memcpy` bandwidth, the cost of generating and
 //! checking the payload itself, and a raw shared-memory spin ping-pong.
 //!
+//! Every measurement is warmed up first (untimed messages, then a pause
+//! for the channel to drain), so the first touch of a fresh ring's pages
+//! is not timed; the output states how each mechanism is set up and the
+//! kernel limits it depends on.
+//!
 //! ```text
-//! cargo run --release -p ipc-bench                       # about a minute on 2 cores
+//! cargo run --release -p ipc-bench                       # about half a minute on 2 cores
 //! cargo run --release -p ipc-bench -- --quick --json out.json --svg chart.svg
 //! cargo run --release -p ipc-bench -- --mechanisms pipe,shm-spsc --sizes 64,65536
+//! ipc-bench/regenerate-docs.sh                           # every figure in the docs
 //! ```
 //!
 //! Progress goes to stderr, the Markdown tables to stdout.
 
+mod docs;
+mod files;
 mod output;
+mod stale;
 mod transport;
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -26,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use common::cleanup::{PrivateDir, stop_on_signals};
+use common::cleanup::{PrivateDir, stop_on_signals, unique_name};
 use common::cli::Args;
 use common::error::{self, usage};
 use common::payload::{self, Checker, Verdict};
@@ -42,19 +51,32 @@ ipc-bench: one benchmark for every IPC mechanism
 USAGE:
     ipc-bench [--mechanisms LIST] [--sizes LIST] [--count N] [--rounds N]
               [--quick] [--json PATH] [--svg PATH]
+    ipc-bench --docs ROOT [--quick]
 
 OPTIONS:
     --mechanisms LIST  comma-separated, from: pipe, fifo, unix-stream, unix-dgram,
                        sysv-msg, posix-mq, shm-sem, shm-spsc, tcp, signal (default: all)
     --sizes LIST       message sizes in bytes, comma-separated, 1 to 16777216
                        (default: 64,4096,65536,1048576)
-    --count N          messages per throughput measurement (default: 64 MiB worth,
-                       at least 16 and at most 200000; --quick: 2 MiB worth)
+    --count N          messages per throughput measurement, 2 or more (default:
+                       64 MiB worth, at least 16 and at most 200000; --quick: 2 MiB
+                       worth); timed from the first to the last, after the warm-up
     --rounds N         round trips per latency measurement (default 20000; --quick 500)
     --quick            a short run (under 15 s) with every row
     --json PATH        also write the results as JSON
     --svg PATH         also draw them as an SVG chart
+    --docs ROOT        regenerate the repository's figures from this run:
+                       ROOT/docs/bench-results.md, bench.json, bench.svg, and the
+                       marked (<!-- bench:begin/end -->) parts of README.md,
+                       docs/README.zh-CN.md and docs/comparison.md
     -h, --help         this text
+
+Every throughput cell first moves untimed warm-up messages (twice what the
+channel holds, at least 16), so no first-touch page fault is timed; round
+trips warm up too. Objects a killed run left (System V queues keyed
+0x69PPPPPS, /dev/mqueue/ipc-bench-PID-N, <tmp>/ipc-bench-PID-N) are removed
+by the next run if they are ours and PID is gone. Output files are written
+to a temporary file and renamed into place; a symlink at PATH is refused.
 
 Build with --release for meaningful numbers; a debug build says so in its output.
 ";
@@ -82,6 +104,8 @@ pub struct Config {
     pub repeats: u32,
     json: Option<PathBuf>,
     svg: Option<PathBuf>,
+    /// --docs ROOT: rewrite the repository's figures from this run.
+    docs: Option<PathBuf>,
     pub quick: bool,
     pub command: String,
 }
@@ -93,6 +117,11 @@ pub enum Cell {
         messages: u64,
         bytes: u64,
         seconds: f64,
+        /// Untimed messages sent first.
+        warm: u64,
+        /// Page faults the receiver took while timed (first touches of a
+        /// ring would show here; the warm-up keeps it near 0).
+        faults: u64,
         note: Option<String>,
     },
     NotApplicable(String),
@@ -120,6 +149,10 @@ impl Cell {
 #[derive(Debug, Clone)]
 pub struct Latency {
     pub rounds: u64,
+    /// Untimed round trips before them.
+    pub warmup: u64,
+    /// Page faults of the timing process during the timed rounds.
+    pub faults: u64,
     pub median: u64,
     pub p99: u64,
     pub p999: u64,
@@ -128,11 +161,13 @@ pub struct Latency {
 impl Latency {
     /// Percentiles of the per-round-trip times (all samples kept, sorted:
     /// the histogram at one-nanosecond resolution).
-    fn from_samples(mut samples: Vec<u64>) -> Latency {
+    fn from_samples(mut samples: Vec<u64>, warmup: u64) -> Latency {
         samples.sort_unstable();
         let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
         Latency {
             rounds: samples.len() as u64,
+            warmup,
+            faults: 0,
             median: at(0.5),
             p99: at(0.99),
             p999: at(0.999),
@@ -149,11 +184,26 @@ pub struct Results {
     pub memcpy: Vec<(usize, f64)>,
     pub check: Vec<(usize, f64)>,
     pub spin: Latency,
+    /// (name, value) of every kernel limit a configuration depends on.
+    pub limits: Vec<(&'static str, String)>,
+    /// How long the measurements took.
+    pub seconds: f64,
 }
 
 fn run() -> Result<()> {
     let config = parse()?;
     stop_on_signals()?;
+    // Refuse a bad output path now, not after a minute of measuring.
+    for path in config.json.iter().chain(&config.svg) {
+        files::check_target(path)?;
+    }
+    if let Some(root) = &config.docs {
+        docs::check(root)?;
+    }
+    // Before making anything: remove what runs killed by SIGKILL left.
+    for line in stale::clean_up(&common::cleanup::runtime_dir()) {
+        progress(&line);
+    }
     let dir = PrivateDir::create("ipc-bench")?;
     if cfg!(debug_assertions) {
         progress("a debug build: numbers are far below what the mechanisms can do; use --release");
@@ -243,25 +293,47 @@ fn run() -> Result<()> {
         memcpy,
         check,
         spin,
+        limits: transport::kernel_limits(),
+        seconds: started.elapsed().as_secs_f64(),
     };
-    print!("{}", output::markdown(&config, &results));
+    // Files first: a full or closed stdout must not cost the results.
     if let Some(path) = &config.json {
-        std::fs::write(path, output::json(&config, &results))
-            .with_context(|| format!("write {}", path.display()))?;
+        files::write_replacing(path, output::json(&config, &results).as_bytes())?;
         progress(&format!("wrote {}", path.display()));
     }
     if let Some(path) = &config.svg {
-        std::fs::write(path, output::svg(&config, &results))
-            .with_context(|| format!("write {}", path.display()))?;
+        files::write_replacing(path, output::svg(&config, &results).as_bytes())?;
         progress(&format!("wrote {}", path.display()));
     }
+    if let Some(root) = &config.docs {
+        for path in docs::write(root, &config, &results)? {
+            progress(&format!("wrote {}", path.display()));
+        }
+    }
     progress(&format!("done in {:.1} s", started.elapsed().as_secs_f64()));
-    Ok(())
+    to_stdout(&output::markdown(&config, &results))
 }
 
+/// Write the tables to stdout. Rust ignores SIGPIPE, so a reader that left
+/// (`ipc-bench | head -3`, `| true`) gives EPIPE: their choice, so we end
+/// quietly. Any other failure (`> /dev/full`) is a real error: one line,
+/// exit 1. (`print!` would panic in both cases.)
+fn to_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e).context("write(stdout)"),
+    }
+}
+
+/// A progress line on stderr; a closed or full stderr loses it, nothing more.
 fn progress(line: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "[bench] {line}");
+    let _ = std::io::stderr()
+        .lock()
+        .write_all(format!("[bench] {line}\n").as_bytes());
 }
 
 fn parse() -> Result<Config> {
@@ -276,13 +348,15 @@ fn parse() -> Result<Config> {
         repeats: 3,
         json: None,
         svg: None,
+        docs: None,
         quick: false,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
-    let (mut rounds, mut quick) = (None, false);
+    let (mut rounds, mut quick, mut subset) = (None, false, None);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--mechanisms" => {
+                subset = Some("--mechanisms");
                 let list = args.value("--mechanisms")?;
                 config.mechs = list
                     .split(',')
@@ -298,6 +372,7 @@ fn parse() -> Result<Config> {
                     .collect::<Result<_>>()?;
             }
             "--sizes" => {
+                subset = Some("--sizes");
                 let list = args.value("--sizes")?;
                 config.sizes = list
                     .split(',')
@@ -312,13 +387,27 @@ fn parse() -> Result<Config> {
                     })
                     .collect::<Result<_>>()?;
             }
-            "--count" => config.count = Some(args.number("--count", 1, 100_000_000)?),
-            "--rounds" => rounds = Some(args.number("--rounds", 10, 10_000_000)?),
+            "--count" => {
+                subset = Some("--count");
+                // At least 2: the clock starts at the first timed message.
+                config.count = Some(args.number("--count", 2, 100_000_000)?);
+            }
+            "--rounds" => {
+                subset = Some("--rounds");
+                rounds = Some(args.number("--rounds", 10, 10_000_000)?);
+            }
+            "--docs" => config.docs = Some(PathBuf::from(args.value("--docs")?)),
             "--quick" => quick = true,
             "--json" => config.json = Some(PathBuf::from(args.value("--json")?)),
             "--svg" => config.svg = Some(PathBuf::from(args.value("--svg")?)),
             other => return Err(args.unknown(other)),
         }
+    }
+    if let (Some(_), Some(option)) = (&config.docs, subset) {
+        return Err(usage(format!(
+            "--docs runs every mechanism at the default sizes and counts; {option} would \
+             make the docs quote a different run"
+        )));
     }
     if quick {
         config.quick = true;
@@ -344,23 +433,34 @@ fn messages_for(size: usize, budget: u64) -> u64 {
 // ---------------------------------------------------------------------------
 
 unsafe extern "C" {
-    /// c/reference.c: the same workload in C; seconds, -1 failure, -2 n/a.
-    fn ipc_c_throughput(mech: libc::c_int, size: usize, count: u64) -> f64;
+    /// c/reference.c: the same workload in C, after `warm` untimed
+    /// messages; seconds, -1 failure, -2 n/a. `key` and `mq_name` name its
+    /// System V and POSIX queues.
+    fn ipc_c_throughput(
+        mech: libc::c_int,
+        size: usize,
+        warm: u64,
+        count: u64,
+        key: libc::c_int,
+        mq_name: *const libc::c_char,
+    ) -> f64;
 }
 
-fn cell_count(cell: &Cell) -> Option<u64> {
+/// (warm-up, timed) messages of a cell the C reference can repeat.
+fn cell_count(cell: &Cell) -> Option<(u64, u64)> {
     match cell {
         Cell::Measured {
             messages,
+            warm,
             note: None,
             ..
-        } => Some(*messages),
+        } => Some((*warm, *messages)),
         _ => None, // split or n/a: the C reference sends whole messages only
     }
 }
 
 /// MB/s of the C reference for `mech` at `size`, if it has that mechanism.
-fn c_reference(mech: Mech, size: usize, count: u64) -> Result<Option<f64>> {
+fn c_reference(mech: Mech, size: usize, (warm, count): (u64, u64)) -> Result<Option<f64>> {
     let code = match mech {
         Mech::Pipe => 0,
         Mech::UnixStream => 1,
@@ -370,22 +470,31 @@ fn c_reference(mech: Mech, size: usize, count: u64) -> Result<Option<f64>> {
         Mech::Tcp => 5,
         _ => return Ok(None),
     };
+    // Named like ours, so that a run killed meanwhile is cleaned up later.
+    let key = stale::sysv_key(std::process::id(), stale::C_REFERENCE_SLOT);
+    let name = std::ffi::CString::new(format!("/{}", unique_name("ipc-bench")))
+        .expect("no NUL in the name");
     // SAFETY: the C function forks (we are single-threaded), uses only its
-    // own descriptors and buffers, and reaps its child before returning.
-    let seconds = unsafe { ipc_c_throughput(code, size, count) };
+    // own descriptors and buffers, reads `name` (a C string that outlives
+    // the call), removes its queues and reaps its child before returning.
+    let seconds = unsafe { ipc_c_throughput(code, size, warm, count, key, name.as_ptr()) };
     if seconds == -2.0 {
         return Ok(None);
     }
     if seconds < 0.0 {
         bail!("the C reference for {} at {size} bytes failed", mech.name());
     }
-    Ok(Some((count * size as u64) as f64 / seconds.max(1e-9) / 1e6))
+    // Timed like the Rust cells: from the first timed message to the last.
+    Ok(Some(
+        ((count - 1) * size as u64) as f64 / seconds.max(1e-9) / 1e6,
+    ))
 }
 
 fn memcpy_bandwidth(size: usize, budget: u64) -> f64 {
     let src = payload::make(0, size);
     let mut dst = vec![0u8; size];
     let rounds = (budget / size as u64).max(16);
+    dst.copy_from_slice(&src); // untimed: the first touch of `dst`
     let start = Instant::now();
     for _ in 0..rounds {
         dst.copy_from_slice(std::hint::black_box(&src));
@@ -400,12 +509,21 @@ fn check_bandwidth(size: usize, budget: u64) -> f64 {
     let mut buf = vec![0u8; size];
     let mut checker = Checker::new(None);
     let rounds = (budget / size as u64).max(16);
+    payload::fill(u64::MAX, &mut buf); // untimed: the first touch of `buf`
     let start = Instant::now();
     for seq in 0..rounds {
         payload::fill(seq, &mut buf);
         std::hint::black_box(checker.check_numbered(seq, &buf));
     }
     (rounds * size as u64) as f64 / start.elapsed().as_secs_f64().max(1e-9) / 1e6
+}
+
+/// Room for `rounds` samples, every page of it written now: pushing into
+/// untouched capacity would take page faults between timed rounds.
+fn sample_buffer(rounds: u64) -> Vec<u64> {
+    let mut samples = vec![u64::MAX; rounds as usize];
+    samples.clear(); // keeps the touched capacity
+    samples
 }
 
 /// Two processes bouncing a counter through two cache lines of a shared
@@ -446,7 +564,7 @@ fn spin_ping_pong(rounds: u64, warmup: u64) -> Result<Latency> {
         }
         ForkResult::Parent { child } => child,
     };
-    let mut samples = Vec::with_capacity(rounds as usize);
+    let mut samples = sample_buffer(rounds);
     let deadline = Instant::now() + CELL_DEADLINE;
     for i in 1..=(warmup + rounds) {
         let start = Instant::now();
@@ -470,7 +588,7 @@ fn spin_ping_pong(rounds: u64, warmup: u64) -> Result<Latency> {
     if !exit.success() {
         bail!("the spin ping-pong partner {exit}");
     }
-    Ok(Latency::from_samples(samples))
+    Ok(Latency::from_samples(samples, warmup))
 }
 
 struct SharedPage {
@@ -531,27 +649,50 @@ fn signals(first: i32) -> (libc::c_int, libc::c_int) {
     (libc::SIGRTMIN() + first, libc::SIGRTMIN() + first + 1)
 }
 
-/// One-way throughput: the child sends `count` messages of `size` bytes,
-/// we receive and check each one. Timed from "go" to the last message.
+/// Untimed messages before a throughput measurement: twice what the
+/// channel holds in flight, so every buffer has grown and every slot of a
+/// ring has been used (at least 16, at most 10 000: for small messages the
+/// kernel's per-message overhead fills a buffer long before its bytes do;
+/// the SPSC ring's ends touch each of its pages after fork instead).
+/// Without it, a fresh ring's first-touch page faults were timed:
+/// shm-spsc at 64 KiB measured 2.2 GB/s with 32 messages and 22 GB/s with
+/// 16 K.
+pub fn warm_messages(buffer: usize, size: usize) -> u64 {
+    ((2 * buffer).div_ceil(size) as u64).clamp(MIN_WARM, MAX_WARM)
+}
+
+/// The fewest and the most warm-up messages of a cell.
+const MIN_WARM: u64 = 16;
+const MAX_WARM: u64 = 10_000;
+
+/// One-way throughput: the child sends `warm` messages, waits for "go",
+/// then sends `count` more; we receive and check every one. The pause
+/// before "go" lets the channel drain, so the timed messages start with an
+/// empty (but warm) channel. The clock runs from the arrival of the first
+/// timed message to the last, over `count - 1` messages: waking the sender
+/// from its wait for "go" (tens of µs on a VM) is not the mechanism's cost.
 fn throughput_cell(mech: Mech, size: usize, count: u64, dir: &PrivateDir) -> Result<Cell> {
     let Channel {
         tx,
         rx,
         note,
+        buffer,
         cleanup,
+        ..
     } = match transport::channel(mech, size, dir.path(), signals(1))? {
         Ok(channel) => channel,
         Err(reason) => return Ok(Cell::NotApplicable(reason)),
     };
+    let warm = warm_messages(buffer, size);
     let (go_read, go_write) = control()?;
     // SAFETY: ipc-bench is single-threaded: the child may call anything.
     let child = match unsafe { fork() }.context("fork()")? {
         ForkResult::Child => {
             drop((rx, go_write));
-            let code = match sender(tx, go_read, count, size) {
+            let code = match sender(tx, go_read, warm, count, size) {
                 Ok(()) => 0,
                 Err(e) => {
-                    eprintln!("[bench] sender: {e:#}");
+                    progress(&format!("sender: {e:#}"));
                     1
                 }
             };
@@ -560,27 +701,48 @@ fn throughput_cell(mech: Mech, size: usize, count: u64, dir: &PrivateDir) -> Res
         ForkResult::Parent { child } => child,
     };
     drop((tx, go_read));
-    let outcome = receiver(rx, go_write, child, count);
+    let outcome = receiver(rx, go_write, child, warm, count);
     let exit = wait_pid(child, Duration::from_secs(60))?;
     drop(cleanup);
-    let seconds = outcome?;
+    let (seconds, faults) = outcome?;
     if !exit.success() {
         bail!("the sending process {exit}");
     }
+    let timed = count - 1;
     Ok(Cell::Measured {
-        messages: count,
-        bytes: count * if mech == Mech::Signal { 0 } else { size as u64 },
+        messages: timed,
+        bytes: timed * if mech == Mech::Signal { 0 } else { size as u64 },
         seconds,
+        warm,
+        faults,
         note,
     })
 }
 
-fn sender(mut tx: Box<dyn transport::Tx>, go: OwnedFd, count: u64, size: usize) -> Result<()> {
+/// Minor plus major page faults of this process so far.
+fn page_faults() -> u64 {
+    // SAFETY: rusage is plain data; getrusage fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    (usage.ru_minflt + usage.ru_majflt) as u64
+}
+
+fn sender(
+    mut tx: Box<dyn transport::Tx>,
+    go: OwnedFd,
+    warm: u64,
+    count: u64,
+    size: usize,
+) -> Result<()> {
     let parent = getppid();
     tx.after_fork(parent)?;
     let _ticker = transport::watch(parent, CELL_DEADLINE)?;
+    for seq in 0..warm {
+        tx.send(seq, size)?;
+    }
     wait_go(&go)?;
-    for seq in 0..count {
+    for seq in warm..warm + count {
         tx.send(seq, size)?;
     }
     tx.end()
@@ -598,22 +760,47 @@ fn wait_go(go: &OwnedFd) -> Result<()> {
     }
 }
 
-fn receiver(mut rx: Box<dyn transport::Rx>, go: OwnedFd, child: Pid, count: u64) -> Result<f64> {
+fn receiver(
+    mut rx: Box<dyn transport::Rx>,
+    go: OwnedFd,
+    child: Pid,
+    warm: u64,
+    count: u64,
+) -> Result<(f64, u64)> {
     rx.after_fork(child)?;
     let _ticker = transport::watch(child, CELL_DEADLINE)?;
-    let mut checker = Checker::new(Some(count));
-    let start = Instant::now();
-    write(go.as_fd(), b"g").context("write(go)")?;
+    let mut checker = Checker::new(Some(warm + count));
     let mut received = 0;
-    while let Some(msg) = rx.recv()? {
-        check(&mut checker, &msg, received)?;
-        received += 1;
+    let mut next = |rx: &mut Box<dyn transport::Rx>, received: &mut u64| -> Result<bool> {
+        match rx.recv()? {
+            Some(msg) => {
+                check(&mut checker, &msg, *received)?;
+                *received += 1;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    };
+    while received < warm {
+        if !next(&mut rx, &mut received)? {
+            bail!("the sender ended during the warm-up, after {received} of {warm} messages");
+        }
     }
-    let seconds = start.elapsed().as_secs_f64();
-    if received != count {
-        bail!("received {received} of {count} messages");
+    write(go.as_fd(), b"g").context("write(go)")?;
+    let mut start = None;
+    while next(&mut rx, &mut received)? {
+        start.get_or_insert_with(|| (Instant::now(), page_faults()));
     }
-    Ok(seconds)
+    let (seconds, faults) = start.map_or((0.0, 0), |(t, f)| {
+        (t.elapsed().as_secs_f64(), page_faults() - f)
+    });
+    if received != warm + count {
+        bail!(
+            "received {} of {count} messages after the warm-up",
+            received - warm
+        );
+    }
+    Ok((seconds, faults))
 }
 
 /// Round trips of 64-byte messages: we send on channel A, the child
@@ -630,7 +817,7 @@ fn latency_of(mech: Mech, rounds: u64, warmup: u64, dir: &PrivateDir) -> Result<
             let code = match echo(a.rx, b.tx) {
                 Ok(()) => 0,
                 Err(e) => {
-                    eprintln!("[bench] echo: {e:#}");
+                    progress(&format!("echo: {e:#}"));
                     1
                 }
             };
@@ -638,15 +825,21 @@ fn latency_of(mech: Mech, rounds: u64, warmup: u64, dir: &PrivateDir) -> Result<
         }
         ForkResult::Parent { child } => child,
     };
+    // Walk shm-sem's slots once before timing (see Channel::cycle).
+    let warmup = warmup.max(a.cycle.max(b.cycle));
     let (mut ping, mut pong) = (a.tx, b.rx);
     drop((a.rx, b.tx));
-    let outcome = (|| -> Result<Vec<u64>> {
+    let outcome = (|| -> Result<(Vec<u64>, u64)> {
         ping.after_fork(child)?;
         pong.after_fork(child)?;
         let _ticker = transport::watch(child, CELL_DEADLINE)?;
         let mut checker = Checker::new(None);
-        let mut samples = Vec::with_capacity(rounds as usize);
+        let mut samples = sample_buffer(rounds);
+        let mut faults = 0;
         for i in 0..(warmup + rounds) {
+            if i == warmup {
+                faults = page_faults();
+            }
             let start = Instant::now();
             ping.send(i, PING_SIZE)?;
             let msg = pong.recv()?.context("the echo process ended early")?;
@@ -655,19 +848,22 @@ fn latency_of(mech: Mech, rounds: u64, warmup: u64, dir: &PrivateDir) -> Result<
                 samples.push(start.elapsed().as_nanos() as u64);
             }
         }
+        faults = page_faults() - faults;
         ping.end()?;
         if pong.recv()?.is_some() {
             bail!("an extra reply after the end");
         }
-        Ok(samples)
+        Ok((samples, faults))
     })();
     let exit = wait_pid(child, Duration::from_secs(60))?;
     drop((a.cleanup, b.cleanup));
-    let samples = outcome?;
+    let (samples, faults) = outcome?;
     if !exit.success() {
         bail!("the echo process {exit}");
     }
-    Ok(Latency::from_samples(samples))
+    let mut latency = Latency::from_samples(samples, warmup);
+    latency.faults = faults;
+    Ok(latency)
 }
 
 fn echo(mut rx: Box<dyn transport::Rx>, mut tx: Box<dyn transport::Tx>) -> Result<()> {

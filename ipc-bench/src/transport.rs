@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::ptr::NonNull;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -130,6 +130,15 @@ pub struct Channel {
     pub rx: Box<dyn Rx>,
     /// How the size was carried, if not as one message ("split into ...").
     pub note: Option<String>,
+    /// Bytes the channel can hold in flight (its kernel buffers or its
+    /// ring): the warm-up moves at least twice this much before timing, so
+    /// every page of the ring has been touched and every buffer has grown.
+    pub buffer: usize,
+    /// For shm-sem's slots: messages after which a stream of them has used
+    /// every slot. The round-trip warm-up sends at least this many, or the
+    /// timed rounds would take the first touch of slots not yet used.
+    /// (shm-spsc's ends touch every page after fork instead.)
+    pub cycle: u64,
     pub cleanup: Vec<Box<dyn std::any::Any>>,
 }
 
@@ -336,6 +345,9 @@ impl Rx for DgramRx {
 struct SysvTx {
     id: libc::c_int,
     piece: usize,
+    /// The message, then each piece with its type: both reused, so the
+    /// timed loop allocates nothing (as the C reference).
+    body: Vec<u8>,
     buf: Vec<u8>,
 }
 
@@ -356,11 +368,13 @@ fn msgsnd(id: libc::c_int, mtype: libc::c_long, text: &[u8], buf: &mut Vec<u8>) 
 
 impl Tx for SysvTx {
     fn send(&mut self, seq: u64, size: usize) -> Result<()> {
-        let mut body = vec![0u8; size];
+        let mut body = std::mem::take(&mut self.body);
+        body.resize(size, 0);
         payload::fill(seq, &mut body);
         for chunk in body.chunks(self.piece) {
             msgsnd(self.id, 1, chunk, &mut self.buf)?;
         }
+        self.body = body;
         Ok(())
     }
 
@@ -411,13 +425,15 @@ impl Rx for SysvRx {
 struct MqTx {
     mqd: nix::mqueue::MqdT,
     piece: usize,
+    /// Reused: the timed loop allocates nothing.
+    body: Vec<u8>,
 }
 
 impl Tx for MqTx {
     fn send(&mut self, seq: u64, size: usize) -> Result<()> {
-        let mut body = vec![0u8; size];
-        payload::fill(seq, &mut body);
-        for chunk in body.chunks(self.piece) {
+        self.body.resize(size, 0);
+        payload::fill(seq, &mut self.body);
+        for chunk in self.body.chunks(self.piece) {
             loop {
                 match nix::mqueue::mq_send(&self.mqd, chunk, 0) {
                     Ok(()) => break,
@@ -566,12 +582,30 @@ impl Rx for RingRx {
 // A lock-free single-producer/single-consumer byte ring
 // ---------------------------------------------------------------------------
 
-/// Capacity of the SPSC ring's data area.
-const SPSC_CAPACITY: usize = 8 * 1024 * 1024;
+/// Capacity of the SPSC ring's data area for messages up to half of
+/// it; larger messages get a ring of twice their record (see
+/// [`spsc_capacity`]).
+pub const SPSC_CAPACITY: usize = 8 * 1024 * 1024;
 /// A record header that says "the rest of the ring is padding: go to 0".
 const WRAP: u32 = u32::MAX;
 /// A record header that says "no more messages".
 const END: u32 = u32::MAX - 1;
+
+/// Bytes one message of `size` takes in the ring: a u32 length, the body,
+/// padding to 8 bytes.
+fn spsc_record(size: usize) -> usize {
+    (4 + size).next_multiple_of(8)
+}
+
+/// The ring's capacity for messages of `size` bytes. A record must be
+/// contiguous, so a writer at offset `at` with too little room before the
+/// end pads to the end and starts again at 0: that needs
+/// `pad + record <= capacity` with `pad < record`, which always holds only
+/// if the capacity is at least twice the record. A smaller ring would wait
+/// forever for room that can never come.
+pub fn spsc_capacity(size: usize) -> usize {
+    SPSC_CAPACITY.max((2 * spsc_record(size)).next_multiple_of(4096))
+}
 
 /// Head (written by the producer) and tail (by the consumer), each on its
 /// own cache line so the two cores do not fight over one line.
@@ -587,6 +621,8 @@ struct SpscHeader {
 struct SpscShared {
     base: NonNull<c_void>,
     len: usize,
+    /// Bytes in the data area.
+    cap: usize,
 }
 
 impl SpscShared {
@@ -599,6 +635,22 @@ impl SpscShared {
         // SAFETY: the data area follows the header inside the mapping.
         unsafe { self.base.cast::<u8>().as_ptr().add(size_of::<SpscHeader>()) }
     }
+
+    /// Read one byte of every page of the data area, so that this process
+    /// takes its page faults now rather than in a timed message or round
+    /// trip. (A read fault on a shared writable mapping maps the page
+    /// writable: the producer's later stores take no fault either.) Atomic
+    /// loads: the peer may be doing the same at the same time.
+    fn touch_every_page(&self) {
+        let mut sum = 0u8;
+        for offset in (0..self.cap).step_by(4096) {
+            // SAFETY: `offset < cap`, inside the data area; AtomicU8 has
+            // the size and alignment of u8.
+            let byte = unsafe { &*self.data().add(offset).cast::<AtomicU8>() };
+            sum = sum.wrapping_add(byte.load(Ordering::Relaxed));
+        }
+        std::hint::black_box(sum);
+    }
 }
 
 impl Drop for SpscShared {
@@ -608,11 +660,11 @@ impl Drop for SpscShared {
     }
 }
 
-fn new_spsc() -> Result<Rc<SpscShared>> {
-    let len = size_of::<SpscHeader>() + SPSC_CAPACITY;
+fn new_spsc(cap: usize) -> Result<Rc<SpscShared>> {
+    let len = size_of::<SpscHeader>() + cap;
     // Zero-filled: head = tail = 0.
     let base = shared_anonymous(len)?;
-    Ok(Rc::new(SpscShared { base, len }))
+    Ok(Rc::new(SpscShared { base, len, cap }))
 }
 
 /// Spin, then yield the CPU; check the watchdog now and then.
@@ -640,11 +692,18 @@ struct SpscTx {
 impl SpscTx {
     /// Reserve `need` contiguous bytes; returns their offset in the data area.
     fn reserve(&mut self, need: usize) -> Result<usize> {
-        let cap = SPSC_CAPACITY as u64;
+        let capacity = self.shared.cap;
+        let cap = capacity as u64;
         let mut at = (self.head % cap) as usize;
-        if at + need > SPSC_CAPACITY {
+        if at + need > capacity {
             // Not enough room before the end: a WRAP record, then start at 0.
-            let pad = SPSC_CAPACITY - at;
+            let pad = capacity - at;
+            if pad + need > capacity {
+                // No amount of waiting frees more than the whole ring.
+                bail!(
+                    "a {need}-byte record cannot fit a {capacity}-byte ring after {pad} bytes of padding"
+                );
+            }
             let head = self.head;
             let tail = &self.shared.header().tail.0;
             wait_until(|| head + pad as u64 + need as u64 - tail.load(Ordering::Acquire) <= cap)?;
@@ -679,8 +738,13 @@ impl SpscTx {
 }
 
 impl Tx for SpscTx {
+    fn after_fork(&mut self, _peer: Pid) -> Result<()> {
+        self.shared.touch_every_page();
+        Ok(())
+    }
+
     fn send(&mut self, seq: u64, size: usize) -> Result<()> {
-        let need = (4 + size).next_multiple_of(8);
+        let need = spsc_record(size);
         let at = self.reserve(need)?;
         // SAFETY: `reserve` made `need` bytes at `at` free: the consumer
         // reads them only after our Release store of head, and we are the
@@ -716,8 +780,14 @@ struct SpscRx {
 }
 
 impl Rx for SpscRx {
+    fn after_fork(&mut self, _peer: Pid) -> Result<()> {
+        self.shared.touch_every_page();
+        Ok(())
+    }
+
     fn recv(&mut self) -> Result<Option<Msg<'_>>> {
-        let cap = SPSC_CAPACITY as u64;
+        let capacity = self.shared.cap;
+        let cap = capacity as u64;
         // Give back the previous message's bytes only now: the caller
         // checked them in place, while the producer could not reuse them.
         if self.pending > 0 {
@@ -734,7 +804,7 @@ impl Rx for SpscRx {
             let head = &self.shared.header().head.0;
             wait_until(|| head.load(Ordering::Acquire) >= tail + 4)?;
             let at = (self.tail % cap) as usize;
-            let left = SPSC_CAPACITY - at;
+            let left = capacity - at;
             if left < 4 {
                 self.tail += left as u64; // padding too short for a marker
                 continue;
@@ -868,19 +938,41 @@ impl Rx for SignalRx {
 // Making channels
 // ---------------------------------------------------------------------------
 
+/// A number from `/proc/sys/<name>` (the first, for a list).
+pub fn limit(name: &str) -> Option<usize> {
+    std::fs::read_to_string(format!("/proc/sys/{name}"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+}
+
 /// The limits that decide how a size is carried.
 fn msgmax() -> usize {
-    std::fs::read_to_string("/proc/sys/kernel/msgmax")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(8192)
+    limit("kernel/msgmax").unwrap_or(8192)
 }
 
 fn mq_msgsize_max() -> usize {
-    std::fs::read_to_string("/proc/sys/fs/mqueue/msgsize_max")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(8192)
+    limit("fs/mqueue/msgsize_max").unwrap_or(8192)
+}
+
+/// Messages a POSIX queue holds (`mq_maxmsg`); 10 is also the default
+/// ceiling (`fs.mqueue.msg_max`) for unprivileged users.
+pub const MQ_MAXMSG: usize = 10;
+/// shm-sem's ring: 16 slots of 64 KiB (shm-demo's own default is 8 x 4 KiB;
+/// bigger slots carry a 64 KiB message whole).
+pub const SHM_SEM_SLOTS: u32 = 16;
+pub const SHM_SEM_SLOT_SIZE: u32 = 64 * 1024;
+/// A pipe's default capacity (16 pages).
+pub const PIPE_DEFAULT: usize = 65536;
+
+fn pipe_capacity(fd: &OwnedFd) -> usize {
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETPIPE_SZ).map_or(PIPE_DEFAULT, |n| n as usize)
+}
+
+/// SO_SNDBUF of one end plus SO_RCVBUF of the other, as the kernel set them.
+fn socket_buffers(tx: &OwnedFd, rx: &OwnedFd) -> usize {
+    let snd = nix::sys::socket::getsockopt(tx, sockopt::SndBuf).unwrap_or(0);
+    let rcv = nix::sys::socket::getsockopt(rx, sockopt::RcvBuf).unwrap_or(0);
+    snd + rcv
 }
 
 /// A one-way channel of `mech` for messages of `size` bytes, or the reason
@@ -893,16 +985,20 @@ pub fn channel(
     signals: (libc::c_int, libc::c_int),
 ) -> Result<std::result::Result<Channel, String>> {
     let mut note = None;
+    let (mut buffer, mut cycle) = (0, 0);
     let mut cleanup: Vec<Box<dyn std::any::Any>> = Vec::new();
     let (tx, rx): (Box<dyn Tx>, Box<dyn Rx>) = match mech {
         Mech::Pipe => {
             let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
+            buffer = pipe_capacity(&w);
             stream_pair(Lazy::Open(w), Lazy::Open(r))
         }
         Mech::Fifo => {
             let path = dir.join(unique_name("fifo"));
             nix::unistd::mkfifo(&path, Mode::S_IRUSR | Mode::S_IWUSR).context("mkfifo")?;
             cleanup.push(Box::new(PathGuard::new(&path)));
+            // Opened only after fork; a FIFO gets a pipe's default capacity.
+            buffer = PIPE_DEFAULT;
             stream_pair(
                 Lazy::Path(path.clone(), OFlag::O_WRONLY),
                 Lazy::Path(path, OFlag::O_RDONLY),
@@ -916,6 +1012,7 @@ pub fn channel(
                 SockFlag::SOCK_CLOEXEC,
             )
             .context("socketpair")?;
+            buffer = socket_buffers(&a, &b);
             stream_pair(Lazy::Open(a), Lazy::Open(b))
         }
         Mech::Tcp => {
@@ -942,6 +1039,7 @@ pub fn channel(
             for fd in [&client, &server] {
                 setsockopt(fd, sockopt::TcpNoDelay, &true).context("TCP_NODELAY")?;
             }
+            buffer = socket_buffers(&client, &server);
             stream_pair(Lazy::Open(client), Lazy::Open(server))
         }
         Mech::UnixDgram => {
@@ -961,9 +1059,13 @@ pub fn channel(
             // A datagram must fit in the send buffer (less bookkeeping).
             if size + 1024 > sndbuf {
                 return Ok(Err(format!(
-                    "n/a: a datagram must fit the socket buffer ({sndbuf} bytes; net.core.wmem_max)"
+                    "n/a: a datagram must fit the sender's socket buffer: SO_SNDBUF asked \
+                     for {want}, the kernel capped it at net.core.wmem_max = {} and doubled \
+                     it to {sndbuf} bytes",
+                    limit("net/core/wmem_max").unwrap_or(0)
                 )));
             }
+            buffer = socket_buffers(&a, &b);
             (
                 Box::new(DgramTx {
                     fd: a,
@@ -976,11 +1078,11 @@ pub fn channel(
             )
         }
         Mech::SysvMsg => {
-            // SAFETY: msgget takes no pointers.
-            let id =
-                Errno::result(unsafe { libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600) })
-                    .context("msgget")?;
+            // A key with our pid in it, not IPC_PRIVATE: if we are killed,
+            // the next run can find the queue and remove it (stale.rs).
+            let (id, _key) = crate::stale::sysv_queue()?;
             cleanup.push(Box::new(SysvGuard::new(SysvKind::MessageQueue, id)));
+            buffer = limit("kernel/msgmnb").unwrap_or(16384);
             let piece = msgmax().min(size.max(1));
             if size > msgmax() {
                 note = Some(format!("split into {} B messages (msgmax)", msgmax()));
@@ -989,6 +1091,7 @@ pub fn channel(
                 Box::new(SysvTx {
                     id,
                     piece,
+                    body: Vec::new(),
                     buf: Vec::new(),
                 }),
                 Box::new(SysvRx {
@@ -1003,7 +1106,8 @@ pub fn channel(
         Mech::PosixMq => {
             let name = format!("/{}", unique_name("ipc-bench"));
             let piece = mq_msgsize_max().min(size.max(1));
-            let attr = nix::mqueue::MqAttr::new(0, 10, piece as _, 0);
+            let attr = nix::mqueue::MqAttr::new(0, MQ_MAXMSG as _, piece as _, 0);
+            buffer = MQ_MAXMSG * piece;
             let flags = nix::mqueue::MQ_OFlag::O_CREAT
                 | nix::mqueue::MQ_OFlag::O_EXCL
                 | nix::mqueue::MQ_OFlag::O_RDWR;
@@ -1026,7 +1130,11 @@ pub fn channel(
                 note = Some(format!("split into {piece} B messages (msgsize_max)"));
             }
             (
-                Box::new(MqTx { mqd: tx, piece }),
+                Box::new(MqTx {
+                    mqd: tx,
+                    piece,
+                    body: Vec::new(),
+                }),
                 Box::new(MqRx {
                     mqd: rx,
                     size,
@@ -1037,8 +1145,10 @@ pub fn channel(
             )
         }
         Mech::ShmSem => {
-            let slot = 64 * 1024;
-            let shared = new_ring(16, slot as u32)?;
+            let slot = SHM_SEM_SLOT_SIZE as usize;
+            let shared = new_ring(SHM_SEM_SLOTS, SHM_SEM_SLOT_SIZE)?;
+            buffer = ring::segment_len(SHM_SEM_SLOTS, SHM_SEM_SLOT_SIZE);
+            cycle = u64::from(SHM_SEM_SLOTS).div_ceil(size.div_ceil(slot).max(1) as u64);
             if size > slot {
                 note = Some(format!("split into {} KiB slots", slot / 1024));
             }
@@ -1055,7 +1165,10 @@ pub fn channel(
             )
         }
         Mech::ShmSpsc => {
-            let shared = new_spsc()?;
+            let shared = new_spsc(spsc_capacity(size))?;
+            // Both ends touch every page after fork (touch_every_page):
+            // walking 8 MiB with 64-byte round trips would take 116 K rounds.
+            buffer = shared.cap;
             (
                 Box::new(SpscTx {
                     shared: shared.clone(),
@@ -1087,6 +1200,148 @@ pub fn channel(
         tx,
         rx,
         note,
+        buffer,
+        cycle,
         cleanup,
     }))
+}
+
+// ---------------------------------------------------------------------------
+// What the tables do not show: each mechanism's configuration here
+// ---------------------------------------------------------------------------
+
+/// The kernel limits the configurations below depend on, read now.
+pub fn kernel_limits() -> Vec<(&'static str, String)> {
+    let sysctl = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/{name}"))
+            .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|_| "unknown".into())
+    };
+    let mut limits: Vec<(&'static str, String)> = [
+        ("fs.pipe-max-size", "fs/pipe-max-size"),
+        ("net.core.wmem_default", "net/core/wmem_default"),
+        ("net.core.rmem_default", "net/core/rmem_default"),
+        ("net.core.wmem_max", "net/core/wmem_max"),
+        ("net.core.rmem_max", "net/core/rmem_max"),
+        ("net.unix.max_dgram_qlen", "net/unix/max_dgram_qlen"),
+        ("net.ipv4.tcp_wmem", "net/ipv4/tcp_wmem"),
+        ("net.ipv4.tcp_rmem", "net/ipv4/tcp_rmem"),
+        ("kernel.msgmax", "kernel/msgmax"),
+        ("kernel.msgmnb", "kernel/msgmnb"),
+        ("fs.mqueue.msg_max", "fs/mqueue/msg_max"),
+        ("fs.mqueue.msgsize_max", "fs/mqueue/msgsize_max"),
+    ]
+    .into_iter()
+    .map(|(name, path)| (name, sysctl(path)))
+    .collect();
+    limits.push(("RLIMIT_SIGPENDING", sigpending()));
+    limits
+}
+
+/// The soft RLIMIT_SIGPENDING (nix's `resource` feature is not in the
+/// workspace, so libc).
+fn sigpending() -> String {
+    // SAFETY: rlimit is plain data; getrlimit fills it.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_SIGPENDING, &mut lim) } != 0 {
+        return "unknown".into();
+    }
+    lim.rlim_cur.to_string()
+}
+
+/// SO_SNDBUF and SO_RCVBUF of a fresh socket pair of `kind`, as the kernel
+/// sets them by default.
+pub fn default_buffers(kind: SockType) -> (usize, usize) {
+    socketpair(AddressFamily::Unix, kind, None, SockFlag::SOCK_CLOEXEC).map_or((0, 0), |(a, b)| {
+        (
+            nix::sys::socket::getsockopt(&a, sockopt::SndBuf).unwrap_or(0),
+            nix::sys::socket::getsockopt(&b, sockopt::RcvBuf).unwrap_or(0),
+        )
+    })
+}
+
+/// How `mech` is set up in this benchmark, with the values that matter.
+pub fn configuration(mech: Mech) -> String {
+    let sys = |name: &str| limit(name).map_or("unknown".into(), |v| v.to_string());
+    match mech {
+        Mech::Pipe => format!(
+            "pipe2() between the parent and a forked child; capacity {PIPE_DEFAULT} bytes \
+             (the default: not raised towards fs.pipe-max-size); 4-byte length + body per message"
+        ),
+        Mech::Fifo => format!(
+            "mkfifo() in a private 0700 directory, opened by the parent and a forked child \
+             (related here, though a FIFO also joins unrelated processes); capacity {PIPE_DEFAULT} \
+             bytes; framed like the pipe"
+        ),
+        Mech::UnixStream => {
+            let (snd, rcv) = default_buffers(SockType::Stream);
+            format!(
+                "socketpair(AF_UNIX, SOCK_STREAM), inherited over fork; default buffers \
+                 (SO_SNDBUF {snd}, SO_RCVBUF {rcv} bytes); framed like the pipe"
+            )
+        }
+        Mech::UnixDgram => {
+            let wmem = limit("net/core/wmem_max").unwrap_or(0);
+            format!(
+                "socketpair(AF_UNIX, SOCK_DGRAM), one datagram per message; SO_SNDBUF/SO_RCVBUF \
+                 asked for 2 x size + 4096, which the kernel caps at net.core.wmem_max/rmem_max \
+                 ({wmem}) and doubles, so the largest message here is 2 x {wmem} - 1024 = {} \
+                 bytes (with the kernel's default wmem_max of 212992 it would be 424960, and \
+                 the 1 MiB cells would be n/a)",
+                (2 * wmem).saturating_sub(1024)
+            )
+        }
+        Mech::SysvMsg => format!(
+            "msgget(key 0x69PPPPPS, 0600), one queue per measurement; a message may hold \
+             kernel.msgmax = {} bytes and the queue kernel.msgmnb = {} bytes: larger messages \
+             go as several System V messages of msgmax bytes, each its own msgsnd/msgrcv",
+            sys("kernel/msgmax"),
+            sys("kernel/msgmnb")
+        ),
+        Mech::PosixMq => format!(
+            "mq_open(/ipc-bench-PID-N, O_CREAT|O_EXCL, 0600), mq_maxmsg {MQ_MAXMSG}, mq_msgsize \
+             the message size up to fs.mqueue.msgsize_max = {}: larger messages go in pieces \
+             of that size",
+            sys("fs/mqueue/msgsize_max")
+        ),
+        Mech::ShmSem => format!(
+            "shm-demo's ring with {SHM_SEM_SLOTS} slots of {} KiB (shm-demo itself defaults to \
+             8 x 4 KiB; a 64 KiB slot carries a 64 KiB message whole, larger ones span slots) \
+             and two unnamed POSIX semaphores (sem_init, pshared = 1) in the segment; the segment \
+             is an anonymous MAP_SHARED mapping inherited over fork, not a shm_open name as in \
+             shm-demo; the receiver copies each slot out before checking it",
+            SHM_SEM_SLOT_SIZE / 1024
+        ),
+        Mech::ShmSpsc => format!(
+            "a lock-free single-producer/single-consumer byte ring of {} MiB (for messages over \
+             {} MiB: twice their record) in an anonymous MAP_SHARED mapping inherited over fork \
+             (not named: only related processes share it as set up here); head and tail \
+             atomics on their own cache lines; a waiting side spins 1000 times, then calls \
+             sched_yield; the receiver checks each message in place; no system call per message unless a side \
+             waits",
+            SPSC_CAPACITY >> 20,
+            SPSC_CAPACITY >> 21
+        ),
+        Mech::Tcp => {
+            let list = |name: &str| {
+                std::fs::read_to_string(format!("/proc/sys/{name}"))
+                    .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .unwrap_or_else(|_| "unknown".into())
+            };
+            format!(
+                "TCP over 127.0.0.1, TCP_NODELAY, default buffers (autotuned within \
+                 net.ipv4.tcp_wmem = {} and tcp_rmem = {}); framed like the pipe",
+                list("net/ipv4/tcp_wmem"),
+                list("net/ipv4/tcp_rmem")
+            )
+        }
+        Mech::Signal => format!(
+            "sigqueue(SIGRTMIN+1) per message with the sequence number as its value, taken \
+             with sigtimedwait (blocked, no handler); one integer per signal whatever the size, \
+             so only the first size is measured; when RLIMIT_SIGPENDING ({}) signals are \
+             pending, sigqueue fails with EAGAIN and the sender yields and retries",
+            sigpending()
+        ),
+    }
 }
