@@ -11,6 +11,7 @@
 //! server                                        client
 //! socket, bind(PATH), listen
 //! accept  <------------------------------------ socket, connect(PATH)
+//! recv(hello)  <------------------------------- send(hello)
 //! eventfd(EFD_SEMAPHORE)  "events"
 //! eventfd(0)              "acks"
 //! sendmsg(count, SCM_RIGHTS[events, acks]) ---> recvmsg: two new fds
@@ -44,11 +45,14 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{
     AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
-    UnixAddr, accept4, bind, connect, getsockopt, listen, recv, recvmsg, send, sendmsg,
-    setsockopt, socket, sockopt,
+    UnixAddr, accept4, bind, connect, getsockopt, listen, recv, recvmsg, send, sendmsg, setsockopt,
+    socket, sockopt,
 };
 use nix::sys::time::TimeVal;
 use nix::unistd::geteuid;
+
+/// The client's first message: it proves the connection is a client.
+const HELLO: &[u8] = b"hello";
 
 /// Bytes that cross per event: one 8-byte `write(2)` to the counter.
 pub const EVENT_BYTES: u64 = 8;
@@ -193,9 +197,9 @@ fn peer_left(sock: &OwnedFd, peer: &str, done: u64, count: u64) -> anyhow::Error
     let mut byte = [0u8; 8];
     // recv(2) without waiting: the socket is readable, this cannot block.
     match recv(sock.as_raw_fd(), &mut byte, MsgFlags::MSG_DONTWAIT) {
-        Ok(0) => anyhow::anyhow!(
-            "the {peer} left (EOF on the socket) after {done} of {count} events"
-        ),
+        Ok(0) => {
+            anyhow::anyhow!("the {peer} left (EOF on the socket) after {done} of {count} events")
+        }
         Err(Errno::ECONNRESET) => anyhow::anyhow!(
             "the {peer} left (ECONNRESET on the socket) after {done} of {count} events"
         ),
@@ -261,27 +265,53 @@ pub fn listen_at(path: &Path, say: &Narrator) -> Result<(OwnedFd, PathGuard)> {
 pub fn serve(
     listener: &OwnedFd,
     opts: &Options,
-    peer: Option<&mut Peer>,
+    mut peer: Option<&mut Peer>,
     say: &Narrator,
 ) -> Result<Tally> {
     let count = opts.count.unwrap_or(common::cli::DEFAULT_COUNT);
-    let sock = wait_for_client(listener, opts.timeout, peer, say)?;
-
-    // SO_PEERCRED: the kernel says who connected (pid, uid as of connect).
-    let cred = getsockopt(&sock, sockopt::PeerCredentials).context("getsockopt(SO_PEERCRED)")?;
-    if cred.uid() != geteuid().as_raw() {
-        bail!(
-            "a process of uid {} (pid {}) connected; only our own uid {} may: refusing it",
-            cred.uid(),
+    let sock = loop {
+        let sock = wait_for_client(listener, opts.timeout, peer.as_deref_mut(), say)?;
+        // SO_PEERCRED: the kernel says who connected (pid, uid at connect).
+        let cred =
+            getsockopt(&sock, sockopt::PeerCredentials).context("getsockopt(SO_PEERCRED)")?;
+        if cred.uid() != geteuid().as_raw() {
+            say.step(format!(
+                "a process of uid {} (pid {}) connected; only our uid {} may: closing it",
+                cred.uid(),
+                cred.pid(),
+                geteuid()
+            ));
+            continue; // drop(sock): close(2)
+        }
+        // The client speaks first. A connection that closes without its
+        // hello is not a client: e.g. another server testing whether this
+        // address is in use (see remove_stale_socket). Wait for the next.
+        wait_readable(&sock, opts.timeout, "client")?;
+        let mut hello = [0u8; 8];
+        // recv(2): one SOCK_SEQPACKET record; 0 = EOF.
+        let n = loop {
+            match recv(sock.as_raw_fd(), &mut hello, MsgFlags::empty()) {
+                Ok(n) => break n,
+                Err(Errno::ECONNRESET) => break 0,
+                Err(Errno::EINTR) => check_stop()?,
+                Err(e) => return Err(e).context("recv(hello)"),
+            }
+        };
+        if n == 0 {
+            say.step("a connection closed without a word (not a client): waiting for the next");
+            continue;
+        }
+        if hello[..n] != *HELLO {
+            bail!("the client's first message is not {HELLO:?}: not an eventfd-demo client");
+        }
+        say.step(format!(
+            "accept → a client, pid {} (SO_PEERCRED), uid {} like us; it says {:?}",
             cred.pid(),
-            geteuid()
-        );
-    }
-    say.step(format!(
-        "accept → a client, pid {} (SO_PEERCRED), uid {} like us",
-        cred.pid(),
-        cred.uid()
-    ));
+            cred.uid(),
+            String::from_utf8_lossy(HELLO)
+        ));
+        break sock;
+    };
 
     // Two counters: "events" (we write, the client reads) in semaphore
     // mode, so that each read takes exactly one event; "acks" (the client
@@ -458,9 +488,21 @@ pub fn client(opts: &Options, say: &Narrator) -> Result<Tally> {
             Err(e) => return Err(e).with_context(|| format!("connect({})", path.display())),
         }
     }
+    // send(2) our hello: the server hands counters only to a connection
+    // that speaks first.
+    loop {
+        match send(sock.as_raw_fd(), HELLO, MsgFlags::MSG_NOSIGNAL) {
+            Ok(_) => break,
+            Err(Errno::EINTR) => check_stop()?,
+            Err(Errno::EPIPE | Errno::ECONNRESET) => {
+                bail!("the server closed the connection at once (busy with another client?)")
+            }
+            Err(e) => return Err(e).context("send(hello)"),
+        }
+    }
     let before = eventfds_open()?;
     say.step(format!(
-        "connect({}) → connected; eventfds open in this process: {before}",
+        "connect({}) + send(\"hello\"); eventfds open in this process: {before}",
         path.display()
     ));
 
@@ -520,16 +562,19 @@ pub fn client(opts: &Options, say: &Narrator) -> Result<Tally> {
     for fd in &received {
         let kind = fd_kind(fd.as_raw_fd())?;
         if kind != "anon_inode:[eventfd]" {
-            bail!("the server passed fd {} which is {kind}, not an eventfd", fd.as_raw_fd());
+            bail!(
+                "the server passed fd {} which is {kind}, not an eventfd",
+                fd.as_raw_fd()
+            );
         }
     }
     let mut received = received.into_iter();
     let (events, acks) = (received.next().unwrap(), received.next().unwrap());
     let count = u64::from_le_bytes(announce);
-    if let Some(want) = opts.count {
-        if want != count {
-            bail!("the server posts {count} events, but --count {want} was asked for");
-        }
+    if let Some(want) = opts.count
+        && want != count
+    {
+        bail!("the server posts {count} events, but --count {want} was asked for");
     }
     say.step(format!(
         "recvmsg → {count} events to come, and SCM_RIGHTS fds {} and {} (no MSG_CTRUNC), \
@@ -547,7 +592,9 @@ pub fn client(opts: &Options, say: &Narrator) -> Result<Tally> {
             // read(2) in EFD_SEMAPHORE mode: returns 1, events -= 1.
             let n = counter_read(events.as_fd()).context("read(events eventfd)")?;
             if n != 1 {
-                bail!("an EFD_SEMAPHORE read returned {n}, not 1: not the counter we were promised");
+                bail!(
+                    "an EFD_SEMAPHORE read returned {n}, not 1: not the counter we were promised"
+                );
             }
             got += 1;
             say.message(format!("event {got}: read → 1"));
@@ -590,7 +637,7 @@ fn wait_readable(sock: &OwnedFd, timeout: Duration, peer: &str) -> Result<()> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             bail!(
-                "nothing from the {peer} for {} s (--timeout): giving up",
+                "no progress from the {peer} for {} s (--timeout): giving up",
                 timeout.as_secs()
             );
         }

@@ -40,7 +40,7 @@
 //! `src/story.rs`.
 //!
 //! Uses `common` modules: `cleanup`, `cli`, `error`, `peer`, `report`;
-//! `nix` features: `event`, `poll`, `process`, `signal`, `socket`, `user`.
+//! `nix` features: `event`, `poll`, `process`, `signal`, `socket`, `uio`, `user`.
 //!
 //! Read next: memfd-demo (a sealed memfd passed the same way).
 //! See also: socket-demo for SCM_RIGHTS in general, sem-demo for the

@@ -39,7 +39,9 @@ pub fn story(opts: &ipc::Options) -> Result<()> {
     counter_mode(opts, &say)?;
     say.line("\n== 2. EFD_SEMAPHORE: each read takes 1 ==");
     semaphore_mode(opts, &say)?;
-    say.line("\n== 3. Blocking rules: EAGAIN with EFD_NONBLOCK, a blocked read woken by a write ==");
+    say.line(
+        "\n== 3. Blocking rules: EAGAIN with EFD_NONBLOCK, a blocked read woken by a write ==",
+    );
     blocking_rules(opts, &say)?;
     say.line("\n== 4. Overflow: the counter stops at 2^64-2 ==");
     overflow(opts, &say)?;
@@ -140,6 +142,17 @@ fn wait_asleep_in(pid: Pid, nr: libc::c_long, name: &str, timeout: Duration) -> 
         }
         sleep(Duration::from_millis(5));
     }
+}
+
+/// After a while: the child has not returned from the call (it would
+/// have exited right after) and is asleep in it. A signal may wake it for
+/// a moment (EINTR, and the call is made again), so look for up to 5 s.
+fn still_blocked(child: &Child, nr: libc::c_long, name: &str) -> Result<()> {
+    if !common::peer::alive(child.pid.as_raw()) {
+        bail!("the child returned from {name}(2) although nothing let it proceed");
+    }
+    wait_asleep_in(child.pid, nr, name, Duration::from_secs(5))?;
+    Ok(())
 }
 
 fn asleep_in(pid: Pid, nr: libc::c_long, name: &str) -> Option<String> {
@@ -285,9 +298,7 @@ fn blocking_rules(opts: &ipc::Options, say: &Narrator) -> Result<()> {
     })?;
     let how = wait_asleep_in(child.pid, libc::SYS_read, "read", opts.timeout)?;
     sleep(SHOW_BLOCKED);
-    if asleep_in(child.pid, libc::SYS_read, "read").is_none() {
-        bail!("the child left read(2) although nobody wrote to the counter");
-    }
+    still_blocked(&child, libc::SYS_read, "read")?;
     say.step(format!(
         "the child is asleep in read(2) ({how}), still after {} ms: a zero counter blocks its reader",
         SHOW_BLOCKED.as_millis()
@@ -312,7 +323,9 @@ fn overflow(opts: &ipc::Options, say: &Narrator) -> Result<()> {
         Err(Errno::EAGAIN) => {}
         other => bail!("write(fd, 1) on a full counter gave {other:?}; expected EAGAIN"),
     }
-    say.step("write(fd, 1) → EAGAIN: the sum would pass 2^64-2; a blocking fd would wait for a read");
+    say.step(
+        "write(fd, 1) → EAGAIN: the sum would pass 2^64-2; a blocking fd would wait for a read",
+    );
     match counter_write(nonblocking.as_fd(), u64::MAX) {
         Err(Errno::EINVAL) => {}
         other => bail!("write(fd, 2^64-1) gave {other:?}; expected EINVAL"),
@@ -337,9 +350,7 @@ fn overflow(opts: &ipc::Options, say: &Narrator) -> Result<()> {
     })?;
     let how = wait_asleep_in(child.pid, libc::SYS_write, "write", opts.timeout)?;
     sleep(SHOW_BLOCKED);
-    if asleep_in(child.pid, libc::SYS_write, "write").is_none() {
-        bail!("the child's write(2) returned although the counter was full");
-    }
+    still_blocked(&child, libc::SYS_write, "write")?;
     say.step(format!(
         "the child is asleep in write(2) ({how}), still after {} ms: a full counter blocks its writer",
         SHOW_BLOCKED.as_millis()
@@ -389,7 +400,9 @@ fn epoll_step(opts: &ipc::Options, say: &Narrator) -> Result<()> {
     let first = epoll_now(&epoll, &mut events)?;
     let second = epoll_now(&epoll, &mut events)?;
     if first != [EVENTFD] || second != [EVENTFD] {
-        bail!("after write(fd, 1) epoll_wait reported {first:?} then {second:?}; expected the eventfd twice");
+        bail!(
+            "after write(fd, 1) epoll_wait reported {first:?} then {second:?}; expected the eventfd twice"
+        );
     }
     counter_read(efd.as_fd()).context("read(eventfd)")?;
     let third = epoll_now(&epoll, &mut events)?;
@@ -420,7 +433,9 @@ fn epoll_step(opts: &ipc::Options, say: &Narrator) -> Result<()> {
         check_stop()?;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            bail!("epoll_wait: the child's pipe and eventfd did not both report within the timeout");
+            bail!(
+                "epoll_wait: the child's pipe and eventfd did not both report within the timeout"
+            );
         }
         let ms = left.as_millis().clamp(1, u16::MAX as u128) as u16;
         // epoll_wait(2): sleep until either fd is ready.
@@ -463,7 +478,10 @@ fn epoll_step(opts: &ipc::Options, say: &Narrator) -> Result<()> {
         }
     }
     if data != b"ping" {
-        bail!("the pipe brought {:?}, not \"ping\"", String::from_utf8_lossy(&data));
+        bail!(
+            "the pipe brought {:?}, not \"ping\"",
+            String::from_utf8_lossy(&data)
+        );
     }
     child.finish(opts.timeout, "the epoll child")?;
     say.step(format!(
