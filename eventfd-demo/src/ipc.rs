@@ -480,6 +480,11 @@ pub fn client(opts: &Options, say: &Narrator) -> Result<Tally> {
                 "connect({}): ECONNREFUSED: nobody is listening there (a server that died?)",
                 path.display()
             ),
+            Err(Errno::EACCES) => bail!(
+                "connect({}): EACCES: the socket file (mode 0600) or its directory belongs \
+                 to another user",
+                path.display()
+            ),
             Err(Errno::EAGAIN) => bail!(
                 "connect({}): the server stayed busy with another client for {} s (--timeout)",
                 path.display(),
@@ -522,8 +527,9 @@ pub fn client(opts: &Options, say: &Narrator) -> Result<Tally> {
             Ok(msg) => {
                 let mut fds = Vec::new();
                 // MSG_CTRUNC: the control buffer was too small (or we hit
-                // our fd limit) and the kernel dropped fds: nix then
-                // refuses to list them, and we refuse the message below.
+                // our fd limit) and the kernel dropped the fds that did not
+                // fit. nix then refuses to list even those that did arrive:
+                // they stay open until we exit, which we do at once below.
                 if let Ok(cmsgs) = msg.cmsgs() {
                     for cmsg in cmsgs {
                         if let ControlMessageOwned::ScmRights(list) = cmsg {
@@ -533,7 +539,7 @@ pub fn client(opts: &Options, say: &Narrator) -> Result<Tally> {
                 }
                 // SAFETY: the kernel just installed these fds for us, and
                 // nothing else refers to them: each becomes owned once, so
-                // every one is closed, even those we then refuse.
+                // each is closed, also when we refuse it.
                 let owned: Vec<OwnedFd> = fds
                     .into_iter()
                     .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })

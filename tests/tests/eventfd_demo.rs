@@ -222,6 +222,112 @@ fn bad_command_lines_are_refused_with_one_line() {
 }
 
 #[test]
+fn another_user_cannot_connect_to_the_0600_socket() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("setpriv needs root: skipped");
+        return;
+    }
+    let dir = test_dir();
+    // Let others through the directory, so that only the socket's own
+    // mode (0600) stands in their way.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let sock = dir.path().join("mine.sock");
+    let mut server = Proc::spawn(DEMO, &["server", "--path", s(&sock), "--count", "1"]);
+    server.wait_for_line(|l| l.contains("waiting for a client"), SHORT);
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(ipc_tests::bin(DEMO))
+        .args(["client", "--path", s(&sock)])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let out = Proc::start(cmd).finish(SHORT);
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("EACCES: the socket file (mode 0600)"),
+        "{}",
+        out.describe()
+    );
+    // The server never saw it, and still serves its own user.
+    assert!(server.running());
+    let client = run(DEMO, &["client", "--path", s(&sock)], SHORT);
+    assert_ok(&client, 1);
+    assert_ok(&server.finish(SHORT), 1);
+}
+
+/// A hostile server: accepts one client, reads its hello, then passes
+/// `fds` (not what an eventfd-demo server passes) with a count of 5.
+fn fake_server(
+    dir: &Path,
+    fds: Vec<std::os::fd::OwnedFd>,
+) -> (PathBuf, std::thread::JoinHandle<()>) {
+    use nix::sys::socket::{
+        Backlog, ControlMessage, MsgFlags, accept, bind, listen, recv, sendmsg,
+    };
+    let sock = dir.join("fake.sock");
+    let listener = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    bind(listener.as_raw_fd(), &UnixAddr::new(&sock).unwrap()).expect("bind");
+    listen(&listener, Backlog::new(1).unwrap()).expect("listen");
+    let handle = std::thread::spawn(move || {
+        let conn = accept(&listener).expect("accept");
+        let mut hello = [0u8; 8];
+        recv(conn.as_raw_fd(), &mut hello, MsgFlags::empty()).expect("recv hello");
+        let raw: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        sendmsg::<()>(
+            conn.as_raw_fd(),
+            &[std::io::IoSlice::new(&5u64.to_le_bytes())],
+            &[ControlMessage::ScmRights(&raw)],
+            MsgFlags::empty(),
+            None,
+        )
+        .expect("sendmsg");
+        // Keep the connection until the client has looked.
+        let _ = recv(conn.as_raw_fd(), &mut hello, MsgFlags::empty());
+        drop(conn);
+    });
+    (sock, handle)
+}
+
+#[test]
+fn a_client_refuses_descriptors_that_are_not_two_eventfds() {
+    // A pipe instead of eventfds: checked in /proc/self/fd before any use.
+    let dir = test_dir();
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let (sock, server) = fake_server(dir.path(), vec![r, w]);
+    let out = run(DEMO, &["client", "--path", s(&sock)], SHORT);
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("which is pipe:[") && out.stderr.contains("not an eventfd"),
+        "{}",
+        out.describe()
+    );
+    server.join().unwrap();
+
+    // Three fds where the client has room for two: the kernel truncates
+    // the control data and says so with MSG_CTRUNC.
+    let dir = test_dir();
+    let fds = (0..3)
+        .map(|_| std::os::fd::OwnedFd::from(std::fs::File::open("/dev/null").unwrap()))
+        .collect();
+    let (sock, server) = fake_server(dir.path(), fds);
+    let out = run(DEMO, &["client", "--path", s(&sock)], SHORT);
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(out.stderr.contains("MSG_CTRUNC"), "{}", out.describe());
+    server.join().unwrap();
+}
+
+#[test]
 fn a_client_without_a_server_says_what_to_do() {
     let dir = test_dir();
     let sock = dir.path().join("nobody.sock");
