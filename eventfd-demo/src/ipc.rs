@@ -493,6 +493,12 @@ pub fn client(opts: &Options, say: &Narrator) -> Result<Tally> {
             Err(e) => return Err(e).with_context(|| format!("connect({})", path.display())),
         }
     }
+    let before = eventfds_open()?;
+    say.step(format!(
+        "connect({}) → connected; eventfds open in this process: {before}; send(\"hello\")",
+        path.display()
+    ));
+
     // send(2) our hello: the server hands counters only to a connection
     // that speaks first.
     loop {
@@ -505,11 +511,6 @@ pub fn client(opts: &Options, say: &Narrator) -> Result<Tally> {
             Err(e) => return Err(e).context("send(hello)"),
         }
     }
-    let before = eventfds_open()?;
-    say.step(format!(
-        "connect({}) + send(\"hello\"); eventfds open in this process: {before}",
-        path.display()
-    ));
 
     // Wait (bounded) for the server's one record, then recvmsg(2) it with
     // room for two fds. MSG_CMSG_CLOEXEC: the new fds close on exec too.

@@ -43,8 +43,7 @@
 //! `nix` features: `event`, `poll`, `process`, `signal`, `socket`, `uio`, `user`.
 //!
 //! Read next: memfd-demo (a sealed memfd passed the same way).
-//! See also: socket-demo for SCM_RIGHTS in general, sem-demo for the
-//! semaphores eventfd replaces.
+//! See also: socket-demo for SCM_RIGHTS, sem-demo for the semaphores eventfd replaces.
 
 mod ipc;
 mod story;

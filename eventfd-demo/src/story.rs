@@ -173,11 +173,12 @@ fn asleep_in(pid: Pid, nr: libc::c_long, name: &str) -> Option<String> {
     }
 }
 
-/// Block until the counter is readable or `timeout` passes: poll(2).
-fn readable(fd: std::os::fd::BorrowedFd<'_>, ms: u16) -> Result<bool> {
+/// Is the counter readable right now (count > 0)? poll(2) with timeout 0
+/// asks without waiting.
+fn readable_now(fd: std::os::fd::BorrowedFd<'_>) -> Result<bool> {
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
     loop {
-        match poll(&mut fds, ms) {
+        match poll(&mut fds, 0u16) {
             Ok(n) => return Ok(n > 0),
             Err(Errno::EINTR) => check_stop()?,
             Err(e) => return Err(e).context("poll(eventfd)"),
@@ -209,7 +210,7 @@ fn counter_mode(opts: &ipc::Options, say: &Narrator) -> Result<()> {
         bail!("read returned {sum}; counter mode should have summed 1+2+3+4 = 10");
     }
     say.step("read(fd) → 10: four writes added up, and one read took the sum");
-    if readable(efd.as_fd(), 0)? {
+    if readable_now(efd.as_fd())? {
         bail!("the counter is still readable after the read: it was not reset to 0");
     }
     say.step("poll(fd, POLLIN, 0) → not readable: that read reset the counter to 0");
