@@ -619,6 +619,9 @@ pub fn client(opts: &Options, say: &Narrator) -> Result<Tally> {
     if poll(&mut fds, 0u16).context("poll(events eventfd)")? != 0 {
         bail!("events are still pending after {count}: the server posted more than announced");
     }
+    say.step(format!(
+        "counted {got} of {count} events, none left on the counter; send({got}) tells the server"
+    ));
     // send(2) the tally as one record; the server checks it.
     loop {
         match send(sock.as_raw_fd(), &got.to_le_bytes(), MsgFlags::MSG_NOSIGNAL) {
@@ -630,9 +633,6 @@ pub fn client(opts: &Options, say: &Narrator) -> Result<Tally> {
             Err(e) => return Err(e).context("send(tally)"),
         }
     }
-    say.step(format!(
-        "counted {got} of {count} events, none left on the counter; told the server"
-    ));
     Ok(Tally { events: got })
 }
 

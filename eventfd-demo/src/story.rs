@@ -535,12 +535,11 @@ fn hand_over(opts: &ipc::Options, say: &Narrator) -> Result<ipc::Tally> {
     if opts.quiet {
         args.push("--quiet");
     }
+    say.step(
+        "starting the client: a fresh run of this program (current_exe), not a fork, so it \
+         inherits no counter of ours",
+    );
     let mut peer = Peer::spawn_self(&args)?;
-    say.step(format!(
-        "started the client, pid {}: a fresh run of this program (current_exe), not a fork, \
-         so it has inherited no counter of ours",
-        peer.pid()
-    ));
     let tally = ipc::serve(&listener, opts, Some(&mut peer), &server_say)?;
     let exit = peer.wait(Some(opts.timeout))?;
     if !exit.success() {

@@ -89,7 +89,7 @@ fn story_shows_every_rule_and_leaves_nothing() {
         "epoll_wait → the pipe: read → 0 (EOF)",
         "sem_wait blocks on the semaphore alone",
         // 6. SCM_RIGHTS to a fresh process
-        "not a fork",
+        "not a fork, so it inherits no counter of ours",
         "(SO_PEERCRED)",
         "[client] connect(",
         "eventfds open in this process: 0",
