@@ -405,6 +405,11 @@ pub fn serve(
         "the client answers: it counted {counted} events, exactly what we posted"
     ));
     drop(sock); // close(2): the client sees EOF
+    // close(2) our fds for the counters: each lives on while the client
+    // still holds its own fd for it, and is freed with the last one.
+    drop(epoll);
+    drop(events);
+    drop(acks);
     Ok(Tally { events: acked })
 }
 
@@ -633,6 +638,9 @@ pub fn client(opts: &Options, say: &Narrator) -> Result<Tally> {
             Err(e) => return Err(e).context("send(tally)"),
         }
     }
+    drop(epoll); // close(2)
+    drop(events); // close(2): the counter is freed once the server has closed its fd too
+    drop(acks); // close(2)
     Ok(Tally { events: got })
 }
 
