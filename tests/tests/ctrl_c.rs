@@ -188,3 +188,12 @@ fn memfd_story() {
         "== 4.",
     );
 }
+
+#[test]
+fn eventfd_story() {
+    both_gaps(
+        "eventfd-demo",
+        &["--count", "1000000000", "--quiet"],
+        "sendmsg(count=",
+    );
+}
