@@ -217,18 +217,19 @@ pub fn serve(listener: &OwnedFd, rules: &Rules, say: &Narrator) -> Result<Served
         }
         for (i, dropped) in gone.into_iter().rev() {
             let client = clients.remove(i);
+            // A dropped client's answered requests count too: they moved.
+            served.requests += client.requests;
+            let report = client.checker.report();
             if dropped {
                 served.dropped += 1;
             } else {
                 served.clients += 1;
-                served.requests += client.requests;
-                let report = client.checker.report();
                 say.message(format!(
                     "{} closed after {} request(s): {report}",
                     client.label, client.requests
                 ));
-                reports.push(report);
             }
+            reports.push(report);
         }
         if ready[0].contains(PollFlags::POLLIN) {
             accept_one(
