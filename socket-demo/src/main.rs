@@ -516,6 +516,7 @@ fn server_role(opts: &Options) -> Result<()> {
         Kind::Dgram => {
             let path = opts.path.as_deref().expect("checked by run");
             let fd = unix_socket(Kind::Dgram)?;
+            server::pass_credentials(&fd)?;
             let _guard = bind_path(&fd, Kind::Dgram, path, &say)?;
             let largest = server::max_message(&fd)?;
             say.step(format!(

@@ -553,9 +553,18 @@ pub fn max_message(fd: &OwnedFd) -> Result<usize> {
     Ok(sndbuf.saturating_sub(32).min(MAX_REQUEST))
 }
 
+/// SO_PASSCRED: every datagram then arrives with the sender's pid, uid and
+/// gid (SCM_CREDENTIALS), filled in by the kernel at send time. Datagram
+/// sockets have no connection, so there is no SO_PEERCRED to ask. Set it
+/// before bind(): a datagram sent before it carries no credentials.
+pub fn pass_credentials(socket: &OwnedFd) -> Result<()> {
+    setsockopt(socket, sockopt::PassCred, &true).context("setsockopt(SO_PASSCRED)")
+}
+
 /// A datagram server: one socket, no connections. Each datagram says who
 /// sent it (the client's bound address), and the reply goes back there.
-/// An empty datagram means "this client is done".
+/// An empty datagram means "this client is done". The socket must have had
+/// [`pass_credentials`] before it was bound.
 pub fn serve_dgram(socket: &OwnedFd, stop_after: Option<u64>, say: &Narrator) -> Result<Served> {
     let mut served = Served::default();
     // One checker per client address: each client numbers its own requests.
@@ -565,10 +574,6 @@ pub fn serve_dgram(socket: &OwnedFd, stop_after: Option<u64>, say: &Narrator) ->
     let mut warned: HashSet<PathBuf> = HashSet::new();
     let mut reports = Vec::new();
     let mut buf = vec![0u8; MAX_REQUEST];
-    // SO_PASSCRED: every datagram arrives with the sender's pid, uid and
-    // gid (SCM_CREDENTIALS), filled in by the kernel. Datagram sockets have
-    // no connection, so there is no SO_PEERCRED to ask.
-    setsockopt(socket, sockopt::PassCred, &true).context("setsockopt(SO_PASSCRED)")?;
     loop {
         if let Some(signal) = stop_requested() {
             served.stopped = Some(signal);
@@ -609,15 +614,22 @@ pub fn serve_dgram(socket: &OwnedFd, stop_after: Option<u64>, say: &Narrator) ->
         // MSG_CTRUNC: the control buffer was too small and control data
         // (here: the credentials) was cut. MSG_TRUNC: the datagram was
         // longer than our buffer and its end is gone.
-        if flags.contains(MsgFlags::MSG_CTRUNC) || creds.is_none() {
-            say.step(format!(
-                "{}: a datagram without its credentials (MSG_CTRUNC): cannot tell who sent it; ignored",
-                path.display()
-            ));
-            served.replies_dropped += 1;
-            continue;
-        }
-        let creds = creds.expect("checked above");
+        let creds = match creds {
+            Some(creds) if !flags.contains(MsgFlags::MSG_CTRUNC) => creds,
+            _ => {
+                say.step(format!(
+                    "{}: a datagram without its credentials{}: cannot tell who sent it; ignored",
+                    path.display(),
+                    if flags.contains(MsgFlags::MSG_CTRUNC) {
+                        " (control data truncated: MSG_CTRUNC)"
+                    } else {
+                        ""
+                    }
+                ));
+                served.replies_dropped += 1;
+                continue;
+            }
+        };
         if flags.contains(MsgFlags::MSG_TRUNC) {
             say.step(format!(
                 "{}: a datagram longer than {MAX_REQUEST} bytes (MSG_TRUNC: the kernel cut it \
