@@ -98,7 +98,9 @@ USAGE:
 
 OPTIONS:
     --path P          the server's socket file (with --tcp: not used)
-    --dgram           SOCK_DGRAM: datagrams; the client binds a path of its own
+    --dgram           SOCK_DGRAM: datagrams; the client binds a path of its own,
+                      and the server replies only if that path is a socket file
+                      (not a symlink) owned by the sender (SCM_CREDENTIALS)
     --seqpacket       SOCK_SEQPACKET: a connection that keeps message boundaries
     --tcp ADDR        TCP on ADDR (IPv4:port, e.g. 127.0.0.1:0 for the server)
     --lines           stream only: newline-delimited text; the server replies

@@ -608,7 +608,10 @@ pub fn serve_dgram(socket: &OwnedFd, stop_after: Option<u64>, say: &Narrator) ->
             }
         }
         let Some((from, path)) = sender_path(from) else {
-            say.step("a datagram from an unbound socket: there is no address to reply to; ignored");
+            say.step(
+                "a datagram from an unbound socket (or an abstract name, which has no owner to \
+                 check): there is no address to reply to; ignored",
+            );
             continue;
         };
         // MSG_CTRUNC: the control buffer was too small and control data
