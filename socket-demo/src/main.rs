@@ -122,9 +122,11 @@ OPTIONS:
                       full backlog, a reply, the rest of a frame) before it
                       gives up with exit 1. Server: it drops a client that
                       stalls that long in the middle of a request or with
-                      replies unread. Unbounded on purpose: a server waits for
-                      clients, and a connected client may stay idle between
-                      requests, for as long as it likes (Ctrl-C stops it)
+                      replies unread. A --dgram client learns that its server
+                      has gone only this way: there is no connection to break.
+                      Unbounded on purpose: a server waits for clients, and a
+                      connected client may stay idle between requests, for as
+                      long as it likes (Ctrl-C stops it)
     --no-summary      client: no summary line (the story passes it to its
                       client processes, so that it ends with one summary)
     --quiet           no line per message or client
@@ -765,7 +767,13 @@ fn server_gone(e: FrameError, opts: &Options, what: &str, seq: u64) -> anyhow::E
         FrameError::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
             timed_out(opts, what, seq)
         }
-        FrameError::Io(io) if matches!(io.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => {
+        // ECONNREFUSED: a datagram server's socket closed under us.
+        FrameError::Io(io)
+            if matches!(
+                io.raw_os_error(),
+                Some(libc::EPIPE | libc::ECONNRESET | libc::ECONNREFUSED)
+            ) =>
+        {
             anyhow::anyhow!("the server went away after {seq} replies ({io})")
         }
         other => anyhow::Error::new(other).context(format!("request {seq}")),
