@@ -34,6 +34,14 @@
 //! - an open file passed to a process that never opened it (`SCM_RIGHTS`);
 //! - what changes over TCP.
 //!
+//! And in `src/server.rs`, the defences a real server needs: back-pressure
+//! (a client that never reads stalls only itself), the spare-fd trick for
+//! EMFILE, non-blocking datagram replies, and a datagram server that checks
+//! the sender's credentials (`SCM_CREDENTIALS`) before it writes to the
+//! path the sender named. In this file: socket files made 0600 whatever the
+//! umask (`bind_private`), stale files removed only if they are ours, and a
+//! client that gives up after `--timeout` (`SO_RCVTIMEO`/`SO_SNDTIMEO`).
+//!
 //! Uses `common` modules: `cleanup`, `cli`, `error`, `frame`, `payload`,
 //! `peer`, `report`.
 
@@ -63,7 +71,9 @@ use nix::sys::socket::{
     SockaddrIn, UnixAddr, bind, connect, getsockname, listen, recv, recvmsg, send, sendmsg,
     setsockopt, socket, socketpair, sockopt,
 };
-use nix::unistd::{ForkResult, fork};
+use nix::sys::stat::{Mode, umask};
+use nix::sys::time::TimeVal;
+use nix::unistd::{ForkResult, fork, geteuid};
 
 use server::{MAX_REQUEST, Protocol, Rules};
 
@@ -77,25 +87,48 @@ USAGE:
         SO_PEERCRED, SCM_RIGHTS, and the same protocol over TCP.
     socket-demo server --path P [--dgram|--seqpacket|--tcp ADDR] [--lines]
                        [--clients K] [--max-clients M] [--allow-uid U]...
-        Serve on P until Ctrl-C, or until K clients have come and gone.
+                       [--timeout SECS]
+        Serve on P until Ctrl-C, or until K clients have come and gone. The
+        socket file is created 0600 whatever the umask: only your user (and
+        root) can connect.
     socket-demo client --path P [--dgram|--seqpacket|--tcp ADDR] [--lines]
-                       [--count N] [--size BYTES]
+                       [--count N] [--size BYTES] [--timeout SECS]
         Send N requests (checkable messages, or N lines with --lines) and check
         every reply.
 
 OPTIONS:
     --path P          the server's socket file (with --tcp: not used)
-    --dgram           SOCK_DGRAM: datagrams; the client binds a path of its own
+    --dgram           SOCK_DGRAM: datagrams; the client binds a path of its own,
+                      and the server replies only if that path is a socket file
+                      (not a symlink) owned by the sender (SCM_CREDENTIALS)
     --seqpacket       SOCK_SEQPACKET: a connection that keeps message boundaries
     --tcp ADDR        TCP on ADDR (IPv4:port, e.g. 127.0.0.1:0 for the server)
     --lines           stream only: newline-delimited text; the server replies
                       \"echo: LINE\" so any client (python3, socat, nc -U) works
     --clients K       story: client processes (default 3); server: stop after K
-    --max-clients M   server: the most clients at once (default 64)
+    --max-clients M   server: the most clients at once (default 64, or less if
+                      RLIMIT_NOFILE is low; at most RLIMIT_NOFILE - 6: one fd
+                      per client plus stdio, the listener, a spare and one to
+                      refuse a connection with)
     --allow-uid U     server: accept only this uid (repeatable); checked with
                       SO_PEERCRED on Unix sockets
     --count N         requests per client (default 5; 1 to 1000000000)
-    --size BYTES      bytes per request (default 64; 8 to 1048576)
+    --size BYTES      bytes per request (default 64; 8 to 1048576). With --dgram
+                      and --seqpacket a message goes whole or not at all, and
+                      must fit the send buffer: the client raises SO_SNDBUF as
+                      far as net.core.wmem_max allows and refuses a larger size
+    --timeout SECS    idle timeout (default 60; 1 to 86400). Client: the longest
+                      it waits for the server to make progress (connect to a
+                      full backlog, a reply, the rest of a frame) before it
+                      gives up with exit 1. Server: it drops a client that
+                      stalls that long in the middle of a request or with
+                      replies unread. A --dgram client learns that its server
+                      has gone only this way: there is no connection to break.
+                      Unbounded on purpose: a server waits for clients, and a
+                      connected client may stay idle between requests, for as
+                      long as it likes (Ctrl-C stops it)
+    --no-summary      client: no summary line (the story passes it to its
+                      client processes, so that it ends with one summary)
     --quiet           no line per message or client
     -h, --help        this text
 
@@ -104,8 +137,8 @@ refused connection, data errors), 2 bad command line, 128+N stopped by
 signal N (130 for Ctrl-C, 143 for SIGTERM), after removing the socket file.
 ";
 
-/// How long a client waits for one reply before calling the server dead.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `--timeout`: how long a peer may make no progress.
+const DEFAULT_TIMEOUT: u64 = 60;
 
 fn main() -> ExitCode {
     error::run("socket-demo", run)
@@ -130,10 +163,12 @@ struct Options {
     tcp: Option<SocketAddrV4>,
     lines: bool,
     clients: Option<u64>,
-    max_clients: usize,
+    max_clients: Option<usize>,
     allowed_uids: Vec<u32>,
     count: u64,
     size: usize,
+    timeout: Duration,
+    summary: bool,
     quiet: bool,
 }
 
@@ -146,10 +181,12 @@ fn run() -> Result<()> {
         tcp: None,
         lines: false,
         clients: None,
-        max_clients: 64,
+        max_clients: None,
         allowed_uids: Vec::new(),
         count: DEFAULT_COUNT,
         size: DEFAULT_SIZE,
+        timeout: Duration::from_secs(DEFAULT_TIMEOUT),
+        summary: true,
         quiet: false,
     };
     let mut given: Vec<String> = Vec::new();
@@ -178,12 +215,16 @@ fn run() -> Result<()> {
             }
             "--lines" => opts.lines = true,
             "--clients" => opts.clients = Some(args.number("--clients", 1, 64)?),
-            "--max-clients" => opts.max_clients = args.number("--max-clients", 1, 1024)?,
+            "--max-clients" => opts.max_clients = Some(args.number("--max-clients", 1, 1024)?),
             "--allow-uid" => opts
                 .allowed_uids
                 .push(args.number("--allow-uid", 0, u32::MAX)?),
             "--count" => opts.count = args.number("--count", 1, MAX_COUNT)?,
             "--size" => opts.size = args.number("--size", MIN_SIZE, MAX_REQUEST)?,
+            "--timeout" => {
+                opts.timeout = Duration::from_secs(args.number("--timeout", 1, 86_400)?)
+            }
+            "--no-summary" => opts.summary = false,
             "--quiet" => opts.quiet = true,
             other => return Err(args.unknown(other)),
         }
@@ -200,6 +241,7 @@ fn run() -> Result<()> {
             "--clients",
             "--max-clients",
             "--allow-uid",
+            "--timeout",
             "--quiet",
         ],
         _ => &[
@@ -210,6 +252,8 @@ fn run() -> Result<()> {
             "--lines",
             "--count",
             "--size",
+            "--timeout",
+            "--no-summary",
             "--quiet",
         ],
     };
@@ -267,25 +311,60 @@ fn unix_socket(kind: Kind) -> Result<OwnedFd> {
     .context("socket(AF_UNIX)")
 }
 
+/// bind() with the umask set to 0177 for the call: the socket file is
+/// created 0600 (only our user may connect or send) whatever the umask.
+///
+/// bind() has no mode argument: it creates the file 0777 & ~umask, so under
+/// `umask 000` anyone could connect. The other ways fall short: fchmod() on
+/// a socket fd changes the socket's inode in sockfs, not the file; chmod()
+/// of the path after bind() leaves a window in which anyone may connect (a
+/// datagram socket takes datagrams as soon as it is bound) and follows a
+/// symlink swapped in meanwhile; a 0700 directory works (the story uses
+/// one), but `--path` names the file itself. umask is per process, which is
+/// safe here: socket-demo has one thread.
+fn bind_private(fd: &OwnedFd, addr: &UnixAddr) -> nix::Result<()> {
+    let old = umask(Mode::from_bits_truncate(0o177));
+    let result = bind(fd.as_raw_fd(), addr);
+    umask(old);
+    result?;
+    // Trust, but check: the narration says 0600, so it must be.
+    if let Some(path) = addr.path() {
+        let mode = nix::sys::stat::lstat(path)?.st_mode & 0o777;
+        if mode != 0o600 {
+            return Err(Errno::EPERM);
+        }
+    }
+    Ok(())
+}
+
 /// Bind a Unix socket at `path`. A socket file already there is replaced
-/// only if nothing answers on it (connect → ECONNREFUSED: a stale file from
-/// a dead server); a live server is never hijacked, and anything that is
-/// not a socket is never removed.
+/// only if it is ours (owner == euid, also as root) and nothing answers on
+/// it (connect → ECONNREFUSED: a stale file from a dead server); a live
+/// server is never hijacked, and anything that is not a socket, or is
+/// another user's, is never removed.
 fn bind_path(fd: &OwnedFd, kind: Kind, path: &Path, say: &Narrator) -> Result<PathGuard> {
     let addr = UnixAddr::new(path)
         .with_context(|| format!("{}: not a usable socket path (too long?)", path.display()))?;
-    match bind(fd.as_raw_fd(), &addr) {
+    match bind_private(fd, &addr) {
         Ok(()) => return Ok(PathGuard::new(path)),
         Err(Errno::EADDRINUSE) => {}
         Err(e) => return Err(e).with_context(|| format!("bind({})", path.display())),
     }
-    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let meta =
         std::fs::symlink_metadata(path).with_context(|| format!("lstat({})", path.display()))?;
     if !meta.file_type().is_socket() {
         bail!(
             "{} exists and is not a socket: refusing to replace it; choose another --path",
             path.display()
+        );
+    }
+    let me = geteuid().as_raw();
+    if meta.uid() != me {
+        bail!(
+            "{} is a socket file of {}, not ours (uid {me}): refusing to remove it; choose              another --path, or let its owner remove it",
+            path.display(),
+            user_name(meta.uid())
         );
     }
     let probe = unix_socket(kind)?;
@@ -300,10 +379,18 @@ fn bind_path(fd: &OwnedFd, kind: Kind, path: &Path, say: &Narrator) -> Result<Pa
                 path.display()
             ));
             std::fs::remove_file(path).with_context(|| format!("unlink({})", path.display()))?;
-            bind(fd.as_raw_fd(), &addr).with_context(|| format!("bind({})", path.display()))?;
+            bind_private(fd, &addr).with_context(|| format!("bind({})", path.display()))?;
             Ok(PathGuard::new(path))
         }
         Err(e) => Err(e).with_context(|| format!("connect({}) to test it", path.display())),
+    }
+}
+
+/// "uid 65534 (nobody)", for messages about another user's object.
+fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => format!("uid {uid} ({})", user.name),
+        _ => format!("uid {uid}"),
     }
 }
 
@@ -339,9 +426,14 @@ fn listen_tcp(addr: SocketAddrV4) -> Result<(OwnedFd, SocketAddrV4)> {
     Ok((fd, SocketAddrV4::new(bound.ip(), bound.port())))
 }
 
-/// A connected client socket for `opts` (blocking).
-fn connect_client(opts: &Options, own_dir: Option<&PrivateDir>) -> Result<OwnedFd> {
-    if let Some(addr) = opts.tcp {
+/// A client socket for `opts`, not yet connected, with its timeouts set.
+///
+/// SO_RCVTIMEO and SO_SNDTIMEO bound every blocking call on it: a recv or
+/// send that makes no progress for `--timeout` fails with EAGAIN, and so
+/// does a connect to a server whose backlog stays full. That is an idle
+/// timeout: each call that moves a byte starts the clock again.
+fn client_socket(opts: &Options, own_dir: Option<&PrivateDir>) -> Result<OwnedFd> {
+    let fd = if opts.tcp.is_some() {
         let fd = socket(
             AddressFamily::Inet,
             SockType::Stream,
@@ -352,32 +444,62 @@ fn connect_client(opts: &Options, own_dir: Option<&PrivateDir>) -> Result<OwnedF
         // TCP_NODELAY: send small requests at once; Nagle's algorithm would
         // hold them back waiting for more to send.
         setsockopt(&fd, sockopt::TcpNoDelay, &true).context("setsockopt(TCP_NODELAY)")?;
-        connect_retrying(fd.as_raw_fd(), &SockaddrIn::from(addr), &addr.to_string())?;
-        return Ok(fd);
-    }
-    let path = opts.path.as_deref().expect("checked by run");
-    let fd = unix_socket(opts.kind)?;
+        fd
+    } else {
+        unix_socket(opts.kind)?
+    };
+    let timeout = TimeVal::new(opts.timeout.as_secs() as _, 0);
+    setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).context("setsockopt(SO_RCVTIMEO)")?;
+    setsockopt(&fd, sockopt::SendTimeout, &timeout).context("setsockopt(SO_SNDTIMEO)")?;
     if opts.kind == Kind::Dgram {
-        // A datagram client needs an address of its own for the replies.
+        // A datagram client needs an address of its own for the replies;
+        // it lives in a private 0700 directory, so nobody can swap it.
         let dir = own_dir.context("a datagram client needs its own directory")?;
         let own = UnixAddr::new(&dir.path().join("client.sock")).context("client address")?;
-        bind(fd.as_raw_fd(), &own).context("bind(client address)")?;
+        bind_private(&fd, &own).context("bind(client address)")?;
     }
-    let addr = UnixAddr::new(path).context("server address")?;
-    connect_retrying(fd.as_raw_fd(), &addr, &path.display().to_string())?;
     Ok(fd)
+}
+
+/// Connect the client socket `fd` to the server `opts` names.
+fn connect_client(fd: &OwnedFd, opts: &Options) -> Result<()> {
+    if let Some(addr) = opts.tcp {
+        return connect_retrying(
+            fd.as_raw_fd(),
+            &SockaddrIn::from(addr),
+            &addr.to_string(),
+            opts.timeout,
+        );
+    }
+    let path = opts.path.as_deref().expect("checked by run");
+    let addr = UnixAddr::new(path).context("server address")?;
+    connect_retrying(
+        fd.as_raw_fd(),
+        &addr,
+        &path.display().to_string(),
+        opts.timeout,
+    )
 }
 
 fn connect_retrying(
     fd: RawFd,
     addr: &dyn nix::sys::socket::SockaddrLike,
     what: &str,
+    timeout: Duration,
 ) -> Result<()> {
     loop {
         check_stop()?;
         match connect(fd, addr) {
             Ok(()) => return Ok(()),
             Err(Errno::EINTR) => continue,
+            // SO_SNDTIMEO ran out: a Unix connect waits while the server's
+            // backlog is full (EAGAIN), a TCP one for the handshake
+            // (EINPROGRESS).
+            Err(Errno::EAGAIN | Errno::EINPROGRESS) => bail!(
+                "connect({what}): the server did not accept within {} s (--timeout): its \
+                 backlog is full and it is not accepting",
+                timeout.as_secs()
+            ),
             Err(Errno::ENOENT) => bail!("connect({what}): no such socket: is the server running?"),
             Err(Errno::ECONNREFUSED) => {
                 bail!("connect({what}): ECONNREFUSED: nobody is listening there")
@@ -398,26 +520,36 @@ fn server_role(opts: &Options) -> Result<()> {
         Kind::Dgram => {
             let path = opts.path.as_deref().expect("checked by run");
             let fd = unix_socket(Kind::Dgram)?;
+            server::pass_credentials(&fd)?;
             let _guard = bind_path(&fd, Kind::Dgram, path, &say)?;
+            let largest = server::max_message(&fd)?;
             say.step(format!(
-                "SOCK_DGRAM bound at {}: waiting for datagrams",
+                "SOCK_DGRAM bound at {} (mode 0600, whatever the umask): waiting for \
+                 datagrams; replies of up to {largest} bytes fit our send buffer",
                 path.display()
             ));
             server::serve_dgram(&fd, opts.clients, &say)?
         }
         Kind::Tcp => {
+            let rules = rules(opts, false, &say)?;
             let (fd, addr) = listen_tcp(opts.tcp.expect("checked by run"))?;
             say.step(format!(
-                "TCP listening on {addr}: anyone who can reach this address may connect, and \
-                 there is no SO_PEERCRED to tell who they are"
+                "TCP listening on {addr}: {}, and there is no SO_PEERCRED to tell who they are",
+                if addr.ip().is_loopback() {
+                    "any process of any user on this host (in this network namespace) may \
+                     connect; nothing from outside can reach a loopback address"
+                } else {
+                    "any host that can reach this address and port may connect"
+                }
             ));
-            server::serve(&fd, &rules(opts, false), &say)?
+            server::serve(&fd, &rules, &say)?
         }
         kind => {
+            let rules = rules(opts, true, &say)?;
             let path = opts.path.as_deref().expect("checked by run");
             let (fd, _guard) = listen_unix(kind, path, &say)?;
             say.step(format!(
-                "{} listening at {}{}",
+                "{} listening at {} (mode 0600, whatever the umask){}",
                 if kind == Kind::SeqPacket {
                     "SOCK_SEQPACKET"
                 } else {
@@ -425,19 +557,61 @@ fn server_role(opts: &Options) -> Result<()> {
                 },
                 path.display(),
                 if opts.lines {
-                    ", newline-delimited text"
+                    ": newline-delimited text"
+                } else if kind == Kind::SeqPacket {
+                    ": one message per request; the socket keeps message boundaries itself, \
+                     so no framing"
                 } else {
-                    ", framed messages"
+                    ": length-prefixed frames, because a stream has no message boundaries"
                 }
             ));
-            server::serve(&fd, &rules(opts, true), &say)?
+            server::serve(&fd, &rules, &say)?
         }
     };
     finish_server(&served, start.elapsed(), &say)
 }
 
-fn rules(opts: &Options, unix: bool) -> Rules {
-    Rules {
+/// The soft RLIMIT_NOFILE: the most descriptors this process may hold.
+fn fd_limit() -> Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    Errno::result(rc).context("getrlimit(RLIMIT_NOFILE)")?;
+    Ok(limit.rlim_cur)
+}
+
+fn rules(opts: &Options, unix: bool, say: &Narrator) -> Result<Rules> {
+    // Each client holds one descriptor: more clients than RLIMIT_NOFILE
+    // allows would end in accept4 → EMFILE. Refuse such a --max-clients;
+    // shrink the default to fit.
+    let limit = fd_limit()?;
+    let room = limit.saturating_sub(server::FDS_BESIDES_CLIENTS as u64) as usize;
+    let max_clients = match opts.max_clients {
+        Some(m) if m > room => {
+            return Err(usage(format!(
+                "--max-clients {m} needs {} file descriptors (one per client, plus {} for stdio, \
+                 the listener, a spare and one to refuse with), but RLIMIT_NOFILE is {limit}: \
+                 use --max-clients {room} or less, or raise the limit (ulimit -n)",
+                m + server::FDS_BESIDES_CLIENTS,
+                server::FDS_BESIDES_CLIENTS
+            )));
+        }
+        Some(m) => m,
+        None if room < 64 => {
+            if room == 0 {
+                bail!("RLIMIT_NOFILE is {limit}: too low to serve any client (ulimit -n)");
+            }
+            say.step(format!(
+                "RLIMIT_NOFILE is {limit}: at most {room} clients at once instead of 64"
+            ));
+            room
+        }
+        None => 64,
+    };
+    Ok(Rules {
         protocol: if opts.lines {
             Protocol::Lines
         } else if opts.kind == Kind::SeqPacket {
@@ -445,17 +619,21 @@ fn rules(opts: &Options, unix: bool) -> Rules {
         } else {
             Protocol::Frames
         },
-        max_clients: opts.max_clients,
+        max_clients,
         stop_after: opts.clients,
         allowed_uids: (!opts.allowed_uids.is_empty()).then(|| opts.allowed_uids.clone()),
         unix,
-    }
+        idle_timeout: opts.timeout,
+    })
 }
 
 fn finish_server(served: &server::Served, elapsed: Duration, say: &Narrator) -> Result<()> {
+    if let Some(signal) = served.stopped {
+        say.step(format!("stopped by {signal}"));
+    }
     say.step(format!(
-        "{} client(s) served, {} dropped, {} refused; requests: {}",
-        served.clients, served.dropped, served.refused, served.report
+        "{} client(s) served, {} dropped, {} refused; {} repl(ies) dropped; requests: {}",
+        served.clients, served.dropped, served.refused, served.replies_dropped, served.report
     ));
     say.line(Summary {
         mechanism: "socket",
@@ -464,6 +642,7 @@ fn finish_server(served: &server::Served, elapsed: Duration, say: &Narrator) -> 
         errors: served.report.errors(),
         elapsed,
     });
+    served.check_stopped()?;
     if served.report.errors() > 0 {
         bail!("{} request(s) failed the check", served.report.errors());
     }
@@ -477,41 +656,76 @@ fn client_role(opts: &Options) -> Result<()> {
     } else {
         None
     };
-    let fd = connect_client(opts, dir.as_ref())?;
+    let fd = client_socket(opts, dir.as_ref())?;
+    if matches!(opts.kind, Kind::Dgram | Kind::SeqPacket) {
+        check_message_size(&fd, opts)?;
+    }
+    connect_client(&fd, opts)?;
     say.step(format!("connected (pid {})", std::process::id()));
     let start = Instant::now();
     let (messages, bytes) = if opts.lines {
-        client_lines(fd, opts.count, &say)?
+        client_lines(fd, opts, &say)?
     } else {
-        client_requests(fd, opts.kind, opts.count, opts.size, &say)?
+        client_requests(fd, opts, &say)?
     };
-    say.line(Summary {
-        mechanism: "socket",
-        messages,
-        bytes,
-        errors: 0,
-        elapsed: start.elapsed(),
-    });
+    // Inside the story the client's figures stay narration (the line
+    // above): the story ends with the one summary line.
+    if opts.summary {
+        say.line(Summary {
+            mechanism: "socket",
+            messages,
+            bytes,
+            errors: 0,
+            elapsed: start.elapsed(),
+        });
+    }
     Ok(())
 }
 
+/// A datagram or SEQPACKET message goes whole or not at all, and must fit
+/// the send buffer: refuse a `--size` the kernel would refuse (EMSGSIZE).
+fn check_message_size(fd: &OwnedFd, opts: &Options) -> Result<()> {
+    let largest = server::max_message(fd)?;
+    if opts.size <= largest {
+        return Ok(());
+    }
+    let wmem_max = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+        .map(|t| t.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+    Err(usage(format!(
+        "--size {} is larger than the largest {} this socket can send, {largest} bytes (its \
+         SO_SNDBUF minus 32; SO_SNDBUF is capped by net.core.wmem_max = {wmem_max}): use \
+         --size {largest} or less, or raise net.core.wmem_max (sysctl)",
+        opts.size,
+        if opts.kind == Kind::Dgram {
+            "datagram"
+        } else {
+            "SEQPACKET message"
+        }
+    )))
+}
+
+/// The error for a call that made no progress within `--timeout`.
+fn timed_out(opts: &Options, what: &str, seq: u64) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what}: the server made no progress for {} s (--timeout) after {seq} replies: giving up",
+        opts.timeout.as_secs()
+    )
+}
+
 /// Send `count` checkable requests and check that each reply echoes it.
-fn client_requests(
-    fd: OwnedFd,
-    kind: Kind,
-    count: u64,
-    size: usize,
-    say: &Narrator,
-) -> Result<(u64, u64)> {
-    let framed = matches!(kind, Kind::Stream | Kind::Tcp);
+fn client_requests(fd: OwnedFd, opts: &Options, say: &Narrator) -> Result<(u64, u64)> {
+    let (count, size) = (opts.count, opts.size);
+    let framed = matches!(opts.kind, Kind::Stream | Kind::Tcp);
     let mut stream = StopOnSignal(File::from(fd));
     let mut reply = vec![0u8; size + 1];
     for seq in 0..count {
         let request = payload::make(seq, size);
         if framed {
-            frame::write_frame(&mut stream, &request).map_err(|e| server_gone(e, seq))?;
+            frame::write_frame(&mut stream, &request)
+                .map_err(|e| server_gone(e, opts, "write", seq))?;
             let got = frame::read_frame(&mut stream, MAX_REQUEST)
-                .map_err(|e| server_gone(e, seq))?
+                .map_err(|e| server_gone(e, opts, "read", seq))?
                 .with_context(|| {
                     format!("the server closed the connection (EOF) after {seq} replies")
                 })?;
@@ -521,9 +735,16 @@ fn client_requests(
         } else {
             // SEQPACKET and DGRAM keep boundaries: one send, one request.
             let fd = stream.0.as_raw_fd();
-            send(fd, &request, MsgFlags::MSG_NOSIGNAL)
-                .map_err(|e| server_gone(FrameError::Io(e.into()), seq))?;
-            let n = recv_within(fd, &mut reply, REPLY_TIMEOUT)?;
+            loop {
+                check_stop()?;
+                match send(fd, &request, MsgFlags::MSG_NOSIGNAL) {
+                    Ok(_) => break,
+                    Err(Errno::EINTR) => continue,
+                    Err(Errno::EAGAIN) => return Err(timed_out(opts, "send", seq)),
+                    Err(e) => return Err(server_gone(FrameError::Io(e.into()), opts, "send", seq)),
+                }
+            }
+            let n = recv_reply(fd, &mut reply, opts, seq)?;
             if n == 0 {
                 bail!("the server closed the connection (EOF) after {seq} replies");
             }
@@ -533,7 +754,7 @@ fn client_requests(
         }
         say.message(format!("request {seq} ({size} bytes): echoed back intact"));
     }
-    if kind == Kind::Dgram {
+    if opts.kind == Kind::Dgram {
         // No connection to close: an empty datagram says "done".
         send(stream.0.as_raw_fd(), &[], MsgFlags::empty()).context("send(done)")?;
     }
@@ -541,39 +762,38 @@ fn client_requests(
     Ok((count, count * size as u64))
 }
 
-fn server_gone(e: FrameError, seq: u64) -> anyhow::Error {
+fn server_gone(e: FrameError, opts: &Options, what: &str, seq: u64) -> anyhow::Error {
     match e {
-        FrameError::Io(io) if matches!(io.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => {
+        FrameError::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+            timed_out(opts, what, seq)
+        }
+        // ECONNREFUSED: a datagram server's socket closed under us.
+        FrameError::Io(io)
+            if matches!(
+                io.raw_os_error(),
+                Some(libc::EPIPE | libc::ECONNRESET | libc::ECONNREFUSED)
+            ) =>
+        {
             anyhow::anyhow!("the server went away after {seq} replies ({io})")
         }
         other => anyhow::Error::new(other).context(format!("request {seq}")),
     }
 }
 
-/// recv with a deadline, so a server that hangs does not hang us.
-fn recv_within(fd: RawFd, buf: &mut [u8], timeout: Duration) -> Result<usize> {
-    let start = Instant::now();
+/// One reply message, whole; SO_RCVTIMEO bounds the wait.
+fn recv_reply(fd: RawFd, buf: &mut [u8], opts: &Options, seq: u64) -> Result<usize> {
     loop {
         check_stop()?;
-        // SAFETY: borrowing a raw fd that `fd`'s owner keeps open.
-        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        let mut fds = [nix::poll::PollFd::new(
-            borrowed,
-            nix::poll::PollFlags::POLLIN,
-        )];
-        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16)) {
-            Ok(0) | Err(Errno::EINTR) => {
-                if start.elapsed() > timeout {
-                    bail!("no reply within {timeout:?}");
-                }
-                continue;
+        let mut iov = [IoSliceMut::new(buf)];
+        match recvmsg::<()>(fd, &mut iov, None, MsgFlags::empty()) {
+            // MSG_TRUNC: the reply was longer than our buffer (which is one
+            // byte longer than the request): not an echo.
+            Ok(msg) if msg.flags.contains(MsgFlags::MSG_TRUNC) => {
+                bail!("reply {seq} is longer than the request (MSG_TRUNC)")
             }
-            Ok(_) => {}
-            Err(e) => return Err(e).context("poll"),
-        }
-        match recv(fd, buf, MsgFlags::empty()) {
-            Ok(n) => return Ok(n),
-            Err(Errno::EINTR | Errno::EAGAIN) => continue,
+            Ok(msg) => return Ok(msg.bytes),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return Err(timed_out(opts, "recv", seq)),
             Err(Errno::ECONNRESET) => bail!("the server went away (ECONNRESET)"),
             Err(e) => return Err(e).context("recv"),
         }
@@ -581,16 +801,26 @@ fn recv_within(fd: RawFd, buf: &mut [u8], timeout: Duration) -> Result<usize> {
 }
 
 /// `--lines`: send "line N" lines, print each reply line.
-fn client_lines(fd: OwnedFd, count: u64, say: &Narrator) -> Result<(u64, u64)> {
+fn client_lines(fd: OwnedFd, opts: &Options, say: &Narrator) -> Result<(u64, u64)> {
     let file = File::from(fd);
     let mut writer = StopOnSignal(file.try_clone().context("dup")?);
     let mut reader = std::io::BufReader::new(StopOnSignal(file));
     let mut bytes = 0;
-    for n in 0..count {
+    let stalled = |e: std::io::Error, what: &str, n: u64| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            timed_out(opts, what, n)
+        } else {
+            anyhow::Error::new(e).context(what.to_string())
+        }
+    };
+    for n in 0..opts.count {
         let line = format!("line {n}\n");
-        writer.write_all(line.as_bytes()).context("write")?;
+        writer
+            .write_all(line.as_bytes())
+            .map_err(|e| stalled(e, "write", n))?;
         let mut reply = String::new();
-        let got = std::io::BufRead::read_line(&mut reader, &mut reply).context("read")?;
+        let got = std::io::BufRead::read_line(&mut reader, &mut reply)
+            .map_err(|e| stalled(e, "read", n))?;
         if got == 0 {
             bail!("the server closed the connection after {n} lines");
         }
@@ -601,7 +831,8 @@ fn client_lines(fd: OwnedFd, count: u64, say: &Narrator) -> Result<(u64, u64)> {
         ));
         bytes += line.len() as u64;
     }
-    Ok((count, bytes))
+    say.step(format!("{} lines, a reply to each", opts.count));
+    Ok((opts.count, bytes))
 }
 
 // ---------------------------------------------------------------------------
@@ -656,6 +887,8 @@ fn client_args(opts: &Options, target: &[&str]) -> Vec<String> {
         opts.count.to_string(),
         "--size".into(),
         opts.size.to_string(),
+        // The story prints the one summary line; its clients narrate.
+        "--no-summary".into(),
     ]);
     if opts.quiet {
         args.push("--quiet".into());
@@ -745,8 +978,10 @@ fn server_step(opts: &Options, clients: u64, dir: &PrivateDir, say: &Narrator) -
         stop_after: Some(clients),
         allowed_uids: None,
         unix: true,
+        idle_timeout: Duration::from_secs(DEFAULT_TIMEOUT),
     };
     let served = server::serve(&listener, &rules, &say.with_role("server"))?;
+    served.check_stopped()?;
     for mut peer in peers {
         let exit = peer.wait(Some(Duration::from_secs(60)))?;
         if !exit.success() {
@@ -864,17 +1099,26 @@ fn peercred_step(dir: &PrivateDir, say: &Narrator) -> Result<()> {
     let (listener, _guard) = listen_unix(Kind::Stream, &path, say)?;
     let path_arg = path.to_str().context("path is not UTF-8")?;
     for allowed in [me.wrapping_add(1), me] {
-        let mut peer =
-            Peer::spawn_self(&["client", "--path", path_arg, "--count", "1", "--quiet"])?;
+        let mut peer = Peer::spawn_self(&[
+            "client",
+            "--path",
+            path_arg,
+            "--count",
+            "1",
+            "--quiet",
+            "--no-summary",
+        ])?;
         let rules = Rules {
             protocol: Protocol::Frames,
             max_clients: 4,
             stop_after: Some(1),
             allowed_uids: Some(vec![allowed]),
             unix: true,
+            idle_timeout: Duration::from_secs(DEFAULT_TIMEOUT),
         };
         let server_say = Narrator::new("server", false, Stream::Stdout);
         let served = server::serve(&listener, &rules, &server_say)?;
+        served.check_stopped()?;
         let exit = peer.wait(Some(Duration::from_secs(60)))?;
         let outcome = if served.refused == 1 {
             "refused"
@@ -952,6 +1196,11 @@ fn receive_fd(sock: &OwnedFd, say: &Narrator) -> Result<()> {
         MsgFlags::MSG_CMSG_CLOEXEC,
     )
     .context("recvmsg")?;
+    // MSG_CTRUNC: the control buffer was too small and descriptors were
+    // dropped (the kernel closes them): never assume they all arrived.
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        bail!("the control message was truncated (MSG_CTRUNC): descriptors were lost");
+    }
     let mut received = None;
     for cmsg in msg.cmsgs().context("control messages")? {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
@@ -986,17 +1235,22 @@ fn tcp_step(opts: &Options, say: &Narrator) -> Result<u64> {
         stop_after: Some(1),
         allowed_uids: None,
         unix: false,
+        idle_timeout: Duration::from_secs(DEFAULT_TIMEOUT),
     };
     let served = server::serve(&listener, &rules, &say.with_role("server"))?;
+    served.check_stopped()?;
     let exit = peer.wait(Some(Duration::from_secs(60)))?;
     if !exit.success() || served.report.errors() > 0 {
         bail!("the TCP client {exit}; {}", served.report);
     }
     say.step(format!(
-        "{} requests over TCP, same frames, same checks. What changed: any machine that can \
-         reach the address may connect, so SO_PEERCRED and the 0700 directory no longer \
-         protect us (authenticate instead); TCP_NODELAY keeps small requests from waiting \
-         (Nagle); and every byte now goes through the TCP/IP stack",
+        "{} requests over TCP, same frames, same checks. What changed: any process of any \
+         user on this host (in this network namespace) may connect to 127.0.0.1, and no \
+         file mode or 0700 directory guards a port, nor does SO_PEERCRED say who it is \
+         (authenticate instead); nothing from outside the host can reach a loopback \
+         address, but bind 0.0.0.0 and any machine that can reach it may; TCP_NODELAY \
+         keeps small requests from waiting (Nagle); and every byte now goes through the \
+         TCP/IP stack",
         served.report.received
     ));
     Ok(served.report.received)

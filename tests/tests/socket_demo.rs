@@ -1,15 +1,19 @@
 //! End-to-end tests of socket-demo: real sockets, real processes, a
 //! client written in Python, faulty and dying peers.
 
-use std::io::Write;
-use std::os::unix::net::UnixStream;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::thread::sleep;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::cleanup::PrivateDir;
-use ipc_tests::{LONG, Output, Proc, SHORT, assert_usage_error, run};
+use common::payload;
+use ipc_tests::{LONG, Output, Proc, SHORT, assert_usage_error, demo, run};
 use nix::sys::signal::Signal;
 
 const SOCKET_DEMO: &str = "socket-demo";
@@ -399,5 +403,713 @@ fn bad_command_lines_exit_2_with_one_line_naming_the_problem() {
         out.stderr.contains("is the server running?"),
         "{}",
         out.describe()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Round two: attacks on the release binaries (docs/reliability.md)
+// ---------------------------------------------------------------------------
+
+const NOBODY: u32 = 65534;
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Start `cmd` (made by `demo` or by hand, in its own process group) with
+/// stdout and stderr captured.
+fn start(mut cmd: Command) -> Proc {
+    cmd.process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Proc::start(cmd)
+}
+
+/// A demo run as the user `nobody`.
+fn as_nobody(args: &[&str]) -> Output {
+    let mut cmd = demo(SOCKET_DEMO, args);
+    cmd.uid(NOBODY).gid(NOBODY);
+    let out = start(cmd).finish(SHORT);
+    out.assert_no_panic();
+    out
+}
+
+fn count_summaries(out: &Output) -> usize {
+    out.stdout
+        .lines()
+        .chain(out.stderr.lines())
+        .filter(|l| l.starts_with("summary:"))
+        .count()
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: nix::unistd::Pid) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn stop(server: Proc) -> Output {
+    server.signal(Signal::SIGTERM);
+    let out = server.finish(SHORT);
+    out.assert_stopped_by(Signal::SIGTERM);
+    out
+}
+
+/// The largest datagram this machine lets an unprivileged socket send:
+/// SO_SNDBUF (twice net.core.wmem_max at most) minus 32.
+fn kernel_datagram_limit() -> usize {
+    let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (wmem_max.min(1024 * 1024) * 2 - 32).min(1024 * 1024)
+}
+
+#[test]
+fn the_story_ends_with_one_summary_and_tells_the_truth_about_tcp() {
+    let out = run(SOCKET_DEMO, &[], LONG);
+    ok(&out);
+    assert_eq!(count_summaries(&out), 1, "{}", out.describe());
+    assert!(
+        out.stdout.contains("any process of any user on this host")
+            && out.stdout.contains("nothing from outside the host"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        !out.stdout
+            .contains("any machine that can reach the address may connect"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn seqpacket_and_datagram_messages_up_to_the_kernel_limit_arrive_whole() {
+    let limit = kernel_datagram_limit();
+    for kind in ["--seqpacket", "--dgram"] {
+        let dir = dir();
+        let path = dir.path().join("big.sock");
+        let server = server(&["--path", s(&path), kind, "--quiet"]);
+        for size in ["100000", "300000", "1048576"] {
+            let out = run(
+                SOCKET_DEMO,
+                &[
+                    "client",
+                    "--path",
+                    s(&path),
+                    kind,
+                    "--count",
+                    "3",
+                    "--size",
+                    size,
+                    "--quiet",
+                ],
+                SHORT,
+            );
+            if size.parse::<usize>().unwrap() <= limit {
+                ok(&out);
+                assert_eq!(count_summaries(&out), 1, "{}", out.describe());
+            } else {
+                // A machine with a small net.core.wmem_max: refused up front,
+                // naming the limit and the knob.
+                assert_eq!(out.code(), 2, "{kind} {size}\n{}", out.describe());
+                assert!(
+                    out.stderr.contains("net.core.wmem_max"),
+                    "{}",
+                    out.describe()
+                );
+            }
+        }
+        let out = stop(server);
+        assert_eq!(
+            out.summary_field("errors"),
+            "0",
+            "{kind}\n{}",
+            out.describe()
+        );
+        if kind == "--seqpacket" {
+            assert!(
+                out.stdout
+                    .contains("keeps message boundaries itself, so no framing")
+                    && !out.stdout.contains("framed messages"),
+                "{}",
+                out.describe()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_seqpacket_message_over_the_limit_is_refused_not_truncated() {
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr, connect, send, setsockopt, socket,
+        sockopt,
+    };
+    let dir = dir();
+    let path = dir.path().join("trunc.sock");
+    let server = server(&["--path", s(&path), "--seqpacket"]);
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    setsockopt(&fd, sockopt::SndBuf, &(2 * 1024 * 1024)).unwrap();
+    // A server that echoes a truncated message and goes on: fail, not hang.
+    let limit = nix::sys::time::TimeVal::new(30, 0);
+    setsockopt(&fd, sockopt::ReceiveTimeout, &limit).unwrap();
+    connect(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+    let too_big = 1024 * 1024 + 1;
+    if send(fd.as_raw_fd(), &vec![7u8; too_big], MsgFlags::empty()).is_err() {
+        eprintln!("this machine's wmem_max is too small to send {too_big} bytes; skipped");
+        drop(stop(server));
+        return;
+    }
+    // The server drops us: EOF, no (truncated) echo.
+    let mut sock = std::fs::File::from(fd);
+    let mut back = Vec::new();
+    let _ = sock.read_to_end(&mut back);
+    assert!(back.is_empty(), "got {} bytes back", back.len());
+    let out = stop(server);
+    assert!(
+        out.stdout
+            .contains("a message longer than 1048576 bytes (MSG_TRUNC"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// A stream client that writes 300 frames of 1 MiB and never reads. Shut
+/// the returned socket down to end the writing thread.
+fn flood_stream(path: &Path) -> (UnixStream, std::thread::JoinHandle<()>) {
+    let hostile = UnixStream::connect(path).unwrap();
+    hostile
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut writer = hostile.try_clone().unwrap();
+    let flood = std::thread::spawn(move || {
+        let mut frame = (1024 * 1024u32).to_le_bytes().to_vec();
+        frame.extend(payload::make(0, 1024 * 1024));
+        for _ in 0..300 {
+            if writer.write_all(&frame).is_err() {
+                break; // dropped by the server, shut down, or our timeout
+            }
+        }
+    });
+    (hostile, flood)
+}
+
+/// A SEQPACKET client that sends 64 KiB requests until the kernel takes no
+/// more for half a second, and never reads.
+fn flood_seqpacket(path: &Path) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr, connect, send, socket,
+    };
+    let hostile = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .unwrap();
+    connect(hostile.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
+    let request = payload::make(0, 64 * 1024);
+    let (mut full, deadline) = (0, Instant::now() + Duration::from_secs(20));
+    while full < 10 && Instant::now() < deadline {
+        match send(hostile.as_raw_fd(), &request, MsgFlags::empty()) {
+            Ok(_) => full = 0,
+            Err(nix::errno::Errno::EAGAIN) => {
+                full += 1;
+                sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("send: {e}"),
+        }
+    }
+    hostile
+}
+
+/// A client that sends and never reads: the server's memory stays bounded
+/// and an honest client is served at once.
+#[test]
+fn a_client_that_never_reads_stalls_only_itself() {
+    // Stream: 300 frames of 1 MiB, never a read.
+    let dir = dir();
+    let path = dir.path().join("slow.sock");
+    let server = server(&["--path", s(&path), "--quiet"]);
+    let (hostile, flood) = flood_stream(&path);
+    sleep(Duration::from_secs(2));
+    let rss = rss_kib(server.pid());
+    let started = Instant::now();
+    let honest = run(
+        SOCKET_DEMO,
+        &["client", "--path", s(&path), "--count", "200", "--quiet"],
+        SHORT,
+    );
+    let waited = started.elapsed();
+    hostile.shutdown(std::net::Shutdown::Both).unwrap();
+    flood.join().unwrap();
+    let out = stop(server);
+    ok(&honest);
+    assert!(rss < 40 * 1024, "server RSS {rss} KiB\n{}", out.describe());
+    assert!(
+        waited < Duration::from_secs(10),
+        "honest client waited {waited:?}"
+    );
+
+    // SEQPACKET: requests until the kernel takes no more, never a read.
+    let path = dir.path().join("slowpacket.sock");
+    let server = self::server(&["--path", s(&path), "--seqpacket", "--quiet"]);
+    let hostile = flood_seqpacket(&path);
+    let started = Instant::now();
+    let honest = run(
+        SOCKET_DEMO,
+        &[
+            "client",
+            "--path",
+            s(&path),
+            "--seqpacket",
+            "--count",
+            "20",
+            "--quiet",
+        ],
+        SHORT,
+    );
+    let waited = started.elapsed();
+    drop(hostile);
+    let out = stop(server);
+    ok(&honest);
+    assert!(
+        waited < Duration::from_secs(5),
+        "honest client waited {waited:?}\n{}",
+        out.describe()
+    );
+}
+
+/// With `--timeout`, the server drops a client that stops reading.
+#[test]
+fn a_stalled_client_is_dropped_after_the_servers_timeout() {
+    let dir = dir();
+    for kind in [None, Some("--seqpacket")] {
+        let path = dir.path().join("stalled.sock");
+        let mut args = vec!["--path", s(&path), "--timeout", "2"];
+        args.extend(kind);
+        let mut server = server(&args);
+        let hostile: Box<dyn std::any::Any> = if kind.is_none() {
+            let (hostile, flood) = flood_stream(&path);
+            server.wait_for_line(|l| l.contains("no progress for 2 s"), SHORT);
+            hostile.shutdown(std::net::Shutdown::Both).unwrap();
+            flood.join().unwrap();
+            Box::new(hostile)
+        } else {
+            let hostile = flood_seqpacket(&path);
+            server.wait_for_line(|l| l.contains("no progress for 2 s"), SHORT);
+            Box::new(hostile)
+        };
+        let out = stop(server);
+        drop(hostile);
+        assert!(
+            out.stdout
+                .contains("bytes of replies unread (--timeout): dropped"),
+            "{kind:?}\n{}",
+            out.describe()
+        );
+    }
+}
+
+#[test]
+fn a_datagram_client_that_never_reads_does_not_block_the_server() {
+    let dir = dir();
+    let path = dir.path().join("dgram.sock");
+    let server = server(&["--path", s(&path), "--dgram"]);
+    // Unconnected, so each reply meets the kernel's per-socket queue limit
+    // (net.unix.max_dgram_qlen, 10 by default) and then EAGAIN.
+    let hostile = UnixDatagram::bind(dir.path().join("hostile.sock")).unwrap();
+    // A server stuck in sendto stops reading: fail, do not hang.
+    hostile
+        .set_write_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    for seq in 0..50 {
+        hostile
+            .send_to(&payload::make(seq, 64), &path)
+            .expect("the server stopped reading its socket");
+    }
+    let honest = run(
+        SOCKET_DEMO,
+        &[
+            "client",
+            "--path",
+            s(&path),
+            "--dgram",
+            "--count",
+            "20",
+            "--timeout",
+            "10",
+        ],
+        SHORT,
+    );
+    ok(&honest);
+    let out = stop(server);
+    assert!(!path.exists(), "SIGTERM left the socket file");
+    assert!(out.stdout.contains("reply dropped"), "{}", out.describe());
+    let dropped: u64 = out
+        .stdout
+        .split(" repl(ies) dropped")
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(dropped >= 30, "{dropped} dropped\n{}", out.describe());
+    drop(hostile);
+}
+
+/// The datagram server as a confused deputy: it must not follow a client's
+/// reply path to a socket the client may not write to.
+#[test]
+fn a_datagram_server_replies_only_to_a_socket_the_sender_owns() {
+    let dir = dir();
+    let path = dir.path().join("deputy.sock");
+    let server = server(&["--path", s(&path), "--dgram"]);
+    // The victim: a socket only root can reach.
+    let vault = PrivateDir::create("socket-demo-vault").unwrap();
+    let victim_path = vault.path().join("victim.sock");
+    let victim = UnixDatagram::bind(&victim_path).unwrap();
+    victim
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+
+    // Same user: a request answered, then the reply path swapped for a
+    // symlink to the victim.
+    let mine = dir.path().join("client.sock");
+    let client = UnixDatagram::bind(&mine).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    client.send_to(&payload::make(0, 64), &path).unwrap();
+    let mut back = [0u8; 256];
+    assert_eq!(client.recv(&mut back).unwrap(), 64);
+    std::fs::remove_file(&mine).unwrap();
+    std::os::unix::fs::symlink(&victim_path, &mine).unwrap();
+    for seq in 1..6 {
+        client.send_to(&payload::make(seq, 64), &path).unwrap();
+    }
+    let mut stolen = [0u8; 256];
+    let got = victim.recv(&mut stolen);
+    assert!(
+        matches!(&got, Err(e) if e.kind() == ErrorKind::WouldBlock),
+        "the server wrote to the victim: {got:?}"
+    );
+
+    // The reply path is a socket of another user than the sender.
+    let theirs = dir.path().join("theirs.sock");
+    let other = UnixDatagram::bind(&theirs).unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    std::os::unix::fs::chown(&theirs, Some(NOBODY), Some(NOBODY)).unwrap();
+    other.send_to(&payload::make(0, 64), &path).unwrap();
+    assert!(
+        other.recv(&mut back).is_err(),
+        "answered a socket it does not own"
+    );
+
+    let out = stop(server);
+    assert_eq!(
+        out.stdout.matches("symlink, refusing to follow it").count(),
+        5,
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout
+            .contains("belongs to uid 65534, not to the sender (SCM_CREDENTIALS uid 0)")
+            || !is_root(),
+        "{}",
+        out.describe()
+    );
+
+    // And the attack as the brief saw it: another user, whose request
+    // reaches the server because its socket was opened up (chmod 0666), makes
+    // its reply path a symlink to a root-only socket.
+    if !is_root() {
+        return;
+    }
+    let open_dir = dir.path();
+    std::fs::set_permissions(open_dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let server_path = open_dir.join("open.sock");
+    let server = self::server(&["--path", s(&server_path), "--dgram"]);
+    std::fs::set_permissions(&server_path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let attacker_dir = PrivateDir::create("socket-demo-attacker").unwrap();
+    std::os::unix::fs::chown(attacker_dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    let script = "import socket, os, sys\n\
+                  srv, mine, target = sys.argv[1:4]\n\
+                  s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+                  s.bind(mine)\n\
+                  os.unlink(mine); os.symlink(target, mine)\n\
+                  for i in range(5): s.sendto(b'attacker-written %d' % i, srv)\n";
+    let status = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            s(&server_path),
+            s(&attacker_dir.path().join("a.sock")),
+            s(&victim_path),
+        ])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .status()
+        .expect("python3");
+    assert!(status.success());
+    let got = victim.recv(&mut stolen);
+    assert!(
+        matches!(&got, Err(e) if e.kind() == ErrorKind::WouldBlock),
+        "the server delivered an attacker's datagram to a root-only socket: {got:?}"
+    );
+    let out = stop(server);
+    assert!(
+        out.stdout
+            .contains("uid 65534): the reply address is a symlink"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn socket_files_are_0600_whatever_the_umask() {
+    let dir = dir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    for kind in ["--stream", "--seqpacket", "--dgram"] {
+        let path = dir.path().join(format!("umask{kind}.sock"));
+        let mut cmd = Command::new("sh");
+        let mut args = vec![
+            "-c".to_string(),
+            "umask 000; exec \"$0\" \"$@\"".to_string(),
+            s(&ipc_tests::bin(SOCKET_DEMO)).to_string(),
+            "server".to_string(),
+            "--path".to_string(),
+            s(&path).to_string(),
+        ];
+        if kind != "--stream" {
+            args.push(kind.to_string());
+        }
+        cmd.args(&args);
+        let mut server = start(cmd);
+        server.wait_for_line(|l| l.contains("listening") || l.contains("bound at"), SHORT);
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.mode() & 0o777, 0o600, "{kind}");
+        if is_root() {
+            let mut client = vec!["client", "--path", s(&path), "--count", "1"];
+            if kind != "--stream" {
+                client.push(kind);
+            }
+            let out = as_nobody(&client);
+            assert_eq!(
+                out.code(),
+                1,
+                "{kind}: nobody was served\n{}",
+                out.describe()
+            );
+            assert!(
+                out.stderr.contains("ermission denied"),
+                "{}",
+                out.describe()
+            );
+        }
+        drop(stop(server));
+    }
+}
+
+#[test]
+fn another_users_stale_socket_is_left_alone() {
+    if !is_root() {
+        eprintln!("not root: cannot make a file of another user; skipped");
+        return;
+    }
+    let dir = dir();
+    let path = dir.path().join("theirs.sock");
+    drop(UnixListener::bind(&path).unwrap()); // a stale socket file
+    std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
+    for kind in [None, Some("--dgram")] {
+        let mut args = vec!["server", "--path", s(&path)];
+        args.extend(kind);
+        let out = run(SOCKET_DEMO, &args, SHORT);
+        assert_eq!(out.code(), 1, "{}", out.describe());
+        assert!(
+            out.stderr.contains("is a socket file of uid 65534")
+                && out.stderr.contains("refusing to remove it"),
+            "{}",
+            out.describe()
+        );
+        let meta = std::fs::symlink_metadata(&path).expect("the file must stay");
+        assert_eq!(meta.uid(), NOBODY);
+    }
+}
+
+/// Run the server with RLIMIT_NOFILE set to `limit` and `extra` more
+/// descriptors inherited (as from a careless parent).
+fn server_with_fd_limit(limit: u64, extra: i32, args: &[&str]) -> Proc {
+    let mut cmd = demo(SOCKET_DEMO, &[&["server"], args].concat());
+    // SAFETY: between fork and exec only async-signal-safe calls:
+    // setrlimit and dup2.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rlim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for fd in 3..3 + extra {
+                // A copy of stdin (/dev/null) without FD_CLOEXEC.
+                if libc::dup2(0, fd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    start(cmd)
+}
+
+#[test]
+fn out_of_descriptors_the_server_refuses_a_connection_and_goes_on() {
+    // --max-clients beyond RLIMIT_NOFILE is refused up front.
+    let dir = dir();
+    let unused = dir.path().join("unused.sock");
+    let out = server_with_fd_limit(1024, 0, &["--path", s(&unused), "--max-clients", "1024"])
+        .finish(SHORT);
+    assert!(!unused.exists());
+    assert_eq!(out.code(), 2, "{}", out.describe());
+    assert!(
+        out.stderr.contains("RLIMIT_NOFILE is 1024") && out.stderr.contains("--max-clients 1018"),
+        "{}",
+        out.describe()
+    );
+
+    // 20 inherited descriptors: EMFILE comes before --max-clients.
+    let path = dir.path().join("emfile.sock");
+    let mut server = server_with_fd_limit(64, 20, &["--path", s(&path), "--max-clients", "50"]);
+    server.wait_for_line(|l| l.contains("listening"), SHORT);
+    let mut conns: Vec<UnixStream> = (0..45)
+        .map(|_| UnixStream::connect(&path).unwrap())
+        .collect();
+    server.wait_for_line(
+        |l| l.contains("EMFILE") && l.contains("the server goes on"),
+        SHORT,
+    );
+    // The refused connection was closed: EOF, not a hang.
+    let last = conns.last_mut().unwrap();
+    last.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(last.read(&mut byte).unwrap(), 0);
+    drop(conns);
+    let out = run(
+        SOCKET_DEMO,
+        &["client", "--path", s(&path), "--count", "3"],
+        SHORT,
+    );
+    ok(&out);
+    let out = stop(server);
+    assert!(
+        !out.stderr.contains("accept4: EMFILE"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// accept(), failing the test (not hanging it) if no client comes.
+fn accept_within(listener: &UnixListener, timeout: Duration) -> UnixStream {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok((conn, _)) => {
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(timeout)).unwrap();
+                return conn;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("no client connected: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_client_gives_up_on_a_server_that_stalls() {
+    let dir = dir();
+    // A server that accepts and never replies; then one that sends half a
+    // frame.
+    for half_frame in [false, true] {
+        let path = dir.path().join(format!("stall{half_frame}.sock"));
+        let listener = UnixListener::bind(&path).unwrap();
+        let client = Proc::spawn(
+            SOCKET_DEMO,
+            &[
+                "client",
+                "--path",
+                s(&path),
+                "--count",
+                "1",
+                "--timeout",
+                "2",
+            ],
+        );
+        let mut conn = accept_within(&listener, SHORT);
+        if half_frame {
+            let mut request = [0u8; 4 + 64];
+            conn.read_exact(&mut request).unwrap();
+            conn.write_all(&request[..10]).unwrap();
+        }
+        let started = Instant::now();
+        let out = client.finish(SHORT);
+        assert_eq!(out.code(), 1, "{}", out.describe());
+        assert!(
+            out.stderr
+                .contains("the server made no progress for 2 s (--timeout)"),
+            "{}",
+            out.describe()
+        );
+        assert!(started.elapsed() < Duration::from_secs(30));
+        drop(conn);
+    }
+    // A datagram "server" that never answers.
+    let path = dir.path().join("silent.sock");
+    let _silent = UnixDatagram::bind(&path).unwrap();
+    let out = run(
+        SOCKET_DEMO,
+        &[
+            "client",
+            "--path",
+            s(&path),
+            "--dgram",
+            "--count",
+            "1",
+            "--timeout",
+            "2",
+        ],
+        SHORT,
+    );
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("no progress for 2 s"),
+        "{}",
+        out.describe()
+    );
+    assert_usage_error(
+        SOCKET_DEMO,
+        &["client", "--path", "/tmp/x", "--timeout", "0"],
+        "--timeout",
     );
 }
