@@ -297,7 +297,16 @@ mod tests {
         let opts = parse(&["--count", "3", "--size", "9", "--quiet"], false, None).unwrap();
         assert_eq!(
             opts.sender_args(&["sender"]),
-            ["sender", "--count", "3", "--size", "9", "--timeout", "60", "--quiet"]
+            [
+                "sender",
+                "--count",
+                "3",
+                "--size",
+                "9",
+                "--timeout",
+                "60",
+                "--quiet"
+            ]
         );
     }
 }

@@ -259,8 +259,8 @@ fn remove_if_stale(name: &str, say: &Narrator) -> Result<()> {
         bail!("shared memory {name} is in use by a receiver, pid {owner}: choose another --name");
     }
     say.step(format!(
-        "shared memory {name} already exists, ours, and its receiver (pid {owner}) is gone \
-         (no such process maps it): stale, removing it"
+        "shared memory {name} already exists, ours, and its receiver (pid {owner}, which \
+         no longer maps it) is gone: stale, removing it"
     ));
     shm_unlink(name).with_context(|| format!("shm_unlink({name})"))
 }
@@ -315,7 +315,15 @@ pub fn sender(opts: &Options, name: &str) -> Result<()> {
     // receiver sem_init'ed both before publishing; `segment` outlives them.
     let sems = unsafe { segment.posix_sems() };
     let mut peer_gone = || receiver.gone();
-    let sent = ring::send(&segment, sems, opts.count, opts.size, opts.timeout, &say, &mut peer_gone);
+    let sent = ring::send(
+        &segment,
+        sems,
+        opts.count,
+        opts.size,
+        opts.timeout,
+        &say,
+        &mut peer_gone,
+    );
     let elapsed = match sent {
         Ok(elapsed) => elapsed,
         Err(e) => {

@@ -392,7 +392,9 @@ fn check_sem_t(sem: *mut libc::sem_t) -> Result<()> {
     // SAFETY: `sem` points into a live mapping at a sem_t (the contract of
     // posix_sems); the word lies inside it; an atomic load is sound even
     // while another process writes the memory.
-    let found = unsafe { (*sem.cast::<u8>().add(PRIVATE_OFFSET).cast::<AtomicU32>()).load(Ordering::Relaxed) };
+    let found = unsafe {
+        (*sem.cast::<u8>().add(PRIVATE_OFFSET).cast::<AtomicU32>()).load(Ordering::Relaxed)
+    };
     if found != expected {
         bail!(
             "a sem_t in the segment has been overwritten by another process (its private \
@@ -405,7 +407,11 @@ fn check_sem_t(sem: *mut libc::sem_t) -> Result<()> {
 
 /// Where glibc keeps `private` in a `sem_t`: after the 64-bit counter
 /// (after value on 32-bit targets).
-const PRIVATE_OFFSET: usize = if cfg!(target_pointer_width = "64") { 8 } else { 4 };
+const PRIVATE_OFFSET: usize = if cfg!(target_pointer_width = "64") {
+    8
+} else {
+    4
+};
 
 /// The `private` word of a fresh process-shared semaphore, learnt once by
 /// `sem_init` on a local `sem_t` (glibc only).
@@ -422,7 +428,12 @@ fn fresh_private_word() -> Option<u32> {
             if libc::sem_init(sem.as_mut_ptr(), 1, 0) != 0 {
                 return None;
             }
-            let word = sem.as_ptr().cast::<u8>().add(PRIVATE_OFFSET).cast::<u32>().read_unaligned();
+            let word = sem
+                .as_ptr()
+                .cast::<u8>()
+                .add(PRIVATE_OFFSET)
+                .cast::<u32>()
+                .read_unaligned();
             libc::sem_destroy(sem.as_mut_ptr());
             Some(word)
         }
@@ -447,7 +458,10 @@ pub fn maps_segment(pid: i32, id: MapsId) -> std::io::Result<bool> {
     }
     let maps = match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
         // No such process (any more): it maps nothing.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ESRCH) =>
+        {
             return Ok(false);
         }
         other => other?,
@@ -477,7 +491,10 @@ pub fn maps_segment(pid: i32, id: MapsId) -> std::io::Result<bool> {
 pub struct PeerWatch {
     role: &'static str,
     pid: i32,
-    pidfd: OwnedFd,
+    /// `None`: the peer could not be confirmed (see `lost`).
+    pidfd: Option<OwnedFd>,
+    /// Why the peer counts as gone from the start.
+    lost: Option<String>,
 }
 
 impl PeerWatch {
@@ -511,7 +528,25 @@ impl PeerWatch {
         if !maps(pid).unwrap_or(false) {
             bail!("the {role} (pid {pid}) exited");
         }
-        Ok(PeerWatch { role, pid, pidfd })
+        Ok(PeerWatch {
+            role,
+            pid,
+            pidfd: Some(pidfd),
+            lost: None,
+        })
+    }
+
+    /// Like `attach`, but a peer that cannot be confirmed is not an error
+    /// yet: it counts as gone, which matters only if we ever have to wait
+    /// for it. (A fast sender may have written everything, end marker
+    /// included, and exited before the receiver looked.)
+    pub fn attach_or_gone(role: &'static str, pid: i32, id: MapsId) -> PeerWatch {
+        PeerWatch::attach(role, pid, id).unwrap_or_else(|e| PeerWatch {
+            role,
+            pid,
+            pidfd: None,
+            lost: Some(format!("{e:#}")),
+        })
     }
 
     pub fn pid(&self) -> i32 {
@@ -521,7 +556,10 @@ impl PeerWatch {
     /// Why the peer is gone, or `None` while it runs.
     pub fn gone(&self) -> Option<String> {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+        let Some(pidfd) = &self.pidfd else {
+            return self.lost.clone();
+        };
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::ZERO) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => None,
             _ => Some(format!("the {} (pid {}) exited", self.role, self.pid)),
@@ -567,11 +605,17 @@ pub fn wait_for_sender(segment: &Segment, id: MapsId, say: &Narrator) -> Result<
         check_stop()?;
         let pid = header.sender_pid.load(Ordering::Acquire);
         if pid != 0 {
-            let sender = PeerWatch::attach("sender", pid, id)?;
-            say.step(format!(
-                "a sender claimed the segment: pid {pid}, which maps it (/proc/{pid}/maps); \
-                 watching it through a pidfd"
-            ));
+            let sender = PeerWatch::attach_or_gone("sender", pid, id);
+            say.step(match sender.gone() {
+                None => format!(
+                    "a sender claimed the segment: pid {pid}, which maps it (/proc/{pid}/maps); \
+                     watching it through a pidfd"
+                ),
+                Some(_) => format!(
+                    "a sender claimed the segment: pid {pid}, which does not map it (now): \
+                     finished already, or a forged claim; reading what the ring holds"
+                ),
+            });
             return Ok(sender);
         }
         std::thread::sleep(TICK);
@@ -761,7 +805,7 @@ impl<'a> Reader<'a> {
             if message.len() + piece > len {
                 bail!("slot {at}: piece runs past the end of its {len}-byte message");
             }
-                // Copy the piece out with a raw copy (no reference into memory
+            // Copy the piece out with a raw copy (no reference into memory
             // the sender may write); checks then run on our private copy.
             message.reserve(piece);
             // SAFETY: `data` has at least slot_size >= piece readable bytes
@@ -974,6 +1018,40 @@ mod tests {
                 let (slots, size) = segment.slots();
                 proptest::prop_assert_eq!(segment_len(slots as u32, size as u32), segment.len);
             }
+        }
+    }
+
+    #[test]
+    fn one_sender_wins_the_claim() {
+        let segment = segment(2, 64);
+        assert_eq!(segment.claim_sender(), Ok(()));
+        let me = std::process::id() as i32;
+        // A second claim, even our own, finds the slot taken.
+        assert_eq!(segment.claim_sender(), Err(me));
+    }
+
+    #[test]
+    fn a_scribbled_sem_t_is_refused_before_glibc_sees_it() {
+        let segment = segment(2, 64);
+        // SAFETY: initialised by `segment` above.
+        let (empty, full) = unsafe { segment.posix_sems() };
+        full.post().unwrap();
+        assert!(empty.wait_for(TICK).is_ok());
+        // What a hostile peer does: garbage over the `full` sem_t.
+        let header = segment.header();
+        // SAFETY: test-only: the sem_t lies inside the mapping and nobody
+        // else uses it; it is not used again except through the check.
+        unsafe {
+            header
+                .full
+                .get()
+                .cast::<u8>()
+                .write_bytes(0xA5, size_of::<libc::sem_t>())
+        };
+        if cfg!(target_env = "gnu") {
+            let err = full.post().unwrap_err();
+            assert!(format!("{err:#}").contains("overwritten"), "{err:#}");
+            assert!(full.wait_for(TICK).is_err());
         }
     }
 

@@ -62,9 +62,9 @@ pub fn guard(what: &str, start: *const c_void, len: usize, cleanup: Cleanup) -> 
             "shm-demo: removed {} (ours) on the way out\n",
             path.to_string_lossy()
         ),
-        Cleanup::SysV { shmid, semid } => format!(
-            "shm-demo: removed shmid {shmid} and semid {semid} (ours) on the way out\n"
-        ),
+        Cleanup::SysV { shmid, semid } => {
+            format!("shm-demo: removed shmid {shmid} and semid {semid} (ours) on the way out\n")
+        }
     };
     let state = Box::new(State {
         start: start as usize,

@@ -324,11 +324,17 @@ fn open(key_path: &Path, say: &Narrator) -> Result<(Segment, libc::c_int, i32, S
         bail!("shmid {id} is {size} bytes: not a shm-demo segment (refusing to attach it)");
     }
     let mut segment = attach(id, size)?;
-    sigbus::guard(&format!("shmid {id}"), segment.base(), size, Cleanup::Nothing)?;
+    sigbus::guard(
+        &format!("shmid {id}"),
+        segment.base(),
+        size,
+        Cleanup::Nothing,
+    )?;
     segment.validate(&format!("shmid {id}"), SYNC_SYSV)?;
     // The set the header names, if it is under our key, ours and our shape.
     let sem_id = segment.header().sem_id.load(Ordering::Relaxed);
-    check_set(sem_id, key).with_context(|| format!("the header of shmid {id} names semid {sem_id}"))?;
+    check_set(sem_id, key)
+        .with_context(|| format!("the header of shmid {id} names semid {sem_id}"))?;
     let set = SemSet { id: sem_id };
     let (slots, slot_size) = segment.slots();
     say.step(format!(
