@@ -21,8 +21,9 @@
 //! ```text
 //! +--------------------------------------------------------------+
 //! | header: magic, version, slot count, slot size, receiver pid, |
-//! |         sender pid, sem_t empty (free slots),                 |
-//! |         sem_t full (filled slots)                             |
+//! |         sender pid (claimed once, by compare-and-swap),       |
+//! |         sync kind, System V semid,                            |
+//! |         sem_t empty (free slots), sem_t full (filled slots)   |
 //! +--------------------------------------------------------------+
 //! | slot 0: seq, message length, offset, piece length, flags,    |
 //! |         data[slot size]                                       |
@@ -59,10 +60,34 @@
 //! - why each semaphore is there, and what would break without it;
 //! - the segment as a file under `/dev/shm`, and gone after the run;
 //! - the sender writing straight into the slots: no intermediate buffer;
-//! - a peer killed mid-transfer noticed within a second, never a hang.
+//! - one sender per segment: it claims `sender_pid` with a compare-and-swap
+//!   from 0, so a second sender is refused instead of interleaving pieces;
+//! - `posix_fallocate` after `ftruncate`: on tmpfs `ftruncate` reserves no
+//!   memory, and a full `/dev/shm` (Docker's default is 64 MiB) would show
+//!   up as a SIGBUS at the first touch of a page, not as an error code;
+//! - a peer killed mid-transfer noticed within a second, a stopped one
+//!   after the idle `--timeout`, never a hang.
+//!
+//! ## Trust boundary
+//!
+//! Shared memory has no protection inside it: any process that can write
+//! the segment (its owner, or root) can change any byte at any moment. The
+//! demo checks what it can: the object's owner and shape before using or
+//! removing it, every field and index before use, the `sem_t`s before
+//! handing them to glibc (which aborts on garbage there), the peer's pid
+//! against the peer's own `/proc/PID/maps` (then a pidfd watches it), and
+//! every wait is bounded. What no check can prevent: a writer that garbles
+//! messages (the receiver reports them), rewrites a `sem_t` between our
+//! check and glibc's use, or truncates the object (SIGBUS: reported, ours
+//! removed, exit 1). Against a peer you do not trust, use sealed memory
+//! (`memfd_create` + `F_SEAL_SHRINK`/`F_SEAL_WRITE`, the fd passed with
+//! `SCM_RIGHTS` as socket-demo shows) or
+//! keep the synchronisation in the kernel (the System V variant's
+//! semaphores live there, not in the segment).
 //!
 //! Uses `common` modules: `cleanup`, `cli`, `error`, `payload`, `peer`,
-//! `psem`, `report`, `sysv_sem`.
+//! `psem`, `report`, `sysv_sem`; nix features `fs`, `mman`, `poll`, `user`
+//! (besides those `common` needs). `sigbus.rs` holds the SIGBUS handler.
 
 mod posix;
 mod sigbus;
@@ -127,7 +152,8 @@ TRUST: whoever can write the segment (its owner, root) can corrupt it. Every
 field read from it is checked, the peer's pid is confirmed in its own
 /proc/PID/maps and watched through a pidfd, and every wait is bounded; but a
 hostile writer can still garble messages (reported as errors) or end the
-transfer. For a peer you do not trust, use sealed memfds (memfd-demo).
+transfer. For a peer you do not trust, use sealed memfds (memfd_create +
+F_SEAL_SHRINK, passed with SCM_RIGHTS as socket-demo shows).
 
 EXIT STATUS: 0 success, 1 runtime error (including data errors and a peer
 that died), 2 bad command line, 128+N stopped by signal N (130 for Ctrl-C).

@@ -75,6 +75,8 @@ fn check_owner(name: &str, fd: &OwnedFd, doing: &str) -> Result<()> {
 }
 
 /// The size, total and free, of the tmpfs behind /dev/shm.
+// The casts matter where c_ulong and fsblkcnt_t are 32-bit.
+#[allow(clippy::unnecessary_cast)]
 fn dev_shm_space() -> String {
     match nix::sys::statvfs::statvfs("/dev/shm") {
         Ok(fs) => {
@@ -390,6 +392,12 @@ pub fn story(opts: &Options) -> Result<()> {
     ));
     say.line("\n== 1. Create the segment and its semaphores ==");
     let mut owned = create(&name, opts.slots, opts.slot_size, &say)?;
+    say.step(format!(
+        "a hazard no check can prevent: whoever can open /dev/shm{name} can truncate it while \
+         it is mapped, and the next access past the new end is a SIGBUS, not an error code \
+         (this demo then says so, removes its object and exits 1). The cure is memory nobody \
+         can shrink: memfd_create + fcntl(F_ADD_SEALS, F_SEAL_SHRINK), its fd passed over a Unix socket (SCM_RIGHTS, see socket-demo)"
+    ));
 
     say.line("\n== 2. Start the sender: a separate program that opens the segment by name ==");
     let mut sender = Peer::spawn_self(&opts.sender_args(&["sender", "--name", &name]))?;

@@ -11,7 +11,8 @@
 //! No check before a load can prevent it: the truncation can happen
 //! between the check and the load. The real cure is memory the other side
 //! cannot shrink: `memfd_create` + `fcntl(F_ADD_SEALS, F_SEAL_SHRINK)`,
-//! passed over a Unix socket (memfd-demo). Here we can only end well.
+//! passed over a Unix socket (`SCM_RIGHTS`, see socket-demo). Here we can
+//! only end well.
 //!
 //! The handler runs in the middle of whatever the program was doing (maybe
 //! inside `malloc`), so it uses only async-signal-safe calls on data
@@ -73,7 +74,8 @@ pub fn guard(what: &str, start: *const c_void, len: usize, cleanup: Cleanup) -> 
             "shm-demo: error: SIGBUS touching the shared segment {what}: its page has no memory \
              behind it. Another process truncated the object under us (e.g. truncate -s 0), or \
              the tmpfs behind it is full. A mapping cannot stop the object from shrinking; \
-             sealed memory can (memfd_create + F_SEAL_SHRINK, see memfd-demo)\n"
+             sealed memory can (memfd_create + F_SEAL_SHRINK, the fd passed with SCM_RIGHTS \
+             as socket-demo shows)\n"
         )
         .into_bytes(),
         abort_message: format!(

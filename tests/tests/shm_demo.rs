@@ -836,11 +836,8 @@ fn sysv_receiver_leaves_a_foreign_semaphore_set_alone() {
         }
         // Still there, untouched.
         // SAFETY: GETVAL takes no fourth argument.
-        assert_eq!(
-            unsafe { libc::semctl(id, 0, libc::GETVAL) },
-            0,
-            "set {id} removed"
-        );
+        let value = unsafe { libc::semctl(id, 0, libc::GETVAL) };
+        assert_eq!(value, 0, "set {id} removed");
         // And the receiver removed its own new segment on the way out.
         assert_eq!(ipcs_lines_with(&format!("{k:#010x}")).len(), 1);
     }
