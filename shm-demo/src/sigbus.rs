@@ -43,6 +43,7 @@ struct State {
     end: usize,
     bus_message: Vec<u8>,
     abort_message: Vec<u8>,
+    killed_message: Vec<u8>,
     removed_message: Vec<u8>,
     cleanup: Cleanup,
 }
@@ -84,6 +85,7 @@ pub fn guard(what: &str, start: *const c_void, len: usize, cleanup: Cleanup) -> 
              process truncated the segment or overwrote a sem_t in it\n"
         )
         .into_bytes(),
+        killed_message: b"shm-demo: stopped by SIGABRT from another process\n".to_vec(),
         removed_message: removed.into_bytes(),
         cleanup,
     });
@@ -131,10 +133,14 @@ extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
             return;
         }
     };
-    write_stderr(if signal == libc::SIGBUS {
-        &state.bus_message
-    } else {
-        &state.abort_message
+    // abort() in this process signals itself; a `kill -ABRT` from outside
+    // carries the sender's pid: that one is only a stop request.
+    // SAFETY: siginfo_t from the kernel; getpid is async-signal-safe.
+    let from_outside = signal == libc::SIGABRT && unsafe { (*info).si_pid() != libc::getpid() };
+    write_stderr(match (signal, from_outside) {
+        (libc::SIGBUS, _) => &state.bus_message,
+        (_, false) => &state.abort_message,
+        (_, true) => &state.killed_message,
     });
     let removed = match &state.cleanup {
         Cleanup::Nothing => false,
@@ -169,7 +175,9 @@ extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
         // SAFETY: kill(2) is async-signal-safe. SIGTERM lets it clean up.
         unsafe { libc::kill(child, libc::SIGTERM) };
     }
+    // 128 + N for a stop by another process's signal, as for Ctrl-C.
+    let status = if from_outside { 128 + signal } else { 1 };
     // SAFETY: _exit is async-signal-safe and skips atexit handlers and
     // destructors, which may not run inside a signal handler.
-    unsafe { libc::_exit(1) };
+    unsafe { libc::_exit(status) };
 }

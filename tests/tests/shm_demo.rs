@@ -946,3 +946,27 @@ fn a_stopped_peer_ends_the_wait_after_the_idle_timeout() {
         assert!(!dev_shm(&name).exists(), "{victim} stopped: segment left");
     }
 }
+
+#[test]
+fn an_abort_signal_still_removes_the_segment() {
+    // The SIGABRT path of the fault handler (glibc's abort on a broken
+    // sem_t ends there too): a sentence, our object removed, 128 + 6.
+    let name = format!("/{}", unique_name("shm-test"));
+    let mut receiver = Proc::spawn(SHM_DEMO, &["receiver", "--name", &name]);
+    receiver.wait_for_line(|l| l.contains("waiting for a sender"), SHORT);
+    receiver.signal(Signal::SIGABRT);
+    let out = receiver.finish(SHORT);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 134, "{}", out.describe());
+    assert!(
+        out.stderr.contains("stopped by SIGABRT"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("(ours) on the way out"),
+        "{}",
+        out.describe()
+    );
+    assert!(!dev_shm(&name).exists());
+}
