@@ -506,12 +506,12 @@ impl PeerWatch {
         match maps(pid) {
             Ok(true) => {}
             Ok(false) => bail!(
-                "the header names pid {pid} as the {role}, but pid {pid} does not map this \
-                 segment (a forged or stale header): refusing to trust it"
+                "pid {pid}, named as the {role}, does not map this segment (a forged header, \
+                 or a {role} that is gone): refusing to trust it"
             ),
             Err(e) => bail!(
-                "the header names pid {pid} as the {role}, but its /proc/{pid}/maps cannot be \
-                 read ({e}), so nothing confirms it maps this segment: refusing to trust it"
+                "pid {pid}, named as the {role}: its /proc/{pid}/maps cannot be read ({e}), so \
+                 nothing confirms it maps this segment: refusing to trust it"
             ),
         }
         // SAFETY: pidfd_open takes a pid and flags, no pointers.

@@ -899,7 +899,7 @@ fn a_hostile_header_never_aborts_hangs_or_leaks() {
     let out = run(SHM_DEMO, &["sender", "--name", &name], SHORT);
     assert_clean_failure(
         &out,
-        &["names pid 1 as the receiver", "refusing to trust it"],
+        &["pid 1, named as the receiver", "refusing to trust it"],
     );
     receiver.signal(Signal::SIGTERM);
     let _ = receiver.finish(SHORT);
