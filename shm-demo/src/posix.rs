@@ -242,7 +242,9 @@ fn remove_if_stale(name: &str, say: &Narrator) -> Result<()> {
         return Err(not_ours());
     }
     // Just the header, read-only: it is ours to read, not yet to change.
+    // (Truncated under us meanwhile, reading it would be a SIGBUS: armed.)
     let segment = map(&fd, HEADER_SPACE, ProtFlags::PROT_READ)?;
+    guard_segment(name, &segment, HEADER_SPACE, None)?;
     let header = segment.header();
     let slots = header.slot_count.load(Ordering::Relaxed);
     let slot_size = header.slot_size.load(Ordering::Relaxed);
