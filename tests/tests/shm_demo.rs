@@ -685,11 +685,16 @@ fn truncating_the_segment_mid_transfer_is_a_clear_error_not_a_bus_error() {
 /// Run shm-demo with `args` in a mount namespace whose /dev/shm is a
 /// 1 MiB tmpfs (root only).
 fn in_tiny_dev_shm(args: &[&str]) -> Output {
-    let script = format!(
-        "mount -t tmpfs -o size=1m tmpfs /dev/shm && exec {} {}",
+    in_tiny_dev_shm_sh(&format!(
+        "exec {} {}",
         bin(SHM_DEMO).display(),
         args.join(" ")
-    );
+    ))
+}
+
+/// Run a shell script in a mount namespace with a 1 MiB /dev/shm.
+fn in_tiny_dev_shm_sh(script: &str) -> Output {
+    let script = format!("mount -t tmpfs -o size=1m tmpfs /dev/shm && {script}");
     let mut cmd = Command::new("unshare");
     cmd.args(["-m", "sh", "-c", &script])
         .process_group(0)
@@ -728,6 +733,24 @@ fn a_full_dev_shm_is_enospc_naming_its_size_not_sigbus() {
     // What fits, works.
     let out = in_tiny_dev_shm(&["--slots", "2", "--slot-size", "262144", "--size", "300000"]);
     assert_ok(&out);
+    // Even when /dev/shm fills up after the receiver started: its pages
+    // were reserved (du shows all 513 KiB at once), so the sender's first
+    // touch of each slot finds one.
+    let b = bin(SHM_DEMO).display().to_string();
+    let out = in_tiny_dev_shm_sh(&format!(
+        "{b} receiver --name /tiny --slots 2 --slot-size 262144 --count 20 --quiet & \
+         until [ \"$(du -k /dev/shm/tiny | cut -f1)\" -ge 513 ] 2>/dev/null; do sleep 0.05; done; \
+         dd if=/dev/zero of=/dev/shm/filler bs=64k 2>/dev/null; \
+         {b} sender --name /tiny --size 300000 --count 20 --quiet; s=$?; \
+         wait $!; r=$?; exit $((s + r))"
+    ));
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_eq!(
+        out.stdout.matches("errors=0").count(),
+        2,
+        "{}",
+        out.describe()
+    );
 }
 
 #[test]
