@@ -21,8 +21,9 @@
 //! ```text
 //! +--------------------------------------------------------------+
 //! | header: magic, version, slot count, slot size, receiver pid, |
-//! |         sender pid, sem_t empty (free slots),                 |
-//! |         sem_t full (filled slots)                             |
+//! |         sender pid (claimed once, by compare-and-swap),       |
+//! |         sync kind, System V semid,                            |
+//! |         sem_t empty (free slots), sem_t full (filled slots)   |
 //! +--------------------------------------------------------------+
 //! | slot 0: seq, message length, offset, piece length, flags,    |
 //! |         data[slot size]                                       |
@@ -59,16 +60,42 @@
 //! - why each semaphore is there, and what would break without it;
 //! - the segment as a file under `/dev/shm`, and gone after the run;
 //! - the sender writing straight into the slots: no intermediate buffer;
-//! - a peer killed mid-transfer noticed within a second, never a hang.
+//! - one sender per segment: it claims `sender_pid` with a compare-and-swap
+//!   from 0, so a second sender is refused instead of interleaving pieces;
+//! - `posix_fallocate` after `ftruncate`: on tmpfs `ftruncate` reserves no
+//!   memory, and a full `/dev/shm` (Docker's default is 64 MiB) would show
+//!   up as a SIGBUS at the first touch of a page, not as an error code;
+//! - a peer killed mid-transfer noticed within a second, a stopped one
+//!   after the idle `--timeout`, never a hang.
+//!
+//! ## Trust boundary
+//!
+//! Shared memory has no protection inside it: any process that can write
+//! the segment (its owner, or root) can change any byte at any moment. The
+//! demo checks what it can: the object's owner and shape before using or
+//! removing it, every field and index before use, the `sem_t`s before
+//! handing them to glibc (which aborts on garbage there), the peer's pid
+//! against the peer's own `/proc/PID/maps` (then a pidfd watches it), and
+//! every wait is bounded. What no check can prevent: a writer that garbles
+//! messages (the receiver reports them), rewrites a `sem_t` between our
+//! check and glibc's use, or truncates the object (SIGBUS: reported, ours
+//! removed, exit 1). Against a peer you do not trust, use sealed memory
+//! (`memfd_create` + `F_SEAL_SHRINK`/`F_SEAL_WRITE`, the fd passed with
+//! `SCM_RIGHTS` as socket-demo shows) or
+//! keep the synchronisation in the kernel (the System V variant's
+//! semaphores live there, not in the segment).
 //!
 //! Uses `common` modules: `cleanup`, `cli`, `error`, `payload`, `peer`,
-//! `psem`, `report`, `sysv_sem`.
+//! `psem`, `report`, `sysv_sem`; nix features `fs`, `mman`, `poll`, `user`
+//! (besides those `common` needs). `sigbus.rs` holds the SIGBUS handler.
 
 mod posix;
+mod sigbus;
 mod sysv;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Result;
 use common::cleanup::stop_on_signals;
@@ -81,7 +108,7 @@ const USAGE: &str = "\
 shm-demo: shared memory as a bounded buffer, synchronised with semaphores
 
 USAGE:
-    shm-demo [--count N] [--size BYTES] [--slots K] [--slot-size BYTES] [--quiet]
+    shm-demo [--count N] [--size BYTES] [--slots K] [--slot-size BYTES] [--timeout SECS] [--quiet]
         The whole story in one terminal: this process creates the segment
         and receives; a sender process started from this program writes.
     shm-demo receiver --name /NAME [--count N] [--slots K] [--slot-size BYTES] [--quiet]
@@ -102,8 +129,31 @@ OPTIONS:
                        larger than a slot is split over several slots
     --slots K          slots in the ring (default 8; 1 to 1024)
     --slot-size BYTES  data bytes per slot (default 4096; 1 to 1048576)
+    --timeout SECS     idle timeout: give up (exit 1) when the peer makes no
+                       progress for SECS seconds, e.g. it was stopped with
+                       Ctrl-Z (default 60; 1 to 86400). One wait has no limit
+                       on purpose: the receiver role waiting for its first
+                       sender, as a server waits for its first client (Ctrl-C
+                       ends it). A dead peer is noticed within 0.1 s anyway.
     --quiet            no line per message, only the steps and the summary
     -h, --help         this text
+
+ONE SENDER, ONE RECEIVER: the sender claims the segment with a compare-and-
+swap on the header's sender_pid; a second sender is refused (exit 1), and
+the first transfer goes on unharmed.
+
+/dev/shm IS A TMPFS OF LIMITED SIZE (Docker: 64 MiB unless --shm-size): the
+receiver reserves the segment's pages with posix_fallocate, so a full
+/dev/shm is an ENOSPC error naming its size, not a SIGBUS in mid-transfer.
+If another process truncates the object while it is mapped, the next access
+is a SIGBUS: both sides then say so, remove what is theirs and exit 1.
+
+TRUST: whoever can write the segment (its owner, root) can corrupt it. Every
+field read from it is checked, the peer's pid is confirmed in its own
+/proc/PID/maps and watched through a pidfd, and every wait is bounded; but a
+hostile writer can still garble messages (reported as errors) or end the
+transfer. For a peer you do not trust, use sealed memfds (memfd_create +
+F_SEAL_SHRINK, passed with SCM_RIGHTS as socket-demo shows).
 
 EXIT STATUS: 0 success, 1 runtime error (including data errors and a peer
 that died), 2 bad command line, 128+N stopped by signal N (130 for Ctrl-C).
@@ -111,6 +161,8 @@ that died), 2 bad command line, 128+N stopped by signal N (130 for Ctrl-C).
 
 const DEFAULT_SLOTS: u32 = 8;
 const DEFAULT_SLOT_SIZE: u32 = 4096;
+/// Seconds without progress from the peer before a role gives up.
+const DEFAULT_TIMEOUT: u64 = 60;
 
 fn main() -> ExitCode {
     error::run("shm-demo", run)
@@ -126,6 +178,7 @@ pub struct Options {
     size: usize,
     slots: u32,
     slot_size: u32,
+    timeout: Duration,
     quiet: bool,
 }
 
@@ -136,6 +189,7 @@ impl Options {
         let mut args: Vec<String> = role.iter().map(|s| s.to_string()).collect();
         args.extend(["--count".into(), self.count.to_string()]);
         args.extend(["--size".into(), self.size.to_string()]);
+        args.extend(["--timeout".into(), self.timeout.as_secs().to_string()]);
         if self.quiet {
             args.push("--quiet".into());
         }
@@ -183,6 +237,7 @@ fn parse_options(args: &mut Args, sysv: bool, role: Option<&str>) -> Result<Opti
         size: DEFAULT_SIZE,
         slots: DEFAULT_SLOTS,
         slot_size: DEFAULT_SLOT_SIZE,
+        timeout: Duration::from_secs(DEFAULT_TIMEOUT),
         quiet: false,
     };
     let mut given = Vec::new();
@@ -197,6 +252,9 @@ fn parse_options(args: &mut Args, sysv: bool, role: Option<&str>) -> Result<Opti
             "--size" => opts.size = args.number("--size", 1, MAX_MESSAGE)?,
             "--slots" => opts.slots = args.number("--slots", 1, MAX_SLOTS)?,
             "--slot-size" => opts.slot_size = args.number("--slot-size", 1, MAX_SLOT_SIZE)?,
+            "--timeout" => {
+                opts.timeout = Duration::from_secs(args.number("--timeout", 1, 86400)?);
+            }
             "--quiet" => opts.quiet = true,
             other => return Err(args.unknown(other)),
         }
@@ -265,7 +323,16 @@ mod tests {
         let opts = parse(&["--count", "3", "--size", "9", "--quiet"], false, None).unwrap();
         assert_eq!(
             opts.sender_args(&["sender"]),
-            ["sender", "--count", "3", "--size", "9", "--quiet"]
+            [
+                "sender",
+                "--count",
+                "3",
+                "--size",
+                "9",
+                "--timeout",
+                "60",
+                "--quiet"
+            ]
         );
     }
 }

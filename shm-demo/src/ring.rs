@@ -5,7 +5,9 @@
 
 use std::cell::UnsafeCell;
 use std::ffi::c_void;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -13,7 +15,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use common::cleanup::check_stop;
 use common::payload::{self, CheckReport, Checker, Verdict};
-use common::peer::alive;
 use common::psem::{SharedSem, Wait};
 use common::report::{Narrator, Summary};
 use common::sysv_sem::SemSet;
@@ -22,7 +23,7 @@ use common::sysv_sem::SemSet;
 pub const MAGIC: u64 = u64::from_le_bytes(*b"IPCSHM01");
 /// Bumped whenever the layout changes, so old and new programs refuse
 /// each other's segments instead of misreading them.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const MAX_SLOTS: u32 = 1024;
 pub const MAX_SLOT_SIZE: u32 = 1024 * 1024;
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
@@ -33,7 +34,7 @@ pub const SYNC_SYSV: u32 = 2;
 /// A slot whose piece says "no more messages".
 const FLAG_END: u32 = 1;
 /// How long one semaphore wait lasts before we check that the peer lives.
-const TICK: Duration = Duration::from_millis(100);
+pub const TICK: Duration = Duration::from_millis(100);
 /// How long a sender waits for a receiver that is still initialising.
 const INIT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -52,10 +53,14 @@ pub struct Header {
     pub slot_count: AtomicU32,
     pub slot_size: AtomicU32,
     pub receiver_pid: AtomicI32,
-    /// 0 until a sender attaches.
+    /// 0 until a sender claims the segment with a compare-and-swap from 0
+    /// (`Segment::claim_sender`): one sender per segment.
     pub sender_pid: AtomicI32,
     /// SYNC_POSIX or SYNC_SYSV.
     pub sync: AtomicU32,
+    /// System V variant: the id of the semaphore set that guards this
+    /// segment, so nobody takes (or removes) another set under the same key.
+    pub sem_id: AtomicI32,
     /// POSIX variant: counts free slots. The sender waits on it before
     /// writing a slot, so it never overwrites a message not yet read.
     pub empty: UnsafeCell<libc::sem_t>,
@@ -186,6 +191,19 @@ impl Segment {
         self.header().magic.store(MAGIC, Ordering::Release);
     }
 
+    /// The sender's side: become the segment's one sender, atomically. A
+    /// compare-and-swap from 0 to our pid: of two senders that try at the
+    /// same moment exactly one succeeds; the other gets `Err(holder)`.
+    /// (A plain store would let both believe they own the slots, and two
+    /// writers interleave pieces: duplicates, reordering, corruption.)
+    pub fn claim_sender(&self) -> std::result::Result<(), i32> {
+        let me = std::process::id() as i32;
+        self.header()
+            .sender_pid
+            .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+            .map(drop)
+    }
+
     /// The sender's side: check every header field before trusting the
     /// segment. `what` names it in errors.
     pub fn validate(&mut self, what: &str, sync: u32) -> Result<()> {
@@ -234,6 +252,11 @@ impl Segment {
         (self.slot_count, self.slot_size)
     }
 
+    /// Where the mapping starts (for the SIGBUS handler's "is it ours?").
+    pub fn base(&self) -> *const c_void {
+        self.base.as_ptr()
+    }
+
     /// The POSIX semaphores in the header.
     ///
     /// # Safety
@@ -242,11 +265,12 @@ impl Segment {
     /// they are used only while `self` stays mapped.
     pub unsafe fn posix_sems(&self) -> (Sem, Sem) {
         let header = self.header();
+        let (empty, full) = (header.empty.get(), header.full.get());
         // SAFETY: per this function's contract.
         unsafe {
             (
-                Sem::Posix(SharedSem::attach(header.empty.get())),
-                Sem::Posix(SharedSem::attach(header.full.get())),
+                Sem::Posix(SharedSem::attach(empty), empty),
+                Sem::Posix(SharedSem::attach(full), full),
             )
         }
     }
@@ -276,8 +300,8 @@ impl Drop for Segment {
 /// One counting semaphore of the ring.
 #[derive(Debug, Clone, Copy)]
 pub enum Sem {
-    /// A `sem_t` inside the segment.
-    Posix(SharedSem),
+    /// A `sem_t` inside the segment (and its address, for `check_sem_t`).
+    Posix(SharedSem, *mut libc::sem_t),
     /// Semaphore `index` of a System V set. Never with SEM_UNDO: these
     /// counts pass from one process to the other (see sysv.rs).
     SysV(SemSet, u16),
@@ -286,7 +310,10 @@ pub enum Sem {
 impl Sem {
     fn post(self) -> Result<()> {
         match self {
-            Sem::Posix(sem) => sem.post().context("sem_post"),
+            Sem::Posix(sem, raw) => {
+                check_sem_t(raw)?;
+                sem.post().context("sem_post")
+            }
             Sem::SysV(set, i) => loop {
                 match set.op(i, 1, false, TICK).context("semop(+1)")? {
                     Wait::Acquired => return Ok(()),
@@ -299,15 +326,26 @@ impl Sem {
 
     fn wait_for(self, timeout: Duration) -> Result<Wait> {
         match self {
-            Sem::Posix(sem) => sem.wait_for(timeout).context("sem_timedwait"),
+            Sem::Posix(sem, raw) => {
+                check_sem_t(raw)?;
+                sem.wait_for(timeout).context("sem_timedwait")
+            }
             Sem::SysV(set, i) => set.op(i, -1, false, timeout).context("semtimedop(-1)"),
         }
     }
 }
 
 /// Wait on `sem`; every TICK without success, ask `peer_gone` whether the
-/// other side has died (it then names the reason) and stop if so.
-fn wait_on(sem: Sem, what: &str, peer_gone: &mut dyn FnMut() -> Option<String>) -> Result<()> {
+/// other side has died (it then names the reason) and stop if so. A peer
+/// that lives but makes no progress (stopped with Ctrl-Z or SIGSTOP, or
+/// stuck) is given up on after `idle` (the --timeout), if set.
+fn wait_on(
+    sem: Sem,
+    what: &str,
+    idle: Option<Duration>,
+    peer_gone: &mut dyn FnMut() -> Option<String>,
+) -> Result<()> {
+    let start = Instant::now();
     loop {
         check_stop()?;
         match sem
@@ -320,15 +358,268 @@ fn wait_on(sem: Sem, what: &str, peer_gone: &mut dyn FnMut() -> Option<String>) 
                 if let Some(reason) = peer_gone() {
                     bail!("{reason} while we waited on the {what} semaphore");
                 }
+                if let Some(idle) = idle.filter(|&idle| start.elapsed() >= idle) {
+                    bail!(
+                        "no progress for {} s: the peer is alive but has not posted the {what} \
+                         semaphore (stopped with Ctrl-Z or SIGSTOP? --timeout sets this limit)",
+                        idle.as_secs()
+                    );
+                }
             }
         }
     }
 }
 
-/// "Gone" check for a pid another process stored in the header.
-pub fn pid_gone(role: &str, pid: &AtomicI32) -> Option<String> {
-    let pid = pid.load(Ordering::Relaxed);
-    (pid != 0 && !alive(pid)).then(|| format!("the {role} (pid {pid}) exited"))
+// ---------------------------------------------------------------------------
+// Hardening (a first reading may skip it): the sem_t guard, and liveness
+// that does not rest on a pid read from shared memory.
+// ---------------------------------------------------------------------------
+
+/// Refuse to hand glibc a `sem_t` that another process has scribbled on.
+///
+/// glibc trusts a `sem_t`'s bytes: the word after the counter (`private`)
+/// becomes part of the futex operation code. Garbage there makes the
+/// kernel answer ENOSYS ("no such futex operation"), which glibc takes for
+/// its own bug: it prints "The futex facility returned an unexpected error
+/// code." and aborts the process. So before each call we compare that
+/// word with what `sem_init(pshared = 1)` writes on this C library. A peer
+/// rewriting it *between* our check and glibc's read is beyond any check:
+/// that is the trust boundary of shared memory (see main.rs).
+fn check_sem_t(sem: *mut libc::sem_t) -> Result<()> {
+    let Some(expected) = fresh_private_word() else {
+        return Ok(()); // not glibc: no known layout to check
+    };
+    // SAFETY: `sem` points into a live mapping at a sem_t (the contract of
+    // posix_sems); the word lies inside it; an atomic load is sound even
+    // while another process writes the memory.
+    let found = unsafe {
+        (*sem.cast::<u8>().add(PRIVATE_OFFSET).cast::<AtomicU32>()).load(Ordering::Relaxed)
+    };
+    if found != expected {
+        bail!(
+            "a sem_t in the segment has been overwritten by another process (its private \
+             word is {found:#x}, sem_init wrote {expected:#x}): refusing to pass it to glibc, \
+             which would abort"
+        );
+    }
+    Ok(())
+}
+
+/// Where glibc keeps `private` in a `sem_t`: after the 64-bit counter
+/// (after value on 32-bit targets).
+const PRIVATE_OFFSET: usize = if cfg!(target_pointer_width = "64") {
+    8
+} else {
+    4
+};
+
+/// The `private` word of a fresh process-shared semaphore, learnt once by
+/// `sem_init` on a local `sem_t` (glibc only).
+fn fresh_private_word() -> Option<u32> {
+    if !cfg!(target_env = "gnu") {
+        return None;
+    }
+    static WORD: OnceLock<Option<u32>> = OnceLock::new();
+    *WORD.get_or_init(|| {
+        let mut sem = std::mem::MaybeUninit::<libc::sem_t>::zeroed();
+        // SAFETY: a local, zeroed, aligned sem_t that nobody else sees; it is
+        // destroyed before it goes out of scope.
+        unsafe {
+            if libc::sem_init(sem.as_mut_ptr(), 1, 0) != 0 {
+                return None;
+            }
+            let word = sem
+                .as_ptr()
+                .cast::<u8>()
+                .add(PRIVATE_OFFSET)
+                .cast::<u32>()
+                .read_unaligned();
+            libc::sem_destroy(sem.as_mut_ptr());
+            Some(word)
+        }
+    })
+}
+
+/// How to recognise our segment in a process's `/proc/PID/maps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapsId {
+    /// A POSIX object: the device and inode of `/dev/shm/NAME`.
+    File { dev: u64, ino: u64 },
+    /// A System V segment: maps shows `/SYSV<key>` with the shmid as inode.
+    SysV { shmid: i32 },
+}
+
+/// Does process `pid` map our segment? The kernel's own list of a
+/// process's mappings: a pid forged into the header names some process,
+/// but not one that maps this object.
+pub fn maps_segment(pid: i32, id: MapsId) -> std::io::Result<bool> {
+    if pid <= 0 {
+        return Ok(false);
+    }
+    let maps = match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+        // No such process (any more): it maps nothing.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ESRCH) =>
+        {
+            return Ok(false);
+        }
+        other => other?,
+    };
+    Ok(maps.lines().any(|line| {
+        // start-end perms offset major:minor inode path
+        let mut fields = line.split_whitespace();
+        let (Some(dev), Some(inode)) = (fields.nth(3), fields.next()) else {
+            return false;
+        };
+        let path = fields.next().unwrap_or("");
+        let inode: u64 = inode.parse().unwrap_or(0);
+        match id {
+            MapsId::File { dev: want, ino } => {
+                let want = format!("{:02x}:{:02x}", libc::major(want), libc::minor(want));
+                inode == ino && dev == want
+            }
+            MapsId::SysV { shmid } => path.starts_with("/SYSV") && inode == shmid as u64,
+        }
+    }))
+}
+
+/// The peer, watched through a pidfd: a descriptor for *that* process,
+/// which becomes readable when it exits. Unlike a pid, it cannot come to
+/// name another process later (pids are reused).
+#[derive(Debug)]
+pub struct PeerWatch {
+    role: &'static str,
+    pid: i32,
+    /// `None`: the peer could not be confirmed (see `lost`).
+    pidfd: Option<OwnedFd>,
+    /// Why the peer counts as gone from the start.
+    lost: Option<String>,
+}
+
+impl PeerWatch {
+    /// The handshake: `pid` (read from the header or from the kernel's
+    /// records) counts as our peer only if it maps our segment. Checked
+    /// again after `pidfd_open`, so the pidfd is for a process that did.
+    pub fn attach(role: &'static str, pid: i32, id: MapsId) -> Result<PeerWatch> {
+        let maps = |pid| maps_segment(pid, id);
+        match maps(pid) {
+            Ok(true) => {}
+            Ok(false) => bail!(
+                "pid {pid}, named as the {role}, does not map this segment (a forged header, \
+                 or a {role} that is gone): refusing to trust it"
+            ),
+            Err(e) => bail!(
+                "pid {pid}, named as the {role}: its /proc/{pid}/maps cannot be read ({e}), so \
+                 nothing confirms it maps this segment: refusing to trust it"
+            ),
+        }
+        // SAFETY: pidfd_open takes a pid and flags, no pointers.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            let e = nix::errno::Errno::last();
+            if e == nix::errno::Errno::ESRCH {
+                bail!("the {role} (pid {pid}) exited");
+            }
+            return Err(e).with_context(|| format!("pidfd_open({pid})"));
+        }
+        // SAFETY: a descriptor pidfd_open just returned, owned by nobody else.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        if !maps(pid).unwrap_or(false) {
+            bail!("the {role} (pid {pid}) exited");
+        }
+        Ok(PeerWatch {
+            role,
+            pid,
+            pidfd: Some(pidfd),
+            lost: None,
+        })
+    }
+
+    /// Like `attach`, but a peer that cannot be confirmed is not an error
+    /// yet: it counts as gone, which matters only if we ever have to wait
+    /// for it. (A fast sender may have written everything, end marker
+    /// included, and exited before the receiver looked.)
+    pub fn attach_or_gone(role: &'static str, pid: i32, id: MapsId) -> PeerWatch {
+        PeerWatch::attach(role, pid, id).unwrap_or_else(|e| PeerWatch {
+            role,
+            pid,
+            pidfd: None,
+            lost: Some(format!("{e:#}")),
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Why the peer is gone, or `None` while it runs.
+    pub fn gone(&self) -> Option<String> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let Some(pidfd) = &self.pidfd else {
+            return self.lost.clone();
+        };
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => None,
+            _ => Some(format!("the {} (pid {}) exited", self.role, self.pid)),
+        }
+    }
+}
+
+/// The sender's two checks before it writes a byte: the receiver the
+/// header names really maps this segment (then watch it through a pidfd),
+/// and nobody else is sending into it (claim it with a compare-and-swap).
+/// `receiver_pid`: from the header (POSIX) or the kernel's shm_cpid (System V).
+pub fn attach_as_sender(
+    segment: &Segment,
+    receiver_pid: i32,
+    id: MapsId,
+    say: &Narrator,
+) -> Result<PeerWatch> {
+    let receiver = PeerWatch::attach("receiver", receiver_pid, id)?;
+    if let Err(holder) = segment.claim_sender() {
+        bail!(
+            "this segment already has a sender (pid {holder}): one sender per segment, since \
+             two writers would fill the same slots; this one leaves it alone"
+        );
+    }
+    say.step(format!(
+        "claimed the segment: sender_pid 0 -> {} by compare-and-swap (a second sender is \
+         refused); receiver pid {} maps it (/proc/{}/maps), watched through a pidfd",
+        std::process::id(),
+        receiver.pid(),
+        receiver.pid()
+    ));
+    Ok(receiver)
+}
+
+/// The receiver's wait for a sender to claim the segment. Deliberately
+/// without a time limit: like a server, the receiver in terminal 1 waits
+/// until you start the sender in terminal 2 (Ctrl-C ends it). Once the
+/// claim appears, the claimed pid must map the segment: then it is watched
+/// through a pidfd, and every later wait has the idle --timeout.
+pub fn wait_for_sender(segment: &Segment, id: MapsId, say: &Narrator) -> Result<PeerWatch> {
+    let header = segment.header();
+    loop {
+        check_stop()?;
+        let pid = header.sender_pid.load(Ordering::Acquire);
+        if pid != 0 {
+            let sender = PeerWatch::attach_or_gone("sender", pid, id);
+            say.step(match sender.gone() {
+                None => format!(
+                    "a sender claimed the segment: pid {pid}, which maps it (/proc/{pid}/maps); \
+                     watching it through a pidfd"
+                ),
+                Some(_) => format!(
+                    "a sender claimed the segment: pid {pid}, which does not map it (now): \
+                     finished already, or a forged claim; reading what the ring holds"
+                ),
+            });
+            return Ok(sender);
+        }
+        std::thread::sleep(TICK);
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -343,22 +634,28 @@ pub struct Writer<'a> {
     full: Sem,
     /// Our own slot index: nothing shared to trust.
     next: usize,
+    /// The idle timeout of each wait on `empty`; `None`: no limit.
+    idle: Option<Duration>,
 }
 
 impl<'a> Writer<'a> {
-    /// Start writing; records our pid in the header for the receiver's
-    /// liveness checks.
+    /// Start writing. The caller must be the segment's only writer: the
+    /// demo's sender has won `Segment::claim_sender`; ipc-bench's forked
+    /// child is the one writer of its anonymous mapping.
     pub fn new(segment: &'a Segment, (empty, full): (Sem, Sem)) -> Writer<'a> {
-        let header = segment.header();
-        header
-            .sender_pid
-            .store(std::process::id() as i32, Ordering::Relaxed);
         Writer {
             segment,
             empty,
             full,
             next: 0,
+            idle: None,
         }
+    }
+
+    /// Give up a wait on `empty` after `idle` without progress.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = Some(idle);
+        self
     }
 
     /// Write message `seq` of `size` bytes: for each slot it needs,
@@ -372,13 +669,14 @@ impl<'a> Writer<'a> {
         let segment = self.segment;
         let mut offset = 0;
         loop {
-            wait_on(self.empty, "empty", peer_gone)?;
+            wait_on(self.empty, "empty", self.idle, peer_gone)?;
             let (slot, data) = segment.slot(self.next);
             let piece = (size - offset).min(segment.slot_size);
             // SAFETY: `data` has slot_size >= piece bytes inside the
             // mapping; between our wait on `empty` and our post on `full`
-            // this slot is ours alone (the receiver only reads slots, and
-            // only after `full`), so a &mut to it aliases nothing.
+            // this slot is ours alone: we are the only writer (the claim,
+            // see `new`) and the receiver only reads slots, and only after
+            // `full`, so a &mut to it aliases nothing.
             let bytes = unsafe { std::slice::from_raw_parts_mut(data, piece) };
             payload::fill_at(seq, size, offset, bytes);
             slot.seq.store(seq, Ordering::Relaxed);
@@ -386,8 +684,11 @@ impl<'a> Writer<'a> {
             slot.offset.store(offset as u64, Ordering::Relaxed);
             slot.piece_len.store(piece as u32, Ordering::Relaxed);
             slot.flags.store(0, Ordering::Relaxed);
-            // A semaphore post is a full memory barrier: the receiver's
-            // wait that takes this post sees every byte written above.
+            // What makes these plain stores safe to read in the other
+            // process: POSIX lists sem_post/sem_timedwait (and semop) among
+            // the calls that synchronise memory. Concretely the ring needs
+            // release/acquire, not a full barrier: every store above happens
+            // before the receiver's wait that takes this post returns.
             self.full.post()?;
             self.next = (self.next + 1) % segment.slot_count;
             offset += piece;
@@ -409,7 +710,7 @@ impl<'a> Writer<'a> {
 
     /// One last slot says "done", in order behind the last message.
     pub fn end(&mut self, peer_gone: &mut dyn FnMut() -> Option<String>) -> Result<()> {
-        wait_on(self.empty, "empty", peer_gone)?;
+        wait_on(self.empty, "empty", self.idle, peer_gone)?;
         let (slot, _) = self.segment.slot(self.next);
         slot.piece_len.store(0, Ordering::Relaxed);
         slot.flags.store(FLAG_END, Ordering::Relaxed);
@@ -424,6 +725,8 @@ pub struct Reader<'a> {
     empty: Sem,
     full: Sem,
     next: usize,
+    /// The idle timeout of each wait on `full`; `None`: no limit.
+    idle: Option<Duration>,
 }
 
 impl<'a> Reader<'a> {
@@ -433,7 +736,14 @@ impl<'a> Reader<'a> {
             empty,
             full,
             next: 0,
+            idle: None,
         }
+    }
+
+    /// Give up a wait on `full` after `idle` without progress.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = Some(idle);
+        self
     }
 
     /// The slot the next read comes from.
@@ -458,7 +768,7 @@ impl<'a> Reader<'a> {
         message.clear();
         let mut current: Option<(u64, usize)> = None; // (seq, length) being assembled
         loop {
-            wait_on(self.full, "full", peer_gone)?;
+            wait_on(self.full, "full", self.idle, peer_gone)?;
             let (slot, data) = segment.slot(self.next);
             let at = self.next;
             self.next = (self.next + 1) % segment.slot_count;
@@ -523,11 +833,11 @@ pub fn send(
     sems: (Sem, Sem),
     count: u64,
     size: usize,
+    idle: Duration,
     say: &Narrator,
+    peer_gone: &mut dyn FnMut() -> Option<String>,
 ) -> Result<Duration> {
-    let header = segment.header();
-    let mut peer_gone = || pid_gone("receiver", &header.receiver_pid);
-    let mut writer = Writer::new(segment, sems);
+    let mut writer = Writer::new(segment, sems).idle_timeout(idle);
     let pieces = size.div_ceil(segment.slot_size).max(1);
     say.step(format!(
         "writing each message straight into the slots (no intermediate buffer): \
@@ -535,10 +845,10 @@ pub fn send(
     ));
     let start = Instant::now();
     for seq in 0..count {
-        writer.write(seq, size, &mut peer_gone)?;
+        writer.write(seq, size, peer_gone)?;
         say.message(format!("wrote message {seq} ({size} bytes)"));
     }
-    writer.end(&mut peer_gone)?;
+    writer.end(peer_gone)?;
     Ok(start.elapsed())
 }
 
@@ -548,11 +858,12 @@ pub fn receive(
     segment: &Segment,
     sems: (Sem, Sem),
     expected: Option<u64>,
+    idle: Duration,
     say: &Narrator,
     peer_gone: &mut dyn FnMut() -> Option<String>,
 ) -> Result<(CheckReport, Duration)> {
     let mut checker = Checker::new(expected);
-    let mut reader = Reader::new(segment, sems);
+    let mut reader = Reader::new(segment, sems).idle_timeout(idle);
     let mut message = Vec::new();
     let mut start = None;
     while let Some(seq) = reader.read(&mut message, peer_gone)? {
@@ -707,6 +1018,40 @@ mod tests {
                 let (slots, size) = segment.slots();
                 proptest::prop_assert_eq!(segment_len(slots as u32, size as u32), segment.len);
             }
+        }
+    }
+
+    #[test]
+    fn one_sender_wins_the_claim() {
+        let segment = segment(2, 64);
+        assert_eq!(segment.claim_sender(), Ok(()));
+        let me = std::process::id() as i32;
+        // A second claim, even our own, finds the slot taken.
+        assert_eq!(segment.claim_sender(), Err(me));
+    }
+
+    #[test]
+    fn a_scribbled_sem_t_is_refused_before_glibc_sees_it() {
+        let segment = segment(2, 64);
+        // SAFETY: initialised by `segment` above.
+        let (empty, full) = unsafe { segment.posix_sems() };
+        full.post().unwrap();
+        assert!(empty.wait_for(TICK).is_ok());
+        // What a hostile peer does: garbage over the `full` sem_t.
+        let header = segment.header();
+        // SAFETY: test-only: the sem_t lies inside the mapping and nobody
+        // else uses it; it is not used again except through the check.
+        unsafe {
+            header
+                .full
+                .get()
+                .cast::<u8>()
+                .write_bytes(0xA5, size_of::<libc::sem_t>())
+        };
+        if cfg!(target_env = "gnu") {
+            let err = full.post().unwrap_err();
+            assert!(format!("{err:#}").contains("overwritten"), "{err:#}");
+            assert!(full.wait_for(TICK).is_err());
         }
     }
 

@@ -15,6 +15,7 @@
 use std::ffi::c_void;
 use std::path::Path;
 use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -23,10 +24,13 @@ use common::peer::{Peer, alive};
 use common::report::{Narrator, Stream};
 use common::sysv_sem::{SemSet, ftok};
 use nix::errno::Errno;
+use nix::unistd::Uid;
 
 use crate::Options;
+use crate::posix::who;
+use crate::sigbus::{self, Cleanup};
 use shm_demo::ring::{
-    self, Detach, HEADER_SPACE, MAX_SLOT_SIZE, MAX_SLOTS, SYNC_SYSV, Segment, Sem, pid_gone,
+    self, Detach, HEADER_SPACE, MAX_SLOT_SIZE, MAX_SLOTS, MapsId, SYNC_SYSV, Segment, Sem,
     segment_len,
 };
 
@@ -37,6 +41,8 @@ const PROJECT: u8 = b'S';
 const EMPTY: u16 = 0;
 const FULL: u16 = 1;
 const SCRATCH: u16 = 2;
+/// How many semaphores our set has: a set of another size is not ours.
+const NSEMS: u16 = 3;
 /// `shm_perm.mode` bit for "removed, waiting for the last detach".
 const SHM_DEST: u16 = 0o1000;
 
@@ -57,6 +63,41 @@ fn shm_stat(id: libc::c_int) -> nix::Result<libc::shmid_ds> {
     Errno::result(unsafe { libc::shmctl(id, libc::IPC_STAT, ds.as_mut_ptr()) })?;
     // SAFETY: the call succeeded, so the kernel initialised it.
     Ok(unsafe { ds.assume_init() })
+}
+
+/// `semctl(IPC_STAT)`: the kernel's record of a semaphore set.
+fn sem_stat(id: libc::c_int) -> nix::Result<libc::semid_ds> {
+    let mut ds = std::mem::MaybeUninit::<libc::semid_ds>::uninit();
+    // SAFETY: IPC_STAT takes a `struct semid_ds *` as the variadic fourth
+    // argument (the `buf` member of union semun) and fills it.
+    Errno::result(unsafe { libc::semctl(id, 0, libc::IPC_STAT, ds.as_mut_ptr()) })?;
+    // SAFETY: the call succeeded, so the kernel initialised it.
+    Ok(unsafe { ds.assume_init() })
+}
+
+/// Is semaphore set `id` ours: our key, our uid, our number of
+/// semaphores? `Err` says whose or what it is instead.
+fn check_set(id: libc::c_int, key: libc::key_t) -> Result<()> {
+    let ds = sem_stat(id).with_context(|| format!("semctl({id}, IPC_STAT)"))?;
+    let me = Uid::effective().as_raw();
+    if ds.sem_perm.__key != key {
+        bail!("semid {id} is not under our key {key:#010x}");
+    }
+    if ds.sem_perm.uid != me {
+        bail!(
+            "the semaphore set semid {id} belongs to {}, not to you ({})",
+            who(ds.sem_perm.uid),
+            who(me)
+        );
+    }
+    if ds.sem_nsems != libc::c_ulong::from(NSEMS) {
+        bail!(
+            "the semaphore set semid {id} has {} semaphore(s), ours have {NSEMS}: not a \
+             shm-demo set",
+            ds.sem_nsems
+        );
+    }
+    Ok(())
 }
 
 /// What `ipcs -m` would say about segment `id`.
@@ -129,14 +170,27 @@ fn create(key_path: &Path, slots: u32, slot_size: u32, say: &Narrator) -> Result
     say.step(format!(
         "shmget(key, {len}, IPC_CREAT|IPC_EXCL|0600) = shmid {id}"
     ));
-    let set = match SemSet::create(key, 3, 0o600) {
-        // No live run has our segment (we just made it), so a set under
-        // the key is debris from a killed run.
+    let set = match SemSet::create(key, NSEMS, 0o600) {
+        // A set under the key, but no segment of ours names it (a stale
+        // segment's set went with it in remove_if_stale): someone else's,
+        // or ours from a run killed at the wrong moment. Either way we
+        // cannot tell, so it is left alone.
         Err(Errno::EEXIST) => {
-            say.step("a semaphore set with our key is left from a killed run: removing it");
-            let old = SemSet::open(key).context("semget(key, 0, 0)")?;
-            sysv_remove(SysvKind::SemaphoreSet, old.id).context("semctl(IPC_RMID)")?;
-            SemSet::create(key, 3, 0o600)
+            let what = match SemSet::open(key) {
+                Ok(old) => match check_set(old.id, key) {
+                    Ok(()) => format!(
+                        "semid {}, owned by you, {NSEMS} semaphores, but no segment of ours \
+                         names it (if it is debris of yours: ipcrm -s {})",
+                        old.id, old.id
+                    ),
+                    Err(e) => format!("{e:#}"),
+                },
+                Err(e) => format!("semget: {e}"),
+            };
+            bail!(
+                "a semaphore set with this key already exists ({what}): refusing to remove it; \
+                 choose another --key"
+            );
         }
         other => other,
     }
@@ -155,8 +209,20 @@ fn create(key_path: &Path, slots: u32, slot_size: u32, say: &Narrator) -> Result
         set.id
     ));
     let mut segment = attach(id, len)?;
+    sigbus::guard(
+        &format!("shmid {id}"),
+        segment.base(),
+        len,
+        Cleanup::SysV {
+            shmid: id,
+            semid: set.id,
+        },
+    )?;
     say.step(format!("shmat: attached; {}", describe(id)));
     segment.init_header(slots, slot_size, SYNC_SYSV);
+    // The tie between the two objects: a sender (or a later receiver
+    // cleaning up) takes only this set, not any set under the key.
+    segment.header().sem_id.store(set.id, Ordering::Relaxed);
     segment.publish();
     Ok(Owned {
         segment,
@@ -166,12 +232,23 @@ fn create(key_path: &Path, slots: u32, slot_size: u32, say: &Narrator) -> Result
     })
 }
 
-/// A segment exists under our key. If it is ours, unattached, and its
-/// creator is gone, it is stale: remove it. Anything else is refused.
+/// A segment exists under our key. If it is ours (our uid, our header),
+/// unattached, and its creator is gone, it is stale: remove it and the set
+/// its header names. Anything else is refused and left alone.
 fn remove_if_stale(key: libc::key_t, say: &Narrator) -> Result<()> {
     // SAFETY: shmget takes no pointers.
     let id = Errno::result(unsafe { libc::shmget(key, 0, 0) }).context("shmget(key, 0, 0)")?;
     let ds = shm_stat(id).context("shmctl(IPC_STAT)")?;
+    let me = Uid::effective().as_raw();
+    if ds.shm_perm.uid != me {
+        bail!(
+            "a System V segment with this key (shmid {id}) belongs to {}, not to you ({}): \
+             refusing to remove it; choose another --key",
+            who(ds.shm_perm.uid),
+            who(me)
+        );
+    }
+    // shm_nattch and shm_cpid are the kernel's records, not the header's.
     if ds.shm_nattch > 0 || alive(ds.shm_cpid) {
         bail!(
             "a System V segment with this key is in use (shmid {id}, creator pid {}, {} \
@@ -180,41 +257,49 @@ fn remove_if_stale(key: libc::key_t, say: &Narrator) -> Result<()> {
             ds.shm_nattch
         );
     }
-    let ours = ds.shm_segsz >= HEADER_SPACE && {
+    // Ours: our magic and version, and the set it names (if any).
+    let ours = (ds.shm_segsz >= HEADER_SPACE).then(|| {
         // SAFETY: read-only attach of a segment at a kernel-chosen address.
         let base = unsafe { libc::shmat(id, std::ptr::null(), libc::SHM_RDONLY) };
-        match NonNull::new(base.cast::<c_void>()).filter(|_| base as isize != -1) {
-            Some(base) => {
+        NonNull::new(base.cast::<c_void>())
+            .filter(|_| base as isize != -1)
+            .and_then(|base| {
                 // SAFETY: the attachment just made, at least HEADER_SPACE
                 // long (shm_segsz checked above); only loads happen on it.
                 let segment = unsafe { Segment::new(base, HEADER_SPACE, Detach::Shmdt) };
-                segment
-                    .header()
-                    .magic
-                    .load(std::sync::atomic::Ordering::Acquire)
-                    == ring::MAGIC
-            }
-            None => false,
-        }
-    };
-    if !ours {
+                let header = segment.header();
+                (header.magic.load(Ordering::Acquire) == ring::MAGIC
+                    && header.version.load(Ordering::Relaxed) == ring::VERSION)
+                    .then(|| header.sem_id.load(Ordering::Relaxed))
+            })
+    });
+    let Some(Some(sem_id)) = ours else {
         bail!(
             "a System V segment with this key (shmid {id}) is not a shm-demo segment: refusing to remove it"
         );
-    }
+    };
     say.step(format!(
         "shmid {id} has our key, nobody attached, and its creator (pid {}) is gone: stale, removing it",
         ds.shm_cpid
     ));
     sysv_remove(SysvKind::SharedMemory, id).context("shmctl(IPC_RMID)")?;
-    if let Ok(old) = SemSet::open(key) {
-        sysv_remove(SysvKind::SemaphoreSet, old.id).context("semctl(IPC_RMID)")?;
+    // Only the set the header names, and only if it is still ours.
+    match check_set(sem_id, key) {
+        Ok(()) => {
+            sysv_remove(SysvKind::SemaphoreSet, sem_id).context("semctl(IPC_RMID)")?;
+            say.step(format!("and its semaphore set, semid {sem_id}"));
+        }
+        Err(e) => say.step(format!(
+            "its header names semid {sem_id}, left alone: {e:#}"
+        )),
     }
     Ok(())
 }
 
-/// The sender's side: find the objects by key and check the header.
-fn open(key_path: &Path, say: &Narrator) -> Result<(Segment, libc::c_int, SemSet)> {
+/// The sender's side: find the objects by key and check owner and header.
+/// Returns the segment, its id and creator pid (the kernel's record), and
+/// the set.
+fn open(key_path: &Path, say: &Narrator) -> Result<(Segment, libc::c_int, i32, SemSet)> {
     let key = key_of(key_path)?;
     let p = key_path.display();
     // SAFETY: shmget takes no pointers.
@@ -224,24 +309,46 @@ fn open(key_path: &Path, say: &Narrator) -> Result<(Segment, libc::c_int, SemSet
         ),
         other => other.context("shmget(key, 0, 0)")?,
     };
-    let size = shm_stat(id).context("shmctl(IPC_STAT)")?.shm_segsz;
+    let ds = shm_stat(id).context("shmctl(IPC_STAT)")?;
+    let me = Uid::effective().as_raw();
+    if ds.shm_perm.uid != me {
+        bail!(
+            "the System V segment shmid {id} belongs to {}, not to you ({}): refusing to \
+             write into it",
+            who(ds.shm_perm.uid),
+            who(me)
+        );
+    }
+    let size = ds.shm_segsz;
     if size < HEADER_SPACE || size > segment_len(MAX_SLOTS, MAX_SLOT_SIZE) {
         bail!("shmid {id} is {size} bytes: not a shm-demo segment (refusing to attach it)");
     }
     let mut segment = attach(id, size)?;
+    sigbus::guard(
+        &format!("shmid {id}"),
+        segment.base(),
+        size,
+        Cleanup::Nothing,
+    )?;
     segment.validate(&format!("shmid {id}"), SYNC_SYSV)?;
-    let set = SemSet::open(key).context("semget(key, 0, 0)")?;
+    // The set the header names, if it is under our key, ours and our shape.
+    let sem_id = segment.header().sem_id.load(Ordering::Relaxed);
+    check_set(sem_id, key)
+        .with_context(|| format!("the header of shmid {id} names semid {sem_id}"))?;
+    let set = SemSet { id: sem_id };
     let (slots, slot_size) = segment.slots();
     say.step(format!(
-        "shmget + shmat: header checked ({slots} slots of {slot_size} bytes); {}",
+        "shmget + shmat: header checked ({slots} slots of {slot_size} bytes, semid {sem_id}); {}",
         describe(id)
     ));
-    Ok((segment, id, set))
+    Ok((segment, id, ds.shm_cpid, set))
 }
 
 pub fn sender(opts: &Options, key_path: &Path) -> Result<()> {
     let say = Narrator::new("sender", opts.quiet, Stream::Stdout);
-    let (segment, id, set) = open(key_path, &say)?;
+    let (segment, id, creator, set) = open(key_path, &say)?;
+    // The receiver is the segment's creator, as the kernel recorded it.
+    let receiver = ring::attach_as_sender(&segment, creator, MapsId::SysV { shmid: id }, &say)?;
     // The lesson of SEM_UNDO, on a semaphore the ring does not use.
     set.op(SCRATCH, 1, true, Duration::from_secs(1))
         .context("semop(scratch, +1, SEM_UNDO)")?;
@@ -249,12 +356,22 @@ pub fn sender(opts: &Options, key_path: &Path) -> Result<()> {
         "semop(scratch, +1, SEM_UNDO): scratch = {}; the kernel will undo this +1 when I exit",
         set.value(SCRATCH).context("semctl(GETVAL)")?
     ));
-    let elapsed = match ring::send(&segment, sems(set), opts.count, opts.size, &say) {
+    let mut peer_gone = || receiver.gone();
+    let sent = ring::send(
+        &segment,
+        sems(set),
+        opts.count,
+        opts.size,
+        opts.timeout,
+        &say,
+        &mut peer_gone,
+    );
+    let elapsed = match sent {
         Ok(elapsed) => elapsed,
         Err(e) => {
             // A receiver killed by SIGKILL removed nothing; ids are never
             // reused while the objects exist, so removing by id is safe.
-            if pid_gone("receiver", &segment.header().receiver_pid).is_some() {
+            if receiver.gone().is_some() {
                 drop(segment);
                 let _ = sysv_remove(SysvKind::SharedMemory, id);
                 let _ = sysv_remove(SysvKind::SemaphoreSet, set.id);
@@ -276,18 +393,19 @@ pub fn receiver(opts: &Options, key_path: &Path) -> Result<()> {
         "waiting for a sender: shm-demo sysv sender --key {}",
         key_path.display()
     ));
-    let header = owned.segment.header();
-    let mut peer_gone = || pid_gone("sender", &header.sender_pid);
+    let id = owned.shm.id();
+    let sender = ring::wait_for_sender(&owned.segment, MapsId::SysV { shmid: id }, &say)?;
+    let mut peer_gone = || sender.gone();
     let expected = opts.count_given.then_some(opts.count);
     let (report, elapsed) = ring::receive(
         &owned.segment,
         sems(owned.set),
         expected,
+        opts.timeout,
         &say,
         &mut peer_gone,
     )?;
     ring::finish_receiving(MECHANISM, report, elapsed, &say)?;
-    let id = owned.shm.id();
     drop(owned);
     say.step(format!(
         "shmdt, IPC_RMID for the segment and the set: {}",
@@ -317,6 +435,7 @@ pub fn story(opts: &Options) -> Result<()> {
     say.line("\n== 2. Start the sender: it finds both objects by the same key ==");
     let key_arg = key_path.to_str().context("key path is not UTF-8")?;
     let mut sender = Peer::spawn_self(&opts.sender_args(&["sysv", "sender", "--key", key_arg]))?;
+    sigbus::stop_child_too(sender.pid());
     say.step(format!("started the sender, pid {}", sender.pid()));
 
     say.line("\n== 3. The bounded buffer: semop(full, -1), read, semop(empty, +1) ==");
@@ -329,6 +448,7 @@ pub fn story(opts: &Options) -> Result<()> {
         &owned.segment,
         sems(owned.set),
         Some(opts.count),
+        opts.timeout,
         &say,
         &mut peer_gone,
     )?;
