@@ -338,8 +338,9 @@ fn other_running(shared: &Shared) -> bool {
 /// CLOCK_MONOTONIC in nanoseconds: the same clock in every process, so
 /// workers can stamp shared memory with it.
 fn now_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map_or(0, |t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
 }
 
 /// Take a POSIX semaphore, waiting at most LOCK_PATIENCE.
@@ -438,7 +439,6 @@ impl Child {
             sleep(Duration::from_millis(2));
         }
     }
-
 }
 
 /// Stop every child not yet reaped: send `signal` to all, give them
@@ -529,7 +529,9 @@ fn run_workers(
         }
     }
     check_stop()?;
-    let ns = shared.finished_ns.load(Ordering::Acquire)
+    let ns = shared
+        .finished_ns
+        .load(Ordering::Acquire)
         .saturating_sub(shared.started_ns.load(Ordering::Acquire));
     let took = Duration::from_nanos(ns);
     if !failed.is_empty() {
@@ -632,8 +634,7 @@ fn story(opts: &StoryOptions) -> Result<()> {
     say.step(format!(
         "expected {expected}, got {unnamed_count} ({:.1} ns per increment; without a lock \
          {:.1} ns, wrong)",
-        unnamed_run.per_increment,
-        race.per_increment
+        unnamed_run.per_increment, race.per_increment
     ));
 
     say.line("\n== 4. A semaphore as a signal: ordering two processes ==");
@@ -653,8 +654,7 @@ fn story(opts: &StoryOptions) -> Result<()> {
         let _ = unnamed.destroy();
     }
 
-    let locked_lost =
-        expected.saturating_sub(named_count) + expected.saturating_sub(unnamed_count);
+    let locked_lost = expected.saturating_sub(named_count) + expected.saturating_sub(unnamed_count);
     say.line("");
     say.line(Summary {
         mechanism: "sem",
@@ -843,7 +843,10 @@ fn sysv_init_race(shared: &Shared, say: &Narrator) -> Result<()> {
     ));
     set.set_value(0, 0).context("semctl(SETVAL, 0)")?;
     let after = set.value(0).context("semctl(GETVAL)")?;
-    match set.op(0, -1, false, Duration::from_millis(200)).context("semtimedop(-1)")? {
+    match set
+        .op(0, -1, false, Duration::from_millis(200))
+        .context("semtimedop(-1)")?
+    {
         Wait::TimedOut => {}
         Wait::Interrupted => check_stop()?,
         Wait::Acquired => bail!("the post survived SETVAL"),
@@ -1122,10 +1125,10 @@ struct Counter {
 
 const COUNTER_MAGIC: u64 = u64::from_le_bytes(*b"semdemo1");
 
-/// "uid 65534 (nobody)".
+/// "nobody (uid 65534)".
 fn whose(uid: u32) -> String {
     match User::from_uid(Uid::from_raw(uid)) {
-        Ok(Some(user)) => format!("uid {uid} ({})", user.name),
+        Ok(Some(user)) => format!("{} (uid {uid})", user.name),
         _ => format!("uid {uid}"),
     }
 }
@@ -1216,7 +1219,7 @@ impl CounterMap {
             }
             if st.st_uid != geteuid().as_raw() {
                 bail!(
-                    "{path} belongs to {}, not to you ({}): sem-demo leaves it alone",
+                    "{path} belongs to {}, not to you, {}: sem-demo leaves it alone",
                     whose(st.st_uid),
                     me()
                 );
@@ -1301,7 +1304,7 @@ fn refused(name: &str, e: OpenError) -> anyhow::Error {
     match e {
         OpenError::Sys(e) => open_hint(name, e),
         OpenError::Foreign { path, uid } => anyhow::anyhow!(
-            "{path} belongs to {}, not to you ({}): sem-demo only uses its own semaphores, so it \
+            "{path} belongs to {}, not to you, {}: sem-demo only uses its own semaphores, so it \
              leaves this one alone",
             whose(uid),
             me()
@@ -1429,11 +1432,17 @@ fn remove_role(name: &str, say: &Narrator) -> Result<()> {
     })?;
     drop(sem);
     psem::unlink(name).with_context(|| format!("sem_unlink({name})"))?;
-    say.step(format!("sem_unlink({name}): removed {}", psem::sem_path(name)));
+    say.step(format!(
+        "sem_unlink({name}): removed {}",
+        psem::sem_path(name)
+    ));
     let counter = counter_name(name);
     match shm_open(counter.as_str(), OFlag::O_RDONLY, Mode::empty()) {
         Err(Errno::ENOENT) => return Ok(()),
-        _ => drop(CounterMap::open_own(&counter, &Narrator::new("", true, Stream::Stderr))?),
+        _ => drop(CounterMap::open_own(
+            &counter,
+            &Narrator::new("", true, Stream::Stderr),
+        )?),
     }
     shm_unlink(counter.as_str()).with_context(|| format!("shm_unlink({counter})"))?;
     say.step(format!("shm_unlink({counter}): removed the worker counter"));
@@ -1457,7 +1466,7 @@ fn check_set(set: SemSet, key: libc::key_t) -> Result<()> {
     let st = set.stat().context("semctl(IPC_STAT)")?;
     if st.uid != geteuid().as_raw() {
         bail!(
-            "semid {} (key {key:#010x}) belongs to {}, not to you ({}): sem-demo leaves it alone",
+            "semid {} (key {key:#010x}) belongs to {}, not to you, {}: sem-demo leaves it alone",
             set.id,
             whose(st.uid),
             me()
@@ -1550,7 +1559,7 @@ fn check_segment(id: libc::c_int) -> Result<()> {
     let (uid, size) = shm_owner_size(id)?;
     if uid != geteuid().as_raw() {
         bail!(
-            "shmid {id} belongs to {}, not to you ({}): sem-demo leaves it alone",
+            "shmid {id} belongs to {}, not to you, {}: sem-demo leaves it alone",
             whose(uid),
             me()
         );
