@@ -339,6 +339,45 @@ mod tests {
         assert_eq!(again.sem().value().unwrap(), 2);
         assert!(value_max() >= 32767);
     }
+    #[test]
+    fn open_own_checks_kind_owner_and_size() {
+        let name = format!("/{}", crate::cleanup::unique_name("psem-test"));
+        let sem = NamedSem::create(&name, 0o600, 3).unwrap();
+        let own = NamedSem::open_own(&name).unwrap();
+        assert_eq!(own.sem().value().unwrap(), 3);
+        own.sem().post().unwrap();
+        assert_eq!(sem.sem().value().unwrap(), 4, "the same sem_t");
+        drop(own);
+        // Someone else's: as root we could open it, and must refuse.
+        if nix::unistd::geteuid().is_root() {
+            let path = sem_path(&name);
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            assert_eq!(
+                NamedSem::open_own(&name).unwrap_err(),
+                OpenError::Foreign { path, uid: 65534 }
+            );
+        }
+        unlink(&name).unwrap();
+        // A shm_open segment under the semaphore's file name.
+        let other = format!("/{}", crate::cleanup::unique_name("psem-test"));
+        let fd = nix::sys::mman::shm_open(
+            format!("/sem.{}", &other[1..]).as_str(),
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        )
+        .unwrap();
+        nix::unistd::ftruncate(&fd, 4096).unwrap();
+        assert!(matches!(
+            NamedSem::open_own(&other),
+            Err(OpenError::NotASemaphore { .. })
+        ));
+        unlink(&other).unwrap();
+        assert_eq!(
+            NamedSem::open_own(&other).unwrap_err(),
+            OpenError::Sys(Errno::ENOENT)
+        );
+    }
+
     use std::mem::MaybeUninit;
     use std::time::Instant;
 

@@ -136,7 +136,8 @@ impl SemSet {
         let mut ds: libc::semid_ds = unsafe { std::mem::zeroed() };
         // SAFETY: IPC_STAT writes one semid_ds through the pointer passed as
         // the variadic argument (the `buf` member of union semun).
-        let rc = unsafe { libc::semctl(self.id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds) };
+        let rc =
+            unsafe { libc::semctl(self.id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds) };
         Errno::result(rc)?;
         Ok(SemStat {
             uid: ds.sem_perm.uid,

@@ -396,9 +396,13 @@ fn child_main(parent: Pid, work: impl FnOnce() -> Result<()>) -> i32 {
     if getppid() != parent {
         return 1;
     }
-    match work() {
-        Ok(()) => 0,
-        Err(e) => match error::find_in_chain::<Interrupted>(&e) {
+    // A panic must not unwind out of here: above us is the parent's code,
+    // whose destructors would remove the parent's semaphores.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+    match result {
+        Err(_) => 101,
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => match error::find_in_chain::<Interrupted>(&e) {
             Some(Interrupted(signal)) => 128 + *signal as i32,
             None => {
                 say.step(format!("error: {e:#}"));
@@ -1147,7 +1151,7 @@ fn check_magic(counter: &Counter, what: &str) -> Result<()> {
             0 if start.elapsed() < INIT_PATIENCE => {}
             0 => bail!(
                 "{what} was never set up (no magic number after {} s): its creator died half-way? \
-                 Remove it, it is yours",
+                 'sem-demo remove' (or 'sem-demo sysv remove') removes it",
                 INIT_PATIENCE.as_secs()
             ),
             other => bail!(
@@ -1227,7 +1231,15 @@ impl CounterMap {
             if st.st_size == len as libc::off_t {
                 break;
             }
-            if st.st_size != 0 || start.elapsed() > INIT_PATIENCE {
+            if st.st_size == 0 && start.elapsed() > INIT_PATIENCE {
+                bail!(
+                    "{path} is still empty after {} s: a worker died between its shm_open and \
+                     its ftruncate? 'sem-demo remove --name {}' removes it",
+                    INIT_PATIENCE.as_secs(),
+                    name.trim_end_matches(".counter")
+                );
+            }
+            if st.st_size != 0 {
                 bail!(
                     "{path} is {} bytes, where sem-demo's counter is {len}: another program's \
                      shared memory under the same name (a shm-demo segment?), refusing to use it",
@@ -1243,6 +1255,41 @@ impl CounterMap {
             "shm_open({name}, O_RDWR): the existing counter ({path}: yours, {len} bytes, magic ok)"
         ));
         Ok(map)
+    }
+
+    /// Before `shm_unlink`: is `name` there, ours, and a counter (also a
+    /// half-made one, size 0 or no magic yet, left by a killed worker)?
+    /// Ok(false): there is none. Skippable on a first reading: hardening.
+    fn check_for_removal(name: &str) -> Result<bool> {
+        use std::io::Read;
+        let path = format!("/dev/shm{name}");
+        let fd = match shm_open(name, OFlag::O_RDONLY, Mode::empty()) {
+            Err(Errno::ENOENT) => return Ok(false),
+            other => other.with_context(|| format!("shm_open({name}, O_RDONLY)"))?,
+        };
+        let st = fstat(&fd).with_context(|| format!("fstat({path})"))?;
+        if st.st_uid != geteuid().as_raw() {
+            bail!(
+                "{path} belongs to {}, not to you, {}: sem-demo leaves it alone",
+                whose(st.st_uid),
+                me()
+            );
+        }
+        let len = size_of::<Counter>() as libc::off_t;
+        let mut magic = [0u8; 8];
+        let ok = st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && (st.st_size == 0
+                || (st.st_size == len
+                    && std::fs::File::from(fd).read_exact(&mut magic).is_ok()
+                    && matches!(u64::from_ne_bytes(magic), 0 | COUNTER_MAGIC)));
+        if !ok {
+            bail!(
+                "{path} is not a sem-demo counter ({} bytes): another program's object under the \
+                 same name, left alone",
+                st.st_size
+            );
+        }
+        Ok(true)
     }
 
     fn map(fd: &std::os::fd::OwnedFd, len: usize) -> Result<CounterMap> {
@@ -1437,12 +1484,8 @@ fn remove_role(name: &str, say: &Narrator) -> Result<()> {
         psem::sem_path(name)
     ));
     let counter = counter_name(name);
-    match shm_open(counter.as_str(), OFlag::O_RDONLY, Mode::empty()) {
-        Err(Errno::ENOENT) => return Ok(()),
-        _ => drop(CounterMap::open_own(
-            &counter,
-            &Narrator::new("", true, Stream::Stderr),
-        )?),
+    if !CounterMap::check_for_removal(&counter)? {
+        return Ok(());
     }
     shm_unlink(counter.as_str()).with_context(|| format!("shm_unlink({counter})"))?;
     say.step(format!("shm_unlink({counter}): removed the worker counter"));
@@ -1485,7 +1528,8 @@ fn check_set(set: SemSet, key: libc::key_t) -> Result<()> {
 
 /// Create the set for `path` with `value`, race-free, or open the existing
 /// one once its creator has initialised it.
-fn sysv_open_or_create(path: &Path, value: u16, say: &Narrator) -> Result<SemSet> {
+/// Returns whether we created it.
+fn sysv_open_or_create(path: &Path, value: u16, say: &Narrator) -> Result<(SemSet, bool)> {
     let key = sysv_key(path)?;
     match SemSet::create_initialised(key, 0o600, &[value]) {
         Ok(set) => {
@@ -1495,9 +1539,9 @@ fn sysv_open_or_create(path: &Path, value: u16, say: &Narrator) -> Result<SemSet
                  is ready (a post before that would be wiped by a SETVAL)",
                 set.id
             ));
-            Ok(set)
+            Ok((set, true))
         }
-        Err(Errno::EEXIST) => sysv_open(path, say),
+        Err(Errno::EEXIST) => Ok((sysv_open(path, say)?, false)),
         Err(Errno::ERANGE) => bail!("semop(+{value}): ERANGE, over SEMVMX ({SEMVMX})"),
         Err(e) => Err(e).context("semget(IPC_CREAT|IPC_EXCL) + initialisation"),
     }
@@ -1638,8 +1682,17 @@ impl Drop for SysvCounter {
 fn sysv_role(role: &str, path: &Path, opts: &RoleOptions, say: &Narrator) -> Result<()> {
     match role {
         "worker" => {
-            let set = sysv_open_or_create(path, 1, say)?;
-            let counter = SysvCounter::open_or_create(sysv_key(path)?, say)?;
+            let (set, created) = sysv_open_or_create(path, 1, say)?;
+            let counter = match SysvCounter::open_or_create(sysv_key(path)?, say) {
+                Ok(counter) => counter,
+                Err(e) => {
+                    if created {
+                        // A failed create leaves nothing: not even the set.
+                        let _ = set.remove();
+                    }
+                    return Err(e);
+                }
+            };
             let value = &counter.get().value;
             let start = Instant::now();
             for _ in 0..opts.iterations {
@@ -1670,7 +1723,7 @@ fn sysv_role(role: &str, path: &Path, opts: &RoleOptions, say: &Narrator) -> Res
         }
         "wait" => {
             let value = u16::try_from(opts.value).unwrap_or(SEMVMX);
-            let set = sysv_open_or_create(path, value, say)?;
+            let (set, _) = sysv_open_or_create(path, value, say)?;
             let start = Instant::now();
             loop {
                 check_stop()?;

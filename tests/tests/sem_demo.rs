@@ -124,7 +124,7 @@ fn story_shows_the_race_the_locks_the_signal_the_sets_and_the_crash() {
 #[test]
 fn the_race_loses_updates_on_every_default_run() {
     for i in 0..20 {
-        let out = run(SEM_DEMO, &["--quiet"], LONG);
+        let out = run(SEM_DEMO, &[], LONG);
         assert_eq!(out.code(), 0, "run {i}\n{}", out.describe());
         let (_, _, lost) = race_numbers(&out);
         assert!(lost > 0, "run {i}: no update lost\n{}", out.describe());
