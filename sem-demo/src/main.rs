@@ -144,7 +144,7 @@ const WORKERS_TIMEOUT: Duration = Duration::from_secs(300);
 const BARRIER_PATIENCE: Duration = Duration::from_secs(30);
 /// The story's workers do their increments in this many rounds, each
 /// started at a barrier.
-const ROUNDS: u64 = 10;
+const ROUNDS: u64 = 20;
 /// How long the last worker at the barrier waits to see another one
 /// running at the same time before it says go anyway.
 const BEAT_PATIENCE: Duration = Duration::from_millis(200);
@@ -184,6 +184,8 @@ struct Shared {
     /// Time the workers spent in their increment loops (not at barriers),
     /// summed over all of them, in ns.
     busy_ns: AtomicU64,
+    /// Increments the workers have made so far, summed at each round's end.
+    done: AtomicU64,
     /// Step 6: the child saw the set not yet initialised and is waiting.
     child_waiting: AtomicU32,
     /// An unnamed semaphore used as a lock (steps 3 and 7).
@@ -238,8 +240,8 @@ enum Lock {
     Posix(SharedSem),
 }
 
-/// The story's worker: `iterations` increments of `counter`, in ROUNDS
-/// rounds that start at a barrier. Without a lock it is a read-modify-write in two steps,
+/// The story's worker: `iterations` increments of `counter`, in rounds
+/// that start at a barrier. Without a lock it is a read-modify-write in two steps,
 /// which another process can slip between: two workers read 41, both store
 /// 42, and one increment is lost.
 fn increment(shared: &Shared, lock: Lock, iterations: u64) -> Result<()> {
@@ -251,8 +253,12 @@ fn increment(shared: &Shared, lock: Lock, iterations: u64) -> Result<()> {
         }
     }
     let _finished = Finished(&shared.finished_ns);
-    let rounds = iterations.min(ROUNDS);
-    let mut done: u64 = 0;
+    // Rounds give the race more chances to show; a lock needs only one.
+    let rounds = match lock {
+        Lock::None => iterations.min(ROUNDS),
+        Lock::Posix(_) => 1,
+    };
+    let mut made: u64 = 0;
     for round in 0..rounds {
         barrier(shared, round as u32 + 1)?;
         // The increments split evenly over the rounds.
@@ -261,10 +267,10 @@ fn increment(shared: &Shared, lock: Lock, iterations: u64) -> Result<()> {
         for _ in 0..this_round {
             // A Ctrl-C is noticed within a few thousand increments, not
             // after all of them (the check is one load, outside the window).
-            if done.is_multiple_of(4096) {
+            if made.is_multiple_of(4096) {
                 check_stop()?;
             }
-            done += 1;
+            made += 1;
             if let Lock::Posix(sem) = lock {
                 take(sem)?;
             }
@@ -278,6 +284,7 @@ fn increment(shared: &Shared, lock: Lock, iterations: u64) -> Result<()> {
         }
         let ns = u64::try_from(busy.elapsed().as_nanos()).unwrap_or(u64::MAX);
         shared.busy_ns.fetch_add(ns, Ordering::AcqRel);
+        shared.done.fetch_add(this_round, Ordering::AcqRel);
     }
     Ok(())
 }
@@ -291,13 +298,16 @@ fn increment(shared: &Shared, lock: Lock, iterations: u64) -> Result<()> {
 /// running on another core at this very moment, so at least two start at
 /// the same instant. On one core, or with the cores busy with other
 /// programs, no such moment may come soon: after BEAT_PATIENCE it says go
-/// anyway. Ten rounds give ten such chances.
+/// anyway. Twenty rounds give twenty such chances (the locked steps use one).
 fn barrier(shared: &Shared, round: u32) -> Result<()> {
     let workers = shared.workers.load(Ordering::Acquire);
     let arrived = shared.ready.fetch_add(1, Ordering::AcqRel) + 1;
     if arrived == workers * round {
+        // Once an update has been lost (the counter is behind the count of
+        // increments done), the lesson is made: later rounds start at once.
+        let lost = shared.counter.load(Ordering::Acquire) < shared.done.load(Ordering::Acquire);
         let start = Instant::now();
-        while workers > 1 && !other_running(shared) && start.elapsed() < BEAT_PATIENCE {}
+        while workers > 1 && !lost && !other_running(shared) && start.elapsed() < BEAT_PATIENCE {}
         if round == 1 {
             shared.started_ns.store(now_ns(), Ordering::Release);
         }
@@ -515,6 +525,7 @@ fn run_workers(
     shared.go.store(0, Ordering::Relaxed);
     shared.finished_ns.store(0, Ordering::Relaxed);
     shared.busy_ns.store(0, Ordering::Relaxed);
+    shared.done.store(0, Ordering::Relaxed);
     let mut running = Workers(Vec::new());
     for _ in 0..workers {
         running.0.push(fork_child(&work)?);
