@@ -373,6 +373,8 @@ fn take(sem: SharedSem) -> Result<()> {
 struct Child {
     pid: Pid,
     reaped: bool,
+    /// How it ended, once reaped (a pid can be waited for only once).
+    exit: Option<PeerExit>,
 }
 
 /// Fork a child that runs `work` and exits: 0 if it succeeded, 128+N if a
@@ -389,6 +391,7 @@ fn fork_child(work: impl FnOnce() -> Result<()>) -> Result<Child> {
         ForkResult::Parent { child } => Ok(Child {
             pid: child,
             reaped: false,
+            exit: None,
         }),
     }
 }
@@ -425,6 +428,9 @@ fn child_main(parent: Pid, work: impl FnOnce() -> Result<()>) -> i32 {
 impl Child {
     /// Has it ended? Reaps it if so.
     fn try_wait(&mut self) -> Result<Option<PeerExit>> {
+        if self.reaped {
+            return Ok(self.exit);
+        }
         let exit = match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, code)) => PeerExit::Exited(code),
             Ok(WaitStatus::Signaled(_, signal, _)) => PeerExit::Killed(signal),
@@ -433,6 +439,7 @@ impl Child {
             Err(e) => return Err(e).with_context(|| format!("waitpid({})", self.pid)),
         };
         self.reaped = true;
+        self.exit = Some(exit);
         Ok(Some(exit))
     }
 
@@ -477,6 +484,7 @@ fn stop_all(children: &mut [Child], signal: Signal) {
         let _ = kill(child.pid, Signal::SIGKILL);
         let _ = waitpid(child.pid, None);
         child.reaped = true;
+        child.exit = Some(PeerExit::Killed(Signal::SIGKILL));
     }
 }
 
@@ -536,14 +544,24 @@ fn run_workers(
         "forked {workers} workers: pids {}; each waits at the barrier",
         list.join(", ")
     ));
+    // All at once, not one after the other: a worker that fails is seen
+    // at once (and the others are stopped), not after the ones before it.
+    let deadline = Instant::now() + WORKERS_TIMEOUT;
     let mut failed = Vec::new();
-    for child in children.iter_mut() {
-        let exit = child.wait(WORKERS_TIMEOUT)?;
-        if !exit.success() {
-            failed.push(format!("worker {} {exit}", child.pid));
+    while children.iter().any(|c| !c.reaped) && failed.is_empty() {
+        check_stop()?;
+        for child in children.iter_mut().filter(|c| !c.reaped) {
+            if let Some(exit) = child.try_wait()?
+                && !exit.success()
+            {
+                failed.push(format!("worker {} {exit}", child.pid));
+            }
         }
+        if Instant::now() >= deadline {
+            failed.push(format!("the workers did not finish in {WORKERS_TIMEOUT:?}"));
+        }
+        sleep(Duration::from_millis(2));
     }
-    check_stop()?;
     let ns = shared
         .finished_ns
         .load(Ordering::Acquire)
@@ -738,7 +756,24 @@ fn signalling(shared: &Shared, say: &Narrator) -> Result<()> {
         Wait::Acquired => bail!("sem_timedwait(50 ms) on a semaphore at 0 succeeded"),
     }
     let start = Instant::now();
-    take(done)?;
+    // Wait for the post, looking at the child every tick: if it died
+    // before posting, no post will ever come.
+    loop {
+        match done.wait_for(LOCK_TICK).context("sem_timedwait")? {
+            Wait::Acquired => break,
+            Wait::Interrupted | Wait::TimedOut => check_stop()?,
+        }
+        if let Some(exit) = child.try_wait()? {
+            // It may have posted just before it exited.
+            if done.try_wait().context("sem_trywait")? {
+                break;
+            }
+            bail!("the child {exit} without posting");
+        }
+        if start.elapsed() > LOCK_PATIENCE {
+            bail!("no post in {LOCK_PATIENCE:?}");
+        }
+    }
     let seen = shared.counter.load(Ordering::Relaxed);
     say.step(format!(
         "sem_timedwait returned after {:.0} ms, with the child's post; the counter reads {seen}: \
