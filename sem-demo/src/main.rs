@@ -13,7 +13,7 @@
 //!
 //! | property      | POSIX named (`sem_open`) | POSIX unnamed (`sem_init`)   | System V set (`semget`)      |
 //! |---------------|--------------------------|------------------------------|------------------------------|
-//! | lives in      | a file, `/dev/shm/sem.NAME`, mapped by each user | your (shared) memory | the kernel, by key/id |
+//! | lives in      | file `/dev/shm/sem.NAME`, mapped by each opener | your (shared) memory | the kernel, by key/id |
 //! | post / wait   | atomics; futex to sleep or wake | atomics; futex to sleep or wake | a system call each |
 //! | who can use it| anyone who can open it   | processes mapping the memory | anyone with the key and mode |
 //! | per call      | one semaphore            | one semaphore                | several, atomically          |
@@ -1744,12 +1744,26 @@ fn sysv_role(role: &str, path: &Path, opts: &RoleOptions, say: &Narrator) -> Res
             for _ in 0..opts.iterations {
                 // SEM_UNDO: if we die holding the lock, the kernel releases it.
                 if !sysv_take(set, 0, true, opts.patience)? {
+                    // GETPID: the last process to change the value, the
+                    // holder if the lock is held (its SEM_UNDO would have
+                    // given the lock back had it died).
+                    let last = set.last_pid(0).unwrap_or(0);
+                    let why = if alive(last) {
+                        format!(
+                            "its holder (pid {last}) is alive but does not give it back (stopped, or stuck?)"
+                        )
+                    } else {
+                        format!(
+                            "the value is 0 and the last process to change it (pid {last}) is gone: \
+                             nobody holds it. A set made by 'sysv wait' (value 0) used as a lock? \
+                             'sem-demo sysv remove --key {}' and start again",
+                            path.display()
+                        )
+                    };
                     bail!(
-                        "semop(semid {}, -1): could not get the lock in {} s: its holder (pid {}) \
-                         is alive but does not give it back (stopped, or stuck?)",
+                        "semop(semid {}, -1): could not get the lock in {} s: {why}",
                         set.id,
-                        opts.patience.as_secs(),
-                        set.last_pid(0).unwrap_or(0)
+                        opts.patience.as_secs()
                     );
                 }
                 let v = value.load(Ordering::Relaxed);
