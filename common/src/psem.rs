@@ -1,20 +1,30 @@
 //! POSIX semaphores, which `nix` does not wrap: small safe functions over
-//! `libc`'s `sem_init`, `sem_post`, `sem_timedwait`, `sem_trywait`,
-//! `sem_getvalue` and `sem_destroy`.
+//! `libc`'s `sem_init`, `sem_open`, `sem_post`, `sem_timedwait`,
+//! `sem_trywait`, `sem_getvalue`, `sem_destroy` and `sem_unlink`.
 //!
-//! A semaphore is a counter in the kernel's care: `post` adds one, `wait`
-//! takes one, and a `wait` on zero sleeps until someone posts. An unnamed
-//! semaphore ([`SharedSem`]) is a `sem_t` placed in memory; put in a
-//! `MAP_SHARED` mapping and initialised with `pshared = 1`, it synchronises
-//! the processes that map it.
+//! A POSIX semaphore is a counter in *user memory*: `post` adds one, `wait`
+//! takes one, and a `wait` on zero sleeps until someone posts. The counter
+//! is changed with atomic instructions in the process itself; the kernel is
+//! entered (through a futex) only to put a waiter to sleep or to wake one.
+//! An unnamed semaphore ([`SharedSem`]) is a `sem_t` placed in memory; put
+//! in a `MAP_SHARED` mapping and initialised with `pshared = 1`, it
+//! synchronises the processes that map it. A named one ([`NamedSem`]) is
+//! the same `sem_t` in a small file, `/dev/shm/sem.NAME`, that every
+//! process opening the name maps.
 //!
 //! Every wait here has a timeout. A process that waits forever cannot
 //! notice that its peer died, which is the classic way shared-memory
 //! programs hang.
 
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
 use std::time::Duration;
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+use nix::sys::stat::{Mode, SFlag, fstat};
 
 /// How a timed wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,12 +116,60 @@ impl SharedSem {
     }
 }
 
-/// A named POSIX semaphore (`sem_open`): a kernel-backed counter that any
-/// process can open by name (it shows up as `/dev/shm/sem.NAME`). Closed
-/// on drop; the name stays until [`unlink`].
+/// A named POSIX semaphore: a `sem_t` in the file `/dev/shm/sem.NAME`
+/// (glibc keeps named semaphores there, beside `shm_open`'s segments, so
+/// `sem_open("/x")` and `shm_open("/sem.x")` are the same file). Any process
+/// allowed to open the file can map it and use the counter. Closed (or
+/// unmapped) on drop; the name stays until [`unlink`].
 #[derive(Debug)]
 pub struct NamedSem {
     sem: SharedSem,
+    /// true: we mapped the file ourselves ([`NamedSem::open_own`]), so drop
+    /// unmaps it; false: it came from `sem_open`, so drop calls `sem_close`.
+    mapped: bool,
+}
+
+/// Why [`NamedSem::open_own`] refused a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenError {
+    /// A system call failed (`ENOENT`: no such semaphore, `EACCES`: not
+    /// allowed to open it, `ELOOP`: a symbolic link).
+    Sys(Errno),
+    /// The file belongs to another user: using it would post into (or
+    /// take from) somebody else's semaphore.
+    Foreign { path: String, uid: u32 },
+    /// It is not a semaphore: wrong size or not a regular file (another
+    /// program's `shm_open` segment under the same name, for one).
+    NotASemaphore { path: String, why: String },
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Sys(e) => write!(f, "{e}"),
+            OpenError::Foreign { path, uid } => write!(
+                f,
+                "{path} belongs to uid {uid}, not to us (euid {}): refusing to use it",
+                nix::unistd::geteuid()
+            ),
+            OpenError::NotASemaphore { path, why } => {
+                write!(f, "{path} is not a semaphore ({why}): refusing to use it")
+            }
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+impl From<Errno> for OpenError {
+    fn from(e: Errno) -> Self {
+        OpenError::Sys(e)
+    }
+}
+
+/// Where glibc keeps the named semaphore `name` ("/x" → "/dev/shm/sem.x").
+pub fn sem_path(name: &str) -> String {
+    format!("/dev/shm/sem.{}", name.strip_prefix('/').unwrap_or(name))
 }
 
 impl NamedSem {
@@ -126,7 +184,8 @@ impl NamedSem {
         NamedSem::checked(sem)
     }
 
-    /// `sem_open(name, 0)`: an existing semaphore.
+    /// `sem_open(name, 0)`: an existing semaphore, *unchecked*: whoever
+    /// made the file, whatever its size. Prefer [`open_own`](Self::open_own).
     pub fn open(name: &str) -> nix::Result<NamedSem> {
         let c_name = std::ffi::CString::new(name).map_err(|_| Errno::EINVAL)?;
         // SAFETY: c_name is NUL-terminated; without O_CREAT no variadic
@@ -135,12 +194,74 @@ impl NamedSem {
         NamedSem::checked(sem)
     }
 
+    /// An existing semaphore of ours, checked before use. `sem_open(name,
+    /// 0)` is `open("/dev/shm/sem.NAME")` + `mmap`, but gives no descriptor
+    /// to check, so we do those two steps ourselves with an `fstat` in
+    /// between: a regular file (`O_NOFOLLOW`: not a symbolic link), owned
+    /// by our effective uid (also as root, who could open anyone's), exactly
+    /// one `sem_t` long, holding a value from 0 to `SEM_VALUE_MAX`.
+    pub fn open_own(name: &str) -> Result<NamedSem, OpenError> {
+        let path = sem_path(name);
+        // O_NONBLOCK: a FIFO planted under the name must not block the open.
+        let fd = nix::fcntl::open(
+            path.as_str(),
+            OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = fstat(&fd)?;
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        if kind != SFlag::S_IFREG {
+            let why = "not a regular file".to_string();
+            return Err(OpenError::NotASemaphore { path, why });
+        }
+        if st.st_uid != nix::unistd::geteuid().as_raw() {
+            let uid = st.st_uid;
+            return Err(OpenError::Foreign { path, uid });
+        }
+        let len = size_of::<libc::sem_t>();
+        if st.st_size != len as libc::off_t {
+            let why = format!(
+                "{} bytes, where a sem_t is {len}: a shm_open(\"/sem.{}\") segment?",
+                st.st_size,
+                name.trim_start_matches('/')
+            );
+            return Err(OpenError::NotASemaphore { path, why });
+        }
+        let size = NonZeroUsize::new(len).expect("sem_t is not empty");
+        // SAFETY: a new shared mapping at a kernel-chosen address of a file
+        // exactly `len` bytes long (checked above).
+        let base: NonNull<libc::c_void> = unsafe {
+            mmap(
+                None,
+                size,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                &fd,
+                0,
+            )
+        }?;
+        // The descriptor closes here; the mapping stays.
+        let sem = NamedSem {
+            sem: SharedSem {
+                sem: base.as_ptr().cast(),
+            },
+            mapped: true,
+        };
+        let value = sem.sem.value()?;
+        if value < 0 || value as u32 > value_max() {
+            let why = format!("it holds the value {value}");
+            return Err(OpenError::NotASemaphore { path, why });
+        }
+        Ok(sem)
+    }
+
     fn checked(sem: *mut libc::sem_t) -> nix::Result<NamedSem> {
         if sem == libc::SEM_FAILED {
             return Err(Errno::last());
         }
         Ok(NamedSem {
             sem: SharedSem { sem },
+            mapped: false,
         })
     }
 
@@ -153,9 +274,16 @@ impl NamedSem {
 
 impl Drop for NamedSem {
     fn drop(&mut self) {
-        // SAFETY: the pointer came from a successful sem_open and is closed
-        // once, here.
-        unsafe { libc::sem_close(self.sem.sem) };
+        if self.mapped {
+            if let Some(base) = NonNull::new(self.sem.sem.cast::<libc::c_void>()) {
+                // SAFETY: exactly the mapping made in open_own, unmapped once.
+                let _ = unsafe { munmap(base, size_of::<libc::sem_t>()) };
+            }
+        } else {
+            // SAFETY: the pointer came from a successful sem_open and is
+            // closed once, here.
+            unsafe { libc::sem_close(self.sem.sem) };
+        }
     }
 }
 
@@ -211,6 +339,45 @@ mod tests {
         assert_eq!(again.sem().value().unwrap(), 2);
         assert!(value_max() >= 32767);
     }
+    #[test]
+    fn open_own_checks_kind_owner_and_size() {
+        let name = format!("/{}", crate::cleanup::unique_name("psem-test"));
+        let sem = NamedSem::create(&name, 0o600, 3).unwrap();
+        let own = NamedSem::open_own(&name).unwrap();
+        assert_eq!(own.sem().value().unwrap(), 3);
+        own.sem().post().unwrap();
+        assert_eq!(sem.sem().value().unwrap(), 4, "the same sem_t");
+        drop(own);
+        // Someone else's: as root we could open it, and must refuse.
+        if nix::unistd::geteuid().is_root() {
+            let path = sem_path(&name);
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            assert_eq!(
+                NamedSem::open_own(&name).unwrap_err(),
+                OpenError::Foreign { path, uid: 65534 }
+            );
+        }
+        unlink(&name).unwrap();
+        // A shm_open segment under the semaphore's file name.
+        let other = format!("/{}", crate::cleanup::unique_name("psem-test"));
+        let fd = nix::sys::mman::shm_open(
+            format!("/sem.{}", &other[1..]).as_str(),
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        )
+        .unwrap();
+        nix::unistd::ftruncate(&fd, 4096).unwrap();
+        assert!(matches!(
+            NamedSem::open_own(&other),
+            Err(OpenError::NotASemaphore { .. })
+        ));
+        unlink(&other).unwrap();
+        assert_eq!(
+            NamedSem::open_own(&other).unwrap_err(),
+            OpenError::Sys(Errno::ENOENT)
+        );
+    }
+
     use std::mem::MaybeUninit;
     use std::time::Instant;
 

@@ -8,6 +8,14 @@
 //! `SEM_UNDO` asks the kernel to reverse a process's changes when it exits.
 //! The set stays until `IPC_RMID` (see `cleanup::SysvGuard`) or reboot:
 //! `ipcs -s` lists them.
+//!
+//! The initialisation race: `semget` creates a set and `semctl(SETVAL)`
+//! gives it its values, in two calls. A process that finds the set by key
+//! between them and posts has its post wiped by the creator's SETVAL. The
+//! cure (TLPI's `svsem_good_init`): the creator sets the values, then makes
+//! a first `semop`, which sets the set's `sem_otime`; everybody else waits
+//! until `sem_otime != 0` before touching the set ([`SemSet::initialise`],
+//! [`SemSet::create_initialised`], [`SemSet::initialised`]).
 
 use std::ffi::CString;
 use std::time::Duration;
@@ -40,6 +48,24 @@ pub fn ftok(path: &std::path::Path, project: u8) -> nix::Result<libc::key_t> {
     }
 }
 
+/// The largest value a System V semaphore can hold (`SEMVMX`, fixed in the
+/// kernel: `kernel.sem` tunes the number of sets and semaphores, not this).
+/// A SETVAL or semop beyond it fails with `ERANGE`.
+pub const SEMVMX: u16 = 32767;
+
+/// What `semctl(IPC_STAT)` tells about a set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SemStat {
+    /// The owner (`sem_perm.uid`): who may change or remove it.
+    pub uid: u32,
+    /// The permission bits (`sem_perm.mode & 0777`).
+    pub mode: u32,
+    /// How many semaphores the set has.
+    pub nsems: u64,
+    /// The time of the last `semop`, 0 if there was none yet.
+    pub otime: i64,
+}
+
 /// An open semaphore set, by id. It does not remove the set when dropped:
 /// use `cleanup::SysvGuard` for that.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +88,69 @@ impl SemSet {
         // SAFETY: semget takes no pointers.
         let id = unsafe { libc::semget(key, 0, 0) };
         Errno::result(id).map(|id| SemSet { id })
+    }
+
+    /// A new set with `values`, free of the initialisation race: `create`,
+    /// then [`initialise`](Self::initialise). If any step fails the set is
+    /// removed again: a failed create leaves nothing.
+    pub fn create_initialised(key: libc::key_t, mode: u32, values: &[u16]) -> nix::Result<SemSet> {
+        let n = u16::try_from(values.len()).map_err(|_| Errno::EINVAL)?;
+        let set = SemSet::create(key, n, mode)?;
+        if let Err(e) = set.initialise(values) {
+            let _ = set.remove();
+            return Err(e);
+        }
+        Ok(set)
+    }
+
+    /// The creator's half of the race-free start: SETVAL every semaphore to
+    /// 0, then one `semop` adding `values` (no SEM_UNDO: the values must
+    /// outlive us). That first semop sets `sem_otime`, the sign other
+    /// processes wait for; a `sem_op` of 0 (for a value of 0) waits for zero,
+    /// which succeeds at once and still counts as a semop.
+    pub fn initialise(&self, values: &[u16]) -> nix::Result<()> {
+        let mut sops = Vec::with_capacity(values.len());
+        for (i, &value) in values.iter().enumerate() {
+            let index = u16::try_from(i).map_err(|_| Errno::EINVAL)?;
+            let delta = i16::try_from(value).map_err(|_| Errno::ERANGE)?;
+            self.set_value(index, 0)?;
+            sops.push((index, delta));
+        }
+        match self.ops(&sops, false, Duration::from_secs(1))? {
+            Wait::Acquired => Ok(()),
+            // Every value is 0, so nothing can make this wait.
+            Wait::TimedOut | Wait::Interrupted => Err(Errno::EAGAIN),
+        }
+    }
+
+    /// The others' half: has the creator made its first semop yet
+    /// (`sem_otime != 0`)? Poll this, with a bound, before using a set you
+    /// did not create.
+    pub fn initialised(&self) -> nix::Result<bool> {
+        Ok(self.stat()?.otime != 0)
+    }
+
+    /// `semctl(IPC_STAT)`: owner, mode, size and last semop time.
+    pub fn stat(&self) -> nix::Result<SemStat> {
+        // SAFETY: an all-zero semid_ds is a valid value (integers only).
+        let mut ds: libc::semid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: IPC_STAT writes one semid_ds through the pointer passed as
+        // the variadic argument (the `buf` member of union semun).
+        let rc =
+            unsafe { libc::semctl(self.id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds) };
+        Errno::result(rc)?;
+        Ok(SemStat {
+            uid: ds.sem_perm.uid,
+            mode: u32::from(ds.sem_perm.mode) & 0o777,
+            nsems: ds.sem_nsems as u64,
+            otime: ds.sem_otime as i64,
+        })
+    }
+
+    /// `semctl(IPC_RMID)`: remove the set now; waiters fail with `EIDRM`.
+    pub fn remove(&self) -> nix::Result<()> {
+        // SAFETY: IPC_RMID takes no fourth argument.
+        Errno::result(unsafe { libc::semctl(self.id, 0, libc::IPC_RMID) }).map(drop)
     }
 
     /// `semctl(SETVAL)`.
@@ -164,6 +253,27 @@ mod tests {
             Wait::Acquired
         );
         assert_eq!((set.value(0).unwrap(), set.value(1).unwrap()), (0, 0));
+    }
+
+    #[test]
+    fn the_first_semop_marks_a_set_initialised() {
+        let set = SemSet::create(libc::IPC_PRIVATE, 2, 0o600).unwrap();
+        let _remove = SysvGuard::new(SysvKind::SemaphoreSet, set.id);
+        let stat = set.stat().unwrap();
+        assert_eq!((stat.nsems, stat.mode, stat.otime), (2, 0o600, 0));
+        assert_eq!(stat.uid, nix::unistd::geteuid().as_raw());
+        assert!(!set.initialised().unwrap());
+        // SETVAL alone does not count: only a semop sets sem_otime.
+        set.set_value(0, 5).unwrap();
+        assert!(!set.initialised().unwrap());
+        set.initialise(&[0, SEMVMX]).unwrap();
+        assert!(set.initialised().unwrap());
+        assert_eq!((set.value(0).unwrap(), set.value(1).unwrap()), (0, 32767));
+        // One more would pass SEMVMX.
+        assert_eq!(
+            set.op(1, 1, false, Duration::from_millis(10)),
+            Err(Errno::ERANGE)
+        );
     }
 
     #[test]

@@ -3,11 +3,11 @@
 
 use std::path::Path;
 use std::thread::sleep;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::cleanup::{PrivateDir, unique_name};
-use ipc_tests::{LONG, Proc, SHORT, assert_usage_error, run};
-use nix::sys::signal::Signal;
+use ipc_tests::{LONG, Output, Proc, SHORT, assert_usage_error, run, wait_group_gone};
+use nix::sys::signal::{Signal, killpg};
 
 const SEM_DEMO: &str = "sem-demo";
 
@@ -34,6 +34,22 @@ fn counters(out: &str) -> Vec<u64> {
         .collect()
 }
 
+/// (expected, got, lost) from the story's race line.
+fn race_numbers(out: &Output) -> (u64, u64, u64) {
+    let race = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("updates lost ("))
+        .unwrap_or_else(|| panic!("no race line\n{}", out.describe()));
+    let numbers: Vec<u64> = race
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(numbers.len() >= 3, "{race}");
+    assert_eq!(numbers[1] + numbers[2], numbers[0], "{race}");
+    (numbers[0], numbers[1], numbers[2])
+}
+
 #[test]
 fn story_shows_the_race_the_locks_the_signal_the_sets_and_the_crash() {
     let out = run(SEM_DEMO, &[], LONG);
@@ -41,43 +57,41 @@ fn story_shows_the_race_the_locks_the_signal_the_sets_and_the_crash() {
     assert_eq!(out.code(), 0, "{}", out.describe());
     assert_eq!(out.summary_field("mechanism"), "sem");
     assert_eq!(out.summary_field("errors"), "0");
-    // The unlocked run is reported honestly: got + lost adds up, whatever
-    // the race did this time.
-    let race = out
-        .stdout
-        .lines()
-        .find(|l| l.contains("updates lost in"))
-        .expect("race line");
-    let numbers: Vec<u64> = race
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    assert_eq!(numbers[0], 400_000, "{race}");
-    assert_eq!(numbers[1] + numbers[2], 400_000, "{race}");
-    // Both locked runs are exact (the unlocked one may also be, by luck).
+    // The race the narration announces happened: updates were lost.
+    let (expected, _, lost) = race_numbers(&out);
+    assert_eq!(expected, 400_000);
+    assert!(lost > 0, "no update lost\n{}", out.describe());
+    // Both locked runs are exact.
     assert!(
         out.stdout
-            .contains("sem_wait / increment / sem_post: expected 400000, got 400000 in"),
+            .contains("sem_wait / increment / sem_post: expected 400000, got 400000 ("),
         "{}",
         out.describe()
     );
     let unnamed = out
         .stdout
         .lines()
-        .find(|l| l.contains("the race without a lock took"))
+        .find(|l| l.contains("without a lock"))
         .unwrap();
     assert!(
-        unnamed.contains("expected 400000, got 400000 in"),
+        unnamed.contains("expected 400000, got 400000 ("),
         "{unnamed}"
     );
     for expected in [
         "sem_open(/sem-demo-",
         "O_CREAT|O_EXCL, 0600, 1)",
+        "It lives in the file /dev/shm/sem.sem-demo-",
+        "shm_open(\"/sem.sem-demo-",
+        "the kernel is entered (futex) only to put a waiter to sleep or to wake one",
         "sem_trywait → EAGAIN",
         "sem_timedwait(50 ms) → ETIMEDOUT",
         "the counter reads 42",
         "semctl(GETNCNT, 2) = 1",
         "semop([0: -1, 1: -1]) in one call: values now [0, 1, 0]",
+        "the child's semop(+1): GETVAL = 1",
+        "our semctl(SETVAL, 0): GETVAL = 0. The post is lost",
+        "sem_otime = 0: not initialised yet, so it waits",
+        "the child saw sem_otime != 0 and posted: GETVAL = 1",
         "semctl(GETVAL) = 1: the kernel undid the dead child's -1",
         "ETIMEDOUT: still taken",
         "taking the lock over",
@@ -89,6 +103,11 @@ fn story_shows_the_race_the_locks_the_signal_the_sets_and_the_crash() {
             out.describe()
         );
     }
+    assert!(
+        !out.stdout.contains("kernel-backed") && !out.stdout.contains("the kernel keeps"),
+        "{}",
+        out.describe()
+    );
     let name = out
         .stdout
         .split("sem_open(")
@@ -96,6 +115,97 @@ fn story_shows_the_race_the_locks_the_signal_the_sets_and_the_crash() {
         .and_then(|rest| rest.split(',').next())
         .expect("named semaphore");
     assert_gone(name);
+}
+
+/// The race must show on every default run, not now and then: 20 runs in
+/// a row (the release and the debug build both; the workers start at a
+/// barrier, so this does not rest on luck). Before the barrier, each
+/// worker finished before the next was forked and 0 updates were lost.
+#[test]
+fn the_race_loses_updates_on_every_default_run() {
+    for i in 0..20 {
+        let out = run(SEM_DEMO, &[], LONG);
+        assert_eq!(out.code(), 0, "run {i}\n{}", out.describe());
+        let (_, _, lost) = race_numbers(&out);
+        assert!(lost > 0, "run {i}: no update lost\n{}", out.describe());
+        assert_eq!(out.summary_field("errors"), "0", "run {i}");
+        let name = out
+            .stdout
+            .split("sem_open(")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .expect("named semaphore");
+        assert_gone(name);
+    }
+}
+
+/// The story and every forked worker notice a stop within a fraction of a
+/// second and exit 128+N: the signal sent to the whole group (Ctrl-C in a
+/// terminal), or to the parent alone (which passes it on). A SIGKILLed
+/// parent leaves no worker running (PR_SET_PDEATHSIG). Before: the workers
+/// ran their increments to the end (34 s with 3e7), the story went on.
+#[test]
+fn a_stopped_story_stops_its_workers_at_once() {
+    let cases = [
+        (Signal::SIGTERM, true, "== 1."),
+        (Signal::SIGINT, false, "== 1."),
+        (Signal::SIGINT, true, "== 2."),
+        (Signal::SIGTERM, false, "== 3."),
+        (Signal::SIGKILL, false, "== 1."),
+    ];
+    for (signal, group, at) in cases {
+        // Step 1 with 1e9 increments runs for minutes; with 3e6 the race
+        // is over at once and the locked steps 2 and 3 take seconds.
+        let iterations = if at == "== 1." {
+            "1000000000"
+        } else {
+            "3000000"
+        };
+        let mut story = Proc::spawn(SEM_DEMO, &["--iterations", iterations, "--quiet"]);
+        let pgid = story.pid();
+        story.wait_for_line(|l| l.starts_with(at), LONG);
+        sleep(Duration::from_millis(300));
+        let sent = Instant::now();
+        if group {
+            killpg(pgid, signal).unwrap();
+        } else {
+            story.signal(signal);
+        }
+        if signal == Signal::SIGKILL {
+            // The parent ends at once; its workers must follow it.
+            while story.running() {
+                sleep(Duration::from_millis(5));
+            }
+            assert!(
+                wait_group_gone(pgid, Duration::from_secs(2)),
+                "workers outlived their SIGKILLed parent"
+            );
+            story.finish(SHORT).assert_stopped_by(signal);
+            continue;
+        }
+        let out = story.finish(SHORT);
+        let took = sent.elapsed();
+        out.assert_stopped_by(signal);
+        // A fraction of a second here; 3 s leaves room for a loaded CI.
+        assert!(
+            took < Duration::from_secs(3),
+            "{signal:?} (group {group}) at {at}: took {took:?}\n{}",
+            out.describe()
+        );
+        assert!(
+            !out.stdout.contains("== 4."),
+            "the story went on after {signal:?}\n{}",
+            out.describe()
+        );
+        let prefix = format!("sem.sem-demo-{pgid}-");
+        let leaked: Vec<String> = std::fs::read_dir("/dev/shm")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        assert!(leaked.is_empty(), "{leaked:?} left behind");
+    }
 }
 
 #[test]
@@ -316,4 +426,266 @@ fn bad_command_lines_exit_2_with_one_line_naming_the_problem() {
     for (args, needle) in cases {
         assert_usage_error(SEM_DEMO, args, needle);
     }
+}
+
+/// System V's initialisation race, between real processes: a set that its
+/// creator made with semget but has not initialised yet (stopped between
+/// semget and SETVAL, as in gdb) must not take a post, which the SETVAL
+/// would wipe. `sysv post` waits for the creator's first semop (sem_otime
+/// != 0), bounded; then its post counts. Before: the post went in at once
+/// and the creator's SETVAL erased it.
+#[test]
+fn a_sysv_post_waits_for_the_creators_first_semop() {
+    use common::sysv_sem::{SemSet, ftok};
+    let (_dir, key_path) = ipc_tests::key_file("sem-demo-test");
+    let key = ftok(Path::new(&key_path), b'M').unwrap();
+    // We play the creator, stopped after semget.
+    let set = SemSet::create(key, 1, 0o600).unwrap();
+    let _remove = common::cleanup::SysvGuard::new(common::cleanup::SysvKind::SemaphoreSet, set.id);
+    let mut post = Proc::spawn(SEM_DEMO, &["sysv", "post", "--key", &key_path]);
+    post.wait_for_line(|l| l.contains("sem_otime = 0"), SHORT);
+    sleep(Duration::from_millis(500));
+    assert!(post.running(), "posted into a set not yet initialised");
+    assert_eq!(set.value(0).unwrap(), 0);
+    // The creator goes on: SETVAL 0, then its first semop.
+    set.initialise(&[0]).unwrap();
+    let out = post.finish(SHORT);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_eq!(set.value(0).unwrap(), 1, "the post was lost");
+
+    // A creator that never initialises: the post gives up, clearly.
+    let (_dir2, key_path2) = ipc_tests::key_file("sem-demo-test");
+    let key2 = ftok(Path::new(&key_path2), b'M').unwrap();
+    let half = SemSet::create(key2, 1, 0o600).unwrap();
+    let _remove2 =
+        common::cleanup::SysvGuard::new(common::cleanup::SysvKind::SemaphoreSet, half.id);
+    let out = run(SEM_DEMO, &["sysv", "post", "--key", &key_path2], SHORT);
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("never initialised"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(half.value(0).unwrap(), 0);
+    // And remove takes the half-made set away.
+    let out = run(SEM_DEMO, &["sysv", "remove", "--key", &key_path2], SHORT);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(SemSet::open(key2).is_err());
+}
+
+/// `--value` accepts exactly what the kernel does: System V up to SEMVMX
+/// (32767), POSIX up to SEM_VALUE_MAX. Before: 40000 passed the parser,
+/// SETVAL failed with ERANGE, and a set at 0 stayed for the next run.
+#[test]
+fn values_are_the_kernels_limits_and_a_refused_value_leaves_nothing() {
+    use common::sysv_sem::{SemSet, ftok};
+    let (_dir, key_path) = ipc_tests::key_file("sem-demo-test");
+    let key = ftok(Path::new(&key_path), b'M').unwrap();
+    assert_usage_error(
+        SEM_DEMO,
+        &["sysv", "wait", "--key", &key_path, "--value", "40000"],
+        "--value must be from 0 to 32767",
+    );
+    assert_usage_error(
+        SEM_DEMO,
+        &["sysv", "wait", "--key", &key_path, "--value", "32768"],
+        "--value",
+    );
+    assert!(SemSet::open(key).is_err(), "a refused --value left a set");
+    let out = run(
+        SEM_DEMO,
+        &[
+            "sysv",
+            "wait",
+            "--key",
+            &key_path,
+            "--value",
+            "32767",
+            "--timeout",
+            "5",
+        ],
+        SHORT,
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(out.stdout.contains("value now 32766"), "{}", out.describe());
+    // SEMVMX - 1 + 1 is fine, one more is ERANGE: a clear error.
+    assert_eq!(
+        run(SEM_DEMO, &["sysv", "post", "--key", &key_path], SHORT).code(),
+        0
+    );
+    let out = run(SEM_DEMO, &["sysv", "post", "--key", &key_path], SHORT);
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(out.stderr.contains("SEMVMX"), "{}", out.describe());
+    assert_eq!(
+        run(SEM_DEMO, &["sysv", "remove", "--key", &key_path], SHORT).code(),
+        0
+    );
+    assert!(SemSet::open(key).is_err());
+
+    let name = format!("/{}", unique_name("sem-test"));
+    let out = run(
+        SEM_DEMO,
+        &[
+            "wait",
+            "--name",
+            &name,
+            "--value",
+            "2147483647",
+            "--timeout",
+            "5",
+        ],
+        SHORT,
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        out.stdout.contains("value now 2147483646"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(run(SEM_DEMO, &["remove", "--name", &name], SHORT).code(), 0);
+    assert_gone(&name);
+}
+
+/// POSIX named semaphores live in /dev/shm/sem.NAME, beside shm-demo's
+/// segments: `--name /x` for sem-demo is shm-demo's `/sem.x`, and the
+/// worker's counter `/x.counter` is anyone's `--name /x.counter`. sem-demo
+/// checks size and magic and leaves such objects alone. Before: `post`
+/// aborted (exit 134) and bumped the segment's magic; `worker` truncated
+/// the segment to 16 bytes, and the shm receiver died of SIGBUS.
+#[test]
+fn another_demos_segment_under_our_name_is_left_alone() {
+    let base = unique_name("coll");
+    let segment = format!("/sem.{base}");
+    let mut receiver = Proc::spawn("shm-demo", &["receiver", "--name", &segment]);
+    receiver.wait_for_line(|l| l.contains("waiting for a sender"), SHORT);
+    let path = format!("/dev/shm{segment}");
+    let before = std::fs::read(&path).unwrap();
+    for args in [
+        &["post", "--name"][..],
+        &["remove", "--name"][..],
+        &["wait", "--timeout", "1", "--name"][..],
+        &["worker", "--iterations", "10", "--name"][..],
+    ] {
+        let name = format!("/{base}");
+        let mut args = args.to_vec();
+        args.push(&name);
+        let out = run(SEM_DEMO, &args, SHORT);
+        assert_eq!(out.code(), 1, "{args:?}\n{}", out.describe());
+        assert!(
+            out.stderr.contains("is not a semaphore"),
+            "{args:?}\n{}",
+            out.describe()
+        );
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the segment changed");
+
+    // The worker's counter under a shm-demo segment's name.
+    let lock = format!("/{}", unique_name("lk"));
+    let counter = format!("{lock}.counter");
+    let mut other = Proc::spawn("shm-demo", &["receiver", "--name", &counter]);
+    other.wait_for_line(|l| l.contains("waiting for a sender"), SHORT);
+    let counter_path = format!("/dev/shm{counter}");
+    let before = std::fs::read(&counter_path).unwrap();
+    let out = run(
+        SEM_DEMO,
+        &["worker", "--name", &lock, "--iterations", "10"],
+        SHORT,
+    );
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("refusing to use it"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(std::fs::read(&counter_path).unwrap(), before);
+    // The semaphore it had created for the failed worker is gone again.
+    assert!(!Path::new(&format!("/dev/shm/sem.{}", &lock[1..])).exists());
+    let out = run(SEM_DEMO, &["remove", "--name", &lock], SHORT);
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(Path::new(&counter_path).exists());
+
+    // Both receivers are unharmed: still waiting, and stop cleanly.
+    for mut shm in [receiver, other] {
+        assert!(shm.running(), "a shm-demo receiver died");
+        shm.signal(Signal::SIGTERM);
+        shm.finish(SHORT).assert_stopped_by(Signal::SIGTERM);
+    }
+    assert!(!Path::new(&path).exists() && !Path::new(&counter_path).exists());
+}
+
+/// Objects of another user are refused, even by root: root could open and
+/// change them, which is exactly why sem-demo checks the owner first.
+/// Before: as root, `sem-demo post` posted into nobody's semaphore.
+#[test]
+fn another_users_semaphores_are_left_alone_even_by_root() {
+    if !nix::unistd::geteuid().is_root() {
+        return; // only root can be tempted: others get EACCES from the kernel
+    }
+    let nobody = |args: &[&str]| {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = ipc_tests::demo(SEM_DEMO, args);
+        cmd.uid(65534)
+            .gid(65534)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        Proc::start(cmd)
+    };
+    // POSIX: nobody's semaphore, waited on by nobody.
+    let name = format!("/{}", unique_name("nobody-sem"));
+    let mut waiter = nobody(&["wait", "--name", &name, "--timeout", "3"]);
+    waiter.wait_for_line(|l| l.contains("waiting at most"), SHORT);
+    for args in [
+        &["post", "--name"][..],
+        &["remove", "--name"][..],
+        &["wait", "--timeout", "1", "--name"][..],
+        &["worker", "--iterations", "10", "--name"][..],
+    ] {
+        let mut args = args.to_vec();
+        args.push(&name);
+        let out = run(SEM_DEMO, &args, SHORT);
+        assert_eq!(out.code(), 1, "{args:?}\n{}", out.describe());
+        assert!(
+            out.stderr.contains("belongs to nobody (uid 65534)"),
+            "{args:?}\n{}",
+            out.describe()
+        );
+    }
+    // Nobody's wait got no post from root: it times out.
+    let out = waiter.finish(SHORT);
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(out.stderr.contains("ETIMEDOUT"), "{}", out.describe());
+    assert!(!Path::new(&format!("/dev/shm{name}.counter")).exists());
+    let out = nobody(&["remove", "--name", &name]).finish(SHORT);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_gone(&name);
+
+    // System V: nobody's set under a key both can reach.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = PrivateDir::create("sem-demo-test").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, b"").unwrap();
+    let key = key.to_str().unwrap();
+    let mut waiter = nobody(&["sysv", "wait", "--key", key, "--timeout", "3"]);
+    let line = waiter.wait_for_line(|l| l.contains("semget("), SHORT);
+    assert!(line.contains("IPC_CREAT|IPC_EXCL"), "{line}");
+    for role in ["post", "remove", "wait", "worker"] {
+        let out = run(SEM_DEMO, &["sysv", role, "--key", key], SHORT);
+        assert_eq!(out.code(), 1, "{role}\n{}", out.describe());
+        assert!(
+            out.stderr.contains("belongs to nobody (uid 65534)"),
+            "{role}\n{}",
+            out.describe()
+        );
+    }
+    let out = waiter.finish(SHORT);
+    assert_eq!(
+        out.code(),
+        1,
+        "nobody's sysv wait got a post\n{}",
+        out.describe()
+    );
+    let out = nobody(&["sysv", "remove", "--key", key]).finish(SHORT);
+    assert_eq!(out.code(), 0, "{}", out.describe());
 }
