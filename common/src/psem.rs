@@ -295,6 +295,29 @@ pub fn unlink(name: &str) -> nix::Result<()> {
     Errno::result(unsafe { libc::sem_unlink(c_name.as_ptr()) }).map(drop)
 }
 
+/// Removes a named semaphore's name (`sem_unlink`) on drop, and on a second
+/// Ctrl-C too (its file is `/dev/shm/sem.NAME`: see `cleanup`).
+#[derive(Debug)]
+pub struct NameGuard {
+    name: String,
+    _entry: crate::cleanup::Registration,
+}
+
+impl NameGuard {
+    /// Take charge of `sem_unlink(name)` for a semaphore we just created.
+    pub fn new(name: impl Into<String>) -> NameGuard {
+        let name = name.into();
+        let _entry = crate::cleanup::Registration::unlink(std::path::Path::new(&sem_path(&name)));
+        NameGuard { name, _entry }
+    }
+}
+
+impl Drop for NameGuard {
+    fn drop(&mut self) {
+        let _ = unlink(&self.name);
+    }
+}
+
 /// The largest value a semaphore can hold (`SEM_VALUE_MAX`).
 pub fn value_max() -> u32 {
     // SAFETY: sysconf takes no pointers.

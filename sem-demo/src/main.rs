@@ -627,7 +627,7 @@ fn story(opts: &StoryOptions) -> Result<()> {
     let named = NamedSem::create(&name, 0o600, 1)
         .with_context(|| format!("sem_open({name}, O_CREAT|O_EXCL, 0600, 1)"))?;
     // The name is removed on every way out; the workers keep their handle.
-    let _unlink = NamedUnlink(name.clone());
+    let _unlink = psem::NameGuard::new(&name); // sem_unlink(3) on drop
     say.step(format!(
         "sem_open({name}, O_CREAT|O_EXCL, 0600, 1): value 1, a lock. It lives in the file {}: \
          a sem_t that every process opening the name maps, in the same directory as shm_open's \
@@ -707,15 +707,6 @@ fn secs(d: Duration) -> String {
         format!("{:.3} ms", d.as_secs_f64() * 1e3)
     } else {
         format!("{:.3} s", d.as_secs_f64())
-    }
-}
-
-/// Removes a named semaphore's name on drop.
-struct NamedUnlink(String);
-
-impl Drop for NamedUnlink {
-    fn drop(&mut self) {
-        let _ = psem::unlink(&self.0);
     }
 }
 
