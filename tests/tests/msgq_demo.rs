@@ -341,7 +341,14 @@ fn bad_command_lines_exit_2_with_one_line_naming_the_problem() {
         (&["--bogus"], "--bogus"),
         (&["--clients", "0"], "--clients"),
         (&["--key", "/tmp"], "--key"),
-        (&["sysv"], "name a role"),
+        // `sysv` and `posix` alone run their part of the story (below);
+        // a role that is not one, or an option the variant lacks, is refused.
+        (&["sysv", "bogus"], "unknown role"),
+        (&["posix", "bogus"], "unknown role"),
+        (&["posix", "--count", "3"], "the POSIX story"),
+        (&["posix", "--clients", "2"], "the POSIX story"),
+        (&["sysv", "--key", "/k"], "--key"),
+        (&["sysv", "--size", "9000"], "--size"),
         (&["sysv", "sender"], "--key"),
         (
             &["sysv", "sender", "--key", "/k", "--type", "0", "x"],
@@ -1038,4 +1045,58 @@ fn a_server_refuses_forged_requests_and_survives_garbage() {
     assert_eq!(texts(&out), ["theirs"]);
     assert_no_queue(Some(&key), None);
     assert_no_queue(Some(&other_key), None);
+}
+
+#[test]
+fn sysv_and_posix_without_a_role_run_their_part_of_the_story() {
+    // `msgq-demo sysv` / `msgq-demo posix`: the story's steps of one API,
+    // numbered from 1, one summary line last, nothing left behind.
+    let out = run(
+        MSGQ_DEMO,
+        &["sysv", "--clients", "2", "--count", "2", "--quiet"],
+        LONG,
+    );
+    ok(&out);
+    assert_eq!(out.summary_field("mechanism"), "msgq-sysv");
+    assert_eq!(out.stdout.matches("summary:").count(), 1);
+    for expected in [
+        "== 1. System V",
+        "type 2: \"two-a\"",
+        "→ E2BIG",
+        "== 2. 2 clients and a server",
+        "served 4 requests",
+    ] {
+        assert!(
+            out.stdout.contains(expected),
+            "missing {expected:?}\n{}",
+            out.describe()
+        );
+    }
+    assert!(!out.stdout.contains("mq_open("), "{}", out.describe());
+    assert_msqids_gone(&out.stdout);
+    let out = run(MSGQ_DEMO, &["posix", "--quiet"], LONG);
+    ok(&out);
+    assert_eq!(out.summary_field("mechanism"), "msgq-posix");
+    assert_eq!(out.stdout.matches("summary:").count(), 1);
+    for expected in ["== 1. POSIX", "mq_getattr: 5 messages waiting", "SI_MESGQ"] {
+        assert!(
+            out.stdout.contains(expected),
+            "missing {expected:?}\n{}",
+            out.describe()
+        );
+    }
+    assert!(!out.stdout.contains("msgget("), "{}", out.describe());
+    let posix_order: Vec<String> = texts(&out)
+        .into_iter()
+        .filter(|t| ["high-a", "high-b", "mid-a", "low-a", "low-b"].contains(&t.as_str()))
+        .collect();
+    assert_eq!(posix_order, ["high-a", "high-b", "mid-a", "low-a", "low-b"]);
+    for name in out
+        .stdout
+        .split("mq_open(")
+        .skip(1)
+        .filter_map(|rest| rest.split([',', ')']).next())
+    {
+        assert_no_queue(None, Some(name));
+    }
 }
