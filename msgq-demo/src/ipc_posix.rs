@@ -43,6 +43,22 @@ impl Drop for Queue {
     }
 }
 
+/// glibc's `struct sigevent` with its `_sigev_thread` member, which the
+/// libc crate leaves out: the notify function and its thread attributes
+/// sit where `sigev_notify_thread_id` is; 64 bytes in all.
+#[repr(C)]
+struct SigeventThread {
+    sigev_value: libc::sigval,
+    sigev_signo: libc::c_int,
+    sigev_notify: libc::c_int,
+    function: extern "C" fn(libc::sigval),
+    attributes: *mut libc::pthread_attr_t,
+    _pad: [u8; SIGEV_THREAD_PAD],
+}
+
+const SIGEV_THREAD_PAD: usize = 64 - 3 * size_of::<usize>() - 2 * size_of::<libc::c_int>();
+const _: () = assert!(size_of::<SigeventThread>() == size_of::<libc::sigevent>());
+
 impl Queue {
     /// Create `name` read-write (0600, with `maxmsg`/`msgsize`); `None` if
     /// a queue of that name exists (EEXIST).
@@ -194,6 +210,15 @@ impl Queue {
         }
     }
 
+    /// `mq_receive` into `buf` as it is: a buffer smaller than the queue's
+    /// msgsize is refused (EMSGSIZE), however short the waiting message,
+    /// and the message stays. Returns its length and priority.
+    pub fn receive_into(&self, buf: &mut [u8]) -> nix::Result<(usize, u32)> {
+        let mut priority = 0;
+        let n = mq_receive(&self.mqd, buf, &mut priority)?;
+        Ok((n, priority))
+    }
+
     /// `mq_timedreceive`: `None` when nothing arrived within `timeout`.
     /// Waits in short slices so that Ctrl-C is noticed between them.
     pub fn receive_within(&self, timeout: Duration) -> Result<Option<(u32, Vec<u8>)>> {
@@ -232,6 +257,45 @@ impl Queue {
             nix::mqueue::mq_remove_nonblock(&self.mqd).context("mq_setattr(0)")?;
         }
         Ok(())
+    }
+
+    /// `mq_notify(SIGEV_THREAD)`: when a message arrives in the empty
+    /// queue, the C library runs `function` in a new thread of this process
+    /// (glibc: the kernel tells a helper thread over a netlink socket).
+    /// The same rules as [`Queue::notify_by_signal`]: one registration,
+    /// used up by the notification it causes.
+    pub fn notify_by_thread(&self, function: extern "C" fn(libc::sigval)) -> Result<()> {
+        let event = SigeventThread {
+            sigev_value: libc::sigval {
+                sival_ptr: std::ptr::null_mut(),
+            },
+            sigev_signo: 0,
+            sigev_notify: libc::SIGEV_THREAD,
+            function,
+            attributes: std::ptr::null_mut(),
+            _pad: [0; SIGEV_THREAD_PAD],
+        };
+        // SAFETY: the descriptor is open; `event` has the C library's
+        // struct sigevent layout (sizes checked below), valid for the call;
+        // `function` is a plain extern "C" fn that lives for ever.
+        let rc = unsafe {
+            libc::mq_notify(
+                self.mqd.as_raw_fd(),
+                (&raw const event).cast::<libc::sigevent>(),
+            )
+        };
+        Errno::result(rc)
+            .map(drop)
+            .with_context(|| format!("mq_notify({}, SIGEV_THREAD)", self.name))
+    }
+
+    /// `mq_notify(NULL)`: give up our registration (someone else may then
+    /// register).
+    pub fn notify_cancel(&self) -> Result<()> {
+        // SAFETY: the descriptor is open; NULL means "unregister".
+        Errno::result(unsafe { libc::mq_notify(self.mqd.as_raw_fd(), std::ptr::null()) })
+            .map(drop)
+            .with_context(|| format!("mq_notify({}, NULL)", self.name))
     }
 
     /// `mq_notify(SIGEV_SIGNAL)`: send `signal` to this process when a

@@ -78,6 +78,9 @@ pub const WAIT: libc::c_int = 0;
 pub const IPC_NOWAIT: libc::c_int = libc::IPC_NOWAIT;
 /// msgrcv: truncate a message longer than the buffer instead of E2BIG.
 pub const MSG_NOERROR: libc::c_int = libc::MSG_NOERROR;
+/// msgrcv with `msgtyp > 0`: the oldest message whose type is *not*
+/// `msgtyp` (Linux; in C it needs `_GNU_SOURCE`).
+pub const MSG_EXCEPT: libc::c_int = libc::MSG_EXCEPT;
 
 impl Queue {
     /// `msgget(key, IPC_CREAT | IPC_EXCL | 0600)`, or the existing queue
@@ -113,6 +116,16 @@ impl Queue {
             Errno::EEXIST => Ok(None),
             e => Err(e).context("msgget(IPC_CREAT|IPC_EXCL)"),
         }
+    }
+
+    /// `msgget(IPC_PRIVATE, IPC_CREAT | 0600)`: always a new queue, with no
+    /// key: only its id, passed on by whoever made it, reaches it. (No
+    /// allocation: a forked child may call it.)
+    pub fn create_private() -> nix::Result<Queue> {
+        // SAFETY: msgget takes no pointers.
+        let id =
+            Errno::result(unsafe { libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600) })?;
+        Ok(Queue { id })
     }
 
     /// `msgget(key, 0)`: the existing queue, with a plain message if none,
@@ -219,6 +232,19 @@ impl Queue {
             ),
             Err(e) => format!("msgctl(IPC_STAT): {e}"),
         }
+    }
+
+    /// `msgctl(IPC_SET)`: give the queue room for `bytes` bytes. Its owner
+    /// may lower `msg_qbytes`, and raise it up to `/proc/sys/kernel/msgmnb`;
+    /// above that only a process with CAP_SYS_RESOURCE may (else EPERM).
+    /// (No allocation: a forked child may call it.)
+    pub fn set_qbytes(&self, bytes: u64) -> nix::Result<()> {
+        // IPC_SET writes msg_perm.uid/gid/mode and msg_qbytes from the
+        // struct: start from IPC_STAT's values so only msg_qbytes changes.
+        let mut ds = self.stat()?;
+        ds.msg_qbytes = bytes as _;
+        // SAFETY: `ds` is a valid msqid_ds, read by the kernel.
+        Errno::result(unsafe { libc::msgctl(self.id, libc::IPC_SET, &mut ds) }).map(drop)
     }
 
     /// `msgctl(IPC_RMID)`: the queue and any messages in it are gone at
@@ -766,11 +792,10 @@ pub fn client(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
             path.display()
         )
     })?;
-    // SAFETY: msgget takes no pointers. IPC_PRIVATE always makes a new
-    // queue, which only its id (passed in our requests) can reach.
-    let id = Errno::result(unsafe { libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600) })
-        .context("msgget(IPC_PRIVATE)")?;
-    let mine = Queue { id };
+    // IPC_PRIVATE: a new queue that only its id (passed in our requests)
+    // can reach.
+    let mine = Queue::create_private().context("msgget(IPC_PRIVATE)")?;
+    let id = mine.id;
     // The guard's drop is msgctl(IPC_RMID), on every way out: nobody else
     // reads this queue.
     let _remove = SysvGuard::new(SysvKind::MessageQueue, id);

@@ -46,7 +46,15 @@
 //! - messages waiting in the kernel after their sender has exited;
 //! - the order each `msgtyp` gives, and priority order in POSIX;
 //! - `ENOMSG`, `EAGAIN`, `E2BIG` and `MSG_NOERROR`, a timed receive;
-//! - `mq_notify` announcing a message to a process that is not reading;
+//! - `MSG_EXCEPT`: the oldest message *not* of a type;
+//! - `msg_qbytes` lowered and raised with `msgctl(IPC_SET)`, and
+//!   `/proc/sys/kernel/msgmnb` as the ceiling without CAP_SYS_RESOURCE
+//!   (shown as `nobody` in a forked child when the story runs as root);
+//! - `mq_notify` announcing a message to a process that is not reading, by
+//!   a signal and by a function run in a new thread (`SIGEV_THREAD`), once:
+//!   a second message is missed until the process registers again;
+//! - `/dev/mqueue/NAME` (QSIZE, NOTIFY, SIGNO, NOTIFY_PID) while a queue
+//!   exists, and `EMSGSIZE` for a receive buffer under `mq_msgsize`;
 //! - a server and many clients: requests on the server's queue, each
 //!   client's replies in a private queue of its own (TLPI's `svmsg_file`
 //!   design; `ipc_sysv.rs` says why one queue both ways can deadlock);
@@ -91,14 +99,17 @@ msgq-demo: System V and POSIX message queues
 USAGE:
     msgq-demo [--clients K] [--count N] [--size BYTES] [--quiet]
         The story, every step: System V messages waiting in the kernel and
-        chosen by type, POSIX priorities, timeouts and mq_notify, then K clients
-        and one server (the 'sysv server' code) with a private reply queue per client.
+        chosen by type; POSIX priorities, timeouts and mq_notify by signal; K
+        clients and one server (the 'sysv server' code) with a private reply
+        queue per client; MSG_EXCEPT; msg_qbytes, IPC_SET and msgmnb (as root
+        also in a child that becomes nobody); mq_notify by thread, once, and
+        re-armed; /dev/mqueue/NAME; EMSGSIZE for a small receive buffer.
     msgq-demo sysv [--clients K] [--count N] [--size BYTES] [--quiet]
-        The story's System V steps only, with the same options.
+        The story's System V steps only, with the same options, numbered from 1.
     msgq-demo posix [--quiet]
-        The story's POSIX steps only. Their messages are fixed texts; --clients,
-        --count and --size shape the System V client-server step, so this
-        variant does not take them.
+        The story's POSIX steps only, numbered from 1. Their messages are fixed
+        texts; --clients, --count and --size shape the System V client-server
+        step, so this variant does not take them.
     msgq-demo sysv receiver --key PATH [--type T] [--nowait] [--timeout SECS] [--count N] [--keep] [--quiet]
     msgq-demo sysv sender --key PATH [--type T] [--timeout SECS] [--count N] [--size BYTES] [TEXT...]
     msgq-demo sysv remove --key PATH
@@ -158,8 +169,9 @@ OPTIONS:
     -h, --help        this text
 
     The story bounds every wait: each role it runs must finish within 120 s,
-    its server and clients give up after 60 s without progress, and the
-    mq_notify signal is awaited at most 10 s.
+    its server and clients give up after 60 s without progress, an mq_notify
+    notification (signal or thread) is awaited at most 10 s, and the child
+    that becomes nobody at most 10 s.
 
 EXIT STATUS: 0 success, 1 runtime error (including data errors, a peer
 that is gone, a timeout), 2 bad command line, 128+N stopped by signal N

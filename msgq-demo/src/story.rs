@@ -5,6 +5,7 @@
 //! steps, `msgq-demo posix` the POSIX steps, numbered in the order they run.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -13,7 +14,7 @@ use common::peer::Peer;
 use common::report::{Narrator, Stream, Summary};
 use nix::errno::Errno;
 
-use crate::checks::{Moved, mq_limits, show};
+use crate::checks::{Moved, mq_limits, read_proc_number, show};
 use crate::{DEFAULT_TIMEOUT, Options, Variant, ipc_posix, ipc_sysv};
 
 /// How long a role the story runs may take.
@@ -50,6 +51,18 @@ pub fn story(opts: &Options, variant: Variant) -> Result<()> {
             opts.clients
         ));
         moved.add(client_server(&dir, opts, n, &say)?);
+        step.heading("System V: MSG_EXCEPT takes the oldest message NOT of a type");
+        moved.add(msg_except(&dir, &say)?);
+        step.heading("System V: msg_qbytes, raised with IPC_SET up to /proc/sys/kernel/msgmnb");
+        moved.add(qbytes(&dir, &say)?);
+    }
+    if posix {
+        step.heading("POSIX: mq_notify by thread, once: a second message is missed until re-armed");
+        moved.add(notify_by_thread(&say)?);
+        step.heading("POSIX: what /dev/mqueue/NAME shows while a queue exists");
+        moved.add(dev_mqueue(&say)?);
+        step.heading("POSIX: a receive buffer smaller than mq_msgsize → EMSGSIZE");
+        moved.add(small_buffer(&say)?);
     }
     say.line("");
     say.line(Summary {
@@ -391,4 +404,539 @@ fn client_server(dir: &PrivateDir, opts: &Options, n: u32, say: &Narrator) -> Re
         moved.messages, moved.bytes
     ));
     Ok(moved)
+}
+
+/// One msgrcv of the MSG_EXCEPT step: msgtyp, flags, what it means, and
+/// the (type, text) it must return (None: ENOMSG).
+type Receive = (i64, libc::c_int, &'static str, Option<(i64, &'static str)>);
+
+/// MSG_EXCEPT: with msgtyp T > 0, the oldest message of any type but T.
+fn msg_except(dir: &PrivateDir, say: &Narrator) -> Result<Moved> {
+    use ipc_sysv::{IPC_NOWAIT, MSG_EXCEPT, WAIT};
+    let key_path = key_file(dir, "except-key")?;
+    let queue = new_story_queue(&key_path, say)?;
+    // The guard's drop is msgctl(IPC_RMID) if a step fails.
+    let _remove = SysvGuard::new(SysvKind::MessageQueue, queue.id);
+    let sent: [(i64, &str); 4] = [(1, "one-a"), (1, "one-b"), (2, "two-a"), (3, "three-a")];
+    for (mtype, text) in sent {
+        queue
+            .send(mtype, text.as_bytes(), IPC_NOWAIT)
+            .context("msgsnd")?;
+    }
+    say.step(format!(
+        "msgsnd, in this order: {}",
+        sent.map(|(t, m)| format!("type {t} {m:?}")).join(", ")
+    ));
+    // The claims: what each msgrcv must return, in order.
+    let expected: [Receive; 5] = [
+        (
+            1,
+            IPC_NOWAIT | MSG_EXCEPT,
+            "the oldest NOT of type 1",
+            Some((2, "two-a")),
+        ),
+        (1, IPC_NOWAIT | MSG_EXCEPT, "again", Some((3, "three-a"))),
+        (
+            1,
+            IPC_NOWAIT | MSG_EXCEPT,
+            "again: only type 1 is left",
+            None,
+        ),
+        (
+            1,
+            IPC_NOWAIT,
+            "without MSG_EXCEPT: the oldest of type 1",
+            Some((1, "one-a")),
+        ),
+        (0, WAIT, "msgtyp 0: the oldest", Some((1, "one-b"))),
+    ];
+    let mut moved = Moved::default();
+    for (msgtyp, flags, meaning, want) in expected {
+        let flag_names = match (flags & MSG_EXCEPT != 0, flags & IPC_NOWAIT != 0) {
+            (true, _) => "IPC_NOWAIT|MSG_EXCEPT",
+            (false, true) => "IPC_NOWAIT",
+            (false, false) => "0",
+        };
+        let call = format!("msgrcv(msgtyp {msgtyp}, {flag_names})");
+        match (queue.receive(msgtyp, 64, flags), want) {
+            (Ok((mtype, text)), Some((t, m))) if mtype == t && text == m.as_bytes() => {
+                say.step(format!("{call}, {meaning} → type {mtype} {m:?}"));
+                moved.messages += 2; // sent above, received here
+                moved.bytes += 2 * text.len() as u64;
+            }
+            (Err(Errno::ENOMSG), None) => say.step(format!("{call}, {meaning} → ENOMSG")),
+            (got, want) => bail!("{call}: expected {want:?}, got {got:?}"),
+        }
+    }
+    queue.remove().context("msgctl(IPC_RMID)")?;
+    say.step(format!(
+        "msgctl(msqid {}, IPC_RMID): removed. MSG_EXCEPT is Linux's (in C: #define _GNU_SOURCE)",
+        queue.id
+    ));
+    Ok(moved)
+}
+
+/// msg_qbytes: what a queue may hold. Its owner may lower it and raise it
+/// up to msgmnb; above that only CAP_SYS_RESOURCE (root) may.
+fn qbytes(dir: &PrivateDir, say: &Narrator) -> Result<Moved> {
+    use ipc_sysv::IPC_NOWAIT;
+    let msgmnb =
+        read_proc_number("/proc/sys/kernel/msgmnb").context("read /proc/sys/kernel/msgmnb")? as u64;
+    let key_path = key_file(dir, "qbytes-key")?;
+    let queue = new_story_queue(&key_path, say)?;
+    // The guard's drop is msgctl(IPC_RMID) if a step fails.
+    let _remove = SysvGuard::new(SysvKind::MessageQueue, queue.id);
+    let qbytes_now =
+        || -> Result<u64> { Ok(queue.stat().context("msgctl(IPC_STAT)")?.msg_qbytes as u64) };
+    let start = qbytes_now()?;
+    if start != msgmnb {
+        bail!("a new queue's msg_qbytes is {start}, not msgmnb = {msgmnb}");
+    }
+    say.step(format!(
+        "a new queue's msg_qbytes = {start}: /proc/sys/kernel/msgmnb when it was made"
+    ));
+    let mut moved = Moved::default();
+    // Lower it: two 600-byte messages no longer fit.
+    queue
+        .set_qbytes(1000)
+        .context("msgctl(IPC_SET, msg_qbytes 1000)")?;
+    queue
+        .send(1, &[b'q'; 600], IPC_NOWAIT)
+        .context("msgsnd(600 bytes)")?;
+    match queue.send(1, &[b'q'; 600], IPC_NOWAIT) {
+        Err(Errno::EAGAIN) => say.step(
+            "IPC_SET msg_qbytes = 1000 (the owner may lower it): one 600-byte message fits, \
+             a second one → EAGAIN (IPC_NOWAIT; without it msgsnd would wait for room)",
+        ),
+        other => bail!("msgsnd of 1200 bytes into msg_qbytes 1000: expected EAGAIN, got {other:?}"),
+    }
+    queue
+        .receive(0, 600, IPC_NOWAIT)
+        .context("msgrcv(600 bytes)")?;
+    moved.messages += 2;
+    moved.bytes += 1200;
+    queue
+        .set_qbytes(msgmnb)
+        .context("msgctl(IPC_SET, msg_qbytes = msgmnb)")?;
+    // Above msgmnb: allowed only with CAP_SYS_RESOURCE.
+    let above = 2 * msgmnb;
+    let me = nix::unistd::geteuid();
+    match queue.set_qbytes(above) {
+        Err(Errno::EPERM) => {
+            say.step(format!(
+                "IPC_SET msg_qbytes = {above}, over msgmnb = {msgmnb} → EPERM: this process \
+                 (uid {me}) lacks CAP_SYS_RESOURCE{}, so msgmnb is its ceiling, also for the \
+                 queue's owner",
+                if me.is_root() {
+                    " (see CapEff in /proc/self/status: a container may drop it, even for root)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        Ok(()) => {
+            let now = qbytes_now()?;
+            if now != above {
+                bail!("IPC_SET msg_qbytes = {above}, but IPC_STAT says {now}");
+            }
+            // Filling a queue of a raised msgmnb could take much memory.
+            let held = if msgmnb <= 1 << 20 {
+                fill(&queue, msgmnb)?
+            } else {
+                0
+            };
+            say.step(format!(
+                "IPC_SET msg_qbytes = {above}, over msgmnb = {msgmnb}: allowed, this process has \
+                 CAP_SYS_RESOURCE; {}",
+                match held {
+                    0 => "(msgmnb is over 1 MiB here: not filled)".to_string(),
+                    held => format!("{held} bytes of messages now wait in it, more than msgmnb"),
+                }
+            ));
+            moved.messages += 2 * (held / 1000);
+            moved.bytes += 2 * held;
+        }
+        Err(e) => return Err(e).context("msgctl(IPC_SET)"),
+    }
+    if me.is_root() {
+        as_nobody(msgmnb, say)?;
+    } else {
+        say.step(
+            "(run as root, the story also forks a child that becomes nobody and is refused the \
+             same way for a queue of its own)",
+        );
+    }
+    queue.remove().context("msgctl(IPC_RMID)")?;
+    say.step(format!("msgctl(msqid {}, IPC_RMID): removed", queue.id));
+    Ok(moved)
+}
+
+/// Fill `queue` with 1000-byte messages (IPC_NOWAIT) until it is full,
+/// check it holds more than `msgmnb`, and empty it. Returns the bytes held.
+fn fill(queue: &ipc_sysv::Queue, msgmnb: u64) -> Result<u64> {
+    use ipc_sysv::IPC_NOWAIT;
+    let mut held = 0u64;
+    // At most one message past what msg_qbytes (2 x msgmnb) allows.
+    for _ in 0..=(2 * msgmnb / 1000) {
+        match queue.send(1, &[b'f'; 1000], IPC_NOWAIT) {
+            Ok(()) => held += 1000,
+            Err(Errno::EAGAIN) => break,
+            Err(e) => return Err(e).context("msgsnd(1000 bytes)"),
+        }
+    }
+    let cbytes = queue.stat().context("msgctl(IPC_STAT)")?.__msg_cbytes;
+    if cbytes != held || held <= msgmnb {
+        bail!("the raised queue holds {cbytes} bytes ({held} sent), not more than msgmnb {msgmnb}");
+    }
+    while queue.receive(0, 1000, IPC_NOWAIT).is_ok() {}
+    Ok(held)
+}
+
+/// As root: a forked child drops to `nobody` and owns a queue of its own;
+/// msgmnb stops it. Narrates why not when that cannot be shown.
+fn as_nobody(msgmnb: u64, say: &Narrator) -> Result<()> {
+    use nix::unistd::{ForkResult, User, fork};
+    let Ok(Some(nobody)) = User::from_name("nobody") else {
+        say.step("there is no user 'nobody' here: the unprivileged side is not shown");
+        return Ok(());
+    };
+    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    // SAFETY: the child makes only async-signal-safe calls (raw system
+    // calls, no allocation) and ends with _exit: safe even if this process
+    // has other threads.
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            let code = unprivileged_qbytes(uid, gid, msgmnb);
+            // SAFETY: _exit ends the child at once, running no destructor
+            // of the parent's objects.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            let exit = common::peer::wait_pid(child, Duration::from_secs(10))?;
+            let why = match exit {
+                common::peer::PeerExit::Exited(0) => {
+                    say.step(format!(
+                        "a forked child became nobody (setuid {uid}) and made a queue of its own: \
+                         IPC_SET to msgmnb/2 and back to msgmnb = {msgmnb} allowed, to msgmnb + 1 \
+                         → EPERM: without CAP_SYS_RESOURCE, /proc/sys/kernel/msgmnb is the \
+                         ceiling even for the queue's owner"
+                    ));
+                    return Ok(());
+                }
+                common::peer::PeerExit::Exited(1) => {
+                    say.step("the child could not become nobody (setuid refused): not shown");
+                    return Ok(());
+                }
+                common::peer::PeerExit::Exited(2) => "msgget(IPC_PRIVATE) failed",
+                common::peer::PeerExit::Exited(3) => "lowering msg_qbytes failed",
+                common::peer::PeerExit::Exited(4) => "raising msg_qbytes to msgmnb failed",
+                common::peer::PeerExit::Exited(5) => "raising msg_qbytes over msgmnb succeeded",
+                common::peer::PeerExit::Exited(_) => "over msgmnb failed, but not with EPERM",
+                _ => "it did not exit on its own",
+            };
+            bail!("the child that became nobody (pid {child}): {why}")
+        }
+    }
+}
+
+/// In the forked child, as `nobody`: 0 if msg_qbytes may go down and up
+/// to `msgmnb` but not over it (EPERM); else which stage went otherwise.
+/// Async-signal-safe only: raw system calls, nothing allocated.
+fn unprivileged_qbytes(uid: libc::uid_t, gid: libc::gid_t, msgmnb: u64) -> i32 {
+    // SAFETY: plain system calls on values on our stack.
+    unsafe {
+        // Ctrl-C to the group must not stop us between msgget and
+        // IPC_RMID: nobody's queue would be left. We take milliseconds.
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        // Groups first, then the gid, then the uid (after setuid we could
+        // no longer change the others).
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setgid(gid) != 0
+            || libc::setuid(uid) != 0
+        {
+            return 1;
+        }
+    }
+    let Ok(queue) = ipc_sysv::Queue::create_private() else {
+        return 2;
+    };
+    let code = match (
+        queue.set_qbytes(msgmnb / 2),
+        queue.set_qbytes(msgmnb),
+        queue.set_qbytes(msgmnb + 1),
+    ) {
+        (Ok(()), Ok(()), Err(Errno::EPERM)) => 0,
+        (Err(_), _, _) => 3,
+        (_, Err(_), _) => 4,
+        (_, _, Ok(())) => 5,
+        (_, _, Err(_)) => 6,
+    };
+    let _ = queue.remove();
+    code
+}
+
+/// How many times `on_message` has run, and the thread it last ran in.
+static NOTIFIED: AtomicU32 = AtomicU32::new(0);
+static NOTIFIED_TID: AtomicI32 = AtomicI32::new(0);
+
+/// The SIGEV_THREAD function: runs in a thread the C library starts for
+/// the notification. It only records that it ran, and where.
+extern "C" fn on_message(_: libc::sigval) {
+    // SAFETY: gettid has no preconditions.
+    NOTIFIED_TID.store(unsafe { libc::gettid() }, Ordering::SeqCst);
+    NOTIFIED.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Wait (at most `limit`) until `on_message` has run `count` times.
+fn notified_within(count: u32, limit: Duration) -> Result<bool> {
+    let start = Instant::now();
+    while NOTIFIED.load(Ordering::SeqCst) < count {
+        common::cleanup::check_stop()?;
+        if start.elapsed() >= limit {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(true)
+}
+
+/// mq_notify(SIGEV_THREAD): a function run in a new thread; one-shot, so
+/// a second message is missed until the process registers again.
+fn notify_by_thread(say: &Narrator) -> Result<Moved> {
+    let name = format!("/{}", unique_name("msgq-demo-notify"));
+    let queue = ipc_posix::Queue::create(&name, 10.min(mq_limits().msg_max), 128, say)?;
+    // The guard's drop is mq_unlink if a step fails.
+    let _unlink = MqGuard::new(&name);
+    let base = NOTIFIED.load(Ordering::SeqCst);
+    let send = |text: &str| {
+        run_role(
+            &words(&["posix", "sender", "--name", &name, "--quiet", "--", text]),
+            say,
+        )
+    };
+    let take = |want: &str| -> Result<()> {
+        match queue.receive_within(Duration::from_secs(1))? {
+            Some((_, text)) if text == want.as_bytes() => Ok(()),
+            other => bail!("mq_receive: expected {want:?}, got {other:?}"),
+        }
+    };
+    queue.notify_by_thread(on_message)?;
+    say.step(
+        "mq_notify(SIGEV_THREAD, on_message): run on_message when this empty queue gets a message",
+    );
+    send("first")?;
+    if !notified_within(base + 1, Duration::from_secs(10))? {
+        bail!("no SIGEV_THREAD notification within 10 s of \"first\"");
+    }
+    // SAFETY: gettid has no preconditions.
+    let me = unsafe { libc::gettid() };
+    let tid = NOTIFIED_TID.load(Ordering::SeqCst);
+    if tid == me {
+        bail!("on_message ran in the main thread (tid {me}), not in a thread of its own");
+    }
+    take("first")?;
+    say.step(format!(
+        "a sender process sent \"first\": on_message ran in thread {tid}, not in this main \
+         thread {me}; mq_receive → \"first\""
+    ));
+    send("second")?;
+    let waited = Duration::from_millis(500);
+    if notified_within(base + 2, waited)? {
+        bail!("\"second\" was announced without a new mq_notify");
+    }
+    let waiting = queue.attr()?.curmsgs();
+    if waiting != 1 {
+        bail!("expected \"second\" waiting in the queue, mq_getattr says {waiting} messages");
+    }
+    say.step(format!(
+        "a sender process sent \"second\": nothing ran within {} ms, and mq_getattr shows 1 \
+         message waiting: missed, because the first notification used up the registration",
+        waited.as_millis()
+    ));
+    queue.notify_by_thread(on_message)?;
+    if notified_within(base + 2, Duration::from_millis(200))? {
+        bail!("mq_notify on a non-empty queue announced the message already there");
+    }
+    take("second")?;
+    say.step(
+        "mq_notify again, then empty the queue (mq_receive → \"second\"): registering announces \
+         nothing for a message already there, only the next empty → non-empty change, so a \
+         notified process re-registers first and then drains",
+    );
+    send("third")?;
+    if !notified_within(base + 2, Duration::from_secs(10))? {
+        bail!("no notification for \"third\" within 10 s, after re-registering");
+    }
+    take("third")?;
+    say.step(format!(
+        "a sender process sent \"third\": caught after re-arming (on_message ran in thread {}); \
+         mq_receive → \"third\"",
+        NOTIFIED_TID.load(Ordering::SeqCst)
+    ));
+    drop(queue); // mq_close(3)
+    nix::mqueue::mq_unlink(name.as_str()).with_context(|| format!("mq_unlink({name})"))?;
+    say.step(format!("mq_unlink({name}): removed"));
+    Ok(sent_and_received(&["first", "second", "third"]))
+}
+
+/// Where the mqueue filesystem is mounted, if it is (/proc/self/mounts).
+fn mqueue_mount() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(2) == Some(&"mqueue")).then(|| fields[1].to_string())
+    })
+}
+
+/// One "KEY:value" field of a /dev/mqueue/NAME file.
+fn field(text: &str, key: &str) -> Option<u64> {
+    text.split_whitespace()
+        .find_map(|f| f.strip_prefix(key)?.strip_prefix(':')?.parse().ok())
+}
+
+/// /dev/mqueue/NAME: QSIZE (bytes waiting), NOTIFY (how), SIGNO, NOTIFY_PID.
+fn dev_mqueue(say: &Narrator) -> Result<Moved> {
+    use nix::sys::signal::Signal;
+    let Some(mount) = mqueue_mount() else {
+        say.step(
+            "no mqueue filesystem is mounted here, so there is no file to read (root could: \
+             mkdir -p /dev/mqueue && mount -t mqueue none /dev/mqueue); the queues exist anyway",
+        );
+        return Ok(Moved::default());
+    };
+    let name = format!("/{}", unique_name("msgq-demo-file"));
+    let queue = ipc_posix::Queue::create(&name, 10.min(mq_limits().msg_max), 128, say)?;
+    // The guard's drop is mq_unlink if a step fails.
+    let _unlink = MqGuard::new(&name);
+    let path = format!("{mount}{name}");
+    let texts = ["hello", "queue"];
+    for text in texts {
+        queue.send(text.as_bytes(), 0, Duration::from_secs(1))?;
+    }
+    // Registered on a non-empty queue: no signal comes until it has been
+    // emptied and gets a message again, which this step never lets happen.
+    queue.notify_by_signal(Signal::SIGUSR1)?;
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        say.step(format!(
+            "{mount} is mounted, but shows no {name}: that mount belongs to another IPC \
+             namespace's queues (a container's, or a test's)"
+        ));
+        queue.notify_cancel()?;
+        drop(queue); // mq_close(3)
+        nix::mqueue::mq_unlink(name.as_str()).with_context(|| format!("mq_unlink({name})"))?;
+        return Ok(Moved::default());
+    };
+    let line = text.trim();
+    say.step(format!("cat {path}: {line}"));
+    let bytes: u64 = texts.iter().map(|t| t.len() as u64).sum();
+    let me = u64::from(std::process::id());
+    let want = [
+        ("QSIZE", bytes),
+        ("NOTIFY", libc::SIGEV_SIGNAL as u64),
+        ("SIGNO", Signal::SIGUSR1 as u64),
+        ("NOTIFY_PID", me),
+    ];
+    for (key, value) in want {
+        if field(line, key) != Some(value) {
+            bail!("{path}: expected {key}:{value}, read {line:?}");
+        }
+    }
+    say.step(format!(
+        "QSIZE:{bytes} is the bytes of the {} waiting messages (not counting the kernel's \
+         bookkeeping), NOTIFY:0 is SIGEV_SIGNAL (2 would be SIGEV_THREAD; 0 also when nobody is registered), \
+         SIGNO:{} is SIGUSR1, NOTIFY_PID:{me} is this process, the one registered",
+        texts.len(),
+        Signal::SIGUSR1 as i32
+    ));
+    queue.notify_cancel()?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    if field(&text, "NOTIFY_PID") != Some(0) {
+        bail!("{path} after mq_notify(NULL): expected NOTIFY_PID:0, read {text:?}");
+    }
+    say.step(format!(
+        "mq_notify(NULL): {path} now says NOTIFY_PID:0, nobody is registered"
+    ));
+    for text in texts {
+        match queue.receive()? {
+            Some((_, got)) if got == text.as_bytes() => {}
+            other => bail!("mq_receive: expected {text:?}, got {other:?}"),
+        }
+    }
+    drop(queue); // mq_close(3)
+    nix::mqueue::mq_unlink(name.as_str()).with_context(|| format!("mq_unlink({name})"))?;
+    if std::path::Path::new(&path).exists() {
+        bail!("{path} is still there after mq_unlink");
+    }
+    say.step(format!(
+        "mq_unlink({name}): {path} is gone (rm {path} would have removed the queue too)"
+    ));
+    Ok(sent_and_received(&texts))
+}
+
+/// EMSGSIZE: mq_receive wants a buffer of mq_msgsize, whatever the message.
+fn small_buffer(say: &Narrator) -> Result<Moved> {
+    let name = format!("/{}", unique_name("msgq-demo-size"));
+    let msgsize = 128;
+    let queue = ipc_posix::Queue::create(&name, 10.min(mq_limits().msg_max), msgsize, say)?;
+    // The guard's drop is mq_unlink if a step fails.
+    let _unlink = MqGuard::new(&name);
+    queue.send(b"tiny", 0, Duration::from_secs(1))?;
+    // Non-blocking: if the message were not there, fail instead of waiting.
+    queue.set_nonblocking(true)?;
+    let mut small = vec![0u8; msgsize - 1];
+    match queue.receive_into(&mut small) {
+        Err(Errno::EMSGSIZE) => {}
+        other => bail!(
+            "mq_receive into {} bytes: expected EMSGSIZE, got {other:?}",
+            small.len()
+        ),
+    }
+    let waiting = queue.attr()?.curmsgs();
+    if waiting != 1 {
+        bail!("after EMSGSIZE: expected the message still waiting, mq_getattr says {waiting}");
+    }
+    say.step(format!(
+        "mq_send \"tiny\" (4 bytes); mq_receive into a {}-byte buffer → EMSGSIZE: the buffer \
+         must hold mq_msgsize = {msgsize} bytes, however short the message; it stays in the \
+         queue (mq_getattr: {waiting} waiting). System V's msgrcv fails (E2BIG) only when the \
+         message itself is too long",
+        small.len()
+    ));
+    let mut buf = vec![0u8; msgsize];
+    let (n, _) = queue
+        .receive_into(&mut buf)
+        .context("mq_receive(mq_msgsize bytes)")?;
+    if &buf[..n] != b"tiny" {
+        bail!("mq_receive: expected \"tiny\", got {}", show(&buf[..n]));
+    }
+    say.step(format!(
+        "mq_receive into {msgsize} bytes (mq_getattr's mq_msgsize) → {}",
+        show(&buf[..n])
+    ));
+    drop(queue); // mq_close(3)
+    nix::mqueue::mq_unlink(name.as_str()).with_context(|| format!("mq_unlink({name})"))?;
+    say.step(format!("mq_unlink({name}): removed"));
+    Ok(sent_and_received(&["tiny"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The root-with-CAP_SYS_RESOURCE path of the msg_qbytes step cannot
+    /// run where that capability is missing; its fill check can, on a
+    /// queue whose msg_qbytes was lowered instead.
+    #[test]
+    fn fill_holds_up_to_msg_qbytes_and_empties_the_queue() {
+        let queue = ipc_sysv::Queue::create_private().unwrap();
+        let _remove = SysvGuard::new(SysvKind::MessageQueue, queue.id);
+        queue.set_qbytes(5000).unwrap();
+        assert_eq!(fill(&queue, 2500).unwrap(), 5000);
+        assert_eq!(queue.stat().unwrap().msg_qnum, 0);
+        // Not more than "msgmnb": an error, not a claim.
+        queue.set_qbytes(2000).unwrap();
+        assert!(fill(&queue, 2500).is_err());
+    }
 }
