@@ -74,13 +74,21 @@ impl Queue {
         let create = MQ_OFlag::O_CREAT | MQ_OFlag::O_EXCL | MQ_OFlag::O_RDWR;
         match mq_open(name, create, mode, Some(&attr)) {
             Ok(mqd) => {
+                let queue = Queue {
+                    mqd,
+                    name: name.to_string(),
+                };
+                // mq_open's mode passes through the umask (0277 would give
+                // 0400, a queue even we could not write): set it outright.
+                // The queue is new, made with O_EXCL: ours to change.
+                if let Err(e) = nix::sys::stat::fchmod(&queue.mqd, mode) {
+                    let _ = mq_unlink(name); // not left half made
+                    return Err(e).with_context(|| format!("fchmod(mqd of {name}, 0600)"));
+                }
                 say.step(format!(
                     "mq_open({name}, O_CREAT|O_EXCL|O_RDWR, 0600, maxmsg {maxmsg}, msgsize {msgsize}): a new queue"
                 ));
-                Ok(Some(Queue {
-                    mqd,
-                    name: name.to_string(),
-                }))
+                Ok(Some(queue))
             }
             Err(Errno::EEXIST) => Ok(None),
             Err(e) => Err(mq_open_error(name, e, &attr)),

@@ -1334,3 +1334,27 @@ fn story_says_plainly_when_dev_mqueue_is_another_namespaces_or_not_mounted() {
     assert_line(&out, &["no mqueue filesystem is mounted here"]);
     assert!(!out.stdout.contains("QSIZE:"), "{}", out.describe());
 }
+
+#[test]
+fn a_umask_does_not_change_a_new_posix_queues_mode() {
+    // mq_open's mode passes through the umask: with 0277 a new queue was
+    // 0400, and the demo then refused its own queue ("has mode 0400").
+    let name = format!("/{}", unique_name("msgq-test"));
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "umask 0277; exec \"$0\" \"$@\""])
+        .arg(ipc_tests::bin(MSGQ_DEMO))
+        .args(["posix", "sender", "--name", &name, "hi"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = Proc::start(cmd).finish(SHORT);
+    ok(&out);
+    let out = run(
+        MSGQ_DEMO,
+        &["posix", "receiver", "--name", &name, "--timeout", "1"],
+        SHORT,
+    );
+    ok(&out);
+    assert_eq!(texts(&out), ["hi"]);
+    assert_no_queue(None, Some(&name));
+}
