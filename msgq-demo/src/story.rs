@@ -188,16 +188,17 @@ fn sysv_by_type(dir: &PrivateDir, n: u32, say: &Narrator) -> Result<Moved> {
         other => bail!("msgrcv(IPC_NOWAIT) on an empty queue: expected ENOMSG, got {other:?}"),
     }
     queue
-        .send(1, &[b'x'; 100], ipc_sysv::WAIT)
+        .send(1, &[b'x'; 100], ipc_sysv::IPC_NOWAIT)
         .context("msgsnd(100 bytes)")?;
-    match queue.receive(0, 10, ipc_sysv::WAIT) {
+    // IPC_NOWAIT in these steps: a claim that fails must not block.
+    match queue.receive(0, 10, ipc_sysv::IPC_NOWAIT) {
         Err(Errno::E2BIG) => say.step(
             "msgrcv into a 10-byte buffer, 100-byte message → E2BIG; the message stays in the queue",
         ),
         other => bail!("msgrcv of a too-large message: expected E2BIG, got {other:?}"),
     }
     let (_, cut) = queue
-        .receive(0, 10, ipc_sysv::MSG_NOERROR)
+        .receive(0, 10, ipc_sysv::IPC_NOWAIT | ipc_sysv::MSG_NOERROR)
         .context("msgrcv(MSG_NOERROR)")?;
     say.step(format!(
         "msgrcv(MSG_NOERROR) → {} bytes: truncated to the buffer, the rest is discarded",
@@ -326,7 +327,7 @@ fn notify_by_signal(queue: &ipc_posix::Queue, name: &str, say: &Narrator) -> Res
     // SAFETY: sigtimedwait succeeded, so it filled `info`.
     let code = unsafe { info.assume_init() }.si_code;
     let (_, text) = queue
-        .receive()?
+        .receive_within(Duration::from_secs(1))?
         .context("the announced message is missing")?;
     say.step(format!(
         "SIGUSR1 arrived (si_code {}{}); mq_receive → {}: a notification fires once, for the \
@@ -412,7 +413,7 @@ type Receive = (i64, libc::c_int, &'static str, Option<(i64, &'static str)>);
 
 /// MSG_EXCEPT: with msgtyp T > 0, the oldest message of any type but T.
 fn msg_except(dir: &PrivateDir, say: &Narrator) -> Result<Moved> {
-    use ipc_sysv::{IPC_NOWAIT, MSG_EXCEPT, WAIT};
+    use ipc_sysv::{IPC_NOWAIT, MSG_EXCEPT};
     let key_path = key_file(dir, "except-key")?;
     let queue = new_story_queue(&key_path, say)?;
     // The guard's drop is msgctl(IPC_RMID) if a step fails.
@@ -448,14 +449,15 @@ fn msg_except(dir: &PrivateDir, say: &Narrator) -> Result<Moved> {
             "without MSG_EXCEPT: the oldest of type 1",
             Some((1, "one-a")),
         ),
-        (0, WAIT, "msgtyp 0: the oldest", Some((1, "one-b"))),
+        (0, IPC_NOWAIT, "msgtyp 0: the oldest", Some((1, "one-b"))),
     ];
     let mut moved = Moved::default();
     for (msgtyp, flags, meaning, want) in expected {
-        let flag_names = match (flags & MSG_EXCEPT != 0, flags & IPC_NOWAIT != 0) {
-            (true, _) => "IPC_NOWAIT|MSG_EXCEPT",
-            (false, true) => "IPC_NOWAIT",
-            (false, false) => "0",
+        // IPC_NOWAIT throughout: a claim that fails must not block.
+        let flag_names = if flags & MSG_EXCEPT != 0 {
+            "IPC_NOWAIT|MSG_EXCEPT"
+        } else {
+            "IPC_NOWAIT"
         };
         let call = format!("msgrcv(msgtyp {msgtyp}, {flag_names})");
         match (queue.receive(msgtyp, 64, flags), want) {
@@ -859,7 +861,7 @@ fn dev_mqueue(say: &Narrator) -> Result<Moved> {
         "mq_notify(NULL): {path} now says NOTIFY_PID:0, nobody is registered"
     ));
     for text in texts {
-        match queue.receive()? {
+        match queue.receive_within(Duration::from_secs(1))? {
             Some((_, got)) if got == text.as_bytes() => {}
             other => bail!("mq_receive: expected {text:?}, got {other:?}"),
         }
