@@ -43,9 +43,10 @@ impl Drop for Queue {
     }
 }
 
-/// glibc's `struct sigevent` with its `_sigev_thread` member, which the
-/// libc crate leaves out: the notify function and its thread attributes
-/// sit where `sigev_notify_thread_id` is; 64 bytes in all.
+/// The C library's `struct sigevent` (glibc's and musl's layout) with its
+/// SIGEV_THREAD member, which the libc crate leaves out: the notify
+/// function and its thread attributes sit where `sigev_notify_thread_id`
+/// is; 64 bytes in all.
 #[repr(C)]
 struct SigeventThread {
     sigev_value: libc::sigval,
