@@ -341,7 +341,14 @@ fn bad_command_lines_exit_2_with_one_line_naming_the_problem() {
         (&["--bogus"], "--bogus"),
         (&["--clients", "0"], "--clients"),
         (&["--key", "/tmp"], "--key"),
-        (&["sysv"], "name a role"),
+        // `sysv` and `posix` alone run their part of the story (below);
+        // a role that is not one, or an option the variant lacks, is refused.
+        (&["sysv", "bogus"], "unknown role"),
+        (&["posix", "bogus"], "unknown role"),
+        (&["posix", "--count", "3"], "the POSIX story"),
+        (&["posix", "--clients", "2"], "the POSIX story"),
+        (&["sysv", "--key", "/k"], "--key"),
+        (&["sysv", "--size", "9000"], "--size"),
         (&["sysv", "sender"], "--key"),
         (
             &["sysv", "sender", "--key", "/k", "--type", "0", "x"],
@@ -1038,4 +1045,316 @@ fn a_server_refuses_forged_requests_and_survives_garbage() {
     assert_eq!(texts(&out), ["theirs"]);
     assert_no_queue(Some(&key), None);
     assert_no_queue(Some(&other_key), None);
+}
+
+#[test]
+fn sysv_and_posix_without_a_role_run_their_part_of_the_story() {
+    // `msgq-demo sysv` / `msgq-demo posix`: the story's steps of one API,
+    // numbered from 1, one summary line last, nothing left behind.
+    let out = run(
+        MSGQ_DEMO,
+        &["sysv", "--clients", "2", "--count", "2", "--quiet"],
+        LONG,
+    );
+    ok(&out);
+    assert_eq!(out.summary_field("mechanism"), "msgq-sysv");
+    assert_eq!(out.stdout.matches("summary:").count(), 1);
+    for expected in [
+        "== 1. System V",
+        "type 2: \"two-a\"",
+        "→ E2BIG",
+        "== 2. 2 clients and a server",
+        "served 4 requests",
+    ] {
+        assert!(
+            out.stdout.contains(expected),
+            "missing {expected:?}\n{}",
+            out.describe()
+        );
+    }
+    assert!(!out.stdout.contains("mq_open("), "{}", out.describe());
+    assert_msqids_gone(&out.stdout);
+    let out = run(MSGQ_DEMO, &["posix", "--quiet"], LONG);
+    ok(&out);
+    assert_eq!(out.summary_field("mechanism"), "msgq-posix");
+    assert_eq!(out.stdout.matches("summary:").count(), 1);
+    for expected in ["== 1. POSIX", "mq_getattr: 5 messages waiting", "SI_MESGQ"] {
+        assert!(
+            out.stdout.contains(expected),
+            "missing {expected:?}\n{}",
+            out.describe()
+        );
+    }
+    assert!(!out.stdout.contains("msgget("), "{}", out.describe());
+    let posix_order: Vec<String> = texts(&out)
+        .into_iter()
+        .filter(|t| ["high-a", "high-b", "mid-a", "low-a", "low-b"].contains(&t.as_str()))
+        .collect();
+    assert_eq!(posix_order, ["high-a", "high-b", "mid-a", "low-a", "low-b"]);
+    for name in out
+        .stdout
+        .split("mq_open(")
+        .skip(1)
+        .filter_map(|rest| rest.split([',', ')']).next())
+    {
+        assert_no_queue(None, Some(name));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Round three: the story's lessons of MSG_EXCEPT, msg_qbytes/msgmnb,
+// mq_notify by thread and its re-arm, /dev/mqueue/NAME, EMSGSIZE
+// ---------------------------------------------------------------------------
+
+/// Lines of `out` that contain every one of `needles`, at least one.
+fn assert_line(out: &Output, needles: &[&str]) {
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| needles.iter().all(|n| l.contains(n))),
+        "no line with all of {needles:?}\n{}",
+        out.describe()
+    );
+}
+
+fn sysv_story() -> Output {
+    let out = run(
+        MSGQ_DEMO,
+        &["sysv", "--clients", "1", "--count", "1", "--quiet"],
+        LONG,
+    );
+    ok(&out);
+    assert_msqids_gone(&out.stdout);
+    out
+}
+
+fn posix_story() -> Output {
+    let out = run(MSGQ_DEMO, &["posix", "--quiet"], LONG);
+    ok(&out);
+    for name in out
+        .stdout
+        .split("mq_open(")
+        .skip(1)
+        .filter_map(|rest| rest.split([',', ')']).next())
+    {
+        assert_no_queue(None, Some(name));
+    }
+    out
+}
+
+#[test]
+fn story_msg_except_takes_the_oldest_message_not_of_the_type() {
+    let out = sysv_story();
+    assert_line(
+        &out,
+        &[
+            "msgrcv(msgtyp 1, IPC_NOWAIT|MSG_EXCEPT)",
+            "→ type 2 \"two-a\"",
+        ],
+    );
+    assert_line(
+        &out,
+        &[
+            "msgrcv(msgtyp 1, IPC_NOWAIT|MSG_EXCEPT)",
+            "→ type 3 \"three-a\"",
+        ],
+    );
+    assert_line(
+        &out,
+        &["msgrcv(msgtyp 1, IPC_NOWAIT|MSG_EXCEPT)", "→ ENOMSG"],
+    );
+    assert_line(
+        &out,
+        &["msgrcv(msgtyp 1, IPC_NOWAIT)", "→ type 1 \"one-a\""],
+    );
+}
+
+/// Whether this process (and so a demo it starts) has CAP_SYS_RESOURCE.
+fn has_cap_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    // CAP_SYS_RESOURCE is capability 24 (linux/capability.h).
+    u64::from_str_radix(hex, 16).unwrap() & (1 << 24) != 0
+}
+
+#[test]
+fn story_ipc_set_changes_msg_qbytes_and_msgmnb_is_the_ceiling_without_cap_sys_resource() {
+    let msgmnb = std::fs::read_to_string("/proc/sys/kernel/msgmnb").unwrap();
+    let msgmnb = msgmnb.trim();
+    let out = sysv_story();
+    assert_line(&out, &["msg_qbytes = ", msgmnb, "/proc/sys/kernel/msgmnb"]);
+    assert_line(&out, &["IPC_SET msg_qbytes = 1000", "→ EAGAIN"]);
+    if has_cap_sys_resource() {
+        assert_line(
+            &out,
+            &[
+                "allowed, this process has CAP_SYS_RESOURCE",
+                "more than msgmnb",
+            ],
+        );
+    } else {
+        assert_line(
+            &out,
+            &["→ EPERM: this process (uid", "lacks CAP_SYS_RESOURCE"],
+        );
+    }
+    if nix::unistd::geteuid().is_root() {
+        // The unprivileged side, shown by a forked child that became nobody.
+        assert_line(
+            &out,
+            &["became nobody (setuid 65534)", "to msgmnb + 1 → EPERM"],
+        );
+    }
+    // Run by nobody itself: its own queue, EPERM over msgmnb, no child.
+    let out = as_nobody(&["sysv", "--clients", "1", "--count", "1", "--quiet"]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_line(
+        &out,
+        &["→ EPERM: this process (uid 65534) lacks CAP_SYS_RESOURCE"],
+    );
+    assert_line(&out, &["run as root, the story also forks a child"]);
+    assert_msqids_gone(&out.stdout);
+}
+
+#[test]
+fn story_mq_notify_by_thread_misses_a_second_message_until_re_armed() {
+    let out = posix_story();
+    assert_line(&out, &["mq_notify(SIGEV_THREAD, on_message)"]);
+    assert_line(
+        &out,
+        &[
+            "\"first\": on_message ran in thread",
+            "not in this main thread",
+        ],
+    );
+    assert_line(
+        &out,
+        &[
+            "\"second\": nothing ran within 500 ms",
+            "1 message waiting: missed",
+        ],
+    );
+    assert_line(
+        &out,
+        &["mq_notify again, then empty the queue", "→ \"second\""],
+    );
+    assert_line(&out, &["\"third\": caught after re-arming"]);
+}
+
+#[test]
+fn story_reads_dev_mqueue_name_while_the_queue_exists() {
+    let out = posix_story();
+    let mounted = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("mqueue"));
+    if !mounted {
+        assert_line(&out, &["no mqueue filesystem is mounted here"]);
+        return;
+    }
+    let parent = out
+        .stdout
+        .split("(parent pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap()
+        .to_string();
+    assert_line(
+        &out,
+        &[
+            "cat ",
+            "QSIZE:10 ",
+            "NOTIFY:0 ",
+            "SIGNO:10 ",
+            &format!("NOTIFY_PID:{parent}"),
+        ],
+    );
+    assert_line(&out, &["mq_notify(NULL):", "NOTIFY_PID:0"]);
+    assert_line(&out, &["mq_unlink(", "is gone"]);
+}
+
+#[test]
+fn story_mq_receive_into_a_buffer_smaller_than_msgsize_is_emsgsize() {
+    let out = posix_story();
+    assert_line(
+        &out,
+        &["mq_receive into a 127-byte buffer → EMSGSIZE", "1 waiting"],
+    );
+    assert_line(&out, &["mq_receive into 128 bytes", "→ \"tiny\""]);
+}
+
+/// The POSIX story in fresh IPC and mount namespaces, after `prepare`
+/// (a shell line) has run there.
+fn posix_story_in_namespaces(prepare: &str) -> Output {
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args([
+        "--ipc",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &format!("{prepare}; exec \"$0\" posix --quiet"),
+    ])
+    .arg(ipc_tests::bin(MSGQ_DEMO))
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let out = Proc::start(cmd).finish(LONG);
+    out.assert_no_panic();
+    ok(&out);
+    out
+}
+
+#[test]
+fn story_says_plainly_when_dev_mqueue_is_another_namespaces_or_not_mounted() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("unshare needs CAP_SYS_ADMIN; CI runs as root: skipped");
+        return;
+    }
+    let mounted = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("mqueue"));
+    // A new IPC namespace: the mount still shows the old one's queues.
+    let out = posix_story_in_namespaces("true");
+    if mounted {
+        assert_line(&out, &["is mounted, but shows no", "another IPC namespace"]);
+    } else {
+        assert_line(&out, &["no mqueue filesystem is mounted here"]);
+    }
+    // No mqueue mount at all.
+    let out = posix_story_in_namespaces(
+        "awk '$3 == \"mqueue\" { print $2 }' /proc/self/mounts | xargs -r -n1 umount",
+    );
+    assert_line(&out, &["no mqueue filesystem is mounted here"]);
+    assert!(!out.stdout.contains("QSIZE:"), "{}", out.describe());
+}
+
+#[test]
+fn a_umask_does_not_change_a_new_posix_queues_mode() {
+    // mq_open's mode passes through the umask: with 0277 a new queue was
+    // 0400, and the demo then refused its own queue ("has mode 0400").
+    let name = format!("/{}", unique_name("msgq-test"));
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "umask 0277; exec \"$0\" \"$@\""])
+        .arg(ipc_tests::bin(MSGQ_DEMO))
+        .args(["posix", "sender", "--name", &name, "hi"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = Proc::start(cmd).finish(SHORT);
+    ok(&out);
+    let out = run(
+        MSGQ_DEMO,
+        &["posix", "receiver", "--name", &name, "--timeout", "1"],
+        SHORT,
+    );
+    ok(&out);
+    assert_eq!(texts(&out), ["hi"]);
+    assert_no_queue(None, Some(&name));
 }

@@ -1,44 +1,31 @@
-//! POSIX message queues: `mq_open`, `mq_send`, `mq_receive`,
-//! `mq_timedreceive`, `mq_getattr`, `mq_notify`, `mq_unlink`.
+//! The POSIX mechanism: `mq_open`, `mq_timedsend`, `mq_receive`,
+//! `mq_timedreceive`, `mq_getattr`/`mq_setattr`, `mq_notify`, `mq_close`,
+//! `mq_unlink`; a sender and a receiver.
 //!
-//! A queue has a name (`/NAME`, visible under `/dev/mqueue` when that is
-//! mounted), a fixed capacity set at creation (`mq_maxmsg` messages of at
-//! most `mq_msgsize` bytes, bounded by `/proc/sys/fs/mqueue`), and a
+//! A queue has a name (`/NAME`, visible as a file under `/dev/mqueue` when
+//! that is mounted), a fixed capacity set at creation (`mq_maxmsg` messages
+//! of at most `mq_msgsize` bytes, bounded by `/proc/sys/fs/mqueue`), and a
 //! priority per message: `mq_receive` returns the highest priority first,
-//! oldest first within a priority. There are no types to select by.
+//! oldest first within a priority. There are no types to select by, and a
+//! receive buffer must hold `mq_msgsize` bytes whatever the message's size.
+//! On Linux an mqd is a file descriptor: `mq_close` on drop; the queue
+//! itself stays until `mq_unlink` (here, or by an `MqGuard`'s drop).
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use common::cleanup::check_stop;
+use common::cleanup::{MqGuard, check_stop};
 use common::report::Narrator;
 use nix::errno::Errno;
 use nix::mqueue::{MQ_OFlag, MqAttr, MqdT, mq_getattr, mq_open, mq_receive, mq_unlink};
+use nix::sys::signal::{SigEvent, SigevNotify, Signal};
 use nix::sys::stat::Mode;
 use nix::sys::time::TimeSpec;
 use nix::time::{ClockId, clock_gettime};
 
-use crate::{Options, Tally, owner_name, payload_message, read_proc_number};
-
-/// The kernel's limits for queues an unprivileged process creates.
-#[derive(Debug)]
-pub struct Limits {
-    pub msg_max: usize,
-    pub msgsize_max: usize,
-    pub queues_max: usize,
-}
-
-pub fn limits() -> Limits {
-    let read = |knob: &str, default| {
-        read_proc_number(&format!("/proc/sys/fs/mqueue/{knob}")).unwrap_or(default)
-    };
-    Limits {
-        msg_max: read("msg_max", 10),
-        msgsize_max: read("msgsize_max", 8192),
-        queues_max: read("queues_max", 256),
-    }
-}
+use crate::Options;
+use crate::checks::{Tally, figures, mq_open_error, payload_message, posix_queue_is_ours};
 
 /// An open queue descriptor; `mq_close` on drop. The queue itself stays
 /// until `mq_unlink`.
@@ -49,82 +36,29 @@ pub struct Queue {
 
 impl Drop for Queue {
     fn drop(&mut self) {
+        // mq_close: our descriptor goes, and with it a notification we
+        // registered; the queue and its messages stay.
         // SAFETY: the descriptor came from mq_open and is closed once, here.
         unsafe { libc::mq_close(self.mqd.as_raw_fd()) };
     }
 }
 
-fn open_error(name: &str, e: Errno, attr: &MqAttr) -> anyhow::Error {
-    let l = limits();
-    match e {
-        Errno::EINVAL if attr.maxmsg() as usize > l.msg_max => anyhow::anyhow!(
-            "mq_open({name}): --maxmsg {} is more than this system allows, {} \
-             (/proc/sys/fs/mqueue/msg_max)",
-            attr.maxmsg(),
-            l.msg_max
-        ),
-        Errno::EINVAL if attr.msgsize() as usize > l.msgsize_max => anyhow::anyhow!(
-            "mq_open({name}): --msgsize {} is more than this system allows, {} \
-             (/proc/sys/fs/mqueue/msgsize_max)",
-            attr.msgsize(),
-            l.msgsize_max
-        ),
-        Errno::EACCES => anyhow::anyhow!(
-            "mq_open({name}): permission denied (EACCES): the queue belongs to another user"
-        ),
-        Errno::ENOENT => {
-            anyhow::anyhow!("no POSIX queue named {name}: a sender or receiver creates it")
-        }
-        // EMFILE has two causes: the bytes of all this user's queues would
-        // pass RLIMIT_MSGQUEUE (the usual one: the default is 819200), or
-        // this process has RLIMIT_NOFILE descriptors open (an mqd is one).
-        Errno::EMFILE => {
-            let (soft, _) = rlimit(libc::RLIMIT_MSGQUEUE);
-            // The kernel charges maxmsg * msgsize plus its bookkeeping
-            // (about 100 bytes a message).
-            let need = attr.maxmsg() as u64 * (attr.msgsize() as u64 + 100);
-            anyhow::anyhow!(
-                "mq_open({name}): EMFILE: the limit RLIMIT_MSGQUEUE, {} for all your queues \
-                 together, has no room for this one (maxmsg {} x msgsize {}, about {need} \
-                 bytes with the kernel's bookkeeping); see it with 'ulimit -q' or 'prlimit \
-                 --msgqueue', raise it with 'ulimit -q BYTES' (up to the hard limit, {}), or \
-                 ask for less with --maxmsg/--msgsize. (EMFILE also means RLIMIT_NOFILE open \
-                 descriptors, 'ulimit -n', if that is reached.)",
-                show_limit(soft),
-                attr.maxmsg(),
-                attr.msgsize(),
-                show_limit(rlimit(libc::RLIMIT_MSGQUEUE).1)
-            )
-        }
-        Errno::ENOSPC => anyhow::anyhow!(
-            "mq_open({name}): ENOSPC: the system already has its most queues, \
-             /proc/sys/fs/mqueue/queues_max = {} (root may raise it)",
-            l.queues_max
-        ),
-        e => anyhow::Error::new(e).context(format!("mq_open({name})")),
-    }
+/// The C library's `struct sigevent` (glibc's and musl's layout) with its
+/// SIGEV_THREAD member, which the libc crate leaves out: the notify
+/// function and its thread attributes sit where `sigev_notify_thread_id`
+/// is; 64 bytes in all.
+#[repr(C)]
+struct SigeventThread {
+    sigev_value: libc::sigval,
+    sigev_signo: libc::c_int,
+    sigev_notify: libc::c_int,
+    function: extern "C" fn(libc::sigval),
+    attributes: *mut libc::pthread_attr_t,
+    _pad: [u8; SIGEV_THREAD_PAD],
 }
 
-/// A resource limit's (soft, hard) values.
-fn rlimit(resource: libc::__rlimit_resource_t) -> (u64, u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills the rlimit we point to.
-    if unsafe { libc::getrlimit(resource, &mut limit) } != 0 {
-        return (0, 0);
-    }
-    (limit.rlim_cur, limit.rlim_max)
-}
-
-fn show_limit(bytes: u64) -> String {
-    if bytes == libc::RLIM_INFINITY {
-        "unlimited".into()
-    } else {
-        format!("{bytes} bytes")
-    }
-}
+const SIGEV_THREAD_PAD: usize = 64 - 3 * size_of::<usize>() - 2 * size_of::<libc::c_int>();
+const _: () = assert!(size_of::<SigeventThread>() == size_of::<libc::sigevent>());
 
 impl Queue {
     /// Create `name` read-write (0600, with `maxmsg`/`msgsize`); `None` if
@@ -141,16 +75,24 @@ impl Queue {
         let create = MQ_OFlag::O_CREAT | MQ_OFlag::O_EXCL | MQ_OFlag::O_RDWR;
         match mq_open(name, create, mode, Some(&attr)) {
             Ok(mqd) => {
+                let queue = Queue {
+                    mqd,
+                    name: name.to_string(),
+                };
+                // mq_open's mode passes through the umask (0277 would give
+                // 0400, a queue even we could not write): set it outright.
+                // The queue is new, made with O_EXCL: ours to change.
+                if let Err(e) = nix::sys::stat::fchmod(&queue.mqd, mode) {
+                    let _ = mq_unlink(name); // not left half made
+                    return Err(e).with_context(|| format!("fchmod(mqd of {name}, 0600)"));
+                }
                 say.step(format!(
                     "mq_open({name}, O_CREAT|O_EXCL|O_RDWR, 0600, maxmsg {maxmsg}, msgsize {msgsize}): a new queue"
                 ));
-                Ok(Some(Queue {
-                    mqd,
-                    name: name.to_string(),
-                }))
+                Ok(Some(queue))
             }
             Err(Errno::EEXIST) => Ok(None),
-            Err(e) => Err(open_error(name, e, &attr)),
+            Err(e) => Err(mq_open_error(name, e, &attr)),
         }
     }
 
@@ -189,7 +131,7 @@ impl Queue {
     pub fn open(name: &str) -> Result<Queue> {
         let attr = MqAttr::new(0, 0, 0, 0);
         let mqd = mq_open(name, MQ_OFlag::O_RDWR, Mode::empty(), None)
-            .map_err(|e| open_error(name, e, &attr))?;
+            .map_err(|e| mq_open_error(name, e, &attr))?;
         let queue = Queue {
             mqd,
             name: name.to_string(),
@@ -198,39 +140,19 @@ impl Queue {
         Ok(queue)
     }
 
-    /// A queue this demo did not just create is someone else's until
-    /// proven otherwise, even for root (whom mq_open never refuses): on
-    /// Linux an mqd is a file descriptor, and fstat gives the queue's owner
-    /// and mode. It must be our effective uid and the 0600 this demo uses.
+    /// Defence (a first reading may skip it): a queue this demo did not
+    /// just create must be ours (`checks::posix_queue_is_ours`), also for
+    /// root, whom mq_open never refuses. The mqd is a file descriptor, so
+    /// fstat gives the queue's owner and mode.
     fn check_ours(&self) -> Result<()> {
         let st = nix::sys::stat::fstat(&self.mqd)
             .with_context(|| format!("fstat(mqd of {})", self.name))?;
-        let me = nix::unistd::geteuid().as_raw();
-        if st.st_uid != me {
-            bail!(
-                "POSIX queue {} belongs to {}, not to you, {}: leaving it alone",
-                self.name,
-                owner_name(st.st_uid),
-                owner_name(me)
-            );
-        }
-        let mode = st.st_mode & 0o777;
-        if mode != 0o600 {
-            bail!(
-                "POSIX queue {} has mode {mode:04o}, not the 0600 this demo gives its queues: \
-                 not one of ours, leaving it alone",
-                self.name
-            );
-        }
-        Ok(())
+        posix_queue_is_ours(&self.name, &st)
     }
 
+    /// `mq_getattr`: maxmsg, msgsize, and how many messages wait now.
     pub fn attr(&self) -> Result<MqAttr> {
         mq_getattr(&self.mqd).context("mq_getattr")
-    }
-
-    pub fn mqd(&self) -> &MqdT {
-        &self.mqd
     }
 
     /// `mq_timedsend` with a clear message for a message over
@@ -297,6 +219,15 @@ impl Queue {
         }
     }
 
+    /// `mq_receive` into `buf` as it is: a buffer smaller than the queue's
+    /// msgsize is refused (EMSGSIZE), however short the waiting message,
+    /// and the message stays. Returns its length and priority.
+    pub fn receive_into(&self, buf: &mut [u8]) -> nix::Result<(usize, u32)> {
+        let mut priority = 0;
+        let n = mq_receive(&self.mqd, buf, &mut priority)?;
+        Ok((n, priority))
+    }
+
     /// `mq_timedreceive`: `None` when nothing arrived within `timeout`.
     /// Waits in short slices so that Ctrl-C is noticed between them.
     pub fn receive_within(&self, timeout: Duration) -> Result<Option<(u32, Vec<u8>)>> {
@@ -323,6 +254,75 @@ impl Queue {
                 Err(e) => return Err(e).with_context(|| format!("mq_timedreceive({})", self.name)),
             }
         }
+    }
+
+    /// `mq_setattr(O_NONBLOCK)` on or off: the only attribute mq_setattr
+    /// changes (maxmsg and msgsize are fixed at creation). Non-blocking, an
+    /// empty queue's mq_receive returns EAGAIN instead of waiting.
+    pub fn set_nonblocking(&self, on: bool) -> Result<()> {
+        if on {
+            nix::mqueue::mq_set_nonblock(&self.mqd).context("mq_setattr(O_NONBLOCK)")?;
+        } else {
+            nix::mqueue::mq_remove_nonblock(&self.mqd).context("mq_setattr(0)")?;
+        }
+        Ok(())
+    }
+
+    /// `mq_notify(SIGEV_THREAD)`: when a message arrives in the empty
+    /// queue, the C library runs `function` in a new thread of this process
+    /// (glibc: the kernel tells a helper thread over a netlink socket).
+    /// The same rules as [`Queue::notify_by_signal`]: one registration,
+    /// used up by the notification it causes.
+    pub fn notify_by_thread(&self, function: extern "C" fn(libc::sigval)) -> Result<()> {
+        let event = SigeventThread {
+            sigev_value: libc::sigval {
+                sival_ptr: std::ptr::null_mut(),
+            },
+            sigev_signo: 0,
+            sigev_notify: libc::SIGEV_THREAD,
+            function,
+            attributes: std::ptr::null_mut(),
+            _pad: [0; SIGEV_THREAD_PAD],
+        };
+        // SAFETY: the descriptor is open; `event` has the C library's
+        // struct sigevent layout (sizes checked below), valid for the call;
+        // `function` is a plain extern "C" fn that lives for ever.
+        let rc = unsafe {
+            libc::mq_notify(
+                self.mqd.as_raw_fd(),
+                (&raw const event).cast::<libc::sigevent>(),
+            )
+        };
+        Errno::result(rc)
+            .map(drop)
+            .with_context(|| format!("mq_notify({}, SIGEV_THREAD)", self.name))
+    }
+
+    /// `mq_notify(NULL)`: give up our registration (someone else may then
+    /// register).
+    pub fn notify_cancel(&self) -> Result<()> {
+        // SAFETY: the descriptor is open; NULL means "unregister".
+        Errno::result(unsafe { libc::mq_notify(self.mqd.as_raw_fd(), std::ptr::null()) })
+            .map(drop)
+            .with_context(|| format!("mq_notify({}, NULL)", self.name))
+    }
+
+    /// `mq_notify(SIGEV_SIGNAL)`: send `signal` to this process when a
+    /// message arrives in the queue while it is empty. One process at a
+    /// time may register (EBUSY for a second); the registration is used up
+    /// by the notification it causes, and is not made at all when a
+    /// receiver is already blocked in mq_receive (that receiver gets the
+    /// message instead).
+    pub fn notify_by_signal(&self, signal: Signal) -> Result<()> {
+        let event = SigEvent::new(SigevNotify::SigevSignal {
+            signal,
+            si_value: 0,
+        });
+        // SAFETY: the descriptor is open; the sigevent is valid for the call.
+        // (nix has no mq_notify.)
+        Errno::result(unsafe { libc::mq_notify(self.mqd.as_raw_fd(), &event.sigevent()) })
+            .map(drop)
+            .with_context(|| format!("mq_notify({}, SIGEV_SIGNAL, {signal})", self.name))
     }
 }
 
@@ -355,15 +355,16 @@ pub fn sender(opts: &Options, name: &str, say: &Narrator) -> Result<()> {
         "sent {count} message(s) at priority {priority}; {} waiting",
         queue.attr()?.curmsgs()
     ));
-    crate::figures(opts, "msgq-posix", count, bytes, 0, start.elapsed(), say);
+    figures(opts, "msgq-posix", count, bytes, 0, start.elapsed(), say);
     Ok(())
 }
 
 pub fn receiver(opts: &Options, name: &str, say: &Narrator) -> Result<()> {
     // An existing queue must be ours before we read or unlink it.
     let queue = Queue::open_or_create(name, opts.maxmsg, opts.msgsize, say)?;
-    // Unlinked on every way out (an error included) unless --keep.
-    let _unlink = (!opts.keep).then(|| common::cleanup::MqGuard::new(name));
+    // The guard's drop is mq_unlink, on every way out (an error included)
+    // unless --keep.
+    let _unlink = (!opts.keep).then(|| MqGuard::new(name));
     let mut tally = Tally::new();
     let start = Instant::now();
     // A POSIX queue names no sender, so a receiver cannot tell that its

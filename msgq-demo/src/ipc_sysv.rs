@@ -1,51 +1,86 @@
-//! System V message queues: `msgget`, `msgsnd`, `msgrcv`, `msgctl`.
+//! The System V mechanism: `ftok`, `msgget`, `msgsnd`, `msgrcv`, `msgctl`;
+//! a sender and a receiver, then a server and its clients.
 //!
 //! A queue is found by a key (`ftok` of an agreed path) and keeps discrete
 //! messages, each with a positive `long` type. `msgrcv`'s `msgtyp` chooses:
 //!
 //! - `0`: the oldest message, whatever its type (plain FIFO);
-//! - `> 0`: the oldest message of exactly that type;
+//! - `> 0`: the oldest message of exactly that type (with `MSG_EXCEPT`:
+//!   the oldest of any *other* type);
 //! - `< 0`: the oldest message of the *lowest* type `<= |msgtyp|`.
 //!
+//! A queue holds at most `msg_qbytes` bytes (`/proc/sys/kernel/msgmnb` when
+//! made; `msgctl(IPC_SET)` changes it); a message is at most `msgmax` bytes.
+//! Nothing is removed on drop: outliving its processes is what a queue is
+//! for; `msgctl(IPC_RMID)` removes it (here, or by a `SysvGuard`'s drop).
 //! nix has no System V IPC, so the calls are made through `libc` here.
+//!
+//! Read top to bottom: the queue's calls, the sender and receiver, then the
+//! client-server design. The liveness checks in the wait loops (the peer's
+//! pid from `IPC_STAT`) are a defence a first reading may skip.
 
 use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use common::cleanup::{SysvGuard, SysvKind, check_stop, sysv_remove};
+use common::cleanup::{SysvGuard, SysvKind, check_stop};
 use common::peer::{Ticker, alive};
 use common::report::Narrator;
-use common::sysv_sem::ftok;
 use nix::errno::Errno;
-use nix::unistd::geteuid;
 
-use crate::{Options, Tally, owner_name, payload_message};
+use crate::Options;
+use crate::checks::{
+    Moved, Tally, figures, is_private_queue_of_ours, payload_message, read_proc_number,
+    sysv_queue_is_ours,
+};
 
 /// The `ftok` project byte for msgq-demo's queues.
 const PROJECT: u8 = b'Q';
+
 /// The largest message the kernel takes (`/proc/sys/kernel/msgmax`).
 pub fn msgmax() -> usize {
-    crate::read_proc_number("/proc/sys/kernel/msgmax").unwrap_or(8192)
+    read_proc_number("/proc/sys/kernel/msgmax").unwrap_or(8192)
 }
 
-/// An open queue, by id. Removed explicitly (`remove`), never on drop:
-/// outliving its processes is what a queue is for.
-#[derive(Debug, Clone, Copy)]
-pub struct Queue {
-    pub id: libc::c_int,
-}
-
+/// `ftok(path, 'Q')`: a key from an existing file's inode and device plus
+/// one byte, so unrelated processes agree on a queue by naming a path.
+/// (Two files can give the same key: `ftok` keys may collide.)
 pub fn key_of(path: &Path) -> Result<libc::key_t> {
-    ftok(path, PROJECT).with_context(|| {
+    let hint = || {
         format!(
             "ftok({}, 'Q'): --key must name an existing file both sides can see, \
              e.g. touch /tmp/demo.key",
             path.display()
         )
-    })
+    };
+    let c_path = CString::new(path.as_os_str().as_bytes()).with_context(hint)?;
+    // SAFETY: c_path is a valid NUL-terminated string for the call.
+    let key = unsafe { libc::ftok(c_path.as_ptr(), libc::c_int::from(PROJECT)) };
+    if key == -1 {
+        return Err(Errno::last()).with_context(hint);
+    }
+    Ok(key)
 }
+
+/// An open queue, by id (`msqid`). Nothing happens on drop.
+#[derive(Debug, Clone, Copy)]
+pub struct Queue {
+    pub id: libc::c_int,
+}
+
+/// `msgsnd`/`msgrcv` flags, named. No flag: block until there is room
+/// (msgsnd) or a matching message (msgrcv).
+pub const WAIT: libc::c_int = 0;
+/// Do not block: msgsnd fails with EAGAIN, msgrcv with ENOMSG.
+pub const IPC_NOWAIT: libc::c_int = libc::IPC_NOWAIT;
+/// msgrcv: truncate a message longer than the buffer instead of E2BIG.
+pub const MSG_NOERROR: libc::c_int = libc::MSG_NOERROR;
+/// msgrcv with `msgtyp > 0`: the oldest message whose type is *not*
+/// `msgtyp` (Linux; in C it needs `_GNU_SOURCE`).
+pub const MSG_EXCEPT: libc::c_int = libc::MSG_EXCEPT;
 
 impl Queue {
     /// `msgget(key, IPC_CREAT | IPC_EXCL | 0600)`, or the existing queue
@@ -67,6 +102,8 @@ impl Queue {
     /// if one exists for the key (EEXIST).
     pub fn create(path: &Path, say: &Narrator) -> Result<Option<Queue>> {
         let key = key_of(path)?;
+        // IPC_EXCL: never take over a queue somebody else made for the key;
+        // 0600: only our uid may send to it or receive from it.
         // SAFETY: msgget takes no pointers.
         let id = unsafe { libc::msgget(key, libc::IPC_CREAT | libc::IPC_EXCL | 0o600) };
         if id >= 0 {
@@ -81,8 +118,18 @@ impl Queue {
         }
     }
 
+    /// `msgget(IPC_PRIVATE, IPC_CREAT | 0600)`: always a new queue, with no
+    /// key: only its id, passed on by whoever made it, reaches it. (No
+    /// allocation: a forked child may call it.)
+    pub fn create_private() -> nix::Result<Queue> {
+        // SAFETY: msgget takes no pointers.
+        let id =
+            Errno::result(unsafe { libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600) })?;
+        Ok(Queue { id })
+    }
+
     /// `msgget(key, 0)`: the existing queue, with a plain message if none,
-    /// and refused unless it is ours ([`Queue::check_ours`]).
+    /// and refused unless it is ours.
     pub fn open(path: &Path) -> Result<Queue> {
         Queue::find(path)?.with_context(|| {
             format!(
@@ -108,58 +155,30 @@ impl Queue {
         Ok(Some(queue))
     }
 
-    /// A queue this demo did not just create is someone else's until
-    /// proven otherwise, even for root (who may read, write and remove any
-    /// queue): its owner and creator must be our effective uid, and its
-    /// mode the 0600 this demo gives its queues. Otherwise we leave it
-    /// alone and say whose it is.
+    /// Defence (a first reading may skip it): a queue this demo did not
+    /// just create must be ours (`checks::sysv_queue_is_ours`), also for
+    /// root, who may read and remove any queue.
     pub fn check_ours(&self, what: &str) -> Result<()> {
-        let ds = match self.stat() {
-            Ok(ds) => ds,
+        match self.stat() {
+            Ok(ds) => sysv_queue_is_ours(self.id, &ds, what),
             // IPC_STAT needs read permission: not ours.
             Err(Errno::EACCES) => bail!(
                 "msgctl(msqid {}, IPC_STAT): permission denied (EACCES): the queue {what} \
                  belongs to another user",
                 self.id
             ),
-            Err(e) => {
-                return Err(e).with_context(|| format!("msgctl(msqid {}, IPC_STAT)", self.id));
-            }
-        };
-        let me = geteuid().as_raw();
-        let perm = ds.msg_perm;
-        if perm.uid != me || perm.cuid != me {
-            let creator = if perm.cuid == perm.uid {
-                String::new()
-            } else {
-                format!(", created by {}", owner_name(perm.cuid))
-            };
-            bail!(
-                "msqid {} {what} belongs to {}{creator}, not to you, {}: leaving it alone",
-                self.id,
-                owner_name(perm.uid),
-                owner_name(me)
-            );
+            Err(e) => Err(e).with_context(|| format!("msgctl(msqid {}, IPC_STAT)", self.id)),
         }
-        let mode = perm.mode & 0o777;
-        if mode != 0o600 {
-            bail!(
-                "msqid {} {what} has mode {mode:04o}, not the 0600 this demo gives its queues: \
-                 not one of ours, leaving it alone",
-                self.id
-            );
-        }
-        Ok(())
     }
 
-    /// `msgsnd`: append a message of type `mtype`. Blocks while the queue
-    /// is full (more than `msg_qbytes` bytes), unless `nowait`.
-    pub fn send(&self, mtype: i64, text: &[u8], nowait: bool) -> nix::Result<()> {
-        // The kernel's layout: a `long` type, then the bytes.
+    /// `msgsnd`: append a message of type `mtype` (1 or more). Blocks while
+    /// the queue has no room for it (`msg_qbytes` bytes in all), unless
+    /// `flags` is [`IPC_NOWAIT`] (then EAGAIN).
+    pub fn send(&self, mtype: i64, text: &[u8], flags: libc::c_int) -> nix::Result<()> {
+        // The kernel's layout (struct msgbuf): a `long` type, then the bytes.
         let mut buf = Vec::with_capacity(size_of::<libc::c_long>() + text.len());
         buf.extend_from_slice(&(mtype as libc::c_long).to_ne_bytes());
         buf.extend_from_slice(text);
-        let flags = if nowait { libc::IPC_NOWAIT } else { 0 };
         // SAFETY: `buf` starts with a long followed by text.len() bytes,
         // and msgsz counts only the bytes after the long.
         let rc = unsafe { libc::msgsnd(self.id, buf.as_ptr().cast(), text.len(), flags) };
@@ -167,7 +186,10 @@ impl Queue {
     }
 
     /// `msgrcv`: take a message chosen by `msgtyp` (see the module docs),
-    /// at most `max` bytes. Returns its type and bytes.
+    /// at most `max` bytes. Blocks until one matches, unless `flags` has
+    /// [`IPC_NOWAIT`] (then ENOMSG); a longer message fails with E2BIG and
+    /// stays in the queue, unless `flags` has [`MSG_NOERROR`] (then it is
+    /// cut to `max`). Returns its type and bytes.
     pub fn receive(
         &self,
         msgtyp: i64,
@@ -212,9 +234,25 @@ impl Queue {
         }
     }
 
-    /// `msgctl(IPC_RMID)`: the queue and any messages in it are gone.
+    /// `msgctl(IPC_SET)`: give the queue room for `bytes` bytes. Its owner
+    /// may lower `msg_qbytes`, and raise it up to `/proc/sys/kernel/msgmnb`;
+    /// above that only a process with CAP_SYS_RESOURCE may (else EPERM).
+    /// (No allocation: a forked child may call it.)
+    pub fn set_qbytes(&self, bytes: u64) -> nix::Result<()> {
+        // IPC_SET writes msg_perm.uid/gid/mode and msg_qbytes from the
+        // struct: start from IPC_STAT's values so only msg_qbytes changes.
+        let mut ds = self.stat()?;
+        ds.msg_qbytes = bytes as _;
+        // SAFETY: `ds` is a valid msqid_ds, read by the kernel.
+        Errno::result(unsafe { libc::msgctl(self.id, libc::IPC_SET, &mut ds) }).map(drop)
+    }
+
+    /// `msgctl(IPC_RMID)`: the queue and any messages in it are gone at
+    /// once; a process blocked on it wakes with EIDRM.
     pub fn remove(&self) -> nix::Result<()> {
-        sysv_remove(SysvKind::MessageQueue, self.id)
+        // SAFETY: IPC_RMID reads no buffer.
+        Errno::result(unsafe { libc::msgctl(self.id, libc::IPC_RMID, std::ptr::null_mut()) })
+            .map(drop)
     }
 }
 
@@ -224,7 +262,8 @@ fn send_checked(queue: &Queue, mtype: i64, text: &[u8], timeout: Duration) -> Re
     let start = Instant::now();
     loop {
         check_stop()?;
-        match queue.send(mtype, text, false) {
+        // WAIT: block while the queue is full (the ticker wakes us to look).
+        match queue.send(mtype, text, WAIT) {
             Ok(()) => return Ok(()),
             // The ticker's EINTR: we are blocked on a full queue. If its
             // last receiver has died, nobody will make room.
@@ -327,7 +366,7 @@ pub fn sender(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
         "sent {count} message(s) of type {mtype}; {}",
         queue.describe()
     ));
-    crate::figures(opts, "msgq-sysv", count, bytes, 0, start.elapsed(), say);
+    figures(opts, "msgq-sysv", count, bytes, 0, start.elapsed(), say);
     Ok(())
 }
 
@@ -340,11 +379,11 @@ pub fn receiver(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
     } else {
         Queue::open_or_create(path, say)?
     };
-    // Removed on every way out (an error included) unless --keep: a
-    // receiver that stops is done with the queue.
+    // The guard's drop is msgctl(IPC_RMID), on every way out (an error
+    // included) unless --keep: a receiver that stops is done with the queue.
     let _remove = (!opts.keep).then(|| SysvGuard::new(SysvKind::MessageQueue, queue.id));
     let msgtyp = opts.mtype.unwrap_or(0);
-    let flags = if opts.nowait { libc::IPC_NOWAIT } else { 0 };
+    let flags = if opts.nowait { IPC_NOWAIT } else { WAIT };
     let mut tally = Tally::new();
     let start = Instant::now();
     say.step(format!(
@@ -485,7 +524,8 @@ fn parse_request(bytes: &[u8]) -> Option<(libc::c_int, u64, &[u8])> {
     Some((qid, seq, rest.get(12..)?))
 }
 
-/// The server's queue; removed (with any requests still in it) on drop.
+/// The server's queue; its guard's drop removes it (`msgctl(IPC_RMID)`),
+/// with any requests still in it.
 pub struct ServerQueue {
     pub queue: Queue,
     _remove: SysvGuard,
@@ -521,16 +561,17 @@ pub fn server_queue(path: &Path, say: &Narrator) -> Result<ServerQueue> {
             queue
         }
     };
+    // The guard's drop is msgctl(IPC_RMID): the server's queue goes with it.
     let _remove = SysvGuard::new(SysvKind::MessageQueue, queue.id);
     // msgrcv records the receiver's pid in msg_lrpid, which clients read
     // to tell whether a server is alive. One message to ourselves puts our
     // pid there before the first request.
     let me = i64::from(std::process::id());
     queue
-        .send(me, b"server started", true)
+        .send(me, b"server started", IPC_NOWAIT)
         .context("msgsnd(to ourselves)")?;
     queue
-        .receive(me, 64, libc::IPC_NOWAIT)
+        .receive(me, 64, IPC_NOWAIT)
         .context("msgrcv(from ourselves)")?;
     say.step(format!(
         "msgrcv of one message to myself: msg_lrpid = {me}, so clients can see a live server"
@@ -538,26 +579,13 @@ pub fn server_queue(path: &Path, say: &Narrator) -> Result<ServerQueue> {
     Ok(ServerQueue { queue, _remove })
 }
 
-/// Is `id` a client's reply queue we may write to or remove? A forged
-/// request could name any queue (someone else's, if we are root): it must
-/// be private (key IPC_PRIVATE), ours, and 0600.
+/// Defence (a first reading may skip it): is `id` a client's reply queue
+/// we may write to or remove? A forged request could name any queue.
 fn check_client_queue(id: libc::c_int) -> Result<libc::msqid_ds, String> {
-    let queue = Queue { id };
-    let ds = queue
+    let ds = (Queue { id })
         .stat()
         .map_err(|e| format!("msqid {id}: {}", e.desc()))?;
-    let me = geteuid().as_raw();
-    let perm = ds.msg_perm;
-    if perm.__key != libc::IPC_PRIVATE || perm.uid != me || perm.cuid != me {
-        return Err(format!(
-            "msqid {id} is not a private queue of yours (key {:#x}, owner {})",
-            perm.__key,
-            owner_name(perm.uid)
-        ));
-    }
-    if perm.mode & 0o777 != 0o600 {
-        return Err(format!("msqid {id} has mode {:04o}", perm.mode & 0o777));
-    }
+    is_private_queue_of_ours(id, &ds)?;
     Ok(ds)
 }
 
@@ -597,13 +625,6 @@ impl Drop for Clients<'_> {
     }
 }
 
-/// What a server or client moved.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Moved {
-    pub messages: u64,
-    pub bytes: u64,
-}
-
 /// The server role: make the queue, serve, remove the queue.
 pub fn server(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
     let queue = server_queue(path, say)?;
@@ -615,7 +636,7 @@ pub fn server(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
         "msgctl(msqid {}, IPC_RMID): my queue is gone",
         queue.queue.id
     ));
-    crate::figures(
+    figures(
         opts,
         "msgq-sysv",
         moved.messages,
@@ -664,7 +685,7 @@ pub fn serve(
         check_stop()?;
         // msgtyp 0: the oldest request, whoever sent it (its type is the
         // client's pid). Blocks until one comes.
-        let (pid, bytes) = match queue.receive(0, msgmax(), 0) {
+        let (pid, bytes) = match queue.receive(0, msgmax(), WAIT) {
             Ok(got) => got,
             Err(Errno::EINTR) => {
                 if let Some(t) = timeout.filter(|t| last.elapsed() >= *t) {
@@ -703,7 +724,7 @@ pub fn serve(
             continue;
         }
         // IPC_NOWAIT: a client that does not read must not stop the server.
-        match (Queue { id: qid }).send(REPLY_TYPE, body, true) {
+        match (Queue { id: qid }).send(REPLY_TYPE, body, IPC_NOWAIT) {
             Ok(()) => {
                 served += 1;
                 moved.messages += 1;
@@ -771,12 +792,12 @@ pub fn client(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
             path.display()
         )
     })?;
-    // SAFETY: msgget takes no pointers. IPC_PRIVATE always makes a new
-    // queue, which only its id (passed in our requests) can reach.
-    let id = Errno::result(unsafe { libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600) })
-        .context("msgget(IPC_PRIVATE)")?;
-    let mine = Queue { id };
-    // Removed on every way out: nobody else reads it.
+    // IPC_PRIVATE: a new queue that only its id (passed in our requests)
+    // can reach.
+    let mine = Queue::create_private().context("msgget(IPC_PRIVATE)")?;
+    let id = mine.id;
+    // The guard's drop is msgctl(IPC_RMID), on every way out: nobody else
+    // reads this queue.
     let _remove = SysvGuard::new(SysvKind::MessageQueue, id);
     say.step(format!(
         "msgget(IPC_PRIVATE, 0600) = msqid {id}: my private queue for replies, removed when I exit"
@@ -810,7 +831,7 @@ pub fn client(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
             // (msgtyp 0), and we can take an unanswered one back.
             loop {
                 check_stop()?;
-                match server.send(me, &request(id, seq, &body), false) {
+                match server.send(me, &request(id, seq, &body), WAIT) {
                     Ok(()) => break,
                     Err(Errno::EINTR) => {
                         server_trouble(&server, asked.elapsed(), opts.timeout, &mut seen)?
@@ -823,11 +844,11 @@ pub fn client(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
             }
             let reply = loop {
                 check_stop()?;
-                match mine.receive(0, msgmax(), 0) {
+                match mine.receive(0, msgmax(), WAIT) {
                     Ok(got) => break got,
                     Err(Errno::EINTR) => {
                         // The reply may have come just as the server left.
-                        if let Ok(got) = mine.receive(0, msgmax(), libc::IPC_NOWAIT) {
+                        if let Ok(got) = mine.receive(0, msgmax(), IPC_NOWAIT) {
                             break got;
                         }
                         server_trouble(&server, asked.elapsed(), opts.timeout, &mut seen)?
@@ -854,7 +875,7 @@ pub fn client(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
     if let Err(e) = result {
         // Leave nothing behind: take back an unanswered request (its type
         // is our pid), so that a later server does not answer a dead client.
-        if let Ok((_, bytes)) = server.receive(me, msgmax(), libc::IPC_NOWAIT) {
+        if let Ok((_, bytes)) = server.receive(me, msgmax(), IPC_NOWAIT) {
             say.step(format!(
                 "took my unanswered request back from msqid {} ({} bytes)",
                 server.id,
@@ -868,7 +889,7 @@ pub fn client(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
         opts.count,
         start.elapsed().as_secs_f64()
     ));
-    crate::figures(
+    figures(
         opts,
         "msgq-sysv",
         moved.messages,
