@@ -152,7 +152,7 @@ fn msgq_story() {
 fn sem_story() {
     both_gaps(
         "sem-demo",
-        &["--iterations", "300000000", "--quiet"],
+        &["--iterations", "2000000", "--quiet"],
         "sem_open(",
     );
 }
