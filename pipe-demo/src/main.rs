@@ -32,10 +32,16 @@
 //!
 //! ## What to look for
 //!
-//! - which process closes which end, and why EOF depends on it;
+//! - which process closes which end, and why EOF depends on it: a reader
+//!   that never sees EOF because a write end was left open, and EOF used
+//!   to wait until several children are done (TLPI's `pipe_sync`);
 //! - `EPIPE` when the reader has gone, and SIGPIPE killing a process that
 //!   keeps the default action;
-//! - the pipe's capacity, found by filling it until `EAGAIN`;
+//! - two writes that come out of one read: why every message is framed;
+//! - the pipe's capacity, found by filling it until `EAGAIN`, and changed
+//!   with `F_SETPIPE_SZ` up to `/proc/sys/fs/pipe-max-size`;
+//! - `std::process::Command` with `Stdio::piped()`: the same pipes, and
+//!   what it does for you;
 //! - the end marker: how `receiver` tells a sender that finished from
 //!   one that was killed, when both end in EOF;
 //! - the summary line: `errors=0` means every message was checked.
@@ -43,7 +49,8 @@
 //! The mechanism is in `src/ipc.rs`; the story's steps in `src/story.rs`.
 //!
 //! Uses `common` modules: `cleanup`, `cli`, `error`, `frame`, `payload`,
-//! `peer`, `report`; `nix` features: `fs`, `poll`, `process`, `signal`.
+//! `peer`, `report`; `nix` features: `feature`, `fs`, `poll`, `process`,
+//! `signal`, `user`.
 //!
 //! Read next: `fifo-demo`, the same pipe with a name in the filesystem, so
 //! that unrelated processes can meet.
@@ -74,7 +81,10 @@ pipe-demo: anonymous pipes between related processes
 USAGE:
     pipe-demo [--count N] [--size BYTES] [--timeout SECS] [--quiet]
         The whole story in one terminal: parent and forked child talk over
-        two pipes, then EOF, EPIPE/SIGPIPE and the pipe's capacity.
+        two pipes; then EOF (and the hang when a write end is left open),
+        EOF to wait for several children, EPIPE/SIGPIPE, bytes without
+        message boundaries, the pipe's capacity and F_SETPIPE_SZ, and the
+        same conversation with std::process::Command.
     pipe-demo sender [--count N] [--size BYTES] [--timeout SECS] [--quiet]
         Write N framed, checkable messages and the end marker to stdout
         (narration on stderr).
