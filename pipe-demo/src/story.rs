@@ -19,8 +19,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigHandler, Signal, kill, signal};
 use nix::sys::stat::fstat;
 use nix::unistd::{
-    ForkResult, Gid, SysconfVar, Uid, fork, geteuid, pipe, pipe2, read, setgid, setuid, sysconf,
-    write,
+    ForkResult, Gid, SysconfVar, Uid, fork, geteuid, pipe, pipe2, read, setgid, setgroups, setuid,
+    sysconf, write,
 };
 
 use crate::Options;
@@ -480,7 +480,8 @@ fn resize(say: &Narrator) -> Result<()> {
     match unsafe { fork() }.context("fork()")? {
         ForkResult::Child => {
             // setuid from root to another uid drops every capability.
-            let code = match setgid(Gid::from_raw(NOBODY))
+            let code = match setgroups(&[])
+                .and_then(|()| setgid(Gid::from_raw(NOBODY)))
                 .and_then(|()| setuid(Uid::from_raw(NOBODY)))
                 .and_then(|()| pipe())
                 .and_then(|(_r, w)| fcntl(&w, FcntlArg::F_SETPIPE_SZ(big as libc::c_int)))
