@@ -10,7 +10,7 @@
 //! | who can talk      | related processes: parent, children, siblings             |
 //! | message boundaries| none: a byte stream, so messages are framed (`frame`)    |
 //! | persistence       | gone when the last descriptor to it closes                |
-//! | capacity          | 64 KiB by default on Linux (`F_GETPIPE_SZ`)              |
+//! | capacity          | 64 KiB (16 pages) by default on Linux (`F_GETPIPE_SZ`); `F_SETPIPE_SZ` up to `/proc/sys/fs/pipe-max-size` |
 //! | blocking          | read waits for data; write waits for room; read gives 0 (EOF) once every write end is closed; write gives `EPIPE`/SIGPIPE once every read end is closed |
 //!
 //! ## Run it
