@@ -573,3 +573,156 @@ fn story_gives_up_on_a_stopped_child() {
         out.describe()
     );
 }
+
+/// The default story's stdout, checked to end well.
+fn story() -> Output {
+    let out = run(PIPE_DEMO, &["--quiet"], SHORT);
+    assert_ok(&out);
+    out
+}
+
+/// The index of the first line of `out` that contains `needle`.
+fn line_of(out: &Output, needle: &str) -> usize {
+    out.stdout
+        .lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("missing {needle:?}\n{}", out.describe()))
+}
+
+#[test]
+fn story_shows_a_reader_hang_on_a_forgotten_write_end_then_eof_once_closed() {
+    let out = story();
+    let hang = line_of(
+        &out,
+        "poll(read end, 1000 ms) → timed out: no data and no EOF",
+    );
+    let fixed = line_of(
+        &out,
+        "closed my write end: poll → POLLHUP, and read() → 0 (EOF)",
+    );
+    assert!(
+        line_of(&out, "wrote \"hello\" and exited") < hang && hang < fixed,
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn story_waits_for_several_children_by_eof() {
+    let out = story();
+    let eof = line_of(&out, "[parent] read() → 0 (EOF) after ");
+    for n in 1..=3 {
+        let done = line_of(&out, &format!("[child {n}] done after {} ms", n * 100));
+        assert!(done < eof, "child {n} after the EOF\n{}", out.describe());
+    }
+    // The EOF came no earlier than the last child's close, at 300 ms.
+    let line = out.stdout.lines().nth(eof).unwrap();
+    let ms: u64 = line
+        .split("after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no time in {line:?}"));
+    assert!(ms >= 300, "{line}");
+}
+
+#[test]
+fn story_shows_two_writes_coming_out_of_one_read_and_frames_restoring_them() {
+    let out = story();
+    let merged = line_of(
+        &out,
+        "write(\"hello\"), write(\"world\"), then one read() of up to 64 bytes → 10 bytes \"helloworld\"",
+    );
+    let framed = line_of(&out, "read_frame → [\"hello\", \"world\"]");
+    assert!(merged < framed, "{}", out.describe());
+}
+
+#[test]
+fn story_resizes_a_pipe_and_is_refused_above_pipe_max_size() {
+    let out = story();
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .unwrap()
+        .unwrap();
+    line_of(
+        &out,
+        &format!(
+            "a new pipe: F_GETPIPE_SZ = {} bytes = 16 pages of {page} bytes",
+            16 * page
+        ),
+    );
+    let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size").unwrap();
+    let max: u64 = max.trim().parse().unwrap();
+    line_of(&out, &format!("/proc/sys/fs/pipe-max-size = {max}"));
+    line_of(&out, "fcntl(F_SETPIPE_SZ, 100000) → F_GETPIPE_SZ = ");
+    // Unprivileged (the story itself, or the child of root that becomes
+    // nobody): asking above pipe-max-size is refused.
+    let refused = format!(
+        "fcntl(F_SETPIPE_SZ, {}) → EPERM (Operation not permitted)",
+        2 * max
+    );
+    line_of(&out, &refused);
+
+    if nix::unistd::geteuid().is_root() {
+        // And the story run by an unprivileged user, directly.
+        use std::os::unix::process::CommandExt;
+        let mut cmd = ipc_tests::demo(PIPE_DEMO, &["--quiet"]);
+        cmd.uid(65534)
+            .gid(65534)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = Proc::start(cmd).finish(SHORT);
+        out.assert_no_panic();
+        assert_ok(&out);
+        let eperm = line_of(&out, &refused);
+        assert!(
+            out.stdout
+                .lines()
+                .nth(eperm)
+                .unwrap()
+                .contains("needs CAP_SYS_RESOURCE"),
+            "{}",
+            out.describe()
+        );
+        assert!(
+            !out.stdout.contains("setuid()s to uid"),
+            "{}",
+            out.describe()
+        );
+    }
+}
+
+#[test]
+fn story_runs_the_conversation_through_std_process_command() {
+    let out = story();
+    line_of(
+        &out,
+        "pipe2(O_CLOEXEC) twice (FD_CLOEXEC on our ends: true, true)",
+    );
+    line_of(&out, "we hold 1 and 1 descriptor(s) of the two pipes");
+    line_of(
+        &out,
+        "it said \"[receiver] checked: received=5 lost=0 duplicated=0 reordered=0 corrupted=0\"; \
+         wait() (waitpid) → exited with status 0",
+    );
+    // The receiver's own summary line stays inside the story: one in all.
+    assert_one_summary(&out);
+}
+
+#[test]
+fn ctrl_c_in_the_later_steps_stops_the_story_and_its_children() {
+    // Step 3 waits 1 s in poll(); step 4 waits for three sleeping children.
+    for trigger in ["wrote \"hello\" and exited", "forked 3 children"] {
+        let mut proc = Proc::spawn(PIPE_DEMO, &["--quiet"]);
+        proc.wait_for_line(|l| l.contains(trigger), SHORT);
+        proc.signal(Signal::SIGINT);
+        let out = proc.finish(SHORT); // also checks no child is left
+        out.assert_no_panic();
+        assert_eq!(out.code(), 130, "{trigger}\n{}", out.describe());
+        assert!(
+            out.stderr.contains("stopped by SIGINT, cleaned up"),
+            "{trigger}\n{}",
+            out.describe()
+        );
+    }
+}
