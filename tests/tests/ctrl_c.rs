@@ -177,7 +177,7 @@ fn shm_sysv_story() {
 
 #[test]
 fn socket_story() {
-    both_gaps("socket-demo", &["--count", "2000000", "--quiet"], "bind(");
+    both_gaps("socket-demo", &["--count", "20000", "--quiet"], "bind(");
 }
 
 #[test]
