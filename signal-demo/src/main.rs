@@ -89,7 +89,8 @@ USAGE:
         SIGUSR2, SIGHUP, SIGALRM, SIGQUIT, SIGRTMIN..SIGRTMAX), then a count
         per signal and the summary. Ends after N signals with --count. SIGINT
         (Ctrl-C) and SIGTERM ask it to stop: it prints its counts and the
-        summary, then exits 130 or 143, like every demo stopped by a signal.
+        summary, then exits 130 or 143, like every demo stopped by a signal;
+        a second one ends it at once.
     signal-demo sender --pid PID --signal SIG [--value V] [--count N]
                        [--timeout SECS] [--quiet]
         Send SIG to PID N times (default 1): with kill(2), or sigqueue(3) and
@@ -279,17 +280,18 @@ fn handled(signo: libc::c_int) -> (u64, u64) {
     )
 }
 
-/// Install `on_signal` for `signo` with SA_SIGINFO, and SA_RESTART if asked.
-/// `also_block`: the sa_mask, signals blocked while this handler runs (its
+/// Install `on_signal` for `signo` with SA_SIGINFO plus `flags` (SA_RESTART:
+/// resume interrupted calls; SA_RESETHAND: back to the default action after
+/// one delivery). `also_block`: the sa_mask, signals blocked while this handler runs (its
 /// own signal always is). Raw `libc::sigaction`, because nix's `Signal` has
 /// no real-time signals.
-fn install(signo: libc::c_int, restart: bool, also_block: &[libc::c_int]) -> Result<()> {
+fn install(signo: libc::c_int, flags: libc::c_int, also_block: &[libc::c_int]) -> Result<()> {
     // SAFETY: an all-zero sigaction is a valid starting point (empty mask,
     // no flags); we set the handler, mask and flags below.
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
     let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut c_void) = on_signal;
     action.sa_sigaction = handler as libc::sighandler_t;
-    action.sa_flags = libc::SA_SIGINFO | if restart { libc::SA_RESTART } else { 0 };
+    action.sa_flags = libc::SA_SIGINFO | flags;
     // SAFETY: sa_mask is a valid sigset_t; the signal numbers are in range.
     unsafe {
         libc::sigemptyset(&mut action.sa_mask);
@@ -816,7 +818,7 @@ fn handler_child(link: &mut Link, say: &Narrator) -> Result<()> {
     let mut records = Records::new()?;
     let rt1 = libc::SIGRTMIN() + 1;
     for signo in [libc::SIGUSR1, libc::SIGUSR2, rt1, libc::SIGALRM] {
-        install(signo, false, &[])?;
+        install(signo, 0, &[])?;
     }
     say.step("sigaction(SIGUSR1, SIGUSR2, SIGRTMIN+1, SIGALRM, SA_SIGINFO): the handler counts the signal and writes a record to a pipe");
 
@@ -831,13 +833,13 @@ fn handler_child(link: &mut Link, say: &Narrator) -> Result<()> {
     // The same with sa_mask: while one handler runs, the other signal waits.
     let both = [libc::SIGUSR1, libc::SIGUSR2];
     for signo in both {
-        install(signo, false, &both)?;
+        install(signo, 0, &both)?;
     }
     say.step("sigaction(SIGUSR1 and SIGUSR2, sa_mask = {SIGUSR1, SIGUSR2}): now each handler blocks the other signal while it runs");
     let pair = two_at_once(link, &mut records, say)?;
     explain_pair(say, &pair, true);
     for signo in both {
-        install(signo, false, &[])?;
+        install(signo, 0, &[])?;
     }
     link.tell(b'a')?;
     link.hear(b'h')?;
@@ -910,7 +912,7 @@ fn handler_child(link: &mut Link, say: &Narrator) -> Result<()> {
         start.elapsed().as_secs_f64() * 1e3
     ));
     // Step 3: SA_RESTART
-    install(libc::SIGUSR2, true, &[])?;
+    install(libc::SIGUSR2, libc::SA_RESTART, &[])?;
     link.tell(b'4')?;
     let start = Instant::now();
     // SAFETY: as above.
@@ -1093,7 +1095,7 @@ fn zombie_children() -> Vec<i32> {
 /// Step 5: a child exits, stays a zombie until waitpid, announced by SIGCHLD.
 fn zombies(say: &Narrator, count: &mut Count) -> Result<()> {
     let mut records = Records::new()?;
-    install(libc::SIGCHLD, true, &[])?;
+    install(libc::SIGCHLD, libc::SA_RESTART, &[])?;
     // SAFETY: single-threaded, as above.
     let child = match unsafe { fork() }.context("fork()")? {
         ForkResult::Child => std::process::exit(7),
@@ -1183,7 +1185,7 @@ fn graceful_child(link: &mut Link, say: &Narrator) -> i32 {
         Ok(r) => r,
         Err(_) => return 1,
     };
-    if install(libc::SIGTERM, false, &[]).is_err() || link.tell(b'r').is_err() {
+    if install(libc::SIGTERM, 0, &[]).is_err() || link.tell(b'r').is_err() {
         return 1;
     }
     match records.next(PROMPTLY) {
@@ -1383,7 +1385,7 @@ fn flood_handler_child(link: &mut Link, say: &Narrator) -> Result<()> {
     let rt3 = libc::SIGRTMIN() + 3;
     let mut records = Records::with_pipe_size(Some(SMALL_PIPE))?;
     let capacity = records.capacity()?;
-    install(rt3, true, &[])?;
+    install(rt3, libc::SA_RESTART, &[])?;
     say.step(format!(
         "a handler for SIGRTMIN+3 with a self-pipe of {SMALL_PIPE} bytes: room for {capacity} \
          records of {} bytes; this child reads none until the parent is done",
@@ -1526,7 +1528,14 @@ fn receiver(opts: &RoleOpts) -> Result<()> {
     ];
     caught.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
     for &signo in &caught {
-        install(signo, true, &[])?;
+        // SA_RESETHAND on the stop signals: the first asks to stop; should
+        // the loop be stuck (stdout blocked), a second one ends the process.
+        let once = if is_stop(signo) {
+            libc::SA_RESETHAND
+        } else {
+            0
+        };
+        install(signo, libc::SA_RESTART | once, &[])?;
     }
     let me = std::process::id();
     say.step(format!(

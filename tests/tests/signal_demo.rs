@@ -316,7 +316,7 @@ fn signal_0_probes_and_delivers_nothing() {
 /// A receiver whose stdout is a pipe this test does not read yet: its main
 /// loop blocks printing, its handler goes on writing records until the
 /// self-pipe is full. Returns the receiver and the read end of its stdout,
-/// past the first two lines.
+/// past its first line.
 fn stalled_receiver(args: &[&str]) -> (Proc, BufReader<std::fs::File>) {
     let (read, write) = nix::unistd::pipe().unwrap();
     let mut cmd = demo(SIGNAL_DEMO, &[&["receiver"], args].concat());
@@ -325,13 +325,18 @@ fn stalled_receiver(args: &[&str]) -> (Proc, BufReader<std::fs::File>) {
         .stderr(Stdio::piped());
     // start() consumes cmd, and with it our copy of the write end.
     let proc = Proc::start(cmd);
-    let mut out = BufReader::new(std::fs::File::from(read));
-    let mut line = String::new();
-    for _ in 0..2 {
-        line.clear();
-        out.read_line(&mut line).unwrap();
-    }
-    assert!(line.contains("waiting"), "{line}");
+    // The first line comes once the handlers are installed; read it in a
+    // thread, so that a receiver that never prints fails the test instead
+    // of hanging it (dropping `proc` kills it, which ends the read).
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let mut out = BufReader::new(std::fs::File::from(read));
+        let mut line = String::new();
+        let _ = out.read_line(&mut line);
+        let _ = tx.send((line, out));
+    });
+    let (line, out) = rx.recv_timeout(SHORT).expect("the receiver's first line");
+    assert!(line.starts_with("[receiver] pid "), "{line}");
     (proc, out)
 }
 
@@ -573,4 +578,28 @@ fn a_sender_killed_or_stopped_mid_run() {
     assert_eq!(kill(Pid::from_raw(pid.parse().unwrap()), None), Ok(()));
     proc.signal(Signal::SIGTERM);
     proc.finish(SHORT).assert_stopped_by(Signal::SIGTERM);
+}
+
+#[test]
+fn a_second_ctrl_c_ends_a_receiver_stuck_printing() {
+    use std::os::unix::process::ExitStatusExt;
+    let (proc, out) = stalled_receiver(&[]);
+    let pid = proc.pid().to_string();
+    flood(&pid, "6000");
+    wait_blocked_writing_stdout(proc.pid());
+    // The first Ctrl-C asks; the loop cannot act on it while stdout is full.
+    proc.signal(Signal::SIGINT);
+    thread::sleep(Duration::from_millis(300));
+    wait_blocked_writing_stdout(proc.pid());
+    // The second gets the default action (SA_RESETHAND): the end, at once.
+    proc.signal(Signal::SIGINT);
+    let out_thread = drain(out);
+    let done = proc.finish(SHORT);
+    let _ = out_thread.join();
+    assert_eq!(
+        done.status.signal(),
+        Some(libc::SIGINT),
+        "{}",
+        done.describe()
+    );
 }
