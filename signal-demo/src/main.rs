@@ -238,10 +238,10 @@ extern "C" fn on_signal(signo: libc::c_int, info: *mut libc::siginfo_t, context:
     // record is dropped, and counted as dropped.
     let written =
         unsafe { libc::write(fd, (&record as *const Record).cast(), size_of::<Record>()) };
-    if written != size_of::<Record>() as isize {
-        if let Some(s) = slot {
-            UNRECORDED[s].fetch_add(1, Ordering::SeqCst);
-        }
+    if written != size_of::<Record>() as isize
+        && let Some(s) = slot
+    {
+        UNRECORDED[s].fetch_add(1, Ordering::SeqCst);
     }
     // SAFETY: as above; give the interrupted code its errno back.
     unsafe { *libc::__errno_location() = saved_errno };
@@ -1894,15 +1894,14 @@ fn run() -> Result<()> {
             let pid = pid.ok_or_else(|| usage("the sender needs --pid PID"))?;
             let signo =
                 signal.ok_or_else(|| usage("the sender needs --signal SIG, e.g. --signal USR1"))?;
-            if signo == 0 {
-                if let Some(bad) = ["--count", "--value", "--timeout"]
+            if signo == 0
+                && let Some(bad) = ["--count", "--value", "--timeout"]
                     .iter()
                     .find(|o| given.iter().any(|g| g == *o))
-                {
-                    return Err(usage(format!(
-                        "{bad} does not go with --signal 0: a probe sends nothing"
-                    )));
-                }
+            {
+                return Err(usage(format!(
+                    "{bad} does not go with --signal 0: a probe sends nothing"
+                )));
             }
             sender(pid, signo, value, &opts)
         }

@@ -555,7 +555,7 @@ fn a_sender_killed_or_stopped_mid_run() {
     );
     // Ctrl-C: the sender stops between two sends, reports, exits 130.
     let (proc, pid) = receiver(&["--quiet"]);
-    let mut sender = Proc::spawn(
+    let sender = Proc::spawn(
         SIGNAL_DEMO,
         &[
             "sender",
