@@ -1656,7 +1656,8 @@ fn receiver(opts: &RoleOpts) -> Result<()> {
     if lost > 0 {
         say.step(format!(
             "{lost} signal(s) were handled and counted, but their records did not fit the \
-             self-pipe ({} records): they came faster than this loop prints, and a handler \
+             self-pipe ({} records): they came faster than this loop reads (while signals keep \
+             coming, the kernel runs handler after handler and the loop waits), and a handler \
              cannot wait for room. The counts are exact (an atomic counter per signal); who sent \
              those and their values are lost. A signalfd keeps every one queued in the kernel \
              instead (the tour, step 9)",
