@@ -437,25 +437,33 @@ fn a_receiver_with_count_finishes_even_when_records_are_lost() {
     assert!(field(&stdout, "errors") > 0, "{stdout}");
 }
 
-#[test]
-fn the_sender_waits_out_a_full_queue_of_a_stopped_receiver() {
-    let (proc, pid) = receiver(&["--count", "600", "--quiet"]);
-    // The receiver's RLIMIT_SIGPENDING decides how many signals may wait
-    // for it: make it small, then stop it so they pile up.
+/// Set RLIMIT_SIGPENDING of process `pid`: the kernel checks the target's
+/// limit when a signal is queued. (It counts the pending signals of all of
+/// root's processes, so a low limit also keeps a flood from filling the
+/// queue other processes on this machine share.)
+fn limit_sigpending(pid: Pid, n: libc::rlim_t) {
     let limit = libc::rlimit {
-        rlim_cur: 200,
-        rlim_max: 200,
+        rlim_cur: n,
+        rlim_max: n,
     };
     // SAFETY: a valid pid, resource and rlimit; the old value is not wanted.
     let rc = unsafe {
         libc::prlimit(
-            proc.pid().as_raw(),
+            pid.as_raw(),
             libc::RLIMIT_SIGPENDING,
             &limit,
             std::ptr::null_mut(),
         )
     };
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn the_sender_waits_out_a_full_queue_of_a_stopped_receiver() {
+    let (proc, pid) = receiver(&["--count", "600", "--quiet"]);
+    // The receiver's RLIMIT_SIGPENDING decides how many signals may wait
+    // for it: make it small, then stop it so they pile up.
+    limit_sigpending(proc.pid(), 200);
     proc.signal(Signal::SIGSTOP);
     let mut sender = Proc::spawn(
         SIGNAL_DEMO,
@@ -522,6 +530,8 @@ fn the_receiver_gives_up_after_its_idle_timeout() {
 fn a_sender_killed_or_stopped_mid_run() {
     // Killed: the receiver with --count notices the silence and reports.
     let (proc, pid) = receiver(&["--count", "1000000000", "--timeout", "2", "--quiet"]);
+    // A sender faster than the receiver backs off at this many pending.
+    limit_sigpending(proc.pid(), 2000);
     let mut sender = Proc::spawn(
         SIGNAL_DEMO,
         &[
