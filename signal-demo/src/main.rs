@@ -8,44 +8,62 @@
 //! | rule              | what happens                                                   |
 //! |-------------------|----------------------------------------------------------------|
 //! | handler           | runs in the middle of whatever the process was doing: only async-signal-safe calls (an atomic store, `write` to a pipe), never `println!`, locks or allocation |
-//! | blocked (masked)  | the signal waits as *pending* until unblocked                  |
-//! | standard signals  | do not queue: sent 3 times while blocked, delivered once       |
-//! | real-time signals | `SIGRTMIN..SIGRTMAX` queue, in order, each with its value (`sigqueue`) |
+//! | nesting           | a handler blocks only its own signal (plus `sa_mask`): another signal interrupts it, and its handler runs first |
+//! | blocked (masked)  | the signal waits as *pending* until unblocked; pending signals are taken lowest number first |
+//! | standard signals  | do not queue: sent 3 times while pending, delivered once (they *coalesce*, and nobody is told) |
+//! | real-time signals | `SIGRTMIN..SIGRTMAX` queue, in order, each with its value (`sigqueue`), up to `RLIMIT_SIGPENDING`; past it `sigqueue` fails with `EAGAIN` |
 //! | blocking calls    | interrupted with `EINTR`, unless the handler has `SA_RESTART`  |
 //! | SIGKILL, SIGSTOP  | cannot be caught, blocked or ignored                           |
+//! | signal 0          | `kill(pid, 0)` delivers nothing: it asks "does pid exist, may I signal it?" |
 //!
 //! ## Run it
 //!
 //! ```text
-//! cargo run -p signal-demo                       # the tour, eight steps
+//! cargo run -p signal-demo                       # the tour, nine steps
 //! cargo run -p signal-demo -- receiver           # terminal 1: prints its pid
 //! kill -USR1 PID                                 # terminal 2, or:
 //! cargo run -p signal-demo -- sender --pid PID --signal RTMIN+1 --value 7 --count 3
+//! cargo run -p signal-demo -- sender --pid PID --signal 0     # a probe: is PID there?
 //! ```
+//!
+//! The receiver waits for signals without a time limit (it waits for a
+//! person); `--timeout SECS` bounds every wait, and with `--count N` it waits
+//! at most 60 s for each signal after the first. Ctrl-C or SIGTERM makes it
+//! print its counts and summary, then exit 130 or 143.
 //!
 //! ## What to look for
 //!
 //! - who sent each signal (`si_pid`) and how (`si_code`: kill, sigqueue, kernel);
+//! - two signals pending at once: SIGUSR2's handler runs *inside* SIGUSR1's,
+//!   unless `sa_mask` makes them take turns (lowest number first);
 //! - 3 sends of SIGUSR1 while blocked arriving once; 3 of SIGRTMIN+1 arriving 3 times;
 //! - `read` failing with `EINTR`, then the same read restarted with `SA_RESTART`;
 //! - a zombie in `/proc/PID/stat` until `waitpid`;
 //! - SIGSEGV and SIGFPE from real faults, reported by `waitpid`;
-//! - the same signals read as records from a `signalfd`.
+//! - the same signals read as records from a `signalfd`, lowest number first;
+//! - a flood: a handler's self-pipe overflows and loses records (counted),
+//!   a `signalfd` keeps every one queued in the kernel;
+//! - `sender --signal USR2 --count 2000`: the receiver counts far fewer.
 //!
-//! Uses `common` modules: `cli`, `error`, `peer`, `report`.
+//! The mechanism is all in this file: the handler (`on_signal`), the tour's
+//! steps, then the two roles (`receiver`, `sender`).
+//!
+//! Uses `common` modules: `cleanup`, `cli`, `error`, `peer`, `report`.
+//!
+//! See also: signal(7), sigaction(2), signalfd(2), sigqueue(3), pidfd_open(2).
 
 use std::ffi::c_void;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use common::cli::{Args, MAX_COUNT};
-use common::error::{self, usage};
+use common::error::{self, Interrupted, usage};
 use common::peer::{PeerExit, wait_pid};
 use common::report::{Narrator, Stream, Summary};
 use nix::errno::Errno;
@@ -54,7 +72,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{
     SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, kill, sigaction,
 };
-use nix::sys::signalfd::SignalFd;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::{ForkResult, Pid, fork, pipe2};
 
 const USAGE: &str = "\
@@ -62,43 +80,90 @@ signal-demo: signals, from handlers to signalfd
 
 USAGE:
     signal-demo [--quiet]
-        The tour with forked children: SA_SIGINFO handlers, blocking and
-        pending, queued real-time signals, EINTR vs SA_RESTART, a timer,
-        SIGCHLD and zombies, what cannot be caught, hardware faults, signalfd.
-    signal-demo receiver [--count N]
-        Print this process's pid, then one line per signal received. SIGINT and
-        SIGTERM print the summary and exit 0; --count N exits after N signals.
+        The tour, nine steps, with forked children: SA_SIGINFO handlers and
+        how they nest, blocking and pending, queued real-time signals, EINTR
+        vs SA_RESTART, a timer, SIGCHLD and zombies, what cannot be caught,
+        hardware faults, signalfd, and a flood (self-pipe vs signalfd).
+    signal-demo receiver [--count N] [--timeout SECS] [--quiet]
+        Print this process's pid, then one line per signal handled (SIGUSR1,
+        SIGUSR2, SIGHUP, SIGALRM, SIGQUIT, SIGRTMIN..SIGRTMAX), then a count
+        per signal and the summary. Ends after N signals with --count. SIGINT
+        (Ctrl-C) and SIGTERM ask it to stop: it prints its counts and the
+        summary, then exits 130 or 143, like every demo stopped by a signal;
+        a second one ends it at once.
     signal-demo sender --pid PID --signal SIG [--value V] [--count N]
-        Send SIG to PID N times (default 1): with kill(2), or sigqueue(3) and the
-        integer V when --value is given. SIG is USR1, SIGUSR1, RTMIN+2, RTMAX-1
-        or a number.
+                       [--timeout SECS] [--quiet]
+        Send SIG to PID N times (default 1): with kill(2), or sigqueue(3) and
+        the integer V when --value is given; then the summary. SIG is USR1,
+        SIGUSR1, RTMIN+2, RTMAX-1 or a number; 0 only probes (below).
 
 OPTIONS:
     --pid PID       the process to signal (1 or more)
-    --signal SIG    the signal (see above)
+    --signal SIG    the signal. 0 is kill(PID, 0): a probe that delivers
+                    nothing; exit 0 if PID exists and we may signal it, 1 if
+                    not (ESRCH, EPERM). It cannot tell whether PID is still
+                    the process you meant: pids are reused (a pidfd can).
     --value V       an integer sent along with sigqueue(3)
-    --count N       signals to send, or to receive before exiting
-    --quiet         the tour: only the steps and the summary
+    --count N       signals to send, or to handle before exiting
+    --timeout SECS  1..86400. Receiver: the longest it waits for the next
+                    signal before it gives up (exit 1). Without it, the first
+                    wait has no limit (the receiver waits for a person or a
+                    script, as a server waits for its first client); with
+                    --count, each later wait is at most 60 s; without --count
+                    the receiver waits until it is stopped. Sender: the
+                    longest it retries while the receiver's queue of pending
+                    signals is full (EAGAIN), default 60.
+    --quiet         no line per signal: the steps, the counts, the summary
     -h, --help      this text
 
+COUNTING: standard signals (1-31) coalesce: one sent while the same signal
+is still pending merges into it, and neither side is told, so a receiver
+may handle fewer than were sent. Real-time signals queue, one delivery each,
+up to RLIMIT_SIGPENDING pending signals per user; past that sigqueue fails
+with EAGAIN (the sender waits and retries). The receiver's handler counts
+every signal with an atomic counter; a record it could not write to its
+self-pipe (full) is counted as an error: the signal was handled, who sent
+it and its value are lost.
+
 EXIT STATUS: 0 success, 1 runtime error (ESRCH: no such process; EPERM: not
-permitted; an expectation of the tour not met), 2 bad command line.
+permitted; records lost; --count not reached within the idle timeout; an
+expectation of the tour not met), 2 bad command line, 130/143 stopped by
+SIGINT/SIGTERM (the receiver prints its summary first).
 ";
 
 /// How long the tour waits for any one thing a child should do promptly.
 const PROMPTLY: Duration = Duration::from_secs(10);
+/// The receiver's idle timeout between signals of a --count run, when no
+/// --timeout is given (the convention's default).
+const IDLE_DEFAULT: Duration = Duration::from_secs(60);
+/// The sender's patience with a full queue (EAGAIN) when no --timeout is given.
+const FULL_QUEUE_DEFAULT: Duration = Duration::from_secs(60);
 
 fn main() -> ExitCode {
     error::run("signal-demo", run)
 }
 
 // ---------------------------------------------------------------------------
-// The handler: it only reads the siginfo and writes one record to a pipe
+// The handler: it counts the signal, then writes one record to a pipe
 // ---------------------------------------------------------------------------
 
-/// The write end of the self-pipe, for the handler (-1: none yet). A
-/// handler may touch only lock-free atomics and async-signal-safe calls.
+/// Signal numbers run from 1 to SIGRTMAX (64 on Linux): one slot each.
+const SLOTS: usize = 65;
+
+/// The write end of the self-pipe, for the handler (-1: none). A handler
+/// may touch only lock-free atomics and async-signal-safe calls.
 static RECORD_FD: AtomicI32 = AtomicI32::new(-1);
+/// Per signal: how many times the handler ran. An atomic add cannot fail,
+/// so this count is exact even when the record (below) is lost.
+static HANDLED: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+/// Per signal: records the handler could not write (the pipe was full).
+static UNRECORDED: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+/// The first SIGINT or SIGTERM, set whatever room the pipe has: a request
+/// to stop must never be lost with its record.
+static STOP: AtomicI32 = AtomicI32::new(0);
+/// A clock the handlers share: each one reads it when it starts and when
+/// it ends, so the records show which handler ran inside which.
+static TICK: AtomicU32 = AtomicU32::new(0);
 
 /// What the handler learned about one signal.
 #[repr(C)]
@@ -111,15 +176,37 @@ struct Record {
     uid: u32,
     /// The sigqueue value, meaningful when code == SI_QUEUE.
     value: i32,
+    /// TICK when the handler started, and when it had finished its work.
+    entered: u32,
+    left: u32,
+    /// Explicit padding, so every byte of the record is initialised.
+    _pad: u32,
+    /// The signals blocked in the code the handler interrupted (bit n-1 for
+    /// signal n). A handler blocks its own signal while it runs, so SIGUSR1
+    /// here means "this handler interrupted SIGUSR1's handler".
+    interrupted_mask: u64,
 }
 
 /// The SA_SIGINFO handler. Why not `println!` here: the signal may arrive
 /// while the main code holds stdout's lock (deadlock) or is inside malloc
-/// (corrupted heap). `write(2)` of a small record to a pipe is
-/// async-signal-safe and atomic; the main loop prints it later.
-extern "C" fn on_signal(signo: libc::c_int, info: *mut libc::siginfo_t, _context: *mut c_void) {
-    let fd = RECORD_FD.load(Ordering::Relaxed);
+/// (corrupted heap). An atomic add, and `write(2)` of a small record to a
+/// pipe, are async-signal-safe; the main loop prints the record later.
+extern "C" fn on_signal(signo: libc::c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
+    let entered = TICK.fetch_add(1, Ordering::SeqCst) + 1;
+    // Count first: whatever happens to the record, the count is exact.
+    let slot = usize::try_from(signo).ok().filter(|&s| s < SLOTS);
+    if let Some(s) = slot {
+        HANDLED[s].fetch_add(1, Ordering::SeqCst);
+    }
+    if signo == libc::SIGINT || signo == libc::SIGTERM {
+        // Only the first stop request is kept; a second one changes nothing.
+        let _ = STOP.compare_exchange(0, signo, Ordering::SeqCst, Ordering::SeqCst);
+    }
+    let fd = RECORD_FD.load(Ordering::SeqCst);
     if fd < 0 || info.is_null() {
+        if let Some(s) = slot {
+            UNRECORDED[s].fetch_add(1, Ordering::SeqCst);
+        }
         return;
     }
     // SAFETY: errno is thread-local; save it, since write() may change it
@@ -127,7 +214,7 @@ extern "C" fn on_signal(signo: libc::c_int, info: *mut libc::siginfo_t, _context
     let saved_errno = unsafe { *libc::__errno_location() };
     // SAFETY: for an SA_SIGINFO handler the kernel passes a valid siginfo_t.
     // The union fields read here are plain integers for every si_code.
-    let record = unsafe {
+    let mut record = unsafe {
         let info = &*info;
         Record {
             signo,
@@ -139,26 +226,79 @@ extern "C" fn on_signal(signo: libc::c_int, info: *mut libc::siginfo_t, _context
             } else {
                 0
             },
+            ..Record::default()
         }
     };
+    record.entered = entered;
+    record.interrupted_mask = interrupted_mask(context);
+    record.left = TICK.fetch_add(1, Ordering::SeqCst) + 1;
     // SAFETY: write is async-signal-safe; `record` is plain data of the
-    // given size. The write end is non-blocking: if the pipe is full the
-    // record is dropped rather than the handler blocking.
-    unsafe {
-        libc::write(fd, (&record as *const Record).cast(), size_of::<Record>());
-        *libc::__errno_location() = saved_errno;
+    // given size. The write end is non-blocking: a handler must never wait
+    // (it would stop the code it interrupted), so if the pipe is full the
+    // record is dropped, and counted as dropped.
+    let written =
+        unsafe { libc::write(fd, (&record as *const Record).cast(), size_of::<Record>()) };
+    if written != size_of::<Record>() as isize
+        && let Some(s) = slot
+    {
+        UNRECORDED[s].fetch_add(1, Ordering::SeqCst);
     }
+    // SAFETY: as above; give the interrupted code its errno back.
+    unsafe { *libc::__errno_location() = saved_errno };
 }
 
-/// Install `on_signal` for `signo` with SA_SIGINFO, and SA_RESTART if asked.
-/// Raw `libc::sigaction`, because nix's `Signal` has no real-time signals.
-fn install(signo: libc::c_int, restart: bool) -> Result<()> {
+/// The signal mask of the code a handler interrupted, as bits.
+fn interrupted_mask(context: *mut c_void) -> u64 {
+    if context.is_null() {
+        return 0;
+    }
+    // SAFETY: for an SA_SIGINFO handler the third argument is the
+    // ucontext_t the kernel saved for the interrupted code; uc_sigmask is
+    // the mask sigreturn restores. sigismember is async-signal-safe.
+    let saved = unsafe { &(*(context as *const libc::ucontext_t)).uc_sigmask };
+    let mut mask = 0u64;
+    for signo in 1..SLOTS as libc::c_int {
+        // SAFETY: `saved` is a valid sigset_t; signo is in 1..=64.
+        if unsafe { libc::sigismember(saved, signo) } == 1 {
+            mask |= 1 << (signo - 1);
+        }
+    }
+    mask
+}
+
+fn bit(signo: libc::c_int) -> u64 {
+    1 << (signo - 1)
+}
+
+/// How many times the handler ran for `signo`, and how many of those
+/// records were lost.
+fn handled(signo: libc::c_int) -> (u64, u64) {
+    let s = signo as usize;
+    (
+        HANDLED[s].load(Ordering::SeqCst),
+        UNRECORDED[s].load(Ordering::SeqCst),
+    )
+}
+
+/// Install `on_signal` for `signo` with SA_SIGINFO plus `flags` (SA_RESTART:
+/// resume interrupted calls; SA_RESETHAND: back to the default action after
+/// one delivery). `also_block`: the sa_mask, signals blocked while this handler runs (its
+/// own signal always is). Raw `libc::sigaction`, because nix's `Signal` has
+/// no real-time signals.
+fn install(signo: libc::c_int, flags: libc::c_int, also_block: &[libc::c_int]) -> Result<()> {
     // SAFETY: an all-zero sigaction is a valid starting point (empty mask,
-    // no flags); we set the handler and flags below.
+    // no flags); we set the handler, mask and flags below.
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
     let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut c_void) = on_signal;
     action.sa_sigaction = handler as libc::sighandler_t;
-    action.sa_flags = libc::SA_SIGINFO | if restart { libc::SA_RESTART } else { 0 };
+    action.sa_flags = libc::SA_SIGINFO | flags;
+    // SAFETY: sa_mask is a valid sigset_t; the signal numbers are in range.
+    unsafe {
+        libc::sigemptyset(&mut action.sa_mask);
+        for &s in also_block {
+            libc::sigaddset(&mut action.sa_mask, s);
+        }
+    }
     // SAFETY: `action` is initialised; `on_signal` is async-signal-safe.
     let rc = unsafe { libc::sigaction(signo, &action, std::ptr::null_mut()) };
     Errno::result(rc).with_context(|| format!("sigaction({})", name(signo)))?;
@@ -168,18 +308,39 @@ fn install(signo: libc::c_int, restart: bool) -> Result<()> {
 /// The pipe the handler writes records into and the main code reads.
 struct Records {
     read: File,
-    _write: OwnedFd,
+    write: OwnedFd,
 }
 
 impl Records {
+    /// A self-pipe of the default size (64 KiB on Linux).
     fn new() -> Result<Records> {
+        Records::with_pipe_size(None)
+    }
+
+    /// A self-pipe; `bytes` shrinks it (F_SETPIPE_SZ) to show it overflow.
+    fn with_pipe_size(bytes: Option<libc::c_int>) -> Result<Records> {
         let (read, write) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
+        // Non-blocking write end: the handler must never wait for room.
         fcntl(write.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).context("fcntl(O_NONBLOCK)")?;
-        RECORD_FD.store(write.as_raw_fd(), Ordering::Relaxed);
+        if let Some(bytes) = bytes {
+            fcntl(write.as_fd(), FcntlArg::F_SETPIPE_SZ(bytes)).context("fcntl(F_SETPIPE_SZ)")?;
+        }
+        RECORD_FD.store(write.as_raw_fd(), Ordering::SeqCst);
         Ok(Records {
             read: File::from(read),
-            _write: write,
+            write,
         })
+    }
+
+    /// How many records the pipe holds before the handler's write fails.
+    /// A pipe is a ring of pages, and a write of at most PIPE_BUF bytes is
+    /// never split across two: each page holds a whole number of records.
+    fn capacity(&self) -> Result<usize> {
+        let bytes =
+            fcntl(self.write.as_fd(), FcntlArg::F_GETPIPE_SZ).context("fcntl(F_GETPIPE_SZ)")?;
+        // SAFETY: sysconf takes no pointers.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+        Ok(bytes as usize / page * (page / size_of::<Record>()))
     }
 
     /// The next record, or None if none arrives within `timeout`.
@@ -191,10 +352,24 @@ impl Records {
         // A record is written with one write() of less than PIPE_BUF bytes,
         // so it is read whole.
         read_retrying(&mut self.read, &mut bytes)?;
-        // SAFETY: Record is repr(C) plain integers; every bit pattern is valid.
+        // SAFETY: Record is repr(C) plain integers with no hidden padding;
+        // every bit pattern is valid.
         Ok(Some(unsafe {
             std::mem::transmute::<[u8; size_of::<Record>()], Record>(bytes)
         }))
+    }
+
+    /// A record already in the pipe, without waiting.
+    fn try_next(&mut self) -> Result<Option<Record>> {
+        self.next(Duration::ZERO)
+    }
+}
+
+impl Drop for Records {
+    fn drop(&mut self) {
+        // The write end closes with `self`: stop the handler writing to a
+        // descriptor number that a later open() may reuse for something else.
+        RECORD_FD.store(-1, Ordering::SeqCst);
     }
 }
 
@@ -278,7 +453,7 @@ fn describe(r: &Record) -> String {
     line
 }
 
-/// "USR1", "SIGUSR1", "RTMIN+2", "RTMAX-1" or a number.
+/// "USR1", "SIGUSR1", "RTMIN+2", "RTMAX-1" or a number (0: the probe).
 fn parse_signal(text: &str) -> Result<libc::c_int> {
     let bad = || {
         usage(format!(
@@ -315,11 +490,12 @@ fn parse_signal(text: &str) -> Result<libc::c_int> {
         return rt(max, rest, -1);
     }
     if let Ok(n) = text.parse::<i32>() {
-        if (1..=max).contains(&n) {
+        // 0 is not a signal but a probe: kill(pid, 0) checks, delivers nothing.
+        if (0..=max).contains(&n) {
             return Ok(n);
         }
         return Err(usage(format!(
-            "--signal {n}: signal numbers run from 1 to {max}"
+            "--signal {n}: signal numbers run from 1 to {max} (0: a probe that sends nothing)"
         )));
     }
     format!("SIG{bare}")
@@ -398,6 +574,64 @@ fn send(pid: Pid, signo: libc::c_int, value: Option<i32>) -> nix::Result<()> {
     }
 }
 
+/// What a sender met while the receiver's queue of pending signals was full.
+#[derive(Default)]
+struct FullQueue {
+    /// How many times sigqueue said EAGAIN.
+    refusals: u64,
+    /// Time spent waiting before a retry.
+    waited: Duration,
+}
+
+/// `send`, waiting and retrying while the kernel says EAGAIN: the
+/// receiver's user has RLIMIT_SIGPENDING signals pending already (only
+/// sigqueue of a real-time signal can fail so). Back-off from 1 ms to
+/// 64 ms, for at most `patience` since the last signal that went through.
+/// Ends early with EINTR if Ctrl-C or SIGTERM asked us to stop.
+fn send_retrying(
+    pid: Pid,
+    signo: libc::c_int,
+    value: Option<i32>,
+    patience: Duration,
+    full: &mut FullQueue,
+) -> nix::Result<()> {
+    let since = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match send(pid, signo, value) {
+            Err(Errno::EAGAIN) => {}
+            other => return other,
+        }
+        full.refusals += 1;
+        if since.elapsed() >= patience {
+            return Err(Errno::EAGAIN);
+        }
+        if common::cleanup::stop_requested().is_some() {
+            return Err(Errno::EINTR);
+        }
+        // Waiting is the only cure: the receiver must take some signals
+        // before the kernel queues more for its user.
+        sleep(pause);
+        full.waited += pause;
+        pause = (pause * 2).min(Duration::from_millis(64));
+    }
+}
+
+/// RLIMIT_SIGPENDING of this process, for the narration ("unlimited" or a number).
+fn sigpending_limit() -> String {
+    // SAFETY: getrlimit fills the struct we pass.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid resource and a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_SIGPENDING, &mut limit) } != 0 {
+        return "unknown".into();
+    }
+    if limit.rlim_cur == libc::RLIM_INFINITY {
+        "unlimited".into()
+    } else {
+        limit.rlim_cur.to_string()
+    }
+}
+
 fn block(signos: &[libc::c_int], how: SigmaskHow) -> Result<()> {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset below.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -465,6 +699,10 @@ fn tour(quiet: bool) -> Result<()> {
     faults(&say)?;
     say.line("\n== 8. signalfd: signals read from a file descriptor ==");
     signalfd_step(&say, &mut count)?;
+    say.line(format!(
+        "\n== 9. A flood of {FLOOD} queued signals: a handler's self-pipe overflows, a signalfd does not =="
+    ));
+    flood_step(&say, &mut count)?;
 
     let zombies = zombie_children();
     say.step(if zombies.is_empty() {
@@ -518,15 +756,28 @@ fn fork_with_link(
 /// The parent's half of steps 1–4.
 fn handler_parent(child: Pid, link: &mut Link, say: &Narrator, count: &mut Count) -> Result<()> {
     let rt1 = libc::SIGRTMIN() + 1;
-    say.line("\n== 1. sigaction with SA_SIGINFO: who sent it, and how ==");
+    say.line(
+        "\n== 1. sigaction with SA_SIGINFO: who sent it, how, and which handler runs first ==",
+    );
     link.hear(b'1')?;
     send(child, libc::SIGUSR1, None).context("kill(SIGUSR1)")?;
-    send(child, libc::SIGUSR2, None).context("kill(SIGUSR2)")?;
-    say.step(format!("kill({child}, SIGUSR1), kill({child}, SIGUSR2)"));
+    say.step(format!("kill({child}, SIGUSR1)"));
+    // Twice: first with handlers that block only their own signal, then
+    // with an sa_mask that makes them block each other.
+    for _ in 0..2 {
+        link.hear(b'p')?;
+        send(child, libc::SIGUSR1, None).context("kill(SIGUSR1)")?;
+        send(child, libc::SIGUSR2, None).context("kill(SIGUSR2)")?;
+        say.step(format!(
+            "kill({child}, SIGUSR1), then kill({child}, SIGUSR2), while the child blocks both"
+        ));
+        link.tell(b'g')?;
+    }
     link.hear(b'a')?;
-    count.signals += 2;
+    count.signals += 5;
 
     say.line("\n== 2. Blocked signals wait as pending; only real-time signals queue ==");
+    link.tell(b'h')?; // the heading is out: the child may go on
     link.hear(b'2')?;
     for _ in 0..3 {
         send(child, libc::SIGUSR1, None).context("kill(SIGUSR1)")?;
@@ -567,17 +818,31 @@ fn handler_child(link: &mut Link, say: &Narrator) -> Result<()> {
     let mut records = Records::new()?;
     let rt1 = libc::SIGRTMIN() + 1;
     for signo in [libc::SIGUSR1, libc::SIGUSR2, rt1, libc::SIGALRM] {
-        install(signo, false)?;
+        install(signo, 0, &[])?;
     }
-    say.step("sigaction(SIGUSR1, SIGUSR2, SIGRTMIN+1, SIGALRM, SA_SIGINFO): the handler writes a record to a pipe");
+    say.step("sigaction(SIGUSR1, SIGUSR2, SIGRTMIN+1, SIGALRM, SA_SIGINFO): the handler counts the signal and writes a record to a pipe");
 
-    // Step 1
+    // Step 1: one signal
     link.tell(b'1')?;
-    for _ in 0..2 {
-        let r = records.next(PROMPTLY)?.context("a signal did not arrive")?;
-        say.step(format!("handled {}", describe(&r)));
+    let r = records.next(PROMPTLY)?.context("SIGUSR1 did not arrive")?;
+    say.step(format!("handled {}", describe(&r)));
+
+    // Step 1: two signals pending at once, handlers that block only their own.
+    let pair = two_at_once(link, &mut records, say)?;
+    explain_pair(say, &pair, false);
+    // The same with sa_mask: while one handler runs, the other signal waits.
+    let both = [libc::SIGUSR1, libc::SIGUSR2];
+    for signo in both {
+        install(signo, 0, &both)?;
+    }
+    say.step("sigaction(SIGUSR1 and SIGUSR2, sa_mask = {SIGUSR1, SIGUSR2}): now each handler blocks the other signal while it runs");
+    let pair = two_at_once(link, &mut records, say)?;
+    explain_pair(say, &pair, true);
+    for signo in both {
+        install(signo, 0, &[])?;
     }
     link.tell(b'a')?;
+    link.hear(b'h')?;
 
     // Step 2: a standard signal
     block(&[libc::SIGUSR1], SigmaskHow::SIG_BLOCK)?;
@@ -647,7 +912,7 @@ fn handler_child(link: &mut Link, say: &Narrator) -> Result<()> {
         start.elapsed().as_secs_f64() * 1e3
     ));
     // Step 3: SA_RESTART
-    install(libc::SIGUSR2, true)?;
+    install(libc::SIGUSR2, libc::SA_RESTART, &[])?;
     link.tell(b'4')?;
     let start = Instant::now();
     // SAFETY: as above.
@@ -707,6 +972,92 @@ fn handler_child(link: &mut Link, say: &Narrator) -> Result<()> {
     Ok(())
 }
 
+/// Step 1: block SIGUSR1 and SIGUSR2, let the parent send both, then
+/// unblock both with one call, so that both are pending at the same moment:
+/// what the kernel does next is the same on every run.
+fn two_at_once(link: &mut Link, records: &mut Records, say: &Narrator) -> Result<[Record; 2]> {
+    let both = [libc::SIGUSR1, libc::SIGUSR2];
+    block(&both, SigmaskHow::SIG_BLOCK)?;
+    link.tell(b'p')?;
+    link.hear(b'g')?;
+    if !(pending(libc::SIGUSR1)? && pending(libc::SIGUSR2)?) {
+        bail!("expected SIGUSR1 and SIGUSR2 both pending");
+    }
+    block(&both, SigmaskHow::SIG_UNBLOCK)?;
+    say.step("both pending; sigprocmask(SIG_UNBLOCK, SIGUSR1 SIGUSR2) in one call");
+    let first = records.next(PROMPTLY)?.context("no handler ran")?;
+    let second = records
+        .next(PROMPTLY)?
+        .context("only one of the two handlers ran")?;
+    Ok([first, second])
+}
+
+/// Say what the two records of `two_at_once` show: which handler started
+/// first, and whether one ran inside the other. Told from the records
+/// (clock ticks and the interrupted code's mask), so it is true on any run.
+fn explain_pair(say: &Narrator, pair: &[Record; 2], masked: bool) {
+    let mut by_start = pair.to_vec();
+    by_start.sort_by_key(|r| r.entered);
+    let other = |signo| {
+        if signo == libc::SIGUSR1 {
+            libc::SIGUSR2
+        } else {
+            libc::SIGUSR1
+        }
+    };
+    for r in &by_start {
+        let o = other(r.signo);
+        say.step(format!(
+            "{}'s handler: started at tick {}, done at tick {}; {}",
+            name(r.signo),
+            r.entered,
+            r.left,
+            if r.interrupted_mask & bit(o) != 0 {
+                format!(
+                    "the code it interrupted had {} blocked: it ran on top of {}'s handler",
+                    name(o),
+                    name(o)
+                )
+            } else {
+                "it interrupted the main code".to_string()
+            }
+        ));
+    }
+    let (first, second) = (&by_start[0], &by_start[1]);
+    let on_top = first.interrupted_mask & bit(second.signo) != 0;
+    let inside = second.interrupted_mask & bit(first.signo) != 0 && second.entered < first.left;
+    let (f, s) = (name(first.signo), name(second.signo));
+    let lesson = if on_top {
+        format!(
+            "{f}'s handler ran first, inside {s}'s. Both were pending when sigprocmask returned; the \
+             kernel takes pending signals lowest number first, so it set up {s}'s handler frame \
+             first (blocking only {s}), then, still on its way back to user mode, found {f} \
+             pending and not blocked, and stacked {f}'s frame on top. The frame on top runs \
+             first: {f}'s handler ran to its end, and its return (sigreturn) started {s}'s \
+             handler. A signal that arrives while a handler runs interrupts it the same way."
+        )
+    } else if inside {
+        format!(
+            "{s} arrived while {f}'s handler was running and interrupted it: {s}'s handler \
+             ran to its end inside {f}'s, which then went on."
+        )
+    } else if masked {
+        format!(
+            "one after the other: {f}'s handler first, then {s}'s. The kernel took {f} first \
+             (lowest number first); {s} stayed pending, blocked by sa_mask, until {f}'s \
+             handler returned and sigreturn restored the mask. Handlers that share data \
+             should block each other like this. Lowest number first is also the order a \
+             signalfd reads pending signals in (step 8)."
+        )
+    } else {
+        format!(
+            "one after the other this time: {f}'s handler first, then {s}'s; neither ran inside \
+             the other."
+        )
+    };
+    say.step(lesson);
+}
+
 fn proc_state(pid: Pid) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?
@@ -744,7 +1095,7 @@ fn zombie_children() -> Vec<i32> {
 /// Step 5: a child exits, stays a zombie until waitpid, announced by SIGCHLD.
 fn zombies(say: &Narrator, count: &mut Count) -> Result<()> {
     let mut records = Records::new()?;
-    install(libc::SIGCHLD, true)?;
+    install(libc::SIGCHLD, libc::SA_RESTART, &[])?;
     // SAFETY: single-threaded, as above.
     let child = match unsafe { fork() }.context("fork()")? {
         ForkResult::Child => std::process::exit(7),
@@ -834,7 +1185,7 @@ fn graceful_child(link: &mut Link, say: &Narrator) -> i32 {
         Ok(r) => r,
         Err(_) => return 1,
     };
-    if install(libc::SIGTERM, false).is_err() || link.tell(b'r').is_err() {
+    if install(libc::SIGTERM, 0, &[]).is_err() || link.tell(b'r').is_err() {
         return 1;
     }
     match records.next(PROMPTLY) {
@@ -967,14 +1318,152 @@ fn signalfd_child(link: &mut Link, say: &Narrator) -> Result<()> {
             pid: info.ssi_pid as i32,
             uid: info.ssi_uid,
             value: info.ssi_int,
+            ..Record::default()
         };
         say.step(format!("read(signalfd) → {}", describe(&r)));
         seen.push(r.signo);
     }
+    let mut sorted = seen.clone();
+    sorted.sort_unstable();
+    let numbers = seen
+        .iter()
+        .map(|&n| format!("{} ({n})", name(n)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if seen == sorted {
+        say.step(format!(
+            "all three read as data in the order {numbers}: lowest signal number first, the \
+             kernel's order for pending signals. Step 1's handlers started in that order too; \
+             there SIGUSR2's handler ran first only because its frame was stacked on top of \
+             SIGUSR1's. A signalfd runs no handler, so nothing nests: you read the kernel's order."
+        ));
+    } else {
+        say.step(format!(
+            "all three read as data, in the order {numbers} (not lowest number first this time)"
+        ));
+    }
+    say.step("SIGTERM too, with no handler: a poll() loop over this fd and others needs none");
+    Ok(())
+}
+
+/// How many queued signals step 9 sends to each child.
+const FLOOD: i32 = 500;
+/// Step 9's self-pipe: one page, so that it overflows on every run.
+const SMALL_PIPE: libc::c_int = 4096;
+
+/// Step 9: a flood of queued signals, once to a handler with a self-pipe,
+/// once to a signalfd; neither child reads until the flood is over.
+fn flood_step(say: &Narrator, count: &mut Count) -> Result<()> {
+    let rt3 = libc::SIGRTMIN() + 3;
+    for body in [flood_handler_child, flood_signalfd_child] {
+        let (child, mut link) = fork_with_link(say, body)?;
+        link.hear(b'r')?;
+        let mut full = FullQueue::default();
+        for v in 1..=FLOOD {
+            send_retrying(child, rt3, Some(v), PROMPTLY, &mut full)
+                .with_context(|| format!("sigqueue(SIGRTMIN+3, {v})"))?;
+        }
+        say.step(format!(
+            "sigqueue({child}, SIGRTMIN+3) {FLOOD} times, values 1..={FLOOD}, as fast as it goes{}",
+            if full.refusals > 0 {
+                format!(" (EAGAIN {} times: the queue was full)", full.refusals)
+            } else {
+                String::new()
+            }
+        ));
+        link.tell(b's')?;
+        let exit = wait_pid(child, PROMPTLY)?;
+        if !exit.success() {
+            bail!("the flood child {exit}");
+        }
+        count.signals += FLOOD as u64;
+    }
+    Ok(())
+}
+
+fn flood_handler_child(link: &mut Link, say: &Narrator) -> Result<()> {
+    let rt3 = libc::SIGRTMIN() + 3;
+    let mut records = Records::with_pipe_size(Some(SMALL_PIPE))?;
+    let capacity = records.capacity()?;
+    install(rt3, libc::SA_RESTART, &[])?;
+    say.step(format!(
+        "a handler for SIGRTMIN+3 with a self-pipe of {SMALL_PIPE} bytes: room for {capacity} \
+         records of {} bytes; this child reads none until the parent is done",
+        size_of::<Record>()
+    ));
+    link.tell(b'r')?;
+    link.hear(b's')?;
+    let mut values = Vec::new();
+    while let Some(r) = records.try_next()? {
+        values.push(r.value);
+    }
+    let (ran, lost) = handled(rt3);
+    say.step(format!(
+        "the handler ran {ran} times (its atomic counter says so); {} records were in the pipe \
+         (values {}..={}), {lost} did not fit and were dropped: who sent those and their values \
+         are gone, only the count is left",
+        values.len(),
+        values.first().copied().unwrap_or(0),
+        values.last().copied().unwrap_or(0),
+    ));
+    if ran != FLOOD as u64 || values.len() as u64 + lost != ran {
+        bail!(
+            "expected {FLOOD} runs = records + dropped, got {ran} runs, {} records, {lost} dropped",
+            values.len()
+        );
+    }
     say.step(
-        "all three read as data, lowest signal number first (the kernel's order for pending \
-         signals); SIGTERM too, with no handler: a poll() loop over this fd and others needs none",
+        "a handler may not wait for room (it would stop the code it interrupted), so a full \
+         self-pipe loses records. What a handler can always do is count: an atomic add per \
+         signal never fails, and a loop that reads the counters (the pipe only to wake it) \
+         misses nothing it counts",
     );
+    Ok(())
+}
+
+fn flood_signalfd_child(link: &mut Link, say: &Narrator) -> Result<()> {
+    let rt3 = libc::SIGRTMIN() + 3;
+    block(&[rt3], SigmaskHow::SIG_BLOCK)?;
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
+    let mut raw: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid sigset_t and a valid signal number.
+    unsafe {
+        libc::sigemptyset(&mut raw);
+        libc::sigaddset(&mut raw, rt3);
+    }
+    // SAFETY: `raw` holds one valid signal.
+    let mask = unsafe { SigSet::from_sigset_t_unchecked(raw) };
+    // Non-blocking: read until the queue is empty, then stop.
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK).context("signalfd")?;
+    say.step(
+        "sigprocmask(SIG_BLOCK, SIGRTMIN+3) + signalfd: the signals wait in the kernel's queue; \
+         this child reads none until the parent is done",
+    );
+    link.tell(b'r')?;
+    link.hear(b's')?;
+    let mut values = Vec::new();
+    while let Some(info) = sfd.read_signal().context("read(signalfd)")? {
+        values.push(info.ssi_int);
+    }
+    let in_order = values.iter().copied().eq(1..=FLOOD);
+    say.step(format!(
+        "read(signalfd) → {} records, values {}: every signal kept, with its sender and value",
+        values.len(),
+        if in_order {
+            format!("1..={FLOOD} in order")
+        } else {
+            "NOT 1..N in order".to_string()
+        }
+    ));
+    if !in_order {
+        bail!("expected values 1..={FLOOD} in order");
+    }
+    say.step(format!(
+        "the queue is the kernel's, bounded by RLIMIT_SIGPENDING ({} pending signals for this \
+         user here): past it sigqueue fails with EAGAIN, so the sender is told and can wait \
+         (signal-demo sender does) instead of a record vanishing. signalfd is the robust design",
+        sigpending_limit()
+    ));
     Ok(())
 }
 
@@ -982,8 +1471,51 @@ fn signalfd_child(link: &mut Link, say: &Narrator) -> Result<()> {
 // Roles
 // ---------------------------------------------------------------------------
 
-fn receiver(count: Option<u64>) -> Result<()> {
-    let say = Narrator::new("receiver", false, Stream::Stdout);
+/// The options the two roles share.
+struct RoleOpts {
+    count: Option<u64>,
+    timeout: Option<Duration>,
+    quiet: bool,
+}
+
+/// How the receiver's loop ended.
+enum End {
+    /// SIGINT or SIGTERM asked it to stop.
+    Stopped(libc::c_int),
+    /// --count signals were handled.
+    Counted,
+    /// No signal within the idle timeout.
+    Idle(Duration),
+}
+
+fn is_stop(signo: libc::c_int) -> bool {
+    signo == libc::SIGINT || signo == libc::SIGTERM
+}
+
+/// Signals handled so far, not counting the requests to stop.
+fn handled_messages(caught: &[libc::c_int]) -> u64 {
+    caught
+        .iter()
+        .filter(|&&s| !is_stop(s))
+        .map(|&s| handled(s).0)
+        .sum()
+}
+
+fn show(say: &Narrator, r: &Record) {
+    let mut line = describe(r);
+    if r.signo == libc::SIGHUP {
+        line.push_str(": would reload the configuration");
+    }
+    if is_stop(r.signo) {
+        // Always shown, even with --quiet: it explains why the run ends.
+        say.step(format!("{line}: asked to stop"));
+    } else {
+        say.message(line);
+    }
+}
+
+fn receiver(opts: &RoleOpts) -> Result<()> {
+    let say = Narrator::new("receiver", opts.quiet, Stream::Stdout);
     let mut records = Records::new()?;
     let mut caught: Vec<libc::c_int> = vec![
         libc::SIGUSR1,
@@ -996,72 +1528,317 @@ fn receiver(count: Option<u64>) -> Result<()> {
     ];
     caught.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
     for &signo in &caught {
-        install(signo, true)?;
+        // SA_RESETHAND on the stop signals: the first asks to stop; should
+        // the loop be stuck (stdout blocked), a second one ends the process.
+        let once = if is_stop(signo) {
+            libc::SA_RESETHAND
+        } else {
+            0
+        };
+        install(signo, libc::SA_RESTART | once, &[])?;
     }
     let me = std::process::id();
     say.step(format!(
         "pid {me}; try: kill -USR1 {me}   or   signal-demo sender --pid {me} --signal RTMIN+1 --value 7"
     ));
+    say.step(match (opts.count, opts.timeout) {
+        (_, Some(t)) => format!(
+            "waiting at most {}s for each signal (--timeout); Ctrl-C or SIGTERM stops me",
+            t.as_secs()
+        ),
+        (Some(n), None) => format!(
+            "waiting for {n} signal(s): for the first without a time limit, then at most {}s for \
+             each next one (--timeout SECS to change it); Ctrl-C or SIGTERM stops me",
+            IDLE_DEFAULT.as_secs()
+        ),
+        (None, None) => "waiting for signals without a time limit (I wait for a person; \
+             --timeout SECS bounds it): Ctrl-C or SIGTERM stops me"
+            .to_string(),
+    });
     let start = Instant::now();
-    let mut received = 0u64;
-    loop {
-        let Some(r) = records.next(Duration::from_secs(3600))? else {
-            continue;
+    let mut last_total = 0u64;
+    let mut last_progress = Instant::now();
+    let end = loop {
+        while let Some(r) = records.try_next()? {
+            show(&say, &r);
+        }
+        // The counters, not the records, decide: a record may have been
+        // dropped (full pipe), a count never is.
+        let stop = STOP.load(Ordering::SeqCst);
+        if stop != 0 {
+            break End::Stopped(stop);
+        }
+        let total = handled_messages(&caught);
+        if total != last_total {
+            last_total = total;
+            last_progress = Instant::now();
+        }
+        if opts.count.is_some_and(|n| total >= n) {
+            break End::Counted;
+        }
+        let limit = opts.timeout.or(if opts.count.is_some() && total > 0 {
+            Some(IDLE_DEFAULT)
+        } else {
+            None
+        });
+        let wait = match limit {
+            Some(limit) => {
+                let left = limit.saturating_sub(last_progress.elapsed());
+                if left.is_zero() {
+                    break End::Idle(limit);
+                }
+                left
+            }
+            // Deliberately unbounded (see --help): loop on long polls.
+            None => Duration::from_secs(3600),
         };
-        received += 1;
-        let mut line = describe(&r);
-        match r.signo {
-            libc::SIGHUP => line.push_str(": would reload the configuration"),
-            libc::SIGINT | libc::SIGTERM => line.push_str(": shutting down"),
-            _ => {}
+        // A handler that ran has written a record, or found the pipe full,
+        // and then the pipe is readable anyway: no wake-up is missed.
+        readable(&records.read, wait)?;
+    };
+    // From here on no handler may run: block every caught signal, so that
+    // the counts read below stay the counts reported. Signals arriving now
+    // stay pending and die with the process.
+    block(&caught, SigmaskHow::SIG_BLOCK)?;
+    while let Some(r) = records.try_next()? {
+        show(&say, &r);
+    }
+    let (mut messages, mut lost, mut standard, mut realtime) = (0u64, 0u64, false, false);
+    for &signo in &caught {
+        let (ran, dropped) = handled(signo);
+        if ran == 0 {
+            continue;
         }
-        say.step(line);
-        let last =
-            matches!(r.signo, libc::SIGINT | libc::SIGTERM) || count.is_some_and(|n| received >= n);
-        if last {
-            break;
+        let what = match (is_stop(signo), dropped > 0) {
+            (true, true) => {
+                " (a request to stop, not counted as a message; its record was lost, but the \
+                 handler had set the stop flag first: a stop request is never lost)"
+            }
+            (true, false) => " (a request to stop, not counted as a message)",
+            _ => "",
+        };
+        say.step(format!(
+            "{} ({signo}): handled {ran} time(s), {} recorded{}{what}",
+            name(signo),
+            ran - dropped,
+            if dropped > 0 {
+                format!(", {dropped} NOT recorded: the self-pipe was full")
+            } else {
+                String::new()
+            }
+        ));
+        if !is_stop(signo) {
+            messages += ran;
+            lost += dropped;
+            if signo < libc::SIGRTMIN() {
+                standard = true;
+            } else {
+                realtime = true;
+            }
         }
+    }
+    if standard {
+        say.step(
+            "standard signals coalesce: one sent while the same signal is still pending here \
+             merges into it, and neither side is told. A sender may have sent more than I \
+             handled (sender --signal USR2 --count 2000 arrives as a few hundred); count with \
+             real-time signals to see each one",
+        );
+    }
+    if realtime {
+        say.step(format!(
+            "real-time signals queue: each one sent is handled, in order, as long as fewer than \
+             RLIMIT_SIGPENDING ({} here) are pending for my user; past that sigqueue fails with \
+             EAGAIN at the sender",
+            sigpending_limit()
+        ));
+    }
+    if lost > 0 {
+        say.step(format!(
+            "{lost} signal(s) were handled and counted, but their records did not fit the \
+             self-pipe ({} records): they came faster than this loop reads (while signals keep \
+             coming, the kernel runs handler after handler and the loop waits), and a handler \
+             cannot wait for room. The counts are exact (an atomic counter per signal); who sent \
+             those and their values are lost. A signalfd keeps every one queued in the kernel \
+             instead (the tour, step 9)",
+            records.capacity()?
+        ));
     }
     say.line(Summary {
         mechanism: "signal",
-        messages: received,
+        messages,
+        bytes: 0,
+        errors: lost,
+        elapsed: start.elapsed(),
+    });
+    match end {
+        End::Stopped(signo) => {
+            let signal = Signal::try_from(signo).context("the stop signal")?;
+            Err(Interrupted(signal).into())
+        }
+        End::Idle(limit) => {
+            let wanted = opts
+                .count
+                .map_or(String::new(), |n| format!(": {messages} of {n} arrived"));
+            bail!(
+                "no signal for {}s{wanted}{}",
+                limit.as_secs(),
+                if standard && opts.count.is_some() {
+                    " (standard signals coalesce, so the rest may never come)"
+                } else {
+                    ""
+                }
+            )
+        }
+        End::Counted if lost > 0 => bail!("{lost} of {messages} signals lost their record"),
+        End::Counted => Ok(()),
+    }
+}
+
+/// `--signal 0`: kill(pid, 0) delivers nothing; the kernel only checks
+/// that the process exists and that we may signal it.
+fn probe(pid: i32, say: &Narrator) -> Result<()> {
+    match send(Pid::from_raw(pid), 0, None) {
+        Ok(()) => {
+            say.step(format!(
+                "kill({pid}, 0) succeeded: a process with pid {pid} exists and we may signal it. \
+                 Signal 0 is a probe: the kernel checked existence and permission and delivered \
+                 nothing"
+            ));
+            say.step(
+                "it cannot tell whether that is still the process you meant: when a process ends \
+                 its pid is reused, and kill(pid, 0) answers for whoever has it now. A pidfd \
+                 (pidfd_open(2)) names one process for good; pidfd_send_signal(2) can never \
+                 reach a newcomer (taught later)",
+            );
+            Ok(())
+        }
+        Err(Errno::ESRCH) => {
+            bail!("kill({pid}, 0): ESRCH: no process has pid {pid} (signal 0 only probes)")
+        }
+        Err(Errno::EPERM) => bail!(
+            "kill({pid}, 0): EPERM: pid {pid} exists but is another user's: we may not signal \
+             it (signal 0 only probes)"
+        ),
+        Err(e) => Err(e).with_context(|| format!("kill({pid}, 0)")),
+    }
+}
+
+fn sender(pid: i32, signo: libc::c_int, value: Option<i32>, opts: &RoleOpts) -> Result<()> {
+    let say = Narrator::new("sender", opts.quiet, Stream::Stdout);
+    if signo == 0 {
+        return probe(pid, &say);
+    }
+    // Ctrl-C/SIGTERM: stop between two sends, report, exit 128+N.
+    common::cleanup::stop_on_signals()?;
+    let call = if value.is_some() { "sigqueue" } else { "kill" };
+    let count = opts.count.unwrap_or(1);
+    let patience = opts.timeout.unwrap_or(FULL_QUEUE_DEFAULT);
+    let target = Pid::from_raw(pid);
+    let mut full = FullQueue::default();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let outcome: Result<()> = loop {
+        if sent == count {
+            break Ok(());
+        }
+        if let Err(e) = common::cleanup::check_stop() {
+            break Err(e);
+        }
+        let what = || format!("{call}({pid}, {})", name(signo));
+        match send_retrying(target, signo, value, patience, &mut full) {
+            Ok(()) => {}
+            Err(Errno::EINTR) => continue, // Ctrl-C during a back-off: checked above
+            Err(Errno::ESRCH) => {
+                break Err(anyhow::anyhow!(
+                    "{}: ESRCH: no process has pid {pid}{}",
+                    what(),
+                    if sent > 0 { " any more" } else { "" }
+                ));
+            }
+            Err(Errno::EPERM) => {
+                break Err(anyhow::anyhow!(
+                    "{}: EPERM: not permitted to signal pid {pid} (another user's process)",
+                    what()
+                ));
+            }
+            Err(Errno::EAGAIN) => {
+                break Err(anyhow::anyhow!(
+                    "{}: EAGAIN for {}s: the receiver's queue of pending signals stays full \
+                     (RLIMIT_SIGPENDING); is pid {pid} stopped, or blocking {}?",
+                    what(),
+                    patience.as_secs(),
+                    name(signo)
+                ));
+            }
+            Err(e) => break Err(anyhow::Error::new(e).context(what())),
+        }
+        sent += 1;
+        say.message(format!(
+            "{call}({pid}, {}{}) #{sent}",
+            name(signo),
+            value.map_or(String::new(), |v| format!(", value {v}"))
+        ));
+    };
+    // A first send that failed moved nothing: the error line says why.
+    if sent == 0 {
+        return outcome;
+    }
+    say.step(format!(
+        "{call}() sent {sent} of {count} {} to pid {pid} (the kernel took each one)",
+        name(signo)
+    ));
+    if full.refusals > 0 {
+        say.step(format!(
+            "the receiver's queue was full {} time(s) (EAGAIN: RLIMIT_SIGPENDING signals pending \
+             for its user): waited {} ms in all, retrying with a back-off from 1 to 64 ms",
+            full.refusals,
+            full.waited.as_millis()
+        ));
+    }
+    if signo < libc::SIGRTMIN() {
+        if sent > 1 {
+            say.step(format!(
+                "{} is a standard signal: one sent while the last is still pending at pid {pid} \
+                 merges into it (coalesces), and the kernel tells neither side; the receiver may \
+                 count fewer than {sent}",
+                name(signo)
+            ));
+        }
+    } else {
+        say.step(format!(
+            "{} is a real-time signal: each one queues, in order{}, up to RLIMIT_SIGPENDING \
+             pending signals for the receiver's user (ours: {}); past that sigqueue fails with \
+             EAGAIN{}",
+            name(signo),
+            if value.is_some() {
+                ", with its value"
+            } else {
+                ""
+            },
+            sigpending_limit(),
+            if value.is_none() {
+                " (kill does not fail: the signal is kept without its details)"
+            } else {
+                ""
+            }
+        ));
+    }
+    say.line(Summary {
+        mechanism: "signal",
+        messages: sent,
         bytes: 0,
         errors: 0,
         elapsed: start.elapsed(),
     });
-    Ok(())
-}
-
-fn sender(pid: i32, signo: libc::c_int, value: Option<i32>, count: u64) -> Result<()> {
-    let say = Narrator::new("sender", false, Stream::Stdout);
-    let call = if value.is_some() { "sigqueue" } else { "kill" };
-    for i in 0..count {
-        match send(Pid::from_raw(pid), signo, value) {
-            Ok(()) => {}
-            Err(Errno::ESRCH) => bail!(
-                "{call}({pid}, {}): ESRCH: no process has pid {pid}",
-                name(signo)
-            ),
-            Err(Errno::EPERM) => bail!(
-                "{call}({pid}, {}): EPERM: not permitted to signal pid {pid} (another user's process)",
-                name(signo)
-            ),
-            Err(e) => return Err(e).with_context(|| format!("{call}({pid}, {})", name(signo))),
-        }
-        say.step(format!(
-            "{call}({pid}, {}{}) #{}",
-            name(signo),
-            value.map_or(String::new(), |v| format!(", value {v}")),
-            i + 1
-        ));
-    }
-    Ok(())
+    outcome
 }
 
 fn run() -> Result<()> {
     let mut args = Args::from_env(USAGE)?;
     let role = args.role(&["receiver", "sender"])?;
-    let (mut pid, mut signal, mut value, mut count, mut quiet) = (None, None, None, None, false);
+    let (mut pid, mut signal, mut value, mut quiet) = (None, None, None, false);
+    let (mut count, mut timeout) = (None, None);
     let mut given = Vec::new();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -1076,6 +1853,13 @@ fn run() -> Result<()> {
                 })?);
             }
             "--count" => count = Some(args.number("--count", 1, MAX_COUNT)?),
+            "--timeout" => {
+                timeout = Some(Duration::from_secs(args.number(
+                    "--timeout",
+                    1u64,
+                    86_400,
+                )?))
+            }
             "--quiet" => quiet = true,
             other => return Err(args.unknown(other)),
         }
@@ -1083,8 +1867,15 @@ fn run() -> Result<()> {
     }
     let allowed: &[&str] = match role.as_deref() {
         None => &["--quiet"],
-        Some("receiver") => &["--count"],
-        _ => &["--pid", "--signal", "--value", "--count"],
+        Some("receiver") => &["--count", "--timeout", "--quiet"],
+        _ => &[
+            "--pid",
+            "--signal",
+            "--value",
+            "--count",
+            "--timeout",
+            "--quiet",
+        ],
     };
     if let Some(bad) = given.iter().find(|g| !allowed.contains(&g.as_str())) {
         let whom = role
@@ -1092,14 +1883,28 @@ fn run() -> Result<()> {
             .map_or("the tour".to_string(), |r| format!("the {r}"));
         return Err(usage(format!("{bad} is not an option of {whom}")));
     }
+    let opts = RoleOpts {
+        count,
+        timeout,
+        quiet,
+    };
     match role.as_deref() {
         None => tour(quiet),
-        Some("receiver") => receiver(count),
+        Some("receiver") => receiver(&opts),
         _ => {
             let pid = pid.ok_or_else(|| usage("the sender needs --pid PID"))?;
             let signo =
                 signal.ok_or_else(|| usage("the sender needs --signal SIG, e.g. --signal USR1"))?;
-            sender(pid, signo, value, count.unwrap_or(1))
+            if signo == 0
+                && let Some(bad) = ["--count", "--value", "--timeout"]
+                    .iter()
+                    .find(|o| given.iter().any(|g| g == *o))
+            {
+                return Err(usage(format!(
+                    "{bad} does not go with --signal 0: a probe sends nothing"
+                )));
+            }
+            sender(pid, signo, value, &opts)
         }
     }
 }
@@ -1116,7 +1921,8 @@ mod tests {
         assert_eq!(parse_signal("SIGRTMAX-1").unwrap(), libc::SIGRTMAX() - 1);
         assert_eq!(parse_signal("RTMIN").unwrap(), libc::SIGRTMIN());
         assert_eq!(parse_signal("9").unwrap(), 9);
-        for bad in ["RTMIN+99", "RTMAX+1", "USR3", "0", "65", "RTMIN2", ""] {
+        assert_eq!(parse_signal("0").unwrap(), 0);
+        for bad in ["RTMIN+99", "RTMAX+1", "USR3", "-1", "65", "RTMIN2", ""] {
             assert!(parse_signal(bad).is_err(), "{bad}");
         }
         assert_eq!(name(libc::SIGRTMIN() + 1), "SIGRTMIN+1");
