@@ -21,7 +21,9 @@ mount -t tmpfs -o size=256m,mode=1777 tmpfs /dev/shm || exit 90
 mkdir -p /dev/mqueue && mount -t mqueue mqueue /dev/mqueue || exit 91
 mount -t tmpfs -o mode=1777 tmpfs /tmp || exit 92
 cd /
-setsid "$@" </dev/null &
+# A non-interactive shell starts background commands with SIGINT ignored;
+# a terminal's foreground job has it at its default: restore that.
+setsid env --default-signal=INT,QUIT "$@" </dev/null &
 pgid=$!
 echo "=== pgid $pgid"
 wait "$pgid"
