@@ -255,8 +255,16 @@ fn words(mech: Mech, zh: bool) -> (&'static str, &'static str, &'static str) {
             "无亲缘关系，按名字 ¹",
             "自行设计",
         ),
-        (Mech::Tcp, false) => ("TCP on 127.0.0.1", "other hosts too", "no"),
-        (Mech::Tcp, true) => ("TCP（127.0.0.1）", "也可跨主机", "无"),
+        (Mech::Tcp, false) => (
+            "TCP on 127.0.0.1",
+            "any local process of any user (other hosts only if bound to a non-loopback address)",
+            "no",
+        ),
+        (Mech::Tcp, true) => (
+            "TCP（127.0.0.1）",
+            "本机任何用户的任何进程（绑定非回环地址时才可跨主机）",
+            "无",
+        ),
         (Mech::Signal, false) => (
             "signals (`sigqueue`)",
             "any process you may signal",
