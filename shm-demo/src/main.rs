@@ -38,9 +38,7 @@
 //!
 //! The same ring also runs on System V shared memory (`shm-demo sysv`):
 //! `shmget`/`shmat` and a System V semaphore set instead of `shm_open`/
-//! `mmap` and `sem_t`. The code is in three files to read side by side:
-//! `ring.rs` (layout, send and receive loops, shared by both), `posix.rs`
-//! and `sysv.rs` (making, finding and removing the objects).
+//! `mmap` and `sem_t`.
 //!
 //! ## Run it
 //!
@@ -85,13 +83,28 @@
 //! keep the synchronisation in the kernel (the System V variant's
 //! semaphores live there, not in the segment).
 //!
+//! ## The files
+//!
+//! The mechanism is in `src/ipc_posix.rs` and `src/ipc_sysv.rs`, with the
+//! ring both run in `src/ipc_ring.rs`: these three are the mechanism files,
+//! to read side by side (the ring: layout, send and receive loops; the
+//! other two: making, finding and removing the objects). The story's steps
+//! are in `src/story.rs`; the checks and hardening (header, `sem_t`,
+//! liveness, owner, SIGBUS) in `src/checks.rs`, which a first reading may
+//! skip. `src/lib.rs` exists for ipc-bench, which measures the same ring.
+//!
 //! Uses `common` modules: `cleanup`, `cli`, `error`, `payload`, `peer`,
-//! `psem`, `report`, `sysv_sem`; nix features `fs`, `mman`, `poll`, `user`
-//! (besides those `common` needs). `sigbus.rs` holds the SIGBUS handler.
+//! `psem`, `report`, `sysv_sem`; `nix` features: `fs`, `mman`, `poll`,
+//! `process`, `signal`, `time`, `user`.
+//!
+//! Read next: `eventfd-demo` (a counter in the kernel that wakes a waiter:
+//! the usual partner of shared memory).
+//! See also: `sem-demo` for the semaphores this demo uses, on their own;
+//! `memfd-demo` for sealed memory that cannot be truncated under you.
 
-mod posix;
-mod sigbus;
-mod sysv;
+mod ipc_posix;
+mod ipc_sysv;
+mod story;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -102,9 +115,9 @@ use common::cleanup::stop_on_signals;
 use common::cli::{Args, DEFAULT_COUNT, DEFAULT_SIZE, MAX_COUNT};
 use common::error::{self, usage};
 
-use shm_demo::ring::{MAX_MESSAGE, MAX_SLOT_SIZE, MAX_SLOTS};
+use shm_demo::ipc_ring::{MAX_MESSAGE, MAX_SLOT_SIZE, MAX_SLOTS};
 
-const USAGE: &str = "\
+const HELP: &str = "\
 shm-demo: shared memory as a bounded buffer, synchronised with semaphores
 
 USAGE:
@@ -164,10 +177,6 @@ const DEFAULT_SLOT_SIZE: u32 = 4096;
 /// Seconds without progress from the peer before a role gives up.
 const DEFAULT_TIMEOUT: u64 = 60;
 
-fn main() -> ExitCode {
-    error::run("shm-demo", run)
-}
-
 /// The command line, shared by both variants and all roles.
 #[derive(Debug)]
 pub struct Options {
@@ -197,8 +206,12 @@ impl Options {
     }
 }
 
+fn main() -> ExitCode {
+    error::run("shm-demo", run)
+}
+
 fn run() -> Result<()> {
-    let mut args = Args::from_env(USAGE)?;
+    let mut args = Args::from_env(HELP)?;
     let first = args.role(&["sender", "receiver", "sysv"])?;
     let sysv = first.as_deref() == Some("sysv");
     let role = if sysv {
@@ -210,21 +223,16 @@ fn run() -> Result<()> {
     // Ctrl-C/SIGTERM interrupt the semaphore waits (EINTR); the roles then
     // return, and their guards remove what they created.
     stop_on_signals()?;
+    // parse_options made sure a role has its --name or --key.
+    let name = opts.name.as_deref().unwrap_or_default();
+    let key = opts.key.as_deref().unwrap_or(std::path::Path::new(""));
     match (sysv, role.as_deref()) {
-        (false, None) => posix::story(&opts),
-        (false, Some("receiver")) => {
-            posix::receiver(&opts, opts.name.as_deref().unwrap_or_default())
-        }
-        (false, _) => posix::sender(&opts, opts.name.as_deref().unwrap_or_default()),
-        (true, None) => sysv::story(&opts),
-        (true, Some("receiver")) => sysv::receiver(
-            &opts,
-            opts.key.as_deref().unwrap_or(std::path::Path::new("")),
-        ),
-        (true, _) => sysv::sender(
-            &opts,
-            opts.key.as_deref().unwrap_or(std::path::Path::new("")),
-        ),
+        (false, None) => story::posix(&opts),
+        (false, Some("receiver")) => ipc_posix::receiver(&opts, name),
+        (false, _) => ipc_posix::sender(&opts, name),
+        (true, None) => story::sysv(&opts),
+        (true, Some("receiver")) => ipc_sysv::receiver(&opts, key),
+        (true, _) => ipc_sysv::sender(&opts, key),
     }
 }
 
