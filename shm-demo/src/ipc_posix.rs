@@ -348,7 +348,14 @@ pub fn sender(opts: &Options, name: &str) -> Result<()> {
     };
     say.step("wrote the end marker; unmapping (the receiver owns the name and removes it)");
     drop(segment); // munmap(2) (Segment's Drop)
-    ring::sender_summary(MECHANISM, opts.count, opts.size, elapsed, &say);
+    ring::sender_summary(
+        MECHANISM,
+        opts.count,
+        opts.size,
+        elapsed,
+        &say,
+        opts.summary,
+    );
     Ok(())
 }
 

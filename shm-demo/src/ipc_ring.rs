@@ -730,14 +730,24 @@ pub fn finish_receiving(
     Ok(())
 }
 
-/// The sender's summary line.
+/// The sender's summary line; with `summary` false (the sender a story
+/// starts, which prints the run's one summary itself) a narration line.
 pub fn sender_summary(
     mechanism: &'static str,
     count: u64,
     size: usize,
     elapsed: Duration,
     say: &Narrator,
+    summary: bool,
 ) {
+    if !summary {
+        say.step(format!(
+            "sent {count} messages, {} bytes, in {:.3} s",
+            count * size as u64,
+            elapsed.as_secs_f64()
+        ));
+        return;
+    }
     say.line(Summary {
         mechanism,
         messages: count,

@@ -413,7 +413,14 @@ pub fn sender(opts: &Options, key_path: &Path) -> Result<()> {
     };
     drop(segment); // shmdt(2) (Segment's Drop): shm_nattch drops by one
     say.step(format!("wrote the end marker; shmdt: {}", describe(id)));
-    ring::sender_summary(MECHANISM, opts.count, opts.size, elapsed, &say);
+    ring::sender_summary(
+        MECHANISM,
+        opts.count,
+        opts.size,
+        elapsed,
+        &say,
+        opts.summary,
+    );
     Ok(())
 }
 

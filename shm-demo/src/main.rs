@@ -127,7 +127,7 @@ USAGE:
     shm-demo receiver --name /NAME [--count N] [--slots K] [--slot-size BYTES] [--quiet]
         Create the segment /NAME (removed on exit) and receive until the
         sender says it is done.
-    shm-demo sender --name /NAME [--count N] [--size BYTES] [--quiet]
+    shm-demo sender --name /NAME [--count N] [--size BYTES] [--quiet] [--no-summary]
         Open the receiver's segment /NAME and send N messages.
     shm-demo sysv [receiver|sender --key PATH] [options]
         The same with System V shared memory and a System V semaphore set,
@@ -149,6 +149,9 @@ OPTIONS:
                        sender, as a server waits for its first client (Ctrl-C
                        ends it). A dead peer is noticed within 0.1 s anyway.
     --quiet            no line per message, only the steps and the summary
+    --no-summary       sender only: its figures as a narration line, not a
+                       summary line (the story starts its sender so, and
+                       prints the run's one summary itself)
     -h, --help         this text
 
 ONE SENDER, ONE RECEIVER: the sender claims the segment with a compare-and-
@@ -189,6 +192,8 @@ pub struct Options {
     slot_size: u32,
     timeout: Duration,
     quiet: bool,
+    /// false with --no-summary (the sender a story starts).
+    summary: bool,
 }
 
 impl Options {
@@ -247,6 +252,7 @@ fn parse_options(args: &mut Args, sysv: bool, role: Option<&str>) -> Result<Opti
         slot_size: DEFAULT_SLOT_SIZE,
         timeout: Duration::from_secs(DEFAULT_TIMEOUT),
         quiet: false,
+        summary: true,
     };
     let mut given = Vec::new();
     while let Some(arg) = args.next() {
@@ -264,6 +270,7 @@ fn parse_options(args: &mut Args, sysv: bool, role: Option<&str>) -> Result<Opti
                 opts.timeout = Duration::from_secs(args.number("--timeout", 1, 86400)?);
             }
             "--quiet" => opts.quiet = true,
+            "--no-summary" if role == Some("sender") => opts.summary = false,
             other => return Err(args.unknown(other)),
         }
         given.push(arg);

@@ -111,8 +111,11 @@ fn heading(say: &Narrator, title: &str) {
 // ---------------------------------------------------------------------------
 
 /// Step 2: the sender, a fresh process of this program with `role` words.
+/// It prints no summary line: the story ends with the run's one summary.
 fn start_sender(opts: &Options, role: &[&str], say: &Narrator) -> Result<Peer> {
-    let sender = Peer::spawn_self(&opts.sender_args(role))?;
+    let mut args = opts.sender_args(role);
+    args.push("--no-summary".into());
+    let sender = Peer::spawn_self(&args)?;
     // A SIGBUS here stops the sender too (checks.rs).
     checks::stop_child_too(sender.pid());
     say.step(format!("started the sender, pid {}", sender.pid()));
