@@ -43,7 +43,7 @@ const FLAG_END: u32 = 1;
 /// How long one semaphore wait lasts before we check that the peer lives.
 pub const TICK: Duration = Duration::from_millis(100);
 /// How long a sender waits for a receiver that is still initialising.
-const INIT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------
 // The layout. Everything another process writes is an atomic or sits in an
@@ -221,11 +221,17 @@ impl Segment {
     /// after INIT_TIMEOUT the zero it still sees is refused by
     /// `checks::validate`. Returns the magic it saw.
     pub fn wait_published(&self) -> u64 {
+        self.wait_published_within(INIT_TIMEOUT)
+    }
+
+    /// `wait_published` with another bound (the story shows the bound
+    /// with a short one).
+    pub fn wait_published_within(&self, bound: Duration) -> u64 {
         let header = self.header();
         let start = Instant::now();
         loop {
             let magic = header.magic.load(Ordering::Acquire);
-            if magic != 0 || start.elapsed() > INIT_TIMEOUT {
+            if magic != 0 || start.elapsed() > bound {
                 return magic;
             }
             sleep(Duration::from_millis(10));

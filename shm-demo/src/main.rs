@@ -64,7 +64,14 @@
 //!   memory, and a full `/dev/shm` (Docker's default is 64 MiB) would show
 //!   up as a SIGBUS at the first touch of a page, not as an error code;
 //! - a peer killed mid-transfer noticed within a second, a stopped one
-//!   after the idle `--timeout`, never a hang.
+//!   after the idle `--timeout`, never a hang;
+//! - the initialisation race (step 2): one creator thanks to `O_EXCL`, an
+//!   opener that comes early finds 0 bytes, then zeros, and waits (with a
+//!   bound) for the MAGIC stored last with Release ordering;
+//! - a check in place undone by the peer a moment later (TOCTOU), and a
+//!   copy checked in private memory that holds (step 5);
+//! - `shm_unlink` while mapped (step 6): the name leaves `/dev/shm` at
+//!   once, the memory stays readable and writable until the last `munmap`.
 //!
 //! ## Trust boundary
 //!
