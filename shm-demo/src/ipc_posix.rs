@@ -147,12 +147,12 @@ pub fn create(name: &str, slots: u32, slot_size: u32, say: &Narrator) -> Result<
     say.step(format!(
         "shm_open({name}, O_CREAT|O_EXCL|O_RDWR, 0600): a new, empty object"
     ));
-    // A new object has size 0; ftruncate gives it its size, zero-filled.
+    // ftruncate(2): a new object has size 0; this gives it its size, zero-filled.
     ftruncate(fd.as_fd(), len as libc::off_t)
         .with_context(|| format!("ftruncate({name}, {len})"))?;
-    // ftruncate only sets the size: tmpfs finds a page when it is first
-    // touched, and if /dev/shm is full by then the touch is a SIGBUS, not
-    // an error code. posix_fallocate reserves every page now, or fails.
+    // posix_fallocate(3): ftruncate only sets the size; tmpfs finds a page
+    // when it is first touched, and if /dev/shm is full by then the touch
+    // is a SIGBUS, not an error code. This reserves every page now, or fails.
     match posix_fallocate(fd.as_fd(), 0, len as libc::off_t) {
         Ok(()) => {}
         Err(Errno::ENOSPC) => bail!(

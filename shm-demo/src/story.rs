@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use common::cleanup::{PrivateDir, ShmGuard, check_stop, unique_name};
+use common::cleanup::{PrivateDir, ShmGuard, SysvKind, check_stop, sysv_remove, unique_name};
 use common::payload::{self, CheckReport};
 use common::peer::Peer;
 use common::report::{Narrator, Stream};
@@ -483,8 +483,7 @@ fn sysv_kernel_records(owned: ipc_sysv::Owned, say: &Narrator) -> Result<()> {
         bail!("the sender's SEM_UNDO +1 was not undone at its exit (scratch = {scratch})");
     }
     // IPC_RMID while we are still attached: only a mark, until the last detach.
-    common::cleanup::sysv_remove(common::cleanup::SysvKind::SharedMemory, id)
-        .context("shmctl(IPC_RMID)")?;
+    sysv_remove(SysvKind::SharedMemory, id).context("shmctl(IPC_RMID)")?;
     let marked = describe(id);
     say.step(format!("shmctl(IPC_RMID) while still attached: {marked}"));
     if !marked.contains("SHM_DEST") {
