@@ -30,7 +30,7 @@ use nix::sys::socket::{
 };
 use nix::sys::stat::Mode;
 use nix::unistd::{Pid, read, write};
-use shm_demo::ring::{self, Detach, Reader, Segment, Sem, Writer};
+use shm_demo::ipc_ring::{self as ring, Detach, Reader, Segment, Sem, Writer};
 
 /// The mechanisms, in table order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,8 @@
-//! The shared-memory ring of shm-demo, as a library: `ipc-bench` measures
-//! the same code the demo runs. The demo itself is `main.rs`.
+//! The library half of shm-demo. It exists for `ipc-bench`, which measures
+//! the ring this demo runs (`ipc_ring`: the layout, `Writer`, `Reader`) in
+//! an anonymous shared mapping of its own. The ring calls the checks in
+//! `checks` (the `sem_t` guard, peer liveness), so they are here too. The
+//! demo itself starts in `main.rs`, which uses both as `shm_demo::...`.
 
-pub mod ring;
+pub mod checks;
+pub mod ipc_ring;

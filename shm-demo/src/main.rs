@@ -38,9 +38,7 @@
 //!
 //! The same ring also runs on System V shared memory (`shm-demo sysv`):
 //! `shmget`/`shmat` and a System V semaphore set instead of `shm_open`/
-//! `mmap` and `sem_t`. The code is in three files to read side by side:
-//! `ring.rs` (layout, send and receive loops, shared by both), `posix.rs`
-//! and `sysv.rs` (making, finding and removing the objects).
+//! `mmap` and `sem_t`.
 //!
 //! ## Run it
 //!
@@ -66,7 +64,14 @@
 //!   memory, and a full `/dev/shm` (Docker's default is 64 MiB) would show
 //!   up as a SIGBUS at the first touch of a page, not as an error code;
 //! - a peer killed mid-transfer noticed within a second, a stopped one
-//!   after the idle `--timeout`, never a hang.
+//!   after the idle `--timeout`, never a hang;
+//! - the initialisation race (step 2): one creator thanks to `O_EXCL`, an
+//!   opener that comes early finds 0 bytes, then zeros, and waits (with a
+//!   bound) for the MAGIC stored last with Release ordering;
+//! - a check in place undone by the peer a moment later (TOCTOU), and a
+//!   copy checked in private memory that holds (step 5);
+//! - `shm_unlink` while mapped (step 6): the name leaves `/dev/shm` at
+//!   once, the memory stays readable and writable until the last `munmap`.
 //!
 //! ## Trust boundary
 //!
@@ -85,13 +90,28 @@
 //! keep the synchronisation in the kernel (the System V variant's
 //! semaphores live there, not in the segment).
 //!
+//! ## The files
+//!
+//! The mechanism is in `src/ipc_posix.rs` and `src/ipc_sysv.rs`, with the
+//! ring both run in `src/ipc_ring.rs`: these three are the mechanism files,
+//! to read side by side (the ring: layout, send and receive loops; the
+//! other two: making, finding and removing the objects). The story's steps
+//! are in `src/story.rs`; the checks and hardening (header, `sem_t`,
+//! liveness, owner, SIGBUS) in `src/checks.rs`, which a first reading may
+//! skip. `src/lib.rs` exists for ipc-bench, which measures the same ring.
+//!
 //! Uses `common` modules: `cleanup`, `cli`, `error`, `payload`, `peer`,
-//! `psem`, `report`, `sysv_sem`; nix features `fs`, `mman`, `poll`, `user`
-//! (besides those `common` needs). `sigbus.rs` holds the SIGBUS handler.
+//! `psem`, `report`, `sysv_sem`; `nix` features: `fs`, `mman`, `poll`,
+//! `process`, `signal`, `time`, `user`.
+//!
+//! Read next: `eventfd-demo` (a counter in the kernel that wakes a waiter:
+//! the usual partner of shared memory).
+//! See also: `sem-demo` for the semaphores this demo uses, on their own;
+//! `memfd-demo` for sealed memory that cannot be truncated under you.
 
-mod posix;
-mod sigbus;
-mod sysv;
+mod ipc_posix;
+mod ipc_sysv;
+mod story;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -102,9 +122,9 @@ use common::cleanup::stop_on_signals;
 use common::cli::{Args, DEFAULT_COUNT, DEFAULT_SIZE, MAX_COUNT};
 use common::error::{self, usage};
 
-use shm_demo::ring::{MAX_MESSAGE, MAX_SLOT_SIZE, MAX_SLOTS};
+use shm_demo::ipc_ring::{MAX_MESSAGE, MAX_SLOT_SIZE, MAX_SLOTS};
 
-const USAGE: &str = "\
+const HELP: &str = "\
 shm-demo: shared memory as a bounded buffer, synchronised with semaphores
 
 USAGE:
@@ -114,7 +134,7 @@ USAGE:
     shm-demo receiver --name /NAME [--count N] [--slots K] [--slot-size BYTES] [--quiet]
         Create the segment /NAME (removed on exit) and receive until the
         sender says it is done.
-    shm-demo sender --name /NAME [--count N] [--size BYTES] [--quiet]
+    shm-demo sender --name /NAME [--count N] [--size BYTES] [--quiet] [--no-summary]
         Open the receiver's segment /NAME and send N messages.
     shm-demo sysv [receiver|sender --key PATH] [options]
         The same with System V shared memory and a System V semaphore set,
@@ -136,6 +156,9 @@ OPTIONS:
                        sender, as a server waits for its first client (Ctrl-C
                        ends it). A dead peer is noticed within 0.1 s anyway.
     --quiet            no line per message, only the steps and the summary
+    --no-summary       sender only: its figures as a narration line, not a
+                       summary line (the story starts its sender so, and
+                       prints the run's one summary itself)
     -h, --help         this text
 
 ONE SENDER, ONE RECEIVER: the sender claims the segment with a compare-and-
@@ -164,10 +187,6 @@ const DEFAULT_SLOT_SIZE: u32 = 4096;
 /// Seconds without progress from the peer before a role gives up.
 const DEFAULT_TIMEOUT: u64 = 60;
 
-fn main() -> ExitCode {
-    error::run("shm-demo", run)
-}
-
 /// The command line, shared by both variants and all roles.
 #[derive(Debug)]
 pub struct Options {
@@ -180,6 +199,8 @@ pub struct Options {
     slot_size: u32,
     timeout: Duration,
     quiet: bool,
+    /// false with --no-summary (the sender a story starts).
+    summary: bool,
 }
 
 impl Options {
@@ -197,8 +218,12 @@ impl Options {
     }
 }
 
+fn main() -> ExitCode {
+    error::run("shm-demo", run)
+}
+
 fn run() -> Result<()> {
-    let mut args = Args::from_env(USAGE)?;
+    let mut args = Args::from_env(HELP)?;
     let first = args.role(&["sender", "receiver", "sysv"])?;
     let sysv = first.as_deref() == Some("sysv");
     let role = if sysv {
@@ -210,21 +235,16 @@ fn run() -> Result<()> {
     // Ctrl-C/SIGTERM interrupt the semaphore waits (EINTR); the roles then
     // return, and their guards remove what they created.
     stop_on_signals()?;
+    // parse_options made sure a role has its --name or --key.
+    let name = opts.name.as_deref().unwrap_or_default();
+    let key = opts.key.as_deref().unwrap_or(std::path::Path::new(""));
     match (sysv, role.as_deref()) {
-        (false, None) => posix::story(&opts),
-        (false, Some("receiver")) => {
-            posix::receiver(&opts, opts.name.as_deref().unwrap_or_default())
-        }
-        (false, _) => posix::sender(&opts, opts.name.as_deref().unwrap_or_default()),
-        (true, None) => sysv::story(&opts),
-        (true, Some("receiver")) => sysv::receiver(
-            &opts,
-            opts.key.as_deref().unwrap_or(std::path::Path::new("")),
-        ),
-        (true, _) => sysv::sender(
-            &opts,
-            opts.key.as_deref().unwrap_or(std::path::Path::new("")),
-        ),
+        (false, None) => story::posix(&opts),
+        (false, Some("receiver")) => ipc_posix::receiver(&opts, name),
+        (false, _) => ipc_posix::sender(&opts, name),
+        (true, None) => story::sysv(&opts),
+        (true, Some("receiver")) => ipc_sysv::receiver(&opts, key),
+        (true, _) => ipc_sysv::sender(&opts, key),
     }
 }
 
@@ -239,6 +259,7 @@ fn parse_options(args: &mut Args, sysv: bool, role: Option<&str>) -> Result<Opti
         slot_size: DEFAULT_SLOT_SIZE,
         timeout: Duration::from_secs(DEFAULT_TIMEOUT),
         quiet: false,
+        summary: true,
     };
     let mut given = Vec::new();
     while let Some(arg) = args.next() {
@@ -256,6 +277,7 @@ fn parse_options(args: &mut Args, sysv: bool, role: Option<&str>) -> Result<Opti
                 opts.timeout = Duration::from_secs(args.number("--timeout", 1, 86400)?);
             }
             "--quiet" => opts.quiet = true,
+            "--no-summary" if role == Some("sender") => opts.summary = false,
             other => return Err(args.unknown(other)),
         }
         given.push(arg);

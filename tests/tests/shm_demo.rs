@@ -993,3 +993,111 @@ fn an_abort_signal_still_removes_the_segment() {
     );
     assert!(!dev_shm(&name).exists());
 }
+
+/// The lines of the story step whose heading starts with `title`, up to
+/// the next heading.
+fn story_step<'a>(stdout: &'a str, title: &str) -> Vec<&'a str> {
+    let heading = format!("== {title}");
+    let lines: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with(&heading))
+        .skip(1)
+        .take_while(|l| !l.starts_with("== "))
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(!lines.is_empty(), "no step {title:?} in\n{stdout}");
+    lines
+}
+
+/// The number just after `before` in `line` (e.g. "waited 151 ms").
+fn number_after(line: &str, before: &str) -> u64 {
+    let at = line
+        .find(before)
+        .unwrap_or_else(|| panic!("{before:?} in {line}"))
+        + before.len();
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a number after {before:?} in {line}"))
+}
+
+/// The scratch objects a step names ("/shm-demo-PID-N"), all gone after the run.
+fn assert_scratch_gone(lines: &[&str]) {
+    for line in lines {
+        for word in line.split(|c: char| c == '(' || c == ',' || c == ' ' || c == ')') {
+            if word.starts_with("/shm-demo-") {
+                assert!(!dev_shm(word).exists(), "{word} left in /dev/shm");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_story_tells_the_initialisation_race_and_shows_the_wait_and_its_bound() {
+    let out = run(SHM_DEMO, &["--quiet"], SHORT);
+    assert_ok(&out);
+    let lines = story_step(&out.stdout, "2. The initialisation race");
+    let all = lines.join("\n");
+    for expected in [
+        "O_CREAT|O_EXCL|O_RDWR, 0600) made a new object",
+        "a second shm_open with O_CREAT|O_EXCL: EEXIST",
+        "fstat says 0 bytes",
+        "reads magic 0x0000000000000000",
+        "stores MAGIC last with Release ordering",
+        "found 1 slot of 64 bytes",
+        "is not a shm-demo segment (magic 0x0000000000000000",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?}\n{all}");
+    }
+    // The opener really waited for the late MAGIC (150 ms) ...
+    let waited = lines.iter().find(|l| l.contains("it waited")).unwrap();
+    assert!(number_after(waited, "it waited ") >= 150, "{waited}");
+    // ... and gave up after its bound, not before and not never.
+    let refused = lines.iter().find(|l| l.contains("it refuses")).unwrap();
+    let gave_up = number_after(refused, "after ");
+    assert!((200..5000).contains(&gave_up), "{refused}");
+    assert_scratch_gone(&lines);
+}
+
+#[test]
+fn the_story_shows_a_check_in_place_undone_by_the_peer_and_a_copy_that_holds() {
+    let out = run(SHM_DEMO, &["--quiet"], SHORT);
+    assert_ok(&out);
+    let lines = story_step(&out.stdout, "5. Checking in place or copying out");
+    let all = lines.join("\n");
+    for expected in [
+        "checked in place: message 7 (64 bytes",
+        "passed its check; then the peer rewrote it",
+        "0xee 0xee 0xee..., not the bytes we checked",
+        "copied out first",
+        "what we checked is what we use",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?}\n{all}");
+    }
+    assert_scratch_gone(&lines);
+}
+
+#[test]
+fn the_story_shows_shm_unlink_while_mapped_the_name_gone_the_memory_alive() {
+    let out = run(SHM_DEMO, &["--quiet"], SHORT);
+    assert_ok(&out);
+    let lines = story_step(&out.stdout, "6. shm_unlink while mapped");
+    let all = lines.join("\n");
+    let first = lines[0];
+    let name = &first[first.find("shm_unlink(").unwrap() + "shm_unlink(".len()..]
+        .split(')')
+        .next()
+        .unwrap()
+        .to_string();
+    for expected in [
+        format!("while mapped: /dev/shm{name}: no such file, gone"),
+        "the mapping still reads MAGIC (0x31304d4853435049)".to_string(),
+        format!("/proc/self/maps shows it as /dev/shm{name} (deleted)"),
+        "Nobody can shm_open it any more (ENOENT)".to_string(),
+        "munmap, the last mapping: gone from /proc/self/maps".to_string(),
+    ] {
+        assert!(all.contains(&expected), "missing {expected:?}\n{all}");
+    }
+    assert_scratch_gone(&lines);
+}

@@ -1,36 +1,41 @@
-//! The POSIX variant: `shm_open` + `ftruncate` + `mmap` for the memory,
-//! `sem_init(pshared = 1)` semaphores inside it, `shm_unlink` to remove it.
-//! The object is a file in `/dev/shm`, named `/NAME`.
+//! The mechanism, part 2 of 3: POSIX shared memory. `shm_open` +
+//! `ftruncate` + `posix_fallocate` + `mmap` for the memory, two
+//! `sem_init(pshared = 1)` semaphores inside it, `sem_destroy`, `munmap`
+//! and `shm_unlink` to remove it. The object is a file in `/dev/shm`,
+//! named `/NAME`. The ring that runs in it is `ipc_ring.rs` (part 1).
+//!
+//! Read top to bottom: `create` (the receiver makes the object), `open`
+//! (the sender finds it), then the two roles. Where a `Drop` unmaps or
+//! unlinks, the line says so. The checks (owner, header, SIGBUS) are in
+//! `checks.rs`; each call site says which one it makes.
 
 use std::ffi::CString;
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use common::cleanup::{ShmGuard, unique_name};
-use common::peer::Peer;
+use common::cleanup::ShmGuard;
 use common::psem::SharedSem;
 use common::report::Narrator;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, posix_fallocate};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, shm_open, shm_unlink};
 use nix::sys::stat::{Mode, fchmod, fstat};
-use nix::unistd::{Uid, ftruncate};
+use nix::unistd::ftruncate;
 
 use crate::Options;
-use crate::sigbus::{self, Cleanup};
-use shm_demo::ring::{
-    self, Detach, HEADER_SPACE, MAX_SLOT_SIZE, MAX_SLOTS, MapsId, SYNC_POSIX, Segment,
-    maps_segment, segment_len,
+use shm_demo::checks::{self, Cleanup, MapsId, check_owner, maps_segment};
+use shm_demo::ipc_ring::{
+    self as ring, Detach, HEADER_SPACE, MAX_SLOT_SIZE, MAX_SLOTS, SYNC_POSIX, Segment, segment_len,
 };
 
-const MECHANISM: &str = "shm";
+pub const MECHANISM: &str = "shm";
 
 /// mmap `len` bytes of `fd`, shared: stores become visible to every process
 /// that maps the same object (MAP_PRIVATE would copy on write instead).
-fn map(fd: &OwnedFd, len: usize, prot: ProtFlags) -> Result<Segment> {
+/// The Segment's `Drop` is the `munmap(2)`.
+pub fn map(fd: &OwnedFd, len: usize, prot: ProtFlags) -> Result<Segment> {
     let size = NonZeroUsize::new(len).context("empty segment")?;
     // SAFETY: a fresh mapping chosen by the kernel (addr None) overlaps no
     // Rust object; from here on it is reached only through the Segment.
@@ -42,36 +47,12 @@ fn map(fd: &OwnedFd, len: usize, prot: ProtFlags) -> Result<Segment> {
 
 /// (device, inode) of an open object, to recognise it again by name and
 /// in a process's /proc/PID/maps.
-fn identity(fd: &OwnedFd) -> Result<MapsId> {
+pub fn identity(fd: &OwnedFd) -> Result<MapsId> {
     let st = fstat(fd.as_fd()).context("fstat")?;
     Ok(MapsId::File {
         dev: st.st_dev,
         ino: st.st_ino,
     })
-}
-
-/// "uid 65534 (nobody)", for refusals.
-pub fn who(uid: u32) -> String {
-    match nix::unistd::User::from_uid(Uid::from_raw(uid)) {
-        Ok(Some(user)) => format!("uid {uid} ({})", user.name),
-        _ => format!("uid {uid}"),
-    }
-}
-
-/// An object we did not just create is someone else's until its owner is
-/// us: refuse it otherwise (also as root, who could open anything).
-fn check_owner(name: &str, fd: &OwnedFd, doing: &str) -> Result<()> {
-    let owner = fstat(fd.as_fd()).context("fstat")?.st_uid;
-    let me = Uid::effective().as_raw();
-    if owner != me {
-        bail!(
-            "shared memory {name} belongs to {}, not to you ({}): refusing to {doing} it; \
-             choose another --name",
-            who(owner),
-            who(me)
-        );
-    }
-    Ok(())
 }
 
 /// The size, total and free, of the tmpfs behind /dev/shm.
@@ -110,20 +91,25 @@ pub fn dev_shm_line(name: &str) -> String {
     }
 }
 
-/// The receiver's segment. Dropping it destroys the semaphores (only once
-/// the peer is known to be finished), unmaps, and unlinks the name.
-struct Owned {
-    segment: Segment,
+/// The receiver's segment. Dropping it does, in this order:
+/// `sem_destroy` of both semaphores (only once the peer is known to be
+/// finished: see `peer_done`), `munmap` (the `segment` field's `Drop`),
+/// `shm_unlink(NAME)` (the `ShmGuard`'s `Drop`). Rust drops fields in
+/// declaration order, which is why `segment` comes before `_unlink`.
+pub struct Owned {
+    pub segment: Segment,
     /// Device and inode: how a sender's /proc/PID/maps names it.
-    id: MapsId,
+    pub id: MapsId,
     _unlink: ShmGuard,
     /// Set once no other process can be waiting on the semaphores.
-    peer_done: bool,
+    pub peer_done: bool,
 }
 
 impl Drop for Owned {
     fn drop(&mut self) {
         if self.peer_done {
+            // sem_destroy(3) each: a semaphore someone still waits on must
+            // not be destroyed (undefined), hence only once the peer is done.
             // SAFETY: the receiver sem_init'ed both; the peer has finished
             // or died, so nobody waits on them, and we use them no more.
             unsafe {
@@ -132,35 +118,41 @@ impl Drop for Owned {
                 let _ = SharedSem::attach(header.full.get()).destroy();
             }
         }
-        // Then the Segment unmaps, then the ShmGuard unlinks the name.
+        // Then the fields drop: munmap(2) (Segment), shm_unlink(3) (ShmGuard).
     }
 }
 
-fn create(name: &str, slots: u32, slot_size: u32, say: &Narrator) -> Result<Owned> {
+/// The receiver's side: make the object, size it, reserve its pages, map
+/// it, put the semaphores in it, and publish the header (MAGIC last).
+pub fn create(name: &str, slots: u32, slot_size: u32, say: &Narrator) -> Result<Owned> {
     let len = segment_len(slots, slot_size);
-    // O_EXCL: fail rather than reuse a segment someone else made.
+    // shm_open(3) with O_CREAT|O_EXCL: exactly one process creates the
+    // object; a second gets EEXIST instead of sharing a half-made one.
     let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
     let mode = Mode::S_IRUSR | Mode::S_IWUSR;
     let fd = match shm_open(name, flags, mode) {
         Err(Errno::EEXIST) => {
+            // Left by a killed run? Removed only if provably ours and
+            // abandoned (a first reading may skip remove_if_stale).
             remove_if_stale(name, say)?;
             shm_open(name, flags, mode)
         }
         other => other,
     }
     .with_context(|| format!("shm_open({name}, O_CREAT|O_EXCL, 0600)"))?;
+    // From here until Owned drops, the guard's Drop is shm_unlink(3).
     let unlink = ShmGuard::new(name);
-    // The mode given to shm_open is filtered by the umask: set it exactly.
+    // fchmod(2): the mode given to shm_open is filtered by the umask: set it exactly.
     fchmod(fd.as_fd(), mode).with_context(|| format!("fchmod({name}, 0600)"))?;
     say.step(format!(
         "shm_open({name}, O_CREAT|O_EXCL|O_RDWR, 0600): a new, empty object"
     ));
-    // A new object has size 0; ftruncate gives it its size, zero-filled.
+    // ftruncate(2): a new object has size 0; this gives it its size, zero-filled.
     ftruncate(fd.as_fd(), len as libc::off_t)
         .with_context(|| format!("ftruncate({name}, {len})"))?;
-    // ftruncate only sets the size: tmpfs finds a page when it is first
-    // touched, and if /dev/shm is full by then the touch is a SIGBUS, not
-    // an error code. posix_fallocate reserves every page now, or fails.
+    // posix_fallocate(3): ftruncate only sets the size; tmpfs finds a page
+    // when it is first touched, and if /dev/shm is full by then the touch
+    // is a SIGBUS, not an error code. This reserves every page now, or fails.
     match posix_fallocate(fd.as_fd(), 0, len as libc::off_t) {
         Ok(()) => {}
         Err(Errno::ENOSPC) => bail!(
@@ -174,9 +166,9 @@ fn create(name: &str, slots: u32, slot_size: u32, say: &Narrator) -> Result<Owne
     let id = identity(&fd)?;
     let mut segment = map(&fd, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE)?;
     // The mapping keeps the object alive; the descriptor is not needed.
-    drop(fd);
-    // From here a truncation by another process is a SIGBUS: end with a
-    // message and remove our object (see sigbus.rs).
+    drop(fd); // close(2)
+    // SIGBUS guard (checks.rs): a truncation by another process ends with a
+    // message and our object removed, not "Bus error".
     guard_segment(name, &segment, len, Some(id))?;
     say.step(format!(
         "ftruncate to {len} bytes, posix_fallocate (the pages are reserved now: on a full \
@@ -185,6 +177,8 @@ fn create(name: &str, slots: u32, slot_size: u32, say: &Narrator) -> Result<Owne
     ));
     segment.init_header(slots, slot_size, SYNC_POSIX);
     let header = segment.header();
+    // sem_init(3) with pshared = 1: the sem_t lives in the shared mapping,
+    // so both processes' sem_post/sem_timedwait act on the same counter.
     // SAFETY: both sem_t lie inside our new mapping, aligned (repr(C)
     // header at a page boundary), and nobody else uses them yet (no MAGIC).
     unsafe {
@@ -200,6 +194,7 @@ fn create(name: &str, slots: u32, slot_size: u32, say: &Narrator) -> Result<Owne
          never reads a slot the sender is still writing. pshared=1: the semaphores live in \
          the shared segment and work between processes",
     );
+    // MAGIC last, with Release: a sender that sees it sees the rest.
     segment.publish();
     say.step(format!("seen from outside: {}", dev_shm_line(name)));
     Ok(Owned {
@@ -221,16 +216,17 @@ fn guard_segment(name: &str, segment: &Segment, len: usize, ours: Option<MapsId>
         },
         _ => Cleanup::Nothing,
     };
-    sigbus::guard(&format!("/dev/shm{name}"), segment.base(), len, cleanup)
+    checks::guard(&format!("/dev/shm{name}"), segment.base(), len, cleanup)
 }
 
 /// A segment already exists under our name. If it is one of ours (our
 /// uid, our shape) whose receiver is gone (a crashed or killed run),
-/// remove it; anything else is refused and left alone.
+/// remove it; anything else is refused and left alone. Hardening: a first
+/// reading may skip it.
 fn remove_if_stale(name: &str, say: &Narrator) -> Result<()> {
     let fd = shm_open(name, OFlag::O_RDONLY, Mode::empty())
         .with_context(|| format!("shm_open({name}, O_RDONLY)"))?;
-    check_owner(name, &fd, "remove")?;
+    check_owner(name, &fd, "remove")?; // ours? (checks.rs)
     let not_ours = || {
         anyhow::anyhow!(
             "shared memory {name} exists and is not a shm-demo segment: refusing to remove it; \
@@ -266,12 +262,14 @@ fn remove_if_stale(name: &str, say: &Narrator) -> Result<()> {
         "shared memory {name} already exists, ours, and its receiver (pid {owner}, which \
          no longer maps it) is gone: stale, removing it"
     ));
+    // shm_unlink(3): the name goes; the memory goes with the last mapping.
     shm_unlink(name).with_context(|| format!("shm_unlink({name})"))
 }
 
 /// The sender's side: open the receiver's segment and check its owner and
 /// header before trusting a single field of it.
-fn open(name: &str, say: &Narrator) -> Result<(Segment, MapsId)> {
+pub fn open(name: &str, say: &Narrator) -> Result<(Segment, MapsId)> {
+    // shm_open(3) without O_CREAT: the receiver's object or ENOENT.
     let fd = match shm_open(name, OFlag::O_RDWR, Mode::empty()) {
         Err(Errno::ENOENT) => bail!(
             "no shared memory named {name}: start 'shm-demo receiver --name {name}' first; \
@@ -279,15 +277,21 @@ fn open(name: &str, say: &Narrator) -> Result<(Segment, MapsId)> {
         ),
         other => other.with_context(|| format!("shm_open({name}, O_RDWR)"))?,
     };
-    check_owner(name, &fd, "write into")?;
+    check_owner(name, &fd, "write into")?; // ours? (checks.rs)
+    // fstat(2): the object's real size, which bounds what we map.
     let size = usize::try_from(fstat(fd.as_fd()).context("fstat")?.st_size).unwrap_or(0);
     if size < HEADER_SPACE || size > segment_len(MAX_SLOTS, MAX_SLOT_SIZE) {
         bail!("{name} is {size} bytes: not a shm-demo segment (refusing to map it)");
     }
     let id = identity(&fd)?;
     let mut segment = map(&fd, size, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE)?;
-    guard_segment(name, &segment, size, None)?;
-    segment.validate(name, SYNC_POSIX)?;
+    drop(fd); // close(2): the mapping keeps the object
+    guard_segment(name, &segment, size, None)?; // SIGBUS guard (checks.rs)
+    // The initialisation race: the receiver may still be filling the
+    // header; wait (bounded) for its MAGIC, stored last.
+    let magic = segment.wait_published();
+    // Every header field checked before one is believed (checks.rs).
+    checks::validate(&mut segment, magic, name, SYNC_POSIX)?;
     let (slots, slot_size) = segment.slots();
     say.step(format!(
         "shm_open({name}, O_RDWR) + mmap(MAP_SHARED): header checked (magic, version, \
@@ -303,6 +307,7 @@ fn remove_orphan(name: &str, id: MapsId, say: &Narrator) {
         .ok()
         .and_then(|fd| identity(&fd).ok())
         .is_some_and(|other| other == id);
+    // shm_unlink(3) for the dead receiver, which ran no cleanup.
     if same && shm_unlink(name).is_ok() {
         say.step(format!(
             "the receiver died without cleaning up: shm_unlink({name}) done for it"
@@ -314,8 +319,10 @@ pub fn sender(opts: &Options, name: &str) -> Result<()> {
     let say = Narrator::new("sender", opts.quiet, common::report::Stream::Stdout);
     let (segment, id) = open(name, &say)?;
     let receiver_pid = segment.header().receiver_pid.load(Ordering::Relaxed);
+    // The receiver must map this segment; then a pidfd watches it, and
+    // the compare-and-swap claim makes us the one sender.
     let receiver = ring::attach_as_sender(&segment, receiver_pid, id, &say)?;
-    // SAFETY: validate() checked the header says SYNC_POSIX, so the
+    // SAFETY: validate checked the header says SYNC_POSIX, so the
     // receiver sem_init'ed both before publishing; `segment` outlives them.
     let sems = unsafe { segment.posix_sems() };
     let mut peer_gone = || receiver.gone();
@@ -340,7 +347,15 @@ pub fn sender(opts: &Options, name: &str) -> Result<()> {
         }
     };
     say.step("wrote the end marker; unmapping (the receiver owns the name and removes it)");
-    ring::sender_summary(MECHANISM, opts.count, opts.size, elapsed, &say);
+    drop(segment); // munmap(2) (Segment's Drop)
+    ring::sender_summary(
+        MECHANISM,
+        opts.count,
+        opts.size,
+        elapsed,
+        &say,
+        opts.summary,
+    );
     Ok(())
 }
 
@@ -372,79 +387,10 @@ pub fn receiver(opts: &Options, name: &str) -> Result<()> {
     };
     let (report, elapsed) = outcome?;
     ring::finish_receiving(MECHANISM, report, elapsed, &say)?;
-    drop(owned);
+    drop(owned); // sem_destroy ×2, munmap(2), shm_unlink(3): see Owned
     say.step(format!(
         "sem_destroy, munmap, shm_unlink({name}): {}",
         dev_shm_line(name)
     ));
     Ok(())
-}
-
-pub fn story(opts: &Options) -> Result<()> {
-    let say = Narrator::new("receiver", opts.quiet, common::report::Stream::Stdout);
-    let name = format!("/{}", unique_name("shm-demo"));
-    say.line(format!(
-        "shm-demo: {} messages of {} bytes through {} slots of {} bytes, POSIX shared memory \
-         (receiver pid {})",
-        opts.count,
-        opts.size,
-        opts.slots,
-        opts.slot_size,
-        std::process::id()
-    ));
-    say.line("\n== 1. Create the segment and its semaphores ==");
-    let mut owned = create(&name, opts.slots, opts.slot_size, &say)?;
-    say.step(format!(
-        "a hazard no check can prevent: whoever can open /dev/shm{name} can truncate it while \
-         it is mapped, and the next access past the new end is a SIGBUS, not an error code \
-         (this demo then says so, removes its object and exits 1). The cure is memory nobody \
-         can shrink: memfd_create + fcntl(F_ADD_SEALS, F_SEAL_SHRINK), its fd passed over a Unix socket (SCM_RIGHTS, see socket-demo)"
-    ));
-
-    say.line("\n== 2. Start the sender: a separate program that opens the segment by name ==");
-    let mut sender = Peer::spawn_self(&opts.sender_args(&["sender", "--name", &name]))?;
-    sigbus::stop_child_too(sender.pid());
-    say.step(format!("started the sender, pid {}", sender.pid()));
-
-    say.line("\n== 3. The bounded buffer: wait(full), read, post(empty) ==");
-    let mut peer_gone = || match sender.try_wait() {
-        Ok(Some(exit)) => Some(format!("the sender (pid {}) {exit}", sender.pid())),
-        Ok(None) => None,
-        Err(e) => Some(format!("{e:#}")),
-    };
-    // SAFETY: we sem_init'ed both in create(); `owned` outlives them.
-    let sems = unsafe { owned.segment.posix_sems() };
-    let outcome = ring::receive(
-        &owned.segment,
-        sems,
-        Some(opts.count),
-        opts.timeout,
-        &say,
-        &mut peer_gone,
-    );
-    // Whatever happened, the sender is finished after this: waited for, or
-    // stopped and reaped by Peer's drop. Then the semaphores can go.
-    let exit = match &outcome {
-        Ok(_) => Some(sender.wait(Some(Duration::from_secs(60)))?),
-        Err(_) => None,
-    };
-    let pid = sender.pid();
-    drop(sender);
-    owned.peer_done = true;
-    let (report, elapsed) = outcome?;
-    if let Some(exit) = exit {
-        say.step(format!("the sender (pid {pid}) {exit}"));
-        if !exit.success() {
-            bail!("the sender (pid {pid}) {exit}");
-        }
-    }
-
-    say.line("\n== 4. Clean up ==");
-    drop(owned);
-    say.step(format!(
-        "sem_destroy(empty), sem_destroy(full), munmap, shm_unlink({name})"
-    ));
-    say.step(format!("seen from outside: {}", dev_shm_line(&name)));
-    say.line("");
-    ring::finish_receiving(MECHANISM, report, elapsed, &say)
 }

@@ -1,16 +1,21 @@
-//! The System V variant: `shmget` + `shmat` for the memory, a System V
-//! semaphore set (`semget`, `semctl`, `semop`) for the two counters,
-//! `shmctl`/`semctl(IPC_RMID)` to remove them. The objects have no file
-//! name: they are found by a key (`ftok` of an agreed path) and listed by
-//! `ipcs -m -s`.
+//! The mechanism, part 3 of 3: System V shared memory. `shmget` + `shmat`
+//! for the memory, a System V semaphore set (`semget`, `semctl`, `semop`)
+//! for the two counters, `shmdt` and `shmctl`/`semctl(IPC_RMID)` to remove
+//! them. The objects have no file name: they are found by a key (`ftok` of
+//! an agreed path) and listed by `ipcs -m -s`. The ring that runs in the
+//! segment is `ipc_ring.rs` (part 1), the same as for POSIX.
 //!
 //! Why no SEM_UNDO on the ring's semaphores: SEM_UNDO makes the kernel
 //! reverse a process's semaphore changes when it exits. That suits a lock,
 //! which the same process takes and gives back. Our counters pass from one
 //! process to the other: with SEM_UNDO on the sender's posts of `full`, the
 //! kernel would take back, at the sender's exit, every message it wrote
-//! that the receiver had not read yet. The story shows the undo on a third,
-//! scratch semaphore instead.
+//! that the receiver had not read yet. The sender shows the undo on a
+//! third, scratch semaphore instead (`Undo::SemUndo`).
+//!
+//! Read top to bottom: `create` (the receiver), `open` (the sender), the
+//! two roles. Where a `Drop` detaches or removes, the line says so. The
+//! owner and shape checks are marked as such; a first reading may skip them.
 
 use std::ffi::c_void;
 use std::path::Path;
@@ -19,34 +24,35 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use common::cleanup::{PrivateDir, SysvGuard, SysvKind, sysv_remove};
-use common::peer::{Peer, alive};
+use common::cleanup::{SysvGuard, SysvKind, sysv_remove};
+use common::peer::alive;
 use common::report::{Narrator, Stream};
 use common::sysv_sem::{SemSet, ftok};
 use nix::errno::Errno;
 use nix::unistd::Uid;
 
 use crate::Options;
-use crate::posix::who;
-use crate::sigbus::{self, Cleanup};
-use shm_demo::ring::{
-    self, Detach, HEADER_SPACE, MAX_SLOT_SIZE, MAX_SLOTS, MapsId, SYNC_SYSV, Segment, Sem,
-    segment_len,
+use shm_demo::checks::{self, Cleanup, MapsId, who};
+use shm_demo::ipc_ring::{
+    self as ring, Detach, HEADER_SPACE, MAX_SLOT_SIZE, MAX_SLOTS, SYNC_SYSV, Segment, Sem, Undo,
+    segment_len, semop,
 };
 
-const MECHANISM: &str = "shm-sysv";
+pub const MECHANISM: &str = "shm-sysv";
 /// The `ftok` project byte: one path can key several unrelated objects.
 const PROJECT: u8 = b'S';
 /// The set's semaphores: the ring's two counters and a scratch one.
-const EMPTY: u16 = 0;
+pub const EMPTY: u16 = 0;
 const FULL: u16 = 1;
-const SCRATCH: u16 = 2;
+pub const SCRATCH: u16 = 2;
 /// How many semaphores our set has: a set of another size is not ours.
 const NSEMS: u16 = 3;
 /// `shm_perm.mode` bit for "removed, waiting for the last detach".
 const SHM_DEST: u16 = 0o1000;
 
-fn key_of(path: &Path) -> Result<libc::key_t> {
+/// ftok(3): a key from the path's inode and device and the project byte,
+/// so both sides derive the same key without agreeing on a number.
+pub fn key_of(path: &Path) -> Result<libc::key_t> {
     ftok(path, PROJECT).with_context(|| {
         format!(
             "ftok({}, 'S'): --key must name an existing file both sides can see, \
@@ -76,7 +82,8 @@ fn sem_stat(id: libc::c_int) -> nix::Result<libc::semid_ds> {
 }
 
 /// Is semaphore set `id` ours: our key, our uid, our number of
-/// semaphores? `Err` says whose or what it is instead.
+/// semaphores? `Err` says whose or what it is instead. Hardening: a first
+/// reading may skip it.
 fn check_set(id: libc::c_int, key: libc::key_t) -> Result<()> {
     let ds = sem_stat(id).with_context(|| format!("semctl({id}, IPC_STAT)"))?;
     let me = Uid::effective().as_raw();
@@ -101,7 +108,7 @@ fn check_set(id: libc::c_int, key: libc::key_t) -> Result<()> {
 }
 
 /// What `ipcs -m` would say about segment `id`.
-fn describe(id: libc::c_int) -> String {
+pub fn describe(id: libc::c_int) -> String {
     match shm_stat(id) {
         Ok(ds) => {
             let removed = if ds.shm_perm.mode & SHM_DEST != 0 {
@@ -122,7 +129,8 @@ fn describe(id: libc::c_int) -> String {
     }
 }
 
-/// `shmat`: map segment `id` (its size is `len`) at an address the kernel picks.
+/// `shmat(2)`: map segment `id` (its size is `len`) at an address the
+/// kernel picks; `shm_nattch` counts it. The Segment's `Drop` is the `shmdt(2)`.
 fn attach(id: libc::c_int, len: usize) -> Result<Segment> {
     // SAFETY: a null address lets the kernel choose a free range, which
     // overlaps no Rust object.
@@ -136,40 +144,49 @@ fn attach(id: libc::c_int, len: usize) -> Result<Segment> {
     Ok(unsafe { Segment::new(base, len, Detach::Shmdt) })
 }
 
-fn sems(set: SemSet) -> (Sem, Sem) {
+pub fn sems(set: SemSet) -> (Sem, Sem) {
     (Sem::SysV(set, EMPTY), Sem::SysV(set, FULL))
 }
 
-/// The receiver's objects. Fields drop in order: detach, then remove the
-/// segment, then the semaphore set.
-struct Owned {
-    segment: Segment,
-    shm: SysvGuard,
-    set: SemSet,
-    _set_guard: SysvGuard,
+/// The receiver's objects. Dropping it does, in field order (Rust drops
+/// fields in declaration order): `shmdt` (Segment's `Drop`),
+/// `shmctl(IPC_RMID)` of the segment (`shm`'s `Drop`), `semctl(IPC_RMID)`
+/// of the set (`set_guard`'s `Drop`).
+pub struct Owned {
+    pub segment: Segment,
+    pub shm: SysvGuard,
+    pub set: SemSet,
+    pub set_guard: SysvGuard,
 }
 
-fn create(key_path: &Path, slots: u32, slot_size: u32, say: &Narrator) -> Result<Owned> {
+/// The receiver's side: the segment, the semaphore set, the header.
+pub fn create(key_path: &Path, slots: u32, slot_size: u32, say: &Narrator) -> Result<Owned> {
     let key = key_of(key_path)?;
     say.step(format!(
         "ftok({}, 'S') = {key:#010x}: the key both sides derive from the path",
         key_path.display()
     ));
     let len = segment_len(slots, slot_size);
+    // shmget(2) with IPC_CREAT|IPC_EXCL: exactly one creator per key; the
+    // kernel zero-fills the segment and records us as its creator (shm_cpid).
     let flags = libc::IPC_CREAT | libc::IPC_EXCL | 0o600;
     // SAFETY: shmget takes no pointers.
     let mut id = unsafe { libc::shmget(key, len, flags) };
     if id == -1 && Errno::last() == Errno::EEXIST {
+        // Left by a killed run? Removed only if provably ours and
+        // abandoned (a first reading may skip remove_if_stale).
         remove_if_stale(key, say)?;
         // SAFETY: as above.
         id = unsafe { libc::shmget(key, len, flags) };
     }
     let id = Errno::result(id)
         .with_context(|| format!("shmget({key:#x}, {len}, IPC_CREAT|IPC_EXCL|0600)"))?;
+    // From here until Owned drops, this guard's Drop is shmctl(IPC_RMID).
     let shm = SysvGuard::new(SysvKind::SharedMemory, id);
     say.step(format!(
         "shmget(key, {len}, IPC_CREAT|IPC_EXCL|0600) = shmid {id}"
     ));
+    // semget(2) with IPC_CREAT|IPC_EXCL: a new set of three semaphores.
     let set = match SemSet::create(key, NSEMS, 0o600) {
         // A set under the key, but no segment of ours names it (a stale
         // segment's set went with it in remove_if_stale): someone else's,
@@ -195,7 +212,9 @@ fn create(key_path: &Path, slots: u32, slot_size: u32, say: &Narrator) -> Result
         other => other,
     }
     .context("semget(key, 3, IPC_CREAT|IPC_EXCL|0600)")?;
+    // This guard's Drop is semctl(IPC_RMID).
     let set_guard = SysvGuard::new(SysvKind::SemaphoreSet, set.id);
+    // semctl(2) SETVAL: a new set's values are unspecified until set.
     set.set_value(EMPTY, slots as i32)
         .context("semctl(SETVAL, empty)")?;
     set.set_value(FULL, 0).context("semctl(SETVAL, full)")?;
@@ -209,7 +228,8 @@ fn create(key_path: &Path, slots: u32, slot_size: u32, say: &Narrator) -> Result
         set.id
     ));
     let mut segment = attach(id, len)?;
-    sigbus::guard(
+    // SIGBUS guard (checks.rs): a fault ends with IPC_RMID of both objects.
+    checks::guard(
         &format!("shmid {id}"),
         segment.base(),
         len,
@@ -223,18 +243,20 @@ fn create(key_path: &Path, slots: u32, slot_size: u32, say: &Narrator) -> Result
     // The tie between the two objects: a sender (or a later receiver
     // cleaning up) takes only this set, not any set under the key.
     segment.header().sem_id.store(set.id, Ordering::Relaxed);
+    // MAGIC last, with Release: a sender that sees it sees the rest.
     segment.publish();
     Ok(Owned {
         segment,
         shm,
         set,
-        _set_guard: set_guard,
+        set_guard,
     })
 }
 
 /// A segment exists under our key. If it is ours (our uid, our header),
 /// unattached, and its creator is gone, it is stale: remove it and the set
-/// its header names. Anything else is refused and left alone.
+/// its header names. Anything else is refused and left alone. Hardening:
+/// a first reading may skip it.
 fn remove_if_stale(key: libc::key_t, say: &Narrator) -> Result<()> {
     // SAFETY: shmget takes no pointers.
     let id = Errno::result(unsafe { libc::shmget(key, 0, 0) }).context("shmget(key, 0, 0)")?;
@@ -302,6 +324,7 @@ fn remove_if_stale(key: libc::key_t, say: &Narrator) -> Result<()> {
 fn open(key_path: &Path, say: &Narrator) -> Result<(Segment, libc::c_int, i32, SemSet)> {
     let key = key_of(key_path)?;
     let p = key_path.display();
+    // shmget(2) without IPC_CREAT: the receiver's segment, or ENOENT.
     // SAFETY: shmget takes no pointers.
     let id = match Errno::result(unsafe { libc::shmget(key, 0, 0) }) {
         Err(Errno::ENOENT) => bail!(
@@ -309,6 +332,7 @@ fn open(key_path: &Path, say: &Narrator) -> Result<(Segment, libc::c_int, i32, S
         ),
         other => other.context("shmget(key, 0, 0)")?,
     };
+    // shmctl(2) IPC_STAT: owner and size from the kernel, not the segment.
     let ds = shm_stat(id).context("shmctl(IPC_STAT)")?;
     let me = Uid::effective().as_raw();
     if ds.shm_perm.uid != me {
@@ -324,13 +348,17 @@ fn open(key_path: &Path, say: &Narrator) -> Result<(Segment, libc::c_int, i32, S
         bail!("shmid {id} is {size} bytes: not a shm-demo segment (refusing to attach it)");
     }
     let mut segment = attach(id, size)?;
-    sigbus::guard(
+    // SIGBUS guard (checks.rs): the segment is the receiver's to remove.
+    checks::guard(
         &format!("shmid {id}"),
         segment.base(),
         size,
         Cleanup::Nothing,
     )?;
-    segment.validate(&format!("shmid {id}"), SYNC_SYSV)?;
+    // The initialisation race: wait (bounded) for the MAGIC stored last.
+    let magic = segment.wait_published();
+    // Every header field checked before one is believed (checks.rs).
+    checks::validate(&mut segment, magic, &format!("shmid {id}"), SYNC_SYSV)?;
     // The set the header names, if it is under our key, ours and our shape.
     let sem_id = segment.header().sem_id.load(Ordering::Relaxed);
     check_set(sem_id, key)
@@ -347,10 +375,13 @@ fn open(key_path: &Path, say: &Narrator) -> Result<(Segment, libc::c_int, i32, S
 pub fn sender(opts: &Options, key_path: &Path) -> Result<()> {
     let say = Narrator::new("sender", opts.quiet, Stream::Stdout);
     let (segment, id, creator, set) = open(key_path, &say)?;
-    // The receiver is the segment's creator, as the kernel recorded it.
+    // The receiver is the segment's creator, as the kernel recorded it:
+    // it must map this segment, a pidfd then watches it, and the
+    // compare-and-swap claim makes us the one sender.
     let receiver = ring::attach_as_sender(&segment, creator, MapsId::SysV { shmid: id }, &say)?;
-    // The lesson of SEM_UNDO, on a semaphore the ring does not use.
-    set.op(SCRATCH, 1, true, Duration::from_secs(1))
+    // The lesson of SEM_UNDO, on a semaphore the ring does not use:
+    // semop(2) +1 with SEM_UNDO, which the kernel reverses at our exit.
+    semop(set, SCRATCH, 1, Undo::SemUndo, Duration::from_secs(1))
         .context("semop(scratch, +1, SEM_UNDO)")?;
     say.step(format!(
         "semop(scratch, +1, SEM_UNDO): scratch = {}; the kernel will undo this +1 when I exit",
@@ -372,7 +403,7 @@ pub fn sender(opts: &Options, key_path: &Path) -> Result<()> {
             // A receiver killed by SIGKILL removed nothing; ids are never
             // reused while the objects exist, so removing by id is safe.
             if receiver.gone().is_some() {
-                drop(segment);
+                drop(segment); // shmdt(2)
                 let _ = sysv_remove(SysvKind::SharedMemory, id);
                 let _ = sysv_remove(SysvKind::SemaphoreSet, set.id);
                 say.step("the receiver died without cleaning up: IPC_RMID done for it");
@@ -380,9 +411,16 @@ pub fn sender(opts: &Options, key_path: &Path) -> Result<()> {
             return Err(e);
         }
     };
-    drop(segment);
+    drop(segment); // shmdt(2) (Segment's Drop): shm_nattch drops by one
     say.step(format!("wrote the end marker; shmdt: {}", describe(id)));
-    ring::sender_summary(MECHANISM, opts.count, opts.size, elapsed, &say);
+    ring::sender_summary(
+        MECHANISM,
+        opts.count,
+        opts.size,
+        elapsed,
+        &say,
+        opts.summary,
+    );
     Ok(())
 }
 
@@ -406,87 +444,10 @@ pub fn receiver(opts: &Options, key_path: &Path) -> Result<()> {
         &mut peer_gone,
     )?;
     ring::finish_receiving(MECHANISM, report, elapsed, &say)?;
-    drop(owned);
+    drop(owned); // shmdt(2), shmctl(IPC_RMID), semctl(IPC_RMID): see Owned
     say.step(format!(
         "shmdt, IPC_RMID for the segment and the set: {}",
         describe(id)
     ));
     Ok(())
-}
-
-pub fn story(opts: &Options) -> Result<()> {
-    let say = Narrator::new("receiver", opts.quiet, Stream::Stdout);
-    say.line(format!(
-        "shm-demo sysv: {} messages of {} bytes through {} slots of {} bytes, System V shared \
-         memory (receiver pid {})",
-        opts.count,
-        opts.size,
-        opts.slots,
-        opts.slot_size,
-        std::process::id()
-    ));
-    say.line("\n== 1. Create the segment and the semaphore set ==");
-    let dir = PrivateDir::create("shm-demo-sysv")?;
-    let key_path = dir.path().join("key");
-    std::fs::write(&key_path, b"").with_context(|| format!("create {}", key_path.display()))?;
-    let owned = create(&key_path, opts.slots, opts.slot_size, &say)?;
-    let id = owned.shm.id();
-
-    say.line("\n== 2. Start the sender: it finds both objects by the same key ==");
-    let key_arg = key_path.to_str().context("key path is not UTF-8")?;
-    let mut sender = Peer::spawn_self(&opts.sender_args(&["sysv", "sender", "--key", key_arg]))?;
-    sigbus::stop_child_too(sender.pid());
-    say.step(format!("started the sender, pid {}", sender.pid()));
-
-    say.line("\n== 3. The bounded buffer: semop(full, -1), read, semop(empty, +1) ==");
-    let mut peer_gone = || match sender.try_wait() {
-        Ok(Some(exit)) => Some(format!("the sender (pid {}) {exit}", sender.pid())),
-        Ok(None) => None,
-        Err(e) => Some(format!("{e:#}")),
-    };
-    let (report, elapsed) = ring::receive(
-        &owned.segment,
-        sems(owned.set),
-        Some(opts.count),
-        opts.timeout,
-        &say,
-        &mut peer_gone,
-    )?;
-    let exit = sender.wait(Some(Duration::from_secs(60)))?;
-    say.step(format!("the sender (pid {}) {exit}", sender.pid()));
-    if !exit.success() {
-        bail!("the sender (pid {}) {exit}", sender.pid());
-    }
-
-    say.line("\n== 4. What the kernel kept track of ==");
-    say.step(format!("after the sender's shmdt: {}", describe(id)));
-    say.step(format!(
-        "semctl(GETVAL, scratch) = {}: the sender's +1 with SEM_UNDO was undone when it exited \
-         (with SEM_UNDO on `full`, its unread messages would have vanished the same way)",
-        owned.set.value(SCRATCH).context("semctl(GETVAL)")?
-    ));
-    // IPC_RMID while we are still attached: only a mark, until the last detach.
-    sysv_remove(SysvKind::SharedMemory, id).context("shmctl(IPC_RMID)")?;
-    say.step(format!(
-        "shmctl(IPC_RMID) while still attached: {}",
-        describe(id)
-    ));
-    let Owned {
-        segment,
-        shm,
-        set,
-        _set_guard,
-    } = owned;
-    drop(segment);
-    say.step(format!("shmdt, the last detach: {}", describe(id)));
-    drop((shm, _set_guard));
-    let gone = matches!(set.value(EMPTY), Err(Errno::EINVAL | Errno::EIDRM));
-    say.step(format!(
-        "semctl(IPC_RMID) for semid {}: {}",
-        set.id,
-        if gone { "gone" } else { "still there?" }
-    ));
-    drop(dir);
-    say.line("");
-    ring::finish_receiving(MECHANISM, report, elapsed, &say)
 }

@@ -1,13 +1,18 @@
-//! The ring both variants share: the segment's layout, its mapping, the
-//! two semaphores' roles, and the send and receive loops. POSIX (`posix.rs`)
-//! and System V (`sysv.rs`) differ only in how they make, find and remove
-//! the memory and the semaphores.
+//! The mechanism, part 1 of 3: the ring both variants share. The segment's
+//! layout, its mapping (`munmap`/`shmdt` in `Segment`'s `Drop`), the two
+//! semaphores' roles, and the send and receive loops. `ipc_posix.rs` and
+//! `ipc_sysv.rs` (parts 2 and 3) differ only in how they make, find and
+//! remove the memory and the semaphores. `ipc-bench` runs this same ring
+//! (see `lib.rs`); what exists only for it says so.
+//!
+//! Read top to bottom: the layout, `Segment` (publish with MAGIC last, the
+//! sender's claim), the semaphores, `Writer::write` (wait(empty), write,
+//! post(full)), `Reader::read` (wait(full), copy out, post(empty)), and the
+//! loops the roles call. The checks that guard it are in `checks.rs`.
 
 use std::cell::UnsafeCell;
 use std::ffi::c_void;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -18,6 +23,8 @@ use common::payload::{self, CheckReport, Checker, Verdict};
 use common::psem::{SharedSem, Wait};
 use common::report::{Narrator, Summary};
 use common::sysv_sem::SemSet;
+
+use crate::checks::{self, MapsId, PeerWatch};
 
 /// "IPCSHM01": the first 8 bytes of every segment this demo makes.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"IPCSHM01");
@@ -36,7 +43,7 @@ const FLAG_END: u32 = 1;
 /// How long one semaphore wait lasts before we check that the peer lives.
 pub const TICK: Duration = Duration::from_millis(100);
 /// How long a sender waits for a receiver that is still initialising.
-const INIT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------
 // The layout. Everything another process writes is an atomic or sits in an
@@ -123,10 +130,12 @@ pub enum Detach {
 #[derive(Debug)]
 pub struct Segment {
     base: NonNull<c_void>,
-    len: usize,
+    pub(crate) len: usize,
     detach: Detach,
-    slot_count: usize,
-    slot_size: usize,
+    /// The ring's shape: set by `init_header` (receiver) or by
+    /// `checks::validate` (sender) once the header passed its checks.
+    pub(crate) slot_count: usize,
+    pub(crate) slot_size: usize,
 }
 
 impl Segment {
@@ -204,48 +213,29 @@ impl Segment {
             .map(drop)
     }
 
-    /// The sender's side: check every header field before trusting the
-    /// segment. `what` names it in errors.
-    pub fn validate(&mut self, what: &str, sync: u32) -> Result<()> {
-        let size = self.len;
+    /// The sender's side of the initialisation race. The receiver creates
+    /// the object (O_EXCL: exactly one creator), sizes it, fills the header
+    /// and stores MAGIC last with Release ordering; a sender may open it in
+    /// between and find zeros. So it waits for MAGIC with Acquire ordering
+    /// (then it also sees every field stored before MAGIC), but not forever:
+    /// after INIT_TIMEOUT the zero it still sees is refused by
+    /// `checks::validate`. Returns the magic it saw.
+    pub fn wait_published(&self) -> u64 {
+        self.wait_published_within(INIT_TIMEOUT)
+    }
+
+    /// `wait_published` with another bound (the story shows the bound
+    /// with a short one).
+    pub fn wait_published_within(&self, bound: Duration) -> u64 {
         let header = self.header();
-        // The receiver publishes MAGIC last; give one that is still starting
-        // a moment before deciding the segment is not ours.
         let start = Instant::now();
-        let magic = loop {
+        loop {
             let magic = header.magic.load(Ordering::Acquire);
-            if magic != 0 || start.elapsed() > INIT_TIMEOUT {
-                break magic;
+            if magic != 0 || start.elapsed() > bound {
+                return magic;
             }
             sleep(Duration::from_millis(10));
-        };
-        if magic != MAGIC {
-            bail!("{what} is not a shm-demo segment (magic {magic:#018x}, expected {MAGIC:#018x})");
         }
-        let version = header.version.load(Ordering::Relaxed);
-        if version != VERSION {
-            bail!("{what} has layout version {version}; this program reads version {VERSION}");
-        }
-        let slots = header.slot_count.load(Ordering::Relaxed);
-        let slot_size = header.slot_size.load(Ordering::Relaxed);
-        if !(1..=MAX_SLOTS).contains(&slots) || !(1..=MAX_SLOT_SIZE).contains(&slot_size) {
-            bail!(
-                "{what}: header says {slots} slots of {slot_size} bytes: out of range, refusing it"
-            );
-        }
-        if segment_len(slots, slot_size) != size {
-            bail!(
-                "{what}: header says {slots} slots of {slot_size} bytes ({} bytes), but the \
-                 object is {size} bytes: refusing it",
-                segment_len(slots, slot_size)
-            );
-        }
-        if header.sync.load(Ordering::Relaxed) != sync {
-            bail!("{what} is guarded by the other kind of semaphores (POSIX vs System V)");
-        }
-        self.slot_count = slots as usize;
-        self.slot_size = slot_size as usize;
-        Ok(())
     }
 
     pub fn slots(&self) -> (usize, usize) {
@@ -282,9 +272,13 @@ impl Drop for Segment {
         // into the mapping outlives `self` (they all borrow it).
         unsafe {
             match self.detach {
+                // munmap(2): the pages leave our address space; the object
+                // itself lives on while its name or another mapping does.
                 Detach::Munmap => {
                     let _ = nix::sys::mman::munmap(self.base, self.len);
                 }
+                // shmdt(2): the kernel's shm_nattch drops by one; a segment
+                // marked IPC_RMID goes at the last detach.
                 Detach::Shmdt => {
                     libc::shmdt(self.base.as_ptr());
                 }
@@ -297,13 +291,39 @@ impl Drop for Segment {
 // The two semaphores, whichever API provides them
 // ---------------------------------------------------------------------------
 
+/// SEM_UNDO or not, for a System V `semop`: named, not a bare `bool`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undo {
+    /// No undo: right for the ring's counters, which pass from one process
+    /// to the other (an undo at the sender's exit would take back messages
+    /// not yet read).
+    No,
+    /// SEM_UNDO: the kernel reverses this change when the process exits.
+    /// Right for a lock the same process takes and gives back; the System V
+    /// story shows it on a scratch semaphore.
+    SemUndo,
+}
+
+/// `semtimedop(2)` on semaphore `index` of `set`: add `delta`, waiting at
+/// most `timeout` if that would make it negative. (common's `SemSet::op`
+/// takes SEM_UNDO as a bool; this names it.)
+pub fn semop(
+    set: SemSet,
+    index: u16,
+    delta: i16,
+    undo: Undo,
+    timeout: Duration,
+) -> nix::Result<Wait> {
+    set.op(index, delta, undo == Undo::SemUndo, timeout)
+}
+
 /// One counting semaphore of the ring.
 #[derive(Debug, Clone, Copy)]
 pub enum Sem {
     /// A `sem_t` inside the segment (and its address, for `check_sem_t`).
     Posix(SharedSem, *mut libc::sem_t),
     /// Semaphore `index` of a System V set. Never with SEM_UNDO: these
-    /// counts pass from one process to the other (see sysv.rs).
+    /// counts pass from one process to the other (see `Undo`).
     SysV(SemSet, u16),
 }
 
@@ -311,11 +331,13 @@ impl Sem {
     fn post(self) -> Result<()> {
         match self {
             Sem::Posix(sem, raw) => {
-                check_sem_t(raw)?;
+                checks::check_sem_t(raw)?; // not scribbled on (checks.rs)
+                // sem_post(3): +1, and wake one waiter in any process.
                 sem.post().context("sem_post")
             }
             Sem::SysV(set, i) => loop {
-                match set.op(i, 1, false, TICK).context("semop(+1)")? {
+                // semop(2) +1: never waits; no SEM_UNDO (see `Undo`).
+                match semop(set, i, 1, Undo::No, TICK).context("semop(+1)")? {
                     Wait::Acquired => return Ok(()),
                     // +1 never waits, but a signal can still interrupt it.
                     Wait::Interrupted | Wait::TimedOut => check_stop()?,
@@ -327,10 +349,12 @@ impl Sem {
     fn wait_for(self, timeout: Duration) -> Result<Wait> {
         match self {
             Sem::Posix(sem, raw) => {
-                check_sem_t(raw)?;
+                checks::check_sem_t(raw)?; // not scribbled on (checks.rs)
+                // sem_timedwait(3): -1, or sleep until a post or the timeout.
                 sem.wait_for(timeout).context("sem_timedwait")
             }
-            Sem::SysV(set, i) => set.op(i, -1, false, timeout).context("semtimedop(-1)"),
+            // semtimedop(2) -1: the same, in the kernel; no SEM_UNDO.
+            Sem::SysV(set, i) => semop(set, i, -1, Undo::No, timeout).context("semtimedop(-1)"),
         }
     }
 }
@@ -355,6 +379,7 @@ fn wait_on(
             Wait::Acquired => return Ok(()),
             Wait::Interrupted => continue, // check_stop decides
             Wait::TimedOut => {
+                // Liveness (checks.rs): a dead peer ends the wait now.
                 if let Some(reason) = peer_gone() {
                     bail!("{reason} while we waited on the {what} semaphore");
                 }
@@ -366,203 +391,6 @@ fn wait_on(
                     );
                 }
             }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Hardening (a first reading may skip it): the sem_t guard, and liveness
-// that does not rest on a pid read from shared memory.
-// ---------------------------------------------------------------------------
-
-/// Refuse to hand glibc a `sem_t` that another process has scribbled on.
-///
-/// glibc trusts a `sem_t`'s bytes: the word after the counter (`private`)
-/// becomes part of the futex operation code. Garbage there makes the
-/// kernel answer ENOSYS ("no such futex operation"), which glibc takes for
-/// its own bug: it prints "The futex facility returned an unexpected error
-/// code." and aborts the process. So before each call we compare that
-/// word with what `sem_init(pshared = 1)` writes on this C library. A peer
-/// rewriting it *between* our check and glibc's read is beyond any check:
-/// that is the trust boundary of shared memory (see main.rs).
-fn check_sem_t(sem: *mut libc::sem_t) -> Result<()> {
-    let Some(expected) = fresh_private_word() else {
-        return Ok(()); // not glibc: no known layout to check
-    };
-    // SAFETY: `sem` points into a live mapping at a sem_t (the contract of
-    // posix_sems); the word lies inside it; an atomic load is sound even
-    // while another process writes the memory.
-    let found = unsafe {
-        (*sem.cast::<u8>().add(PRIVATE_OFFSET).cast::<AtomicU32>()).load(Ordering::Relaxed)
-    };
-    if found != expected {
-        bail!(
-            "a sem_t in the segment has been overwritten by another process (its private \
-             word is {found:#x}, sem_init wrote {expected:#x}): refusing to pass it to glibc, \
-             which would abort"
-        );
-    }
-    Ok(())
-}
-
-/// Where glibc keeps `private` in a `sem_t`: after the 64-bit counter
-/// (after value on 32-bit targets).
-const PRIVATE_OFFSET: usize = if cfg!(target_pointer_width = "64") {
-    8
-} else {
-    4
-};
-
-/// The `private` word of a fresh process-shared semaphore, learnt once by
-/// `sem_init` on a local `sem_t` (glibc only).
-fn fresh_private_word() -> Option<u32> {
-    if !cfg!(target_env = "gnu") {
-        return None;
-    }
-    static WORD: OnceLock<Option<u32>> = OnceLock::new();
-    *WORD.get_or_init(|| {
-        let mut sem = std::mem::MaybeUninit::<libc::sem_t>::zeroed();
-        // SAFETY: a local, zeroed, aligned sem_t that nobody else sees; it is
-        // destroyed before it goes out of scope.
-        unsafe {
-            if libc::sem_init(sem.as_mut_ptr(), 1, 0) != 0 {
-                return None;
-            }
-            let word = sem
-                .as_ptr()
-                .cast::<u8>()
-                .add(PRIVATE_OFFSET)
-                .cast::<u32>()
-                .read_unaligned();
-            libc::sem_destroy(sem.as_mut_ptr());
-            Some(word)
-        }
-    })
-}
-
-/// How to recognise our segment in a process's `/proc/PID/maps`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MapsId {
-    /// A POSIX object: the device and inode of `/dev/shm/NAME`.
-    File { dev: u64, ino: u64 },
-    /// A System V segment: maps shows `/SYSV<key>` with the shmid as inode.
-    SysV { shmid: i32 },
-}
-
-/// Does process `pid` map our segment? The kernel's own list of a
-/// process's mappings: a pid forged into the header names some process,
-/// but not one that maps this object.
-pub fn maps_segment(pid: i32, id: MapsId) -> std::io::Result<bool> {
-    if pid <= 0 {
-        return Ok(false);
-    }
-    let maps = match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
-        // No such process (any more): it maps nothing.
-        Err(e)
-            if e.kind() == std::io::ErrorKind::NotFound
-                || e.raw_os_error() == Some(libc::ESRCH) =>
-        {
-            return Ok(false);
-        }
-        other => other?,
-    };
-    Ok(maps.lines().any(|line| {
-        // start-end perms offset major:minor inode path
-        let mut fields = line.split_whitespace();
-        let (Some(dev), Some(inode)) = (fields.nth(3), fields.next()) else {
-            return false;
-        };
-        let path = fields.next().unwrap_or("");
-        let inode: u64 = inode.parse().unwrap_or(0);
-        match id {
-            MapsId::File { dev: want, ino } => {
-                let want = format!("{:02x}:{:02x}", libc::major(want), libc::minor(want));
-                inode == ino && dev == want
-            }
-            MapsId::SysV { shmid } => path.starts_with("/SYSV") && inode == shmid as u64,
-        }
-    }))
-}
-
-/// The peer, watched through a pidfd: a descriptor for *that* process,
-/// which becomes readable when it exits. Unlike a pid, it cannot come to
-/// name another process later (pids are reused).
-#[derive(Debug)]
-pub struct PeerWatch {
-    role: &'static str,
-    pid: i32,
-    /// `None`: the peer could not be confirmed (see `lost`).
-    pidfd: Option<OwnedFd>,
-    /// Why the peer counts as gone from the start.
-    lost: Option<String>,
-}
-
-impl PeerWatch {
-    /// The handshake: `pid` (read from the header or from the kernel's
-    /// records) counts as our peer only if it maps our segment. Checked
-    /// again after `pidfd_open`, so the pidfd is for a process that did.
-    pub fn attach(role: &'static str, pid: i32, id: MapsId) -> Result<PeerWatch> {
-        let maps = |pid| maps_segment(pid, id);
-        match maps(pid) {
-            Ok(true) => {}
-            Ok(false) => bail!(
-                "pid {pid}, named as the {role}, does not map this segment (a forged header, \
-                 or a {role} that is gone): refusing to trust it"
-            ),
-            Err(e) => bail!(
-                "pid {pid}, named as the {role}: its /proc/{pid}/maps cannot be read ({e}), so \
-                 nothing confirms it maps this segment: refusing to trust it"
-            ),
-        }
-        // SAFETY: pidfd_open takes a pid and flags, no pointers.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
-            let e = nix::errno::Errno::last();
-            if e == nix::errno::Errno::ESRCH {
-                bail!("the {role} (pid {pid}) exited");
-            }
-            return Err(e).with_context(|| format!("pidfd_open({pid})"));
-        }
-        // SAFETY: a descriptor pidfd_open just returned, owned by nobody else.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        if !maps(pid).unwrap_or(false) {
-            bail!("the {role} (pid {pid}) exited");
-        }
-        Ok(PeerWatch {
-            role,
-            pid,
-            pidfd: Some(pidfd),
-            lost: None,
-        })
-    }
-
-    /// Like `attach`, but a peer that cannot be confirmed is not an error
-    /// yet: it counts as gone, which matters only if we ever have to wait
-    /// for it. (A fast sender may have written everything, end marker
-    /// included, and exited before the receiver looked.)
-    pub fn attach_or_gone(role: &'static str, pid: i32, id: MapsId) -> PeerWatch {
-        PeerWatch::attach(role, pid, id).unwrap_or_else(|e| PeerWatch {
-            role,
-            pid,
-            pidfd: None,
-            lost: Some(format!("{e:#}")),
-        })
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
-    /// Why the peer is gone, or `None` while it runs.
-    pub fn gone(&self) -> Option<String> {
-        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        let Some(pidfd) = &self.pidfd else {
-            return self.lost.clone();
-        };
-        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::ZERO) {
-            Ok(0) | Err(nix::errno::Errno::EINTR) => None,
-            _ => Some(format!("the {} (pid {}) exited", self.role, self.pid)),
         }
     }
 }
@@ -698,12 +526,14 @@ impl<'a> Writer<'a> {
         }
     }
 
-    /// The slot the next write goes to.
+    /// The slot the next write goes to. Only for ipc-bench, which rebuilds
+    /// a Writer per message and carries the index over.
     pub fn position(&self) -> usize {
         self.next
     }
 
-    /// Continue at `slot` (from `position` of an earlier Writer).
+    /// Continue at `slot` (from `position` of an earlier Writer). Only for
+    /// ipc-bench.
     pub fn resume_at(&mut self, slot: usize) {
         self.next = slot % self.segment.slot_count;
     }
@@ -746,12 +576,13 @@ impl<'a> Reader<'a> {
         self
     }
 
-    /// The slot the next read comes from.
+    /// The slot the next read comes from. Only for ipc-bench (see Writer).
     pub fn position(&self) -> usize {
         self.next
     }
 
-    /// Continue at `slot` (from `position` of an earlier Reader).
+    /// Continue at `slot` (from `position` of an earlier Reader). Only for
+    /// ipc-bench.
     pub fn resume_at(&mut self, slot: usize) {
         self.next = slot % self.segment.slot_count;
     }
@@ -779,7 +610,9 @@ impl<'a> Reader<'a> {
                 }
                 return Ok(None);
             }
-            // Everything below came from another process: check before use.
+            // Everything below came from another process: check before use
+            // (inline, since the copy depends on it; a first reading may
+            // skip the checks down to the copy).
             let seq = slot.seq.load(Ordering::Relaxed);
             let len = slot.message_len.load(Ordering::Relaxed);
             let offset = slot.offset.load(Ordering::Relaxed);
@@ -903,14 +736,24 @@ pub fn finish_receiving(
     Ok(())
 }
 
-/// The sender's summary line.
+/// The sender's summary line; with `summary` false (the sender a story
+/// starts, which prints the run's one summary itself) a narration line.
 pub fn sender_summary(
     mechanism: &'static str,
     count: u64,
     size: usize,
     elapsed: Duration,
     say: &Narrator,
+    summary: bool,
 ) {
+    if !summary {
+        say.step(format!(
+            "sent {count} messages, {} bytes, in {:.3} s",
+            count * size as u64,
+            elapsed.as_secs_f64()
+        ));
+        return;
+    }
     say.line(Summary {
         mechanism,
         messages: count,
@@ -1010,11 +853,12 @@ mod tests {
             header.slot_size.store(words[2], Ordering::Relaxed);
             header.sync.store(words[3] % 4, Ordering::Relaxed);
             if words[4] % 2 == 0 {
-                // Never 0: that means "still initialising", and validate
-                // would wait for it.
+                // Never 0: that means "still initialising", and
+                // wait_published would wait for it.
                 header.magic.store(u64::from(words[5]) | 1 << 40, Ordering::Relaxed);
             }
-            if segment.validate("fuzz", SYNC_POSIX).is_ok() {
+            let magic = segment.wait_published();
+            if checks::validate(&mut segment, magic, "fuzz", SYNC_POSIX).is_ok() {
                 let (slots, size) = segment.slots();
                 proptest::prop_assert_eq!(segment_len(slots as u32, size as u32), segment.len);
             }
