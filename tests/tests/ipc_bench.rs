@@ -6,6 +6,10 @@ use std::os::unix::process::CommandExt;
 
 use ipc_tests::{LONG, SHORT, assert_usage_error, run};
 
+/// Every ipc-bench run removes stale objects of dead runs when it starts, so
+/// the test that SIGKILLs runs and checks what they left runs alone.
+static SWEEP: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 const BENCH: &str = "ipc-bench";
 const MECHANISMS: [&str; 10] = [
     "pipe",
@@ -22,6 +26,7 @@ const MECHANISMS: [&str; 10] = [
 
 #[test]
 fn quick_run_has_every_row_and_valid_json_and_svg() {
+    let _shared = SWEEP.read().unwrap_or_else(|e| e.into_inner());
     let dir = PrivateDir::create("ipc-bench-test").unwrap();
     let json = dir.path().join("out.json");
     let svg = dir.path().join("out.svg");
@@ -108,6 +113,7 @@ fn quick_run_has_every_row_and_valid_json_and_svg() {
 
 #[test]
 fn a_subset_of_mechanisms_and_sizes() {
+    let _shared = SWEEP.read().unwrap_or_else(|e| e.into_inner());
     let out = run(
         BENCH,
         &[
@@ -134,6 +140,7 @@ fn a_subset_of_mechanisms_and_sizes() {
 
 #[test]
 fn bad_options_exit_2_with_a_clear_message() {
+    let _shared = SWEEP.read().unwrap_or_else(|e| e.into_inner());
     let cases: &[(&[&str], &str)] = &[
         (
             &["--mechanisms", "pipe,carrier-pigeon"],
@@ -181,6 +188,7 @@ fn row<'a>(out: &'a ipc_tests::Output, mech: &str) -> &'a str {
 
 #[test]
 fn every_mechanism_runs_or_says_na_above_the_spsc_ring_size() {
+    let _shared = SWEEP.read().unwrap_or_else(|e| e.into_inner());
     // 9000000 bytes is over the lock-free ring's 8 MiB: it used to wait
     // for room that never came, until the 300 s deadline.
     let out = short_run(&MECHANISMS.join(","), "9000000", &["--quick"]);
@@ -224,6 +232,7 @@ fn every_mechanism_runs_or_says_na_above_the_spsc_ring_size() {
 
 #[test]
 fn the_largest_size_runs_through_the_lock_free_ring() {
+    let _shared = SWEEP.read().unwrap_or_else(|e| e.into_inner());
     let out = short_run("shm-spsc", &(16 << 20).to_string(), &[]);
     assert_eq!(out.code(), 0, "{}", out.describe());
     assert!(row(&out, "shm-spsc").contains('×'), "{}", out.describe());
@@ -231,6 +240,7 @@ fn the_largest_size_runs_through_the_lock_free_ring() {
 
 #[test]
 fn no_first_touch_page_fault_is_timed() {
+    let _shared = SWEEP.read().unwrap_or_else(|e| e.into_inner());
     // Each cell maps a fresh ring; without a warm-up the receiver's first
     // touch of each page of it was timed (shm-spsc at 64 KiB read 2.2 GB/s
     // with 32 messages and 22 GB/s with 16 K).
@@ -285,6 +295,7 @@ fn no_first_touch_page_fault_is_timed() {
 
 #[test]
 fn the_output_states_each_configuration_and_the_kernel_limits() {
+    let _shared = SWEEP.read().unwrap_or_else(|e| e.into_inner());
     let out = short_run(&MECHANISMS.join(","), "64", &["--quick"]);
     assert_eq!(out.code(), 0, "{}", out.describe());
     let config = out
@@ -328,6 +339,7 @@ fn the_output_states_each_configuration_and_the_kernel_limits() {
 
 #[test]
 fn a_symlink_at_the_output_path_is_refused_and_its_target_untouched() {
+    let _shared = SWEEP.read().unwrap_or_else(|e| e.into_inner());
     use std::os::unix::fs::PermissionsExt;
     // A world-writable directory, like /tmp: anybody may plant a link.
     let dir = PrivateDir::create("ipc-bench-test").unwrap();
@@ -387,6 +399,7 @@ fn a_symlink_at_the_output_path_is_refused_and_its_target_untouched() {
 
 #[test]
 fn a_closed_or_full_stdout_ends_quietly_or_with_one_line() {
+    let _shared = SWEEP.read().unwrap_or_else(|e| e.into_inner());
     use std::process::Stdio;
     let args = [
         "--mechanisms",
@@ -500,6 +513,8 @@ fn killed_during(mech: &str) -> u32 {
 
 #[test]
 fn objects_left_by_a_killed_run_are_found_and_removed_by_the_next() {
+    // Alone: any other run would sweep the killed runs' objects first.
+    let _alone = SWEEP.write().unwrap_or_else(|e| e.into_inner());
     // Each killed run leaves its queue and private directory (checked in
     // killed_during); the second run already removes what the first left.
     let dead = [killed_during("sysv-msg"), killed_during("posix-mq")];
@@ -539,6 +554,7 @@ fn repo_root() -> std::path::PathBuf {
 
 #[test]
 fn docs_regenerates_every_marked_region_and_nothing_else() {
+    let _shared = SWEEP.read().unwrap_or_else(|e| e.into_inner());
     let dir = PrivateDir::create("ipc-bench-test").unwrap();
     let root = dir.path();
     std::fs::create_dir(root.join("docs")).unwrap();
@@ -613,6 +629,7 @@ fn docs_regenerates_every_marked_region_and_nothing_else() {
 
 #[test]
 fn the_repository_docs_hold_the_generated_regions() {
+    let _shared = SWEEP.read().unwrap_or_else(|e| e.into_inner());
     let root = repo_root();
     for (file, regions) in [
         ("README.md", &["readme"][..]),
@@ -647,6 +664,7 @@ fn the_repository_docs_hold_the_generated_regions() {
 
 #[test]
 fn comparison_says_unnamed_semaphores_work_between_unrelated_processes() {
+    let _shared = SWEEP.read().unwrap_or_else(|e| e.into_inner());
     // shm-demo puts an unnamed semaphore (sem_init, pshared = 1) in a
     // segment that unrelated processes open by name.
     let text = std::fs::read_to_string(repo_root().join("docs/comparison.md")).unwrap();

@@ -1025,7 +1025,7 @@ fn number_after(line: &str, before: &str) -> u64 {
 /// The scratch objects a step names ("/shm-demo-PID-N"), all gone after the run.
 fn assert_scratch_gone(lines: &[&str]) {
     for line in lines {
-        for word in line.split(|c: char| c == '(' || c == ',' || c == ' ' || c == ')') {
+        for word in line.split(['(', ',', ' ', ')']) {
             if word.starts_with("/shm-demo-") {
                 assert!(!dev_shm(word).exists(), "{word} left in /dev/shm");
             }
