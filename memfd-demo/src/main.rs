@@ -52,7 +52,7 @@
 //! The mechanism is in `src/ipc.rs`; the story's steps in `src/story.rs`.
 //!
 //! Uses `common` modules: `cleanup`, `cli`, `error`, `payload`, `peer`,
-//! `report`; `nix` features: `fs`, `mman`, `poll`, `process`, `signal`, `socket`, `uio`.
+//! `report`; `nix` features: `fs`, `mman`, `poll`, `process`, `signal`, `socket`, `uio`, `user`.
 //!
 //! Read next: `docs/comparison.md`, every mechanism side by side (this is
 //! the last demo in the README's reading order).
