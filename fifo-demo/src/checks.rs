@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use common::cleanup::Registration;
 use common::payload::{self, CheckReport, Checker, Verdict};
 use common::report::Narrator;
 use nix::errno::Errno;
@@ -77,6 +78,9 @@ pub fn kind_name(kind: SFlag) -> &'static str {
 pub struct FifoGuard {
     path: PathBuf,
     id: (u64, u64),
+    /// A second Ctrl-C (which ends the process at once, with no drop)
+    /// unlinks the path too: see `common::cleanup`.
+    _entry: Registration,
 }
 
 impl FifoGuard {
@@ -84,6 +88,7 @@ impl FifoGuard {
         FifoGuard {
             path: path.to_path_buf(),
             id: (st.st_dev, st.st_ino),
+            _entry: Registration::unlink(path),
         }
     }
 }

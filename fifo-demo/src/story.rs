@@ -27,6 +27,8 @@ use crate::ipc::{Reader, TAG_LEN, create_fifo, open_fifo};
 
 /// How long the story waits for a writer process that should be finishing.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(60);
+/// After a failed step: how long writers may take to end on their own.
+const WRITER_GRACE: Duration = Duration::from_secs(1);
 
 pub fn story(opts: &Options) -> Result<()> {
     let say = Narrator::new("parent", opts.quiet, Stream::Stdout);
@@ -70,7 +72,13 @@ pub fn story(opts: &Options) -> Result<()> {
     })();
 
     // Writers still running are stopped and reaped (Peer's drop: SIGTERM,
-    // then waitpid), then the figures, then the FIFO goes.
+    // then waitpid), then the figures, then the FIFO goes. A writer that
+    // is already on its way out (Ctrl-C'd on its own) is first given a
+    // moment: a SIGTERM now would be its second stop signal, which kills
+    // it in the middle of its last line.
+    if result.is_err() {
+        let_writers_finish(&mut writers, WRITER_GRACE);
+    }
     drop(writers);
     let (total, errors) = reader.writers.report(opts.writers);
     drop(reader); // close(2) of the read end and of the dummy
@@ -307,6 +315,17 @@ fn spawn_writer(path: &Path, opts: &Options) -> Result<Peer> {
         args.push(a.into());
     }
     Peer::spawn_self(&args)
+}
+
+/// Reap the writers that end within `grace`; the others are left running
+/// for `Peer`'s drop to stop.
+fn let_writers_finish(writers: &mut [Peer], grace: Duration) {
+    let deadline = Instant::now() + grace;
+    for writer in writers {
+        while matches!(writer.try_wait(), Ok(None)) && Instant::now() < deadline {
+            sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 fn wait_writer(writer: &mut Peer, n: usize, say: &Narrator) -> Result<()> {

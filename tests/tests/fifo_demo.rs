@@ -784,3 +784,31 @@ fn a_writer_that_dies_inside_its_first_frame_is_noticed_at_once() {
     );
     assert!(!path.exists());
 }
+
+#[test]
+fn a_second_stop_signal_still_removes_the_receivers_fifo() {
+    // The second of two stop signals ends the process at once, in its
+    // handler, with no destructor: only objects entered in common::cleanup's
+    // table are removed then. Before the fix the receiver's FIFO was not in
+    // it and stayed behind. SIGSTOP holds both signals pending, so that
+    // they arrive back to back when the receiver continues.
+    let dir = test_dir();
+    let path = dir.path().join("twice.fifo");
+    let mut receiver = Proc::spawn(FIFO_DEMO, &["receiver", "--path", s(&path)]);
+    receiver.wait_for_line(|l| l.contains("waits until a writer opens"), SHORT);
+    assert!(path.exists());
+    receiver.signal(Signal::SIGSTOP);
+    sleep(Duration::from_millis(100));
+    receiver.signal(Signal::SIGINT);
+    receiver.signal(Signal::SIGTERM);
+    receiver.signal(Signal::SIGCONT);
+    let out = receiver.finish(SHORT);
+    out.assert_no_panic();
+    // Killed by the signal (no exit status) or, if the first handler's
+    // cleanup won the race, exit 130/143: either way, nothing is left.
+    assert!(
+        !path.exists(),
+        "FIFO left behind after two stop signals\n{}",
+        out.describe()
+    );
+}
