@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use common::cleanup::Registration;
+use common::frame::FrameError;
 use common::payload::{self, CheckReport, Checker, Verdict};
 use common::report::Narrator;
 use nix::errno::Errno;
@@ -315,6 +316,22 @@ pub fn read_line(input: &mut impl BufRead) -> Result<Option<Vec<u8>>> {
         );
     }
     Ok(Some(line))
+}
+
+/// The 4 length bytes of a frame refused as too long, if they are
+/// printable text: a writer sending lines (`echo hello > P`) to a receiver
+/// that expects frames. Any 4 printable ASCII bytes read as a length are
+/// over 500 MB, so such a header is always refused as too long.
+pub fn text_in_header(e: &FrameError) -> Option<String> {
+    let FrameError::TooLong { len, .. } = e else {
+        return None;
+    };
+    let bytes = u32::try_from(*len).ok()?.to_le_bytes();
+    let text = |b: &u8| b.is_ascii_graphic() || matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    bytes
+        .iter()
+        .all(text)
+        .then(|| String::from_utf8_lossy(&bytes).escape_debug().to_string())
 }
 
 /// The FIFO's `ls -l` facts, for the story's first step.

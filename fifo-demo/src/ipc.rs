@@ -26,7 +26,9 @@ use nix::sys::stat::{FileStat, Mode, fstat};
 use nix::unistd::mkfifo;
 
 use crate::Options;
-use crate::checks::{FifoGuard, NoReader, OpenTimeout, Writers, existing_fifo, ms, read_line};
+use crate::checks::{
+    FifoGuard, NoReader, OpenTimeout, Writers, existing_fifo, ms, read_line, text_in_header,
+};
 
 /// Each frame's payload starts with the writer's pid (u32, little-endian),
 /// then the checkable body, so the receiver keeps one checker per writer.
@@ -418,6 +420,15 @@ impl<'a> Reader<'a> {
                     } else {
                         format!("writer(s) {:?}", self.writers.mid_stream())
                     };
+                    // (A first reading may skip this.) `echo hello > P`
+                    // sends "hell" where a length belongs: say so.
+                    if let Some(text) = text_in_header(&e) {
+                        bail!(
+                            "read({p}), reading from {from}: {e}: those 4 length bytes are \
+                             the text \"{text}\", so the writer sends lines (like 'echo hello \
+                             > {p}'), not frames: for text, run the receiver with --lines"
+                        );
+                    }
                     return Err(
                         anyhow::Error::new(e).context(format!("read({p}), reading from {from}"))
                     );

@@ -812,3 +812,44 @@ fn a_second_stop_signal_still_removes_the_receivers_fifo() {
         out.describe()
     );
 }
+
+#[test]
+fn text_sent_to_a_frame_receiver_is_answered_with_a_hint_to_use_lines() {
+    // `echo hello > P` puts "hell" where a frame length belongs: before,
+    // only "frame length 1819043176 is over the limit".
+    let dir = test_dir();
+    let path = dir.path().join("text.fifo");
+    let mut receiver = Proc::spawn(FIFO_DEMO, &["receiver", "--path", s(&path)]);
+    receiver.wait_for_line(|l| l.contains("waits until a writer opens"), SHORT);
+    let status = Command::new("sh")
+        .args(["-c", "echo hello > \"$1\"", "sh", s(&path)])
+        .status()
+        .expect("sh");
+    assert!(status.success());
+    let out = receiver.finish(SHORT);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", out.describe());
+    assert!(
+        lines[0].contains("the text \"hell\"") && lines[0].contains("--lines"),
+        "{}",
+        out.describe()
+    );
+    assert!(!path.exists());
+
+    // A length that is not text gets no such hint.
+    let mut receiver = Proc::spawn(FIFO_DEMO, &["receiver", "--path", s(&path)]);
+    receiver.wait_for_line(|l| l.contains("waits until a writer opens"), SHORT);
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut writer, &[0x00, 0x00, 0x00, 0x7f]).unwrap();
+    let out = receiver.finish(SHORT);
+    drop(writer);
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("is over the limit") && !out.stderr.contains("--lines"),
+        "{}",
+        out.describe()
+    );
+    assert!(!path.exists());
+}
