@@ -67,6 +67,8 @@ pub fn kind_name(kind: SFlag) -> &'static str {
         SFlag::S_IFSOCK => "a socket",
         SFlag::S_IFLNK => "a symbolic link",
         SFlag::S_IFIFO => "a FIFO",
+        SFlag::S_IFCHR => "a character device",
+        SFlag::S_IFBLK => "a block device",
         _ => "not a FIFO",
     }
 }

@@ -11,23 +11,25 @@
 use std::fs::File;
 use std::io::{BufReader, ErrorKind, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use common::cleanup::{StopOnSignal, check_stop};
+use common::cleanup::{PrivateDir, StopOnSignal, check_stop};
 use common::frame::{self, Frame, FrameError, Idle, MAX_FRAME};
 use common::payload;
 use common::report::{Narrator, Stream, Summary};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl, open};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::stat::{FileStat, Mode, fstat};
-use nix::unistd::mkfifo;
+use nix::sys::stat::{FileStat, Mode, SFlag, fstat, lstat};
+use nix::unistd::{geteuid, mkfifo};
 
 use crate::Options;
 use crate::checks::{
-    FifoGuard, NoReader, OpenTimeout, Writers, existing_fifo, ms, read_line, text_in_header,
+    FifoGuard, NoReader, OpenTimeout, Writers, existing_fifo, kind_name, ms, read_line,
+    text_in_header,
 };
 
 /// Each frame's payload starts with the writer's pid (u32, little-endian),
@@ -527,4 +529,464 @@ fn receive_lines(
         Ok(())
     };
     (summary, result)
+}
+
+// ---------------------------------------------------------------------------
+// server and client: one well-known FIFO in, a private reply FIFO per client
+// ---------------------------------------------------------------------------
+//
+// A FIFO cannot answer one of its writers: every reader sees every writer's
+// bytes. So each client makes a reply FIFO of its own and names it in its
+// request; the server opens that name for writing, writes one reply and
+// closes it (Kerrisk, TLPI 44.8, `fifo_seqnum_server`). Here the server
+// hands out sequence numbers, each number once.
+
+/// Longest reply path a request may name: a request (4-byte length,
+/// 4-byte pid, the path) stays one write of at most PIPE_BUF bytes, which
+/// the kernel never splits or mixes with another client's request.
+pub const MAX_REPLY_PATH: usize = 1024;
+const MAX_REQUEST: usize = TAG_LEN + MAX_REPLY_PATH;
+/// A reply's payload: [server pid: u32][sequence number: u64].
+const REPLY_LEN: usize = 12;
+
+/// What the server did with one request.
+#[derive(Debug)]
+pub enum Served {
+    Replied {
+        client: u32,
+        seq: u64,
+    },
+    /// Not answered, and why (the server goes on serving).
+    Refused(String),
+}
+
+/// The server's end of its well-known FIFO.
+pub struct SeqServer<'a> {
+    pub path: &'a Path,
+    /// The read end, O_NONBLOCK: read only after poll says a request is
+    /// there, so that no client (not even one that sends half a request)
+    /// can make the server wait.
+    requests: File,
+    /// The server's own write descriptor on its FIFO, never written: while
+    /// it is open, the last client closing is not EOF (read() never returns
+    /// 0), so the server waits for the next client instead.
+    _own_writer: OwnedFd,
+    next_seq: u64,
+    pub replied: u64,
+    pub refused: u64,
+}
+
+impl<'a> SeqServer<'a> {
+    /// Open the FIFO at `path` (checked by [`existing_fifo`]) as its server.
+    pub fn open(path: &'a Path, checked: &FileStat) -> Result<Self> {
+        // O_NONBLOCK: a plain open(O_RDONLY) would wait for a first client;
+        // we want our own write end first, and no read ever to block.
+        let read_end = open_fifo(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK, checked, None)?;
+        // Our own write end: at once, since we are a reader now.
+        let own = open_fifo(path, OFlag::O_WRONLY | OFlag::O_NONBLOCK, checked, None)?;
+        Ok(SeqServer {
+            path,
+            requests: File::from(read_end),
+            _own_writer: own,
+            next_seq: 0,
+            replied: 0,
+            refused: 0,
+        })
+    }
+
+    /// The read end, for a story that checks what poll reports on it.
+    pub fn read_end(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.requests.as_fd()
+    }
+
+    /// Wait until a request is there: `false` if none came within `idle`
+    /// (`None`: as long as it takes; Ctrl-C ends the wait).
+    pub fn wait_request(&self, idle: Option<Duration>) -> Result<bool> {
+        let give_up = idle.map(|d| Instant::now() + d);
+        loop {
+            check_stop()?;
+            let mut fds = [PollFd::new(self.requests.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(1000u16)) {
+                Ok(0) | Err(Errno::EINTR) => {
+                    if give_up.is_some_and(|t| Instant::now() >= t) {
+                        return Ok(false);
+                    }
+                }
+                Ok(_) => return Ok(true),
+                Err(e) => return Err(e).with_context(|| format!("poll({})", self.path.display())),
+            }
+        }
+    }
+
+    /// Read one request and answer it, or refuse it.
+    pub fn serve_one(&mut self) -> Result<Served> {
+        let p = self.path.display();
+        // read(2) one frame: a whole request, since each is one atomic write.
+        let request = match frame::read_frame(&mut &self.requests, MAX_REQUEST) {
+            Ok(Some(request)) => request,
+            Ok(None) => bail!("read({p}) returned 0 (EOF) while I hold a write end of my own"),
+            Err(FrameError::Io(e)) if e.kind() != ErrorKind::WouldBlock => {
+                return Err(e).with_context(|| format!("read({p})"));
+            }
+            // (A first reading may skip this.) Not a request: drop what is
+            // buffered, so that the next request starts at a frame boundary
+            // (a request queued behind the garbage is lost with it; its
+            // client gives up after --timeout).
+            Err(e) => {
+                let hint = match text_in_header(&e) {
+                    Some(text) => format!(" (text: \"{text}\")"),
+                    None => String::new(),
+                };
+                let e = match e {
+                    // The frame stopped short: a request is one atomic
+                    // write, so this one did not come from a client.
+                    FrameError::Io(_) => "a frame cut short".to_string(),
+                    e => e.to_string(),
+                };
+                let dropped = self.drain();
+                return Ok(self.refuse(format!(
+                    "not a request: {e}{hint}; dropped {dropped} more byte(s)"
+                )));
+            }
+        };
+        let Some((pid, path)) = request.split_first_chunk::<TAG_LEN>() else {
+            return Ok(self.refuse("a request too short to carry a pid".into()));
+        };
+        let client = u32::from_le_bytes(*pid);
+        let reply_path = Path::new(std::ffi::OsStr::from_bytes(path));
+        let fd = match open_reply_fifo(reply_path) {
+            Ok(fd) => fd,
+            Err(why) => {
+                return Ok(self.refuse(format!(
+                    "request from pid {client} names {}: {why}",
+                    reply_path.display()
+                )));
+            }
+        };
+        let mut reply = [0u8; REPLY_LEN];
+        reply[..4].copy_from_slice(&std::process::id().to_le_bytes());
+        reply[4..].copy_from_slice(&self.next_seq.to_le_bytes());
+        // One write(2) of 16 bytes on a non-blocking descriptor: all or
+        // nothing (at most PIPE_BUF), and EAGAIN instead of a wait if the
+        // client's FIFO is full: a client that never reads cannot stall us.
+        let written = frame::write_frame(&mut File::from(fd), &reply);
+        // (The File is dropped right there: close(2) of the reply FIFO.)
+        match written {
+            Ok(()) => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.replied += 1;
+                Ok(Served::Replied { client, seq })
+            }
+            Err(e) => {
+                let why = match e {
+                    FrameError::Io(e) if e.kind() == ErrorKind::WouldBlock => {
+                        "EAGAIN: its FIFO is full (a client that does not read)".to_string()
+                    }
+                    FrameError::Io(e) if e.kind() == ErrorKind::BrokenPipe => {
+                        "EPIPE: the client closed it".to_string()
+                    }
+                    FrameError::Io(e) => e.to_string(),
+                    e => e.to_string(),
+                };
+                Ok(self.refuse(format!(
+                    "write({}) failed with {why}: reply to pid {client} dropped",
+                    reply_path.display()
+                )))
+            }
+        }
+    }
+
+    fn refuse(&mut self, why: String) -> Served {
+        self.refused += 1;
+        Served::Refused(why)
+    }
+
+    /// Read and drop whatever is buffered (the read end is non-blocking).
+    fn drain(&mut self) -> usize {
+        let mut buf = [0u8; 4096];
+        let mut dropped = 0;
+        loop {
+            match std::io::Read::read(&mut self.requests, &mut buf) {
+                Ok(0) => return dropped,
+                Ok(n) => dropped += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return dropped, // EAGAIN: empty now
+            }
+        }
+    }
+}
+
+/// Open a client's reply FIFO for writing, without becoming a confused
+/// deputy: the client chooses the path, and the server (perhaps root) must
+/// not write where the client itself may not, or open something that acts
+/// when opened.
+fn open_reply_fifo(path: &Path) -> std::result::Result<OwnedFd, String> {
+    if !path.is_absolute() {
+        return Err("not an absolute path".into());
+    }
+    // lstat first: a symlink, a regular file or a device node (opening
+    // some, like /dev/watchdog, has effects) is refused before any open.
+    let st = lstat(path).map_err(|e| format!("lstat: {e}"))?;
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    if kind != SFlag::S_IFIFO {
+        return Err(format!("it is {}, not a FIFO: refused", kind_name(kind)));
+    }
+    // O_NONBLOCK: never wait for a client: ENXIO at once if nobody has the
+    // FIFO open for reading (the client left).
+    // O_NOFOLLOW: if the name became a symlink since lstat, ELOOP.
+    // No O_CREAT, no O_TRUNC: the server never creates or empties a file.
+    let flags = OFlag::O_WRONLY
+        | OFlag::O_NONBLOCK
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NOCTTY
+        | OFlag::O_CLOEXEC;
+    let fd = match open(path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENXIO) => return Err("nobody has it open for reading (the client left?)".into()),
+        Err(Errno::ELOOP) => return Err("it became a symbolic link: refused".into()),
+        Err(e) => return Err(format!("open: {e}")),
+    };
+    // fstat the descriptor, not the name: what we opened is what we check.
+    let st = fstat(fd.as_fd()).map_err(|e| format!("fstat: {e}"))?;
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    if kind != SFlag::S_IFIFO {
+        return Err(format!(
+            "it became {}, not a FIFO: refused",
+            kind_name(kind)
+        ));
+    }
+    // A FIFO carries no credentials: nothing says who wrote a request. Only
+    // our uid can write our 0600 FIFO, so the requesting uid is ours, and
+    // the reply FIFO must be owned by it: a FIFO of another user (which a
+    // server running as root could open) is refused.
+    let me = geteuid().as_raw();
+    if st.st_uid != me {
+        return Err(format!(
+            "a FIFO owned by uid {}, not by uid {me}, the only uid that can send me requests: refused",
+            st.st_uid
+        ));
+    }
+    Ok(fd)
+}
+
+/// Serve requests on the FIFO at `--path` until Ctrl-C, `--count` replies
+/// or (only if given) `--timeout` seconds without a request.
+pub fn server(opts: &Options) -> Result<()> {
+    let path = opts.path.as_deref().expect("checked by parse_options");
+    let p = path.display();
+    let say = Narrator::new("server", opts.quiet, Stream::Stdout);
+    let checked = match existing_fifo(path)? {
+        Some(st) => {
+            say.step(format!(
+                "{p} is already a FIFO of yours (left by a killed server?): taking it over; \
+                 I remove it when I exit"
+            ));
+            st
+        }
+        None => {
+            create_fifo(path)?;
+            say.step(format!(
+                "mkfifo({p}, 0600): my well-known FIFO; only your uid can send me requests"
+            ));
+            existing_fifo(path)?.context("the FIFO vanished right after mkfifo")?
+        }
+    };
+    let guard = FifoGuard::new(path, &checked); // unlink(2) on every way out
+    let mut server = SeqServer::open(path, &checked)?;
+    say.step(format!(
+        "open({p}, O_RDONLY|O_NONBLOCK), then open({p}, O_WRONLY|O_NONBLOCK): my own write \
+         descriptor, so that the last client closing is not EOF; waiting for requests ({})",
+        match opts.timeout_given {
+            true => format!("at most {} s between two", opts.timeout.as_secs()),
+            false => "no time limit: a server waits for its clients; Ctrl-C stops it".into(),
+        }
+    ));
+    let start = Instant::now();
+    let idle = opts.timeout_given.then_some(opts.timeout);
+    while !(opts.count_given && server.replied >= opts.count) {
+        if !server.wait_request(idle)? {
+            say.step(format!(
+                "no request for {} s (--timeout): stopping",
+                opts.timeout.as_secs()
+            ));
+            break;
+        }
+        match server.serve_one()? {
+            Served::Replied { client, seq } => say.message(format!(
+                "request from pid {client}: replied with sequence number {seq}"
+            )),
+            Served::Refused(why) => say.step(format!("refused: {why}")),
+        }
+    }
+    let (replied, refused) = (server.replied, server.refused);
+    drop(server); // close(2) of the read end and of my own write end
+    drop(guard); // unlink(2)
+    say.step(format!(
+        "removed {p}; replied to {replied}, refused {refused}"
+    ));
+    let summary = Summary {
+        mechanism: "fifo",
+        messages: replied,
+        bytes: replied * REPLY_LEN as u64,
+        errors: refused,
+        elapsed: start.elapsed(),
+    };
+    crate::print_summary(opts, &say, "served", summary);
+    Ok(())
+}
+
+/// Make a reply FIFO in a private directory, send `--count` requests to
+/// the server at `--path`, and check that the numbers it hands out grow.
+pub fn client(opts: &Options) -> Result<()> {
+    let path = opts.path.as_deref().expect("checked by parse_options");
+    let p = path.display();
+    let say = Narrator::new(
+        format!("client pid {}", std::process::id()),
+        opts.quiet,
+        Stream::Stdout,
+    );
+    let checked = existing_fifo(path)?.with_context(|| {
+        format!("no FIFO at {p}: start 'fifo-demo server --path {p}' first; it creates the FIFO")
+    })?;
+    // The reply FIFO in a private 0700 directory: no other user can open
+    // it, replace it, or put a symlink in its place. Removed (with the
+    // FIFO) when `dir` drops.
+    let dir = PrivateDir::create("fifo-demo-client")?;
+    let reply_path = dir.path().join("reply");
+    create_fifo(&reply_path)?;
+    let reply_checked =
+        existing_fifo(&reply_path)?.context("the reply FIFO vanished right after mkfifo")?;
+    say.step(format!(
+        "mkdir({}, 0700), mkfifo(reply, 0600): my reply FIFO, named in every request",
+        dir.path().display()
+    ));
+    // O_NONBLOCK: returns at once. It must be open before the request goes
+    // out: the server opens it with O_NONBLOCK and gets ENXIO otherwise.
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK;
+    let replies = File::from(open_fifo(&reply_path, flags, &reply_checked, None)?);
+    // My own write end, as the receiver's dummy: the server closes the
+    // reply FIFO after each reply, and without it poll would report POLLHUP
+    // (EOF) between two replies instead of waiting.
+    let flags = OFlag::O_WRONLY | OFlag::O_NONBLOCK;
+    let _own = open_fifo(&reply_path, flags, &reply_checked, None)?;
+    // ENXIO at once if no server reads its FIFO.
+    let to_server =
+        open_fifo(path, OFlag::O_WRONLY | OFlag::O_NONBLOCK, &checked, None).map_err(|e| {
+            match e.downcast_ref::<NoReader>() {
+                Some(_) => anyhow!(
+                    "open({p}, O_WRONLY|O_NONBLOCK) failed with ENXIO: no server reads it; start \
+                 'fifo-demo server --path {p}' first"
+                ),
+                None => e,
+            }
+        })?;
+    // Back to blocking writes (a full server FIFO makes us wait, at most
+    // --timeout, see Idle).
+    fcntl(to_server.as_fd(), FcntlArg::F_SETFL(OFlag::empty())).context("fcntl(F_SETFL, 0)")?;
+    let mut requests = StopOnSignal(Idle::new(File::from(to_server), opts.timeout));
+    let mut request = std::process::id().to_le_bytes().to_vec();
+    request.extend_from_slice(reply_path.as_os_str().as_bytes());
+    if request.len() > MAX_REQUEST {
+        bail!(
+            "the reply path {} is over {MAX_REPLY_PATH} bytes",
+            reply_path.display()
+        );
+    }
+    let start = Instant::now();
+    let mut last: Option<(u32, u64)> = None;
+    for n in 0..opts.count {
+        // One write(2): a request never mixes with another client's.
+        frame::write_frame(&mut requests, &request).map_err(|e| write_error(e, path, n))?;
+        wait_reply(&replies, requests.0.get_ref(), path, opts.timeout, n)?;
+        let reply = frame::read_frame(&mut &replies, REPLY_LEN)
+            .with_context(|| format!("read({}), reply {n}", reply_path.display()))?
+            .context("EOF on my reply FIFO while I hold a write end of my own")?;
+        let (server, seq) = parse_reply(&reply)?;
+        // (A first reading may skip this.) Other clients get numbers in
+        // between, so mine only grow; and they all come from one server.
+        if let Some((first_server, previous)) = last
+            && (server != first_server || seq <= previous)
+        {
+            bail!(
+                "reply {n}: number {seq} from server pid {server} after {previous} from \
+                 pid {first_server}: expected a larger number from the same server"
+            );
+        }
+        last = Some((server, seq));
+        say.message(format!(
+            "request {n}: server pid {server} gave me sequence number {seq}"
+        ));
+    }
+    let summary = Summary {
+        mechanism: "fifo",
+        messages: opts.count,
+        bytes: opts.count * REPLY_LEN as u64,
+        errors: 0,
+        elapsed: start.elapsed(),
+    };
+    crate::print_summary(opts, &say, "received", summary);
+    Ok(())
+    // Drops: close(2) of every descriptor; `dir` unlinks the reply FIFO
+    // and removes the directory.
+}
+
+/// Wait for a reply on `replies`, at most `timeout`. The server's FIFO is
+/// polled too: poll on a write end reports POLLERR once no process has it
+/// open for reading, i.e. the server exited or was killed.
+fn wait_reply(
+    replies: &File,
+    to_server: &File,
+    path: &Path,
+    timeout: Duration,
+    n: u64,
+) -> Result<()> {
+    let give_up = Instant::now() + timeout;
+    loop {
+        check_stop()?;
+        let mut fds = [
+            PollFd::new(replies.as_fd(), PollFlags::POLLIN),
+            PollFd::new(to_server.as_fd(), PollFlags::empty()),
+        ];
+        match poll(&mut fds, PollTimeout::from(1000u16)) {
+            Ok(0) | Err(Errno::EINTR) => {}
+            Ok(_) => {
+                let ready = |fd: &PollFd| fd.revents().unwrap_or(PollFlags::empty());
+                if ready(&fds[0]).contains(PollFlags::POLLIN) {
+                    return Ok(());
+                }
+                if ready(&fds[0]).contains(PollFlags::POLLHUP) {
+                    bail!(
+                        "poll(reply FIFO) → POLLHUP: no write end open, which cannot happen \
+                         while I hold my own"
+                    );
+                }
+                if ready(&fds[1]).contains(PollFlags::POLLERR) {
+                    bail!(
+                        "poll({}) → POLLERR: no process reads it any more, the server exited \
+                         or was killed; no reply to request {n}",
+                        path.display()
+                    );
+                }
+            }
+            Err(e) => return Err(e).context("poll(reply FIFO, server FIFO)"),
+        }
+        if Instant::now() >= give_up {
+            bail!(
+                "no reply to request {n} within {} s (--timeout): is the server stopped?",
+                timeout.as_secs()
+            );
+        }
+    }
+}
+
+fn parse_reply(reply: &[u8]) -> Result<(u32, u64)> {
+    let bytes: &[u8; REPLY_LEN] = reply
+        .try_into()
+        .map_err(|_| anyhow!("a reply of {} bytes: expected {REPLY_LEN}", reply.len()))?;
+    let (pid, seq) = bytes.split_at(4);
+    Ok((
+        u32::from_le_bytes(pid.try_into().expect("4 bytes")),
+        u64::from_le_bytes(seq.try_into().expect("8 bytes")),
+    ))
 }

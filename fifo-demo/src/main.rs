@@ -32,6 +32,14 @@
 //! cargo run -p fifo-demo -- sender --path /tmp/demo.fifo --count 10
 //! ```
 //!
+//! A server and its clients (TLPI's `fifo_seqnum`): one well-known FIFO
+//! for requests, a reply FIFO per client, named in each request:
+//!
+//! ```text
+//! cargo run -p fifo-demo -- server --path /tmp/seq.fifo
+//! cargo run -p fifo-demo -- client --path /tmp/seq.fifo --count 3   # as often as you like
+//! ```
+//!
 //! With shell tools, in `--lines` mode:
 //!
 //! ```text
@@ -50,7 +58,13 @@
 //!   one `write` of at most `PIPE_BUF` bytes;
 //! - EOF only when the *last* writer closes; `EPIPE` when the reader left;
 //! - the FIFO and its directory gone afterwards, also after Ctrl-C, and a
-//!   FIFO left by a killed receiver taken over and removed by the next one.
+//!   FIFO left by a killed receiver taken over and removed by the next one;
+//! - a server that holds its own write descriptor on its FIFO, so that no
+//!   EOF comes between clients, and that refuses reply paths which are not
+//!   FIFOs of the requesting uid (symlinks, files, someone else's FIFO):
+//!   a server that writes wherever a request says is a *confused deputy*;
+//! - text sent to a receiver that expects frames (`echo hello > P`):
+//!   "hell" read as a frame length, and the hint to use `--lines`.
 //!
 //! The mechanism is in `src/ipc.rs`; the story's steps in `src/story.rs`.
 //! (`src/checks.rs` holds what a first reading may skip: the checks of a
@@ -89,16 +103,25 @@ USAGE:
     fifo-demo [--count N] [--size BYTES] [--writers K] [--timeout SECS] [--quiet]
         The whole story in one terminal: mkfifo in a private directory, the
         open() rules, K writer processes meeting the parent by name, the
-        dummy writer fd, EOF.
+        dummy writer fd, EOF; then a server with a reply FIFO per client.
     fifo-demo receiver --path P [--count N] [--writers K] [--timeout SECS] [--lines] [--quiet]
         Create the FIFO P (or take over a FIFO of yours left there), open it
         for reading, and check framed messages until K writers have sent
         their end marker; remove P on exit.
     fifo-demo sender --path P [--count N] [--size BYTES] [--timeout SECS] [--nonblock] [--lines] [--quiet]
         Open the FIFO P for writing, send N framed messages and the end marker.
+    fifo-demo server --path P [--count N] [--timeout SECS] [--quiet]
+        Create the well-known FIFO P (or take over a FIFO of yours left
+        there) and answer each client's request with the next sequence
+        number, written into the reply FIFO the request names; stop after N
+        replies (default: never); remove P on exit.
+    fifo-demo client --path P [--count N] [--timeout SECS] [--quiet]
+        Make a reply FIFO in a private 0700 directory, send N requests
+        (default 5) to the server at P, and check that the numbers grow.
 
 OPTIONS:
-    --path P        the FIFO's path (sender and receiver)
+    --path P        the FIFO's path (sender and receiver; the server's
+                    well-known FIFO for server and client)
     --count N       messages per writer to send or expect (default 5; 1 to 1000000000)
     --size BYTES    bytes per message (default 64; 8 to 16777212: the 16 MiB
                     frame limit less the 4-byte writer pid in every frame)
@@ -109,7 +132,10 @@ OPTIONS:
                     role waits for its peer to make progress before it gives
                     up with exit 1: a sender for a reader to open the FIFO
                     and for room in it; a receiver, once a first writer came,
-                    for the next bytes or the next of its K writers
+                    for the next bytes or the next of its K writers; a
+                    client for each reply. A server waits for requests
+                    without a limit unless --timeout is given, and then
+                    stops (exit 0) after SECS without one
     --lines         newline-delimited text instead of frames: the receiver
                     prints each line, the sender forwards its stdin; works
                     with 'echo hi > P' and 'cat P'. Text has no end marker:
@@ -118,8 +144,8 @@ OPTIONS:
     --nonblock      sender: open with O_NONBLOCK, failing (ENXIO) at once
                     if no reader has the FIFO open
     --no-summary    roles: print the figures as a narration line instead of
-                    the summary line (the story starts its writers so, and
-                    prints the run's one summary line itself)
+                    the summary line (the story starts its writers and
+                    clients so, and prints the run's one summary line)
     --quiet         no line per message, only the steps and the summary
     -h, --help      this text
 
@@ -130,8 +156,19 @@ many messages it sent. A receiver that reaches EOF before a writer's end
 marker reports that writer's stream as cut off (exit 1), with or without
 --count.
 
+SERVER AND CLIENTS: a request is one frame: the client's pid (u32), then
+the absolute path of its reply FIFO (at most 1024 bytes, so that a request
+is one atomic write of at most PIPE_BUF). A FIFO carries no credentials, so
+the server's FIFO is 0600 (only your uid can send requests) and the server
+replies only into a FIFO owned by that uid: it refuses (and goes on
+serving) a path that is a symlink, not a FIFO, someone else's FIFO, or a
+FIFO nobody reads. The server's summary counts refused requests as errors.
+For clients of other users, use a Unix socket, whose server learns each
+client's uid (socket-demo, SO_PEERCRED).
+
 WAITS WITHOUT A TIME LIMIT: the receiver's first open(O_RDONLY), which
-waits for a first writer (a server waits for its clients; Ctrl-C stops it).
+waits for a first writer, and the server's wait for requests (without
+--timeout): a server waits for its clients; Ctrl-C stops it.
 Every other wait is bounded by --timeout, or in the story by a deadline.
 
 EXIT STATUS: 0 success, 1 runtime error (including data errors, a cut-off
@@ -157,6 +194,7 @@ pub struct Options {
     pub writers: u64,
     pub writers_given: bool,
     pub timeout: Duration,
+    pub timeout_given: bool,
     pub lines: bool,
     pub nonblock: bool,
     pub no_summary: bool,
@@ -166,7 +204,7 @@ pub struct Options {
 fn main() -> ExitCode {
     error::run("fifo-demo", || {
         let mut args = Args::from_env(HELP)?;
-        let role = args.role(&["sender", "receiver"])?;
+        let role = args.role(&["sender", "receiver", "server", "client"])?;
         let opts = parse_options(&mut args, role.as_deref())?;
         // Ctrl-C/SIGTERM end blocked calls (open, read, write) with EINTR,
         // so each role can remove what it created before exiting.
@@ -177,6 +215,8 @@ fn main() -> ExitCode {
         let result = match role.as_deref() {
             None => story::story(&opts),
             Some("receiver") => ipc::receiver(&opts),
+            Some("server") => ipc::server(&opts),
+            Some("client") => ipc::client(&opts),
             _ => ipc::sender(&opts),
         };
         // A stop signal that came after the work was done still ends the
@@ -207,6 +247,7 @@ fn parse_options(args: &mut Args, role: Option<&str>) -> Result<Options> {
         writers: if role.is_none() { 2 } else { 1 },
         writers_given: false,
         timeout: Duration::from_secs(DEFAULT_TIMEOUT),
+        timeout_given: false,
         lines: false,
         nonblock: false,
         no_summary: false,
@@ -230,6 +271,7 @@ fn parse_options(args: &mut Args, role: Option<&str>) -> Result<Options> {
             }
             "--timeout" => {
                 opts.timeout = Duration::from_secs(args.number("--timeout", 1, 86_400)?);
+                opts.timeout_given = true;
             }
             "--lines" => opts.lines = true,
             "--nonblock" => opts.nonblock = true,
@@ -257,6 +299,14 @@ fn parse_options(args: &mut Args, role: Option<&str>) -> Result<Options> {
                 return Err(usage(format!(
                     "the {role} needs --path P, e.g. --path /tmp/demo.fifo"
                 )));
+            }
+            if matches!(role, "server" | "client")
+                && (size_given || opts.writers_given || opts.lines || opts.nonblock)
+            {
+                return Err(not_for(
+                    "--size/--writers/--lines/--nonblock",
+                    &format!("of the {role} (requests and replies have their own format)"),
+                ));
             }
             if role == "receiver" && (size_given || opts.nonblock) {
                 return Err(not_for("--size/--nonblock", "of the receiver"));

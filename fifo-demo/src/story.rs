@@ -4,26 +4,28 @@
 //! that the kernel did what the narration says.
 
 use std::ffi::OsString;
-use std::io::{ErrorKind, Read};
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use common::cleanup::{PrivateDir, check_stop};
-use common::frame::HEADER_LEN;
+use common::frame::{self, HEADER_LEN};
 use common::peer::Peer;
 use common::report::{Narrator, Stream, Summary};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::stat::FileStat;
-use nix::unistd::{Whence, lseek};
+use nix::sys::stat::{FileStat, lstat};
+use nix::unistd::{Uid, Whence, chown, geteuid, lseek};
 
 use crate::Options;
 use crate::checks::{NoReader, Writers, describe, existing_fifo, ms};
-use crate::ipc::{Reader, TAG_LEN, create_fifo, open_fifo};
+use crate::ipc::{Reader, SeqServer, Served, TAG_LEN, create_fifo, open_fifo};
 
 /// How long the story waits for a writer process that should be finishing.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -80,16 +82,31 @@ pub fn story(opts: &Options) -> Result<()> {
         let_writers_finish(&mut writers, WRITER_GRACE);
     }
     drop(writers);
-    let (total, errors) = reader.writers.report(opts.writers);
+    let (total, mut errors) = reader.writers.report(opts.writers);
+    let elapsed = start.elapsed();
     drop(reader); // close(2) of the read end and of the dummy
-    drop(dir); // unlink(2) of the FIFO, rmdir(2) of the directory
+
+    // Step 7 has figures of its own (narrated); the summary line is the
+    // writers' messages above.
+    let result = result.and_then(|()| {
+        heading(
+            &say,
+            "7. A server and its clients: one well-known FIFO, a reply FIFO per client",
+        );
+        let step = server_and_clients(dir.path(), opts, &say);
+        if step.is_err() {
+            errors += 1;
+        }
+        step
+    });
+    drop(dir); // unlink(2) of the FIFOs, rmdir(2) of the directory
     say.step("removed the FIFO and its directory");
     say.line(Summary {
         mechanism: "fifo",
         messages: total.received,
         bytes: total.bytes,
         errors,
-        elapsed: start.elapsed(),
+        elapsed,
     });
     result?;
     if errors > 0 {
@@ -298,6 +315,245 @@ fn eof_after_the_last_writer(reader: &mut Reader<'_>, say: &Narrator) -> Result<
     Ok(())
 }
 
+/// Step 7: the parent is a sequence-number server (TLPI's
+/// `fifo_seqnum_server`); the clients are new processes. The lessons: the
+/// server's own write descriptor (no EOF between clients), replies into
+/// FIFOs the clients name, and the server refusing to be a confused deputy.
+fn server_and_clients(dir: &Path, opts: &Options, say: &Narrator) -> Result<()> {
+    let server_say = say.with_role("server");
+    let path = dir.join("server");
+    create_fifo(&path)?;
+    let checked = existing_fifo(&path)?.context("the FIFO vanished right after mkfifo")?;
+    let mut server = SeqServer::open(&path, &checked)?;
+    server_say.step(format!(
+        "mkfifo({}, 0600), open(O_RDONLY|O_NONBLOCK), then open(O_WRONLY|O_NONBLOCK): my \
+         well-known FIFO, and my own write descriptor on it",
+        path.display()
+    ));
+
+    let mut clients = vec![spawn_client(&path, opts)?];
+    say.step(format!(
+        "started client 1, pid {}: it makes a reply FIFO in a private 0700 directory, opens \
+         it for reading (O_NONBLOCK), and names it in each of its {CLIENT_REQUESTS} requests",
+        clients[0].pid()
+    ));
+    serve(&mut server, CLIENT_REQUESTS, opts.timeout, &server_say)?;
+    wait_peer(&mut clients[0], "client 1", say)?;
+    // poll(2) for 200 ms: with no client left, only my own write end is open.
+    let mut fds = [PollFd::new(server.read_end(), PollFlags::POLLIN)];
+    let ready = loop {
+        match poll(&mut fds, PollTimeout::from(200u16)) {
+            Err(Errno::EINTR) => check_stop()?,
+            other => break other.context("poll(server FIFO)")?,
+        }
+    };
+    if ready != 0 {
+        bail!(
+            "poll(server FIFO) reported {:?} with no client: expected nothing",
+            fds[0].revents()
+        );
+    }
+    server_say.step(
+        "client 1 has exited and no client has my FIFO open, yet poll(POLLIN, 200 ms) → 0: \
+         no EOF, because my own write descriptor is open; I wait for the next client \
+         instead of seeing read() → 0 and having to reopen",
+    );
+
+    forged_requests(dir, &path, &checked, &mut server, say, &server_say)?;
+
+    for n in 2..=STORY_CLIENTS {
+        let client = spawn_client(&path, opts)?;
+        say.step(format!("started client {n}, pid {}", client.pid()));
+        clients.push(client);
+    }
+    let all = STORY_CLIENTS * CLIENT_REQUESTS;
+    serve(&mut server, all, opts.timeout, &server_say)?;
+    for (i, client) in clients.iter_mut().enumerate().skip(1) {
+        wait_peer(client, &format!("client {}", i + 1), say)?;
+    }
+    server_say.step(format!(
+        "{} requests from {STORY_CLIENTS} clients answered with the numbers 0 to {}, each \
+         once, into each client's own FIFO; each client checked that its numbers grow \
+         (exit 0); {} forged requests refused",
+        server.replied,
+        server.replied - 1,
+        server.refused
+    ));
+    Ok(())
+    // `server` drops: close(2) of both ends; the FIFOs go with `dir`.
+}
+
+/// Requests a client sends in the story, and clients in all.
+const CLIENT_REQUESTS: u64 = 3;
+const STORY_CLIENTS: u64 = 3;
+
+/// Serve until `target` replies in all; any refusal fails the step.
+fn serve(server: &mut SeqServer<'_>, target: u64, idle: Duration, say: &Narrator) -> Result<()> {
+    while server.replied < target {
+        if !server.wait_request(Some(idle))? {
+            bail!("no request for {} s: a client is stuck", idle.as_secs());
+        }
+        match server.serve_one()? {
+            Served::Replied { client, seq } => say.message(format!(
+                "request from pid {client}: replied with sequence number {seq}"
+            )),
+            Served::Refused(why) => bail!("the server refused a client's request: {why}"),
+        }
+    }
+    Ok(())
+}
+
+/// The parent as an attacker of the same uid: requests whose reply path
+/// is not a FIFO of the requesting uid that somebody reads. The server
+/// must refuse each (a confused deputy would write where it is told) and
+/// go on serving.
+fn forged_requests(
+    dir: &Path,
+    path: &Path,
+    checked: &FileStat,
+    server: &mut SeqServer<'_>,
+    say: &Narrator,
+    server_say: &Narrator,
+) -> Result<()> {
+    let precious = dir.join("precious");
+    std::fs::write(&precious, "precious\n").context("write(precious)")?;
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(&precious, &link).context("symlink(link)")?;
+    let gone = dir.join("gone");
+    create_fifo(&gone)?;
+    // Only root can give a FIFO to another user: as root, one owned by
+    // nobody, with a reader, so that only the owner check can refuse it.
+    let theirs = dir.join("theirs");
+    let mut _their_reader = None;
+    if geteuid().is_root() {
+        create_fifo(&theirs)?;
+        chown(&theirs, Some(Uid::from_raw(NOBODY)), None).context("chown(theirs, nobody)")?;
+        let their = existing_fifo_of_anyone(&theirs)?;
+        _their_reader = Some(open_fifo(
+            &theirs,
+            OFlag::O_RDONLY | OFlag::O_NONBLOCK,
+            &their,
+            None,
+        )?);
+    }
+    let p = |path: &Path| path.display().to_string();
+    let mut cases: Vec<(Vec<u8>, String, &str)> = vec![
+        (
+            request(&precious),
+            format!("{}, a regular file of mine", p(&precious)),
+            "a regular file, not a FIFO",
+        ),
+        (
+            request(&link),
+            format!("{}, a symlink to it", p(&link)),
+            "a symbolic link, not a FIFO",
+        ),
+        (
+            request(&gone),
+            format!("{}, a FIFO nobody reads (a client that left)", p(&gone)),
+            "nobody has it open for reading",
+        ),
+        (
+            request(Path::new("reply")),
+            "a relative path, 'reply'".into(),
+            "not an absolute path",
+        ),
+    ];
+    if geteuid().is_root() {
+        cases.push((
+            request(&theirs),
+            format!("{}, nobody's FIFO, which a reader has open", p(&theirs)),
+            "owned by uid 65534",
+        ));
+    } else {
+        say.step("not root: cannot make a FIFO of another user, so that case is skipped");
+    }
+    let mut attacker = File::from(open_fifo(
+        path,
+        OFlag::O_WRONLY | OFlag::O_NONBLOCK,
+        checked,
+        None,
+    )?);
+    for (payload, what, expected) in &cases {
+        say.step(format!("forged request naming {what}"));
+        frame::write_frame(&mut attacker, payload).context("write(server FIFO)")?;
+        expect_refusal(server, expected, server_say)?;
+    }
+    say.step("forged request: 'hello\\n', as 'echo hello > FIFO' would send");
+    attacker
+        .write_all(b"hello\n")
+        .context("write(server FIFO)")?;
+    expect_refusal(server, "not a request", server_say)?;
+    drop(attacker); // close(2)
+    let kept = std::fs::read_to_string(&precious).context("read(precious)")?;
+    if kept != "precious\n" {
+        bail!("{} was changed: {kept:?}", p(&precious));
+    }
+    say.step(format!(
+        "{} still holds \"precious\": the server wrote nowhere it was not allowed to",
+        p(&precious)
+    ));
+    Ok(())
+}
+
+/// The uid of user nobody.
+const NOBODY: u32 = 65534;
+
+/// lstat of a FIFO the story gave to another user (no owner check).
+fn existing_fifo_of_anyone(path: &Path) -> Result<FileStat> {
+    lstat(path).with_context(|| format!("lstat({})", path.display()))
+}
+
+/// A request as a client sends it: [my pid: u32][reply path].
+fn request(reply: &Path) -> Vec<u8> {
+    let mut out = std::process::id().to_le_bytes().to_vec();
+    out.extend_from_slice(reply.as_os_str().as_bytes());
+    out
+}
+
+fn expect_refusal(server: &mut SeqServer<'_>, expected: &str, say: &Narrator) -> Result<()> {
+    if !server.wait_request(Some(FORGED_WAIT))? {
+        bail!("the forged request did not arrive");
+    }
+    match server.serve_one()? {
+        Served::Refused(why) if why.contains(expected) => {
+            say.step(format!("refused: {why}"));
+            Ok(())
+        }
+        Served::Refused(why) => bail!("refused for another reason than {expected:?}: {why}"),
+        Served::Replied { seq, .. } => {
+            bail!("the server replied ({seq}) to a forged request: expected {expected:?}")
+        }
+    }
+}
+
+/// How long the story waits for a request it wrote itself.
+const FORGED_WAIT: Duration = Duration::from_secs(5);
+
+fn spawn_client(path: &Path, opts: &Options) -> Result<Peer> {
+    let mut args: Vec<OsString> = vec!["client".into(), "--path".into(), path.into()];
+    for a in [
+        "--count",
+        &CLIENT_REQUESTS.to_string(),
+        "--timeout",
+        &opts.timeout.as_secs().to_string(),
+        "--quiet",
+        "--no-summary",
+    ] {
+        args.push(a.into());
+    }
+    Peer::spawn_self(&args)
+}
+
+fn wait_peer(peer: &mut Peer, name: &str, say: &Narrator) -> Result<()> {
+    let exit = peer.wait(Some(FINISH_TIMEOUT))?;
+    say.step(format!("{name} (pid {}) {exit}", peer.pid()));
+    if !exit.success() {
+        bail!("{name} (pid {}) {exit}", peer.pid());
+    }
+    Ok(())
+}
+
 /// Start one writer: this program's sender role, on the story's FIFO.
 fn spawn_writer(path: &Path, opts: &Options) -> Result<Peer> {
     let mut args: Vec<OsString> = vec!["sender".into(), "--path".into(), path.into()];
@@ -329,10 +585,5 @@ fn let_writers_finish(writers: &mut [Peer], grace: Duration) {
 }
 
 fn wait_writer(writer: &mut Peer, n: usize, say: &Narrator) -> Result<()> {
-    let exit = writer.wait(Some(FINISH_TIMEOUT))?;
-    say.step(format!("writer {n} (pid {}) {exit}", writer.pid()));
-    if !exit.success() {
-        bail!("writer {n} (pid {}) {exit}", writer.pid());
-    }
-    Ok(())
+    wait_peer(writer, &format!("writer {n}"), say)
 }
