@@ -3,7 +3,10 @@
 //!
 //! Read top to bottom: making the FIFO and the `open()` blocking rules; the
 //! sender (open for writing, frames, the end marker); the receiver (mkfifo
-//! or take over, open for reading, the dummy writer fd, EOF); `--lines`.
+//! or take over, open for reading, the dummy writer fd, EOF); `--lines`;
+//! then a server and its clients (a well-known FIFO for requests, a reply
+//! FIFO per client, and the checks that keep the server from writing
+//! wherever a request says).
 //! Every system call is at its call site: `open`, `mkfifo`, `fcntl`,
 //! `poll`, and `read`/`write` through `std::fs::File` (a `File` reads and
 //! writes any descriptor; dropping it or an `OwnedFd` is `close(2)`).
