@@ -2,7 +2,7 @@
 //! tools, signals, and paths that must be refused.
 
 use std::fs::File;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{OpenOptionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread::sleep;
@@ -783,4 +783,384 @@ fn a_writer_that_dies_inside_its_first_frame_is_noticed_at_once() {
         started.elapsed()
     );
     assert!(!path.exists());
+}
+
+#[test]
+fn a_second_stop_signal_still_removes_the_receivers_fifo() {
+    // The second of two stop signals ends the process at once, in its
+    // handler, with no destructor: only objects entered in common::cleanup's
+    // table are removed then. Before the fix the receiver's FIFO was not in
+    // it and stayed behind. SIGSTOP holds both signals pending, so that
+    // they arrive back to back when the receiver continues.
+    let dir = test_dir();
+    let path = dir.path().join("twice.fifo");
+    let mut receiver = Proc::spawn(FIFO_DEMO, &["receiver", "--path", s(&path)]);
+    receiver.wait_for_line(|l| l.contains("waits until a writer opens"), SHORT);
+    assert!(path.exists());
+    receiver.signal(Signal::SIGSTOP);
+    sleep(Duration::from_millis(100));
+    receiver.signal(Signal::SIGINT);
+    receiver.signal(Signal::SIGTERM);
+    receiver.signal(Signal::SIGCONT);
+    let out = receiver.finish(SHORT);
+    out.assert_no_panic();
+    // Killed by the signal (no exit status) or, if the first handler's
+    // cleanup won the race, exit 130/143: either way, nothing is left.
+    assert!(
+        !path.exists(),
+        "FIFO left behind after two stop signals\n{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn text_sent_to_a_frame_receiver_is_answered_with_a_hint_to_use_lines() {
+    // `echo hello > P` puts "hell" where a frame length belongs: before,
+    // only "frame length 1819043176 is over the limit".
+    let dir = test_dir();
+    let path = dir.path().join("text.fifo");
+    let mut receiver = Proc::spawn(FIFO_DEMO, &["receiver", "--path", s(&path)]);
+    receiver.wait_for_line(|l| l.contains("waits until a writer opens"), SHORT);
+    let status = Command::new("sh")
+        .args(["-c", "echo hello > \"$1\"", "sh", s(&path)])
+        .status()
+        .expect("sh");
+    assert!(status.success());
+    let out = receiver.finish(SHORT);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", out.describe());
+    assert!(
+        lines[0].contains("the text \"hell\"") && lines[0].contains("--lines"),
+        "{}",
+        out.describe()
+    );
+    assert!(!path.exists());
+
+    // A length that is not text gets no such hint.
+    let mut receiver = Proc::spawn(FIFO_DEMO, &["receiver", "--path", s(&path)]);
+    receiver.wait_for_line(|l| l.contains("waits until a writer opens"), SHORT);
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut writer, &[0x00, 0x00, 0x00, 0x7f]).unwrap();
+    let out = receiver.finish(SHORT);
+    drop(writer);
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("is over the limit") && !out.stderr.contains("--lines"),
+        "{}",
+        out.describe()
+    );
+    assert!(!path.exists());
+}
+
+// ---------------------------------------------------------------------------
+// server and client: a well-known FIFO, a private reply FIFO per client
+// ---------------------------------------------------------------------------
+
+#[test]
+fn story_server_keeps_its_fifo_across_clients_and_refuses_forged_reply_paths() {
+    let out = run(FIFO_DEMO, &["--quiet"], SHORT);
+    assert_ok(&out);
+    let mut expected = vec![
+        "== 7. A server and its clients",
+        "[server] client 1 has exited and no client has my FIFO open, yet poll(POLLIN, 200 ms) → 0",
+        "because my own write descriptor is open",
+        "precious: it is a regular file, not a FIFO: refused",
+        "link: it is a symbolic link, not a FIFO: refused",
+        "gone: nobody has it open for reading",
+        "names reply: not an absolute path",
+        "[server] refused: not a request: frame length 1819043176",
+        "still holds \"precious\"",
+        "9 requests from 3 clients answered with the numbers 0 to 8, each once",
+    ];
+    if nix::unistd::geteuid().is_root() {
+        expected.push("theirs: a FIFO owned by uid 65534, not by uid 0");
+        expected.push("6 forged requests refused");
+    } else {
+        expected.push("5 forged requests refused");
+    }
+    for line in expected {
+        assert!(
+            out.stdout.contains(line),
+            "missing {line:?}\n{}",
+            out.describe()
+        );
+    }
+    // Each client printed its figures as narration, not a summary line.
+    assert_eq!(
+        out.stdout
+            .lines()
+            .filter(|l| l.starts_with("[client pid ")
+                && l.contains("received: mechanism=fifo messages=3"))
+            .count(),
+        3,
+        "{}",
+        out.describe()
+    );
+    assert_one_summary_at_the_end(&out);
+    assert_eq!(out.summary_field("messages"), "10");
+    assert!(!story_dir(&out.stdout).exists());
+}
+
+/// The private directories clients announced (`mkdir(DIR, 0700)`).
+fn client_dirs(out: &str) -> Vec<PathBuf> {
+    out.lines()
+        .filter(|l| l.starts_with("[client pid "))
+        .filter_map(|l| l.split("mkdir(").nth(1))
+        .map(|rest| PathBuf::from(&rest[..rest.find(", 0700)").unwrap()]))
+        .collect()
+}
+
+#[test]
+fn server_answers_concurrent_client_processes_each_number_once() {
+    let dir = test_dir();
+    let path = dir.path().join("seq.fifo");
+    let mut server = Proc::spawn(FIFO_DEMO, &["server", "--path", s(&path), "--count", "40"]);
+    server.wait_for_line(|l| l.contains("my own write"), SHORT);
+    let clients: Vec<Proc> = (0..4)
+        .map(|_| {
+            Proc::spawn(
+                FIFO_DEMO,
+                &[
+                    "client",
+                    "--path",
+                    s(&path),
+                    "--count",
+                    "10",
+                    "--timeout",
+                    "30",
+                ],
+            )
+        })
+        .collect();
+    let mut numbers = Vec::new();
+    for client in clients {
+        let out = client.finish(SHORT);
+        assert_ok(&out);
+        assert_eq!(out.summary_field("messages"), "10");
+        let mine: Vec<u64> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.split("gave me sequence number ").nth(1))
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(mine.len(), 10, "{}", out.describe());
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "{mine:?}");
+        numbers.extend(mine);
+        for private in client_dirs(&out.stdout) {
+            assert!(!private.exists(), "{} left behind", private.display());
+        }
+    }
+    numbers.sort_unstable();
+    assert_eq!(numbers, (0..40).collect::<Vec<u64>>(), "each number once");
+    let out = server.finish(SHORT);
+    assert_ok(&out);
+    assert_eq!(out.summary_field("messages"), "40");
+    assert_one_summary_at_the_end(&out);
+    assert!(!path.exists(), "the server left its FIFO");
+}
+
+/// A request as a client sends it: a frame of [pid: u32][reply path].
+fn forged_request(reply: &Path) -> Vec<u8> {
+    let bytes = reply.as_os_str().as_encoded_bytes();
+    let mut out = Vec::new();
+    out.extend_from_slice(&(4 + bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(&std::process::id().to_le_bytes());
+    out.extend_from_slice(bytes);
+    out
+}
+
+#[test]
+fn server_is_no_confused_deputy_and_goes_on_serving() {
+    let dir = test_dir();
+    let path = dir.path().join("deputy.fifo");
+    let mut server = Proc::spawn(FIFO_DEMO, &["server", "--path", s(&path), "--count", "2"]);
+    server.wait_for_line(|l| l.contains("my own write"), SHORT);
+    let precious = dir.path().join("precious");
+    std::fs::write(&precious, "precious").unwrap();
+    let link = dir.path().join("link");
+    symlink(&precious, &link).unwrap();
+    let theirs = dir.path().join("theirs");
+    let mut cases = vec![
+        (precious.clone(), "it is a regular file, not a FIFO"),
+        (link.clone(), "it is a symbolic link, not a FIFO"),
+        (PathBuf::from("/dev/null"), "not a FIFO"),
+    ];
+    // Nobody's FIFO with a reader (us): only the owner check stops a root
+    // server from writing into it.
+    let mut their_reader = None;
+    if nix::unistd::geteuid().is_root() {
+        mkfifo_0600(&theirs);
+        nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        their_reader = Some(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&theirs)
+                .unwrap(),
+        );
+        cases.push((theirs.clone(), "owned by uid 65534"));
+    }
+    let mut attacker = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    for (reply, why) in &cases {
+        std::io::Write::write_all(&mut attacker, &forged_request(reply)).unwrap();
+        let line = server.wait_for_line(|l| l.contains("refused:"), SHORT);
+        assert!(line.contains(why), "{why:?}: {line}");
+    }
+    // Half a request, then a real client: the server drops the garbage.
+    std::io::Write::write_all(&mut attacker, &[200, 0, 0]).unwrap();
+    server.wait_for_line(|l| l.contains("refused: not a request"), SHORT);
+    drop(attacker);
+    let client = run(
+        FIFO_DEMO,
+        &["client", "--path", s(&path), "--count", "2"],
+        SHORT,
+    );
+    assert_ok(&client);
+    let out = server.finish(SHORT);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_eq!(out.summary_field("messages"), "2");
+    assert_eq!(
+        out.summary_field("errors"),
+        (cases.len() + 1).to_string(),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "precious");
+    if let Some(reader) = their_reader {
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut &reader, &mut got);
+        assert!(got.is_empty(), "the server wrote into nobody's FIFO");
+    }
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_client_without_a_server_or_whose_server_dies_exits_1_and_leaves_nothing() {
+    let dir = test_dir();
+    let path = dir.path().join("nosrv.fifo");
+    // No FIFO at all.
+    let out = run(FIFO_DEMO, &["client", "--path", s(&path)], SHORT);
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("start 'fifo-demo server"),
+        "{}",
+        out.describe()
+    );
+    // A FIFO nobody serves (left by a killed server): ENXIO at once.
+    mkfifo_0600(&path);
+    let out = run(FIFO_DEMO, &["client", "--path", s(&path)], SHORT);
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("ENXIO: no server reads it"),
+        "{}",
+        out.describe()
+    );
+    for private in client_dirs(&out.stdout) {
+        assert!(!private.exists(), "{} left behind", private.display());
+    }
+    std::fs::remove_file(&path).unwrap();
+
+    // A server that stops answering, then is killed: the client sees
+    // POLLERR on its write end of the server's FIFO, long before --timeout.
+    let mut server = Proc::spawn(FIFO_DEMO, &["server", "--path", s(&path)]);
+    server.wait_for_line(|l| l.contains("my own write"), SHORT);
+    server.signal(Signal::SIGSTOP);
+    let mut client = Proc::spawn(
+        FIFO_DEMO,
+        &[
+            "client",
+            "--path",
+            s(&path),
+            "--count",
+            "1",
+            "--timeout",
+            "60",
+        ],
+    );
+    let mkdir = client.wait_for_line(|l| l.contains("mkdir("), SHORT);
+    sleep(Duration::from_millis(500));
+    assert!(client.running(), "the client did not wait for its reply");
+    let started = std::time::Instant::now();
+    server.signal(Signal::SIGKILL);
+    let _ = server.finish(SHORT);
+    let out = client.finish(SHORT);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("POLLERR") && out.stderr.contains("the server exited or was killed"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    for private in client_dirs(&mkdir) {
+        assert!(!private.exists(), "{} left behind", private.display());
+    }
+    // SIGKILL left the server's FIFO: the next server takes it over.
+    assert!(path.exists());
+    let out = run(
+        FIFO_DEMO,
+        &["server", "--path", s(&path), "--timeout", "1"],
+        SHORT,
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(out.stdout.contains("taking it over"), "{}", out.describe());
+    assert!(
+        out.stdout
+            .contains("no request for 1 s (--timeout): stopping")
+    );
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_client_gives_up_on_a_stopped_server_and_a_server_stops_on_ctrl_c() {
+    let dir = test_dir();
+    let path = dir.path().join("stopped.fifo");
+    let mut server = Proc::spawn(FIFO_DEMO, &["server", "--path", s(&path)]);
+    server.wait_for_line(|l| l.contains("my own write"), SHORT);
+    server.signal(Signal::SIGSTOP);
+    let out = run(
+        FIFO_DEMO,
+        &["client", "--path", s(&path), "--timeout", "2"],
+        SHORT,
+    );
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("no reply to request 0 within 2 s (--timeout)"),
+        "{}",
+        out.describe()
+    );
+    server.signal(Signal::SIGCONT);
+    // The request the client left is answered into nothing: refused, and
+    // the server goes on; Ctrl-C then stops it and removes its FIFO.
+    server.wait_for_line(|l| l.contains("refused:"), SHORT);
+    server.signal(Signal::SIGINT);
+    let out = server.finish(SHORT);
+    out.assert_stopped_by(Signal::SIGINT);
+    assert!(!path.exists());
+}
+
+#[test]
+fn server_and_client_refuse_options_of_the_other_roles() {
+    for (args, needle) in [
+        (&["server", "--path", "/tmp/x", "--size", "9"][..], "--size"),
+        (
+            &["client", "--path", "/tmp/x", "--writers", "2"][..],
+            "--writers",
+        ),
+        (&["client", "--path", "/tmp/x", "--lines"][..], "--lines"),
+        (&["server"][..], "--path"),
+        (
+            &["client", "--count", "0", "--path", "/tmp/x"][..],
+            "--count",
+        ),
+    ] {
+        assert_usage_error(FIFO_DEMO, args, needle);
+    }
 }
