@@ -1,12 +1,20 @@
-//! One server process, many clients, no threads: `poll` tells which sockets
-//! are ready, and each is read or written without blocking.
+//! The mechanism: Unix domain sockets, readable top to bottom.
+//!
+//! 1. Making sockets: `socket`, `bind` (a 0600 file whatever the umask),
+//!    `listen`, and TCP's `bind` to an address and port for comparison.
+//! 2. The server role: one process, many clients, no threads. `poll` says
+//!    which sockets are ready; each is read or written without blocking,
+//!    and each client has its own input and output buffers.
+//! 3. The datagram server: no connections; each datagram names its sender,
+//!    and the kernel attaches the sender's credentials (`SCM_CREDENTIALS`).
+//! 4. The client role: `connect`, then requests and checked replies.
+//! 5. Passing an open file: `sendmsg`/`recvmsg` with `SCM_RIGHTS`.
 //!
 //! Stream sockets (Unix or TCP) carry frames (`common::frame`), because a
 //! stream has no message boundaries; the bytes of a frame may arrive over
 //! several reads, so each client has an input buffer that collects them
 //! (`frame::split_frame`). SEQPACKET keeps boundaries itself: one recv, one
-//! request, no framing. Datagram sockets have no connections at all (see
-//! `serve_dgram`). In `--lines` mode a stream server speaks
+//! request, no framing. In `--lines` mode a stream server speaks
 //! newline-delimited text instead, so any client (Python, socat, nc) can
 //! talk to it.
 //!
@@ -16,28 +24,54 @@
 //! client that sends and never reads therefore stalls only itself: its
 //! requests wait in *its* socket buffer, the server's memory stays bounded,
 //! and every other client is served. Nothing in the loop blocks or sleeps.
+//!
+//! Checks that are not the mechanism (stale socket files, descriptor
+//! limits, reply paths a stranger names, error wording) are in `checks.rs`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
-use std::io::IoSliceMut;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::io::{IoSlice, IoSliceMut, Write};
+use std::net::SocketAddrV4;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use common::cleanup::stop_requested;
+use common::cleanup::{PathGuard, PrivateDir, StopOnSignal, check_stop, stop_requested};
 use common::error::Interrupted;
 use common::frame::{self, FrameError};
-use common::payload::{CheckReport, Checker, Verdict};
+use common::payload::{self, CheckReport, Checker, Verdict};
 use common::report::Narrator;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 use nix::sys::socket::{
-    ControlMessageOwned, MsgFlags, SockFlag, SockaddrLike, UnixAddr, UnixCredentials, accept4,
-    getsockopt, recv, recvmsg, send, sendto, setsockopt, sockopt,
+    AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    SockaddrIn, SockaddrLike, UnixAddr, UnixCredentials, accept4, bind, connect, getsockname,
+    getsockopt, listen, recv, recvmsg, send, sendmsg, sendto, setsockopt, socket, socketpair,
+    sockopt,
 };
+use nix::sys::stat::{Mode, umask};
+use nix::sys::time::TimeVal;
+
+use crate::{Options, checks};
+
+// ---------------------------------------------------------------------------
+// Kinds of socket, limits, and the server's bookkeeping
+// ---------------------------------------------------------------------------
+
+/// The socket types this demo speaks; the command line picks one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `SOCK_STREAM` on a Unix socket: bytes, framed by us.
+    Stream,
+    /// `SOCK_SEQPACKET`: a connection that keeps message boundaries.
+    SeqPacket,
+    /// `SOCK_DGRAM`: no connection, each datagram addressed.
+    Dgram,
+    /// `SOCK_STREAM` over TCP on an IPv4 address, for comparison.
+    Tcp,
+}
 
 /// Largest request a server accepts: a peer cannot make it buffer more.
 pub const MAX_REQUEST: usize = 1024 * 1024;
@@ -134,7 +168,205 @@ impl Client {
     }
 }
 
-/// Serve connections on the listening socket `listener` (non-blocking).
+// ---------------------------------------------------------------------------
+// 1. Making sockets
+// ---------------------------------------------------------------------------
+
+/// The socket type for a kind: how the kernel keeps (or not) boundaries.
+fn sock_type(kind: Kind) -> SockType {
+    match kind {
+        Kind::Stream | Kind::Tcp => SockType::Stream,
+        Kind::SeqPacket => SockType::SeqPacket,
+        Kind::Dgram => SockType::Datagram,
+    }
+}
+
+/// A blocking Unix socket. SOCK_CLOEXEC: a child we start must not
+/// inherit it (a forgotten copy keeps a connection open: no EOF).
+pub fn unix_socket(kind: Kind) -> Result<OwnedFd> {
+    socket(
+        AddressFamily::Unix,
+        sock_type(kind),
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("socket(AF_UNIX)")
+}
+
+/// bind() with the umask set to 0177 for the call: the socket file is
+/// created 0600 (only our user may connect or send) whatever the umask.
+///
+/// bind() has no mode argument: it creates the file 0777 & ~umask, so under
+/// `umask 000` anyone could connect. The other ways fall short: fchmod() on
+/// a socket fd changes the socket's inode in sockfs, not the file; chmod()
+/// of the path after bind() leaves a window in which anyone may connect (a
+/// datagram socket takes datagrams as soon as it is bound) and follows a
+/// symlink swapped in meanwhile; a 0700 directory works (the story uses
+/// one), but `--path` names the file itself. umask is per process, which is
+/// safe here: socket-demo has one thread.
+pub fn bind_private(fd: &OwnedFd, addr: &UnixAddr) -> nix::Result<()> {
+    let old = umask(Mode::from_bits_truncate(0o177));
+    let result = bind(fd.as_raw_fd(), addr);
+    umask(old);
+    result?;
+    // Trust, but check: the narration says 0600, so it must be.
+    if let Some(path) = addr.path() {
+        let mode = nix::sys::stat::lstat(path)?.st_mode & 0o777;
+        if mode != 0o600 {
+            return Err(Errno::EPERM);
+        }
+    }
+    Ok(())
+}
+
+/// Bind a Unix socket at `path`, and return the guard that unlinks the
+/// socket file on drop (`unlink(2)`: a socket file outlives its socket).
+///
+/// A socket file already there is replaced only if it is ours (owner ==
+/// euid, also as root) and nothing answers on it (connect → ECONNREFUSED: a
+/// stale file from a dead server); a live server is never hijacked, and
+/// anything that is not a socket, or is another user's, is never removed.
+pub fn bind_path(fd: &OwnedFd, kind: Kind, path: &Path, say: &Narrator) -> Result<PathGuard> {
+    let addr = UnixAddr::new(path)
+        .with_context(|| format!("{}: not a usable socket path (too long?)", path.display()))?;
+    match bind_private(fd, &addr) {
+        Ok(()) => return Ok(PathGuard::new(path)),
+        // EADDRINUSE: something is at the path already; bind() never
+        // replaces a file, whatever it is.
+        Err(Errno::EADDRINUSE) => {}
+        Err(e) => return Err(e).with_context(|| format!("bind({})", path.display())),
+    }
+    // Ours, a socket, and dead? (checks.rs; a first reading may skip it.)
+    checks::stale_and_ours(kind, path, &addr, say)?;
+    std::fs::remove_file(path).with_context(|| format!("unlink({})", path.display()))?;
+    bind_private(fd, &addr).with_context(|| format!("bind({})", path.display()))?;
+    Ok(PathGuard::new(path))
+}
+
+/// A listening Unix (stream or seqpacket) socket at `path`, and the guard
+/// that unlinks its file.
+pub fn listen_unix(kind: Kind, path: &Path, say: &Narrator) -> Result<(OwnedFd, PathGuard)> {
+    // SOCK_NONBLOCK: poll says when a client is waiting; an accept that
+    // finds none after all (it gave up meanwhile) returns EAGAIN instead of
+    // stopping the whole server.
+    let fd = socket(
+        AddressFamily::Unix,
+        sock_type(kind),
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .context("socket(AF_UNIX)")?;
+    let guard = bind_path(&fd, kind, path, say)?;
+    // listen(): from now on connect() succeeds and queues the connection
+    // (up to the backlog, 64) until we accept it; a connect to a full
+    // backlog waits.
+    listen(&fd, Backlog::new(64).expect("valid backlog")).context("listen")?;
+    Ok((fd, guard))
+}
+
+/// A listening TCP socket on `addr` (port 0: the kernel picks one).
+pub fn listen_tcp(addr: SocketAddrV4) -> Result<(OwnedFd, SocketAddrV4)> {
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .context("socket(AF_INET)")?;
+    // SO_REUSEADDR: a restarted server can bind while old connections
+    // linger in TIME_WAIT.
+    setsockopt(&fd, sockopt::ReuseAddr, &true).context("setsockopt(SO_REUSEADDR)")?;
+    bind(fd.as_raw_fd(), &SockaddrIn::from(addr)).with_context(|| format!("bind({addr})"))?;
+    listen(&fd, Backlog::new(64).expect("valid backlog")).context("listen")?;
+    let bound: SockaddrIn = getsockname(fd.as_raw_fd()).context("getsockname")?;
+    Ok((fd, SocketAddrV4::new(bound.ip(), bound.port())))
+}
+
+// ---------------------------------------------------------------------------
+// 2. The server role: one poll loop, many clients
+// ---------------------------------------------------------------------------
+
+/// `socket-demo server`: make the socket `opts` asks for and serve on it.
+/// The socket file's guard unlinks it when this returns (Ctrl-C included).
+pub fn server(opts: &Options, say: &Narrator) -> Result<Served> {
+    let served = match opts.kind {
+        Kind::Dgram => {
+            let path = opts.path.as_deref().expect("checked by parse");
+            let fd = unix_socket(Kind::Dgram)?;
+            pass_credentials(&fd)?;
+            let _guard = bind_path(&fd, Kind::Dgram, path, say)?;
+            let largest = max_message(&fd)?;
+            say.step(format!(
+                "SOCK_DGRAM bound at {} (mode 0600, whatever the umask): waiting for \
+                 datagrams; replies of up to {largest} bytes fit our send buffer",
+                path.display()
+            ));
+            serve_dgram(&fd, opts.clients, say)?
+        }
+        Kind::Tcp => {
+            let rules = rules(opts, false, say)?;
+            let (fd, addr) = listen_tcp(opts.tcp.expect("checked by parse"))?;
+            say.step(format!(
+                "TCP listening on {addr}: {}, and there is no SO_PEERCRED to tell who they are",
+                if addr.ip().is_loopback() {
+                    "any process of any user on this host (in this network namespace) may \
+                     connect; nothing from outside can reach a loopback address"
+                } else {
+                    "any host that can reach this address and port may connect"
+                }
+            ));
+            serve(&fd, &rules, say)?
+        }
+        kind => {
+            let rules = rules(opts, true, say)?;
+            let path = opts.path.as_deref().expect("checked by parse");
+            let (fd, _guard) = listen_unix(kind, path, say)?;
+            say.step(format!(
+                "{} listening at {} (mode 0600, whatever the umask){}",
+                if kind == Kind::SeqPacket {
+                    "SOCK_SEQPACKET"
+                } else {
+                    "SOCK_STREAM"
+                },
+                path.display(),
+                if opts.lines {
+                    ": newline-delimited text"
+                } else if kind == Kind::SeqPacket {
+                    ": one message per request; the socket keeps message boundaries itself, \
+                     so no framing"
+                } else {
+                    ": length-prefixed frames, because a stream has no message boundaries"
+                }
+            ));
+            serve(&fd, &rules, say)?
+        }
+    };
+    Ok(served)
+}
+
+/// The server's rules from the command line.
+fn rules(opts: &Options, unix: bool, say: &Narrator) -> Result<Rules> {
+    Ok(Rules {
+        protocol: if opts.lines {
+            Protocol::Lines
+        } else if opts.kind == Kind::SeqPacket {
+            Protocol::Messages
+        } else {
+            Protocol::Frames
+        },
+        // At most what RLIMIT_NOFILE allows: one descriptor per client.
+        max_clients: checks::max_clients(opts, say)?,
+        stop_after: opts.clients,
+        allowed_uids: (!opts.allowed_uids.is_empty()).then(|| opts.allowed_uids.clone()),
+        unix,
+        idle_timeout: opts.timeout,
+    })
+}
+
+/// Serve connections on the listening socket `listener` (non-blocking):
+/// the poll loop. Each turn: build the list of descriptors and the events
+/// each waits for, poll, serve the clients that are ready, accept one new
+/// connection if the listener is readable.
 pub fn serve(listener: &OwnedFd, rules: &Rules, say: &Narrator) -> Result<Served> {
     let mut clients: Vec<Client> = Vec::new();
     let mut served = Served::default();
@@ -170,8 +402,8 @@ pub fn serve(listener: &OwnedFd, rules: &Rules, say: &Narrator) -> Result<Served
             }
             fds.push(PollFd::new(c.fd.as_fd(), events));
         }
-        // A short timeout so Ctrl-C (check_stop above) and the idle
-        // timeout are never far away.
+        // poll(): sleep until a socket is ready. A short timeout so Ctrl-C
+        // (stop_requested above) and the idle timeout are never far away.
         match poll(&mut fds, PollTimeout::from(100u16)) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(e).context("poll"),
@@ -230,7 +462,9 @@ pub fn serve(listener: &OwnedFd, rules: &Rules, say: &Narrator) -> Result<Served
                 ));
             }
             reports.push(report);
+            drop(client); // close(2) of its socket: the client sees EOF
         }
+        // POLLIN on a listening socket: a connection waits in the backlog.
         if ready[0].contains(PollFlags::POLLIN) {
             accept_one(
                 listener,
@@ -243,7 +477,7 @@ pub fn serve(listener: &OwnedFd, rules: &Rules, say: &Narrator) -> Result<Served
             )?;
         }
     }
-    served.report = total(reports);
+    served.report = checks::total(reports);
     Ok(served)
 }
 
@@ -252,6 +486,8 @@ fn open_spare() -> Option<File> {
     File::open("/dev/null").ok()
 }
 
+/// accept() one waiting connection: a new socket for that client alone,
+/// while the listener goes on listening.
 fn accept_one(
     listener: &OwnedFd,
     rules: &Rules,
@@ -261,12 +497,16 @@ fn accept_one(
     next_id: &mut u64,
     spare: &mut Option<File>,
 ) -> Result<()> {
+    // accept4 sets the new socket's flags in the same call: SOCK_NONBLOCK,
+    // so no recv or send on it ever stops the loop; SOCK_CLOEXEC.
     let fd = match accept4(
         listener.as_fd(),
         SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
     ) {
         Ok(fd) => fd,
+        // The client gave up between poll and accept: nothing to do.
         Err(Errno::EAGAIN | Errno::EINTR | Errno::ECONNABORTED) => return Ok(()),
+        // A first reading may skip this branch.
         Err(e @ (Errno::EMFILE | Errno::ENFILE)) => {
             // Out of descriptors. The connection stays in the backlog, so
             // the listener stays readable and poll would return at once,
@@ -310,6 +550,7 @@ fn accept_one(
                 rules.allowed_uids.as_deref().unwrap_or_default()
             ));
             served.refused += 1;
+            drop(fd); // close(2): the client reads EOF
             return Ok(());
         }
         say.message(format!(
@@ -328,6 +569,7 @@ fn accept_one(
             clients.len()
         ));
         served.refused += 1;
+        drop(fd); // close(2): the client reads EOF
         return Ok(());
     }
     if rules.protocol == Protocol::Messages {
@@ -402,6 +644,8 @@ fn handle(
 /// One recv of up to `buf.len()` bytes of a stream. None: EAGAIN.
 fn recv_some(client: &Client, buf: &mut [u8]) -> Result<Option<usize>> {
     loop {
+        // recv() takes what has arrived, up to buf.len(): part of a frame,
+        // or several; 0 means EOF (the client closed or shut down writing).
         match recv(client.fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
             Ok(n) => return Ok(Some(n)),
             Err(Errno::EAGAIN) => return Ok(None),
@@ -553,6 +797,10 @@ pub fn max_message(fd: &OwnedFd) -> Result<usize> {
     Ok(sndbuf.saturating_sub(32).min(MAX_REQUEST))
 }
 
+// ---------------------------------------------------------------------------
+// 3. The datagram server: no connections, credentials on every datagram
+// ---------------------------------------------------------------------------
+
 /// SO_PASSCRED: every datagram then arrives with the sender's pid, uid and
 /// gid (SCM_CREDENTIALS), filled in by the kernel at send time. Datagram
 /// sockets have no connection, so there is no SO_PEERCRED to ask. Set it
@@ -588,6 +836,9 @@ pub fn serve_dgram(socket: &OwnedFd, stop_after: Option<u64>, say: &Narrator) ->
             Ok(_) => {}
             Err(e) => return Err(e).context("poll"),
         }
+        // recvmsg: the datagram, the sender's address (msg_name) and the
+        // control messages (the credentials) in one call; room for one
+        // SCM_CREDENTIALS message.
         let mut space = nix::cmsg_space!(UnixCredentials);
         let mut iov = [IoSliceMut::new(&mut buf)];
         let msg = match recvmsg::<UnixAddr>(
@@ -656,15 +907,16 @@ pub fn serve_dgram(socket: &OwnedFd, stop_after: Option<u64>, say: &Narrator) ->
             say.message(format!("{}: done", path.display()));
             continue;
         }
-        if !checkers.contains_key(&path) && checkers.len() >= MAX_DGRAM_CLIENTS {
+        if !checkers.contains_key(&path) && checkers.len() >= checks::MAX_DGRAM_CLIENTS {
             say.step(format!(
-                "{}: more than {MAX_DGRAM_CLIENTS} clients at once; ignored",
-                path.display()
+                "{}: more than {} clients at once; ignored",
+                path.display(),
+                checks::MAX_DGRAM_CLIENTS
             ));
             continue;
         }
         // Before writing to a path a stranger named, check what is there.
-        if let Err(why) = reply_path_is_senders(&path, &creds) {
+        if let Err(why) = checks::reply_path_is_senders(&path, &creds) {
             say.step(format!(
                 "{} (pid {} uid {}): {why}: no reply",
                 path.display(),
@@ -701,14 +953,14 @@ pub fn serve_dgram(socket: &OwnedFd, stop_after: Option<u64>, say: &Narrator) ->
         served.replies_dropped += 1;
         let line = format!("{}: {why}: reply dropped", path.display());
         // Bounded like `checkers`: a flood of addresses cannot grow it.
-        if warned.len() < MAX_DGRAM_CLIENTS && warned.insert(path) {
+        if warned.len() < checks::MAX_DGRAM_CLIENTS && warned.insert(path) {
             say.step(format!("{line} (the next ones are counted, not narrated)"));
         } else {
             say.message(line);
         }
     }
     reports.extend(checkers.values().map(Checker::report));
-    served.report = total(reports);
+    served.report = checks::total(reports);
     Ok(served)
 }
 
@@ -725,46 +977,320 @@ fn sender_path(addr: Option<UnixAddr>) -> Option<(UnixAddr, PathBuf)> {
     Some((addr, path))
 }
 
-/// The reply address of a datagram must be a socket file owned by the
-/// sender, and not a symlink.
-///
-/// Why: sendto() to a path follows symlinks and needs only write access to
-/// the socket file at the moment of sending. Without this check a client
-/// binds a path, sends a request, swaps its path for a symlink to a socket
-/// only we may write to, and our echo delivers its bytes there: we would be
-/// a confused deputy, lending the client our permissions.
-///
-/// What remains racy: between this lstat and the sendto the client can
-/// still swap the name (there is no "sendto this inode"). This check only
-/// narrows the window. The real boundary is that our socket is 0600 in the
-/// first place: then only our own user can send us anything, and it could
-/// write to every socket we can reach anyway.
-fn reply_path_is_senders(path: &Path, creds: &UnixCredentials) -> Result<(), String> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("lstat: {e}"))?;
-    let kind = meta.file_type();
-    if kind.is_symlink() {
-        return Err("the reply address is a symlink, refusing to follow it".into());
+// ---------------------------------------------------------------------------
+// 4. The client role: connect, then requests and checked replies
+// ---------------------------------------------------------------------------
+
+/// `socket-demo client`: connect and send `--count` requests, checking
+/// every reply. Returns messages, bytes, and the time since connect.
+pub fn client(opts: &Options, say: &Narrator) -> Result<(u64, u64, Duration)> {
+    // A datagram client binds an address of its own, for the replies, in
+    // a private 0700 directory; its guard removes both on drop.
+    let dir = if opts.kind == Kind::Dgram {
+        Some(PrivateDir::create("socket-demo-client")?)
+    } else {
+        None
+    };
+    let fd = client_socket(opts, dir.as_ref())?;
+    if matches!(opts.kind, Kind::Dgram | Kind::SeqPacket) {
+        // A message goes whole or not at all (checks.rs).
+        checks::check_message_size(&fd, opts)?;
     }
-    if !kind.is_socket() {
-        return Err("the reply address is not a socket file".into());
+    connect_client(&fd, opts)?;
+    say.step(format!("connected (pid {})", std::process::id()));
+    let start = Instant::now();
+    let (messages, bytes) = if opts.lines {
+        client_lines(fd, opts, say)?
+    } else {
+        client_requests(fd, opts, say)?
+    };
+    Ok((messages, bytes, start.elapsed()))
+}
+
+/// A client socket for `opts`, not yet connected, with its timeouts set.
+///
+/// SO_RCVTIMEO and SO_SNDTIMEO bound every blocking call on it: a recv or
+/// send that makes no progress for `--timeout` fails with EAGAIN, and so
+/// does a connect to a server whose backlog stays full. That is an idle
+/// timeout: each call that moves a byte starts the clock again.
+fn client_socket(opts: &Options, own_dir: Option<&PrivateDir>) -> Result<OwnedFd> {
+    let fd = if opts.tcp.is_some() {
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .context("socket(AF_INET)")?;
+        // TCP_NODELAY: send small requests at once; Nagle's algorithm would
+        // hold them back waiting for more to send.
+        setsockopt(&fd, sockopt::TcpNoDelay, &true).context("setsockopt(TCP_NODELAY)")?;
+        fd
+    } else {
+        unix_socket(opts.kind)?
+    };
+    let timeout = TimeVal::new(opts.timeout.as_secs() as _, 0);
+    setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).context("setsockopt(SO_RCVTIMEO)")?;
+    setsockopt(&fd, sockopt::SendTimeout, &timeout).context("setsockopt(SO_SNDTIMEO)")?;
+    if opts.kind == Kind::Dgram {
+        // A datagram client needs an address of its own for the replies;
+        // it lives in a private 0700 directory, so nobody can swap it.
+        let dir = own_dir.context("a datagram client needs its own directory")?;
+        let own = UnixAddr::new(&dir.path().join("client.sock")).context("client address")?;
+        bind_private(&fd, &own).context("bind(client address)")?;
     }
-    if meta.uid() != creds.uid() {
-        return Err(format!(
-            "the socket file there belongs to uid {}, not to the sender (SCM_CREDENTIALS uid {})",
-            meta.uid(),
-            creds.uid()
+    Ok(fd)
+}
+
+/// Connect the client socket `fd` to the server `opts` names.
+fn connect_client(fd: &OwnedFd, opts: &Options) -> Result<()> {
+    if let Some(addr) = opts.tcp {
+        return connect_retrying(
+            fd.as_raw_fd(),
+            &SockaddrIn::from(addr),
+            &addr.to_string(),
+            opts.timeout,
+        );
+    }
+    let path = opts.path.as_deref().expect("checked by parse");
+    let addr = UnixAddr::new(path).context("server address")?;
+    connect_retrying(
+        fd.as_raw_fd(),
+        &addr,
+        &path.display().to_string(),
+        opts.timeout,
+    )
+}
+
+/// connect(), retried after EINTR only: every other failure is one clear
+/// line. SO_SNDTIMEO (set in `client_socket`) bounds the wait.
+fn connect_retrying(
+    fd: RawFd,
+    addr: &dyn SockaddrLike,
+    what: &str,
+    timeout: Duration,
+) -> Result<()> {
+    loop {
+        check_stop()?;
+        match connect(fd, addr) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            // SO_SNDTIMEO ran out: a Unix connect waits while the server's
+            // backlog is full (EAGAIN), a TCP one for the handshake
+            // (EINPROGRESS).
+            Err(Errno::EAGAIN | Errno::EINPROGRESS) => bail!(
+                "connect({what}): the server did not accept within {} s (--timeout): its \
+                 backlog is full and it is not accepting",
+                timeout.as_secs()
+            ),
+            Err(Errno::ENOENT) => bail!("connect({what}): no such socket: is the server running?"),
+            Err(Errno::ECONNREFUSED) => {
+                bail!("connect({what}): ECONNREFUSED: nobody is listening there")
+            }
+            Err(e) => return Err(e).with_context(|| format!("connect({what})")),
+        }
+    }
+}
+
+/// Send `count` checkable requests and check that each reply echoes it.
+fn client_requests(fd: OwnedFd, opts: &Options, say: &Narrator) -> Result<(u64, u64)> {
+    let (count, size) = (opts.count, opts.size);
+    let framed = matches!(opts.kind, Kind::Stream | Kind::Tcp);
+    let mut stream = StopOnSignal(File::from(fd));
+    let mut reply = vec![0u8; size + 1];
+    for seq in 0..count {
+        let request = payload::make(seq, size);
+        if framed {
+            // write_frame: write(2) of a 4-byte length, then the request,
+            // looping over short writes; read_frame: read(2) until the
+            // whole reply frame is in (common::frame).
+            frame::write_frame(&mut stream, &request)
+                .map_err(|e| checks::server_gone(e, opts, "write", seq))?;
+            let got = frame::read_frame(&mut stream, MAX_REQUEST)
+                .map_err(|e| checks::server_gone(e, opts, "read", seq))?
+                .with_context(|| {
+                    format!("the server closed the connection (EOF) after {seq} replies")
+                })?;
+            if got != request {
+                bail!("reply {seq} differs from the request");
+            }
+        } else {
+            // SEQPACKET and DGRAM keep boundaries: one send, one request.
+            let fd = stream.0.as_raw_fd();
+            loop {
+                check_stop()?;
+                match send(fd, &request, MsgFlags::MSG_NOSIGNAL) {
+                    Ok(_) => break,
+                    Err(Errno::EINTR) => continue,
+                    Err(Errno::EAGAIN) => return Err(checks::timed_out(opts, "send", seq)),
+                    Err(e) => {
+                        return Err(checks::server_gone(
+                            FrameError::Io(e.into()),
+                            opts,
+                            "send",
+                            seq,
+                        ));
+                    }
+                }
+            }
+            let n = recv_reply(fd, &mut reply, opts, seq)?;
+            if n == 0 {
+                bail!("the server closed the connection (EOF) after {seq} replies");
+            }
+            if reply[..n] != request[..] {
+                bail!("reply {seq} ({n} bytes) differs from the request");
+            }
+        }
+        say.message(format!("request {seq} ({size} bytes): echoed back intact"));
+    }
+    if opts.kind == Kind::Dgram {
+        // No connection to close: an empty datagram says "done".
+        send(stream.0.as_raw_fd(), &[], MsgFlags::empty()).context("send(done)")?;
+    }
+    say.step(format!("{count} requests, every reply checked"));
+    Ok((count, count * size as u64))
+}
+
+/// One reply message, whole; SO_RCVTIMEO bounds the wait.
+fn recv_reply(fd: RawFd, buf: &mut [u8], opts: &Options, seq: u64) -> Result<usize> {
+    loop {
+        check_stop()?;
+        let mut iov = [IoSliceMut::new(buf)];
+        match recvmsg::<()>(fd, &mut iov, None, MsgFlags::empty()) {
+            // MSG_TRUNC: the reply was longer than our buffer (which is one
+            // byte longer than the request): not an echo.
+            Ok(msg) if msg.flags.contains(MsgFlags::MSG_TRUNC) => {
+                bail!("reply {seq} is longer than the request (MSG_TRUNC)")
+            }
+            Ok(msg) => return Ok(msg.bytes),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return Err(checks::timed_out(opts, "recv", seq)),
+            Err(Errno::ECONNRESET) => bail!("the server went away (ECONNRESET)"),
+            Err(e) => return Err(e).context("recv"),
+        }
+    }
+}
+
+/// `--lines`: send "line N" lines, print each reply line.
+fn client_lines(fd: OwnedFd, opts: &Options, say: &Narrator) -> Result<(u64, u64)> {
+    let file = File::from(fd);
+    let mut writer = StopOnSignal(file.try_clone().context("dup")?);
+    let mut reader = std::io::BufReader::new(StopOnSignal(file));
+    let mut bytes = 0;
+    let stalled = |e: std::io::Error, what: &str, n: u64| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            checks::timed_out(opts, what, n)
+        } else {
+            anyhow::Error::new(e).context(what.to_string())
+        }
+    };
+    for n in 0..opts.count {
+        let line = format!("line {n}\n");
+        writer
+            .write_all(line.as_bytes())
+            .map_err(|e| stalled(e, "write", n))?;
+        let mut reply = String::new();
+        let got = std::io::BufRead::read_line(&mut reader, &mut reply)
+            .map_err(|e| stalled(e, "read", n))?;
+        if got == 0 {
+            bail!("the server closed the connection after {n} lines");
+        }
+        say.message(format!(
+            "sent {:?}, got {:?}",
+            line.trim_end(),
+            reply.trim_end()
         ));
+        bytes += line.len() as u64;
     }
+    say.step(format!("{} lines, a reply to each", opts.count));
+    Ok((opts.count, bytes))
+}
+
+// ---------------------------------------------------------------------------
+// 5. socketpair, and passing an open file (SCM_RIGHTS)
+// ---------------------------------------------------------------------------
+
+/// socketpair(): two sockets already connected to each other, no address,
+/// no file; each end reads and writes. Shared by fork, or passed on.
+pub fn pair(kind: SockType) -> Result<(OwnedFd, OwnedFd)> {
+    socketpair(AddressFamily::Unix, kind, None, SockFlag::SOCK_CLOEXEC)
+        .with_context(|| format!("socketpair(AF_UNIX, {kind:?})"))
+}
+
+/// The echo child of the story's first step: every frame back on the same
+/// socket it came on, until EOF. Returns the child's exit status.
+pub fn echo_frames(sock: OwnedFd) -> i32 {
+    let mut sock = StopOnSignal(File::from(sock));
+    loop {
+        match frame::read_frame(&mut sock, MAX_REQUEST) {
+            Ok(Some(msg)) => {
+                if frame::write_frame(&mut sock, &msg).is_err() {
+                    return 1;
+                }
+            }
+            Ok(None) => return 0, // EOF at a frame boundary: the parent closed its end
+            Err(_) => return 1,
+        }
+    }
+}
+
+/// sendmsg() with an SCM_RIGHTS control message: the kernel installs a
+/// copy of `fd` (the same open file: same offset, same flags) in whichever
+/// process receives the message. Our own `fd` stays ours to close.
+pub fn send_fd(sock: &OwnedFd, fd: RawFd) -> Result<()> {
+    let fds = [fd];
+    let iov = [IoSlice::new(b"F")]; // at least one byte of data must go along
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .context("sendmsg(SCM_RIGHTS)")?;
     Ok(())
 }
 
-/// Most datagram clients tracked at once.
-const MAX_DGRAM_CLIENTS: usize = 1024;
-
-fn total(reports: Vec<CheckReport>) -> CheckReport {
-    let mut total = CheckReport::default();
-    for report in &reports {
-        total.merge(report);
+/// recvmsg() with room for one descriptor: the new descriptor the kernel
+/// made for us, for the open file the sender passed.
+pub fn receive_fd(sock: &OwnedFd) -> Result<OwnedFd> {
+    let mut data = [0u8; 1];
+    let mut iov = [IoSliceMut::new(&mut data)];
+    // The control buffer: room for one SCM_RIGHTS message of one fd.
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    // MSG_CMSG_CLOEXEC: the received fd gets FD_CLOEXEC at once, as if we
+    // had opened it with O_CLOEXEC.
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .context("recvmsg")?;
+    // MSG_CTRUNC: the control buffer was too small and descriptors were
+    // dropped (the kernel closes them): never assume they all arrived.
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        bail!("the control message was truncated (MSG_CTRUNC): descriptors were lost");
     }
-    total
+    let mut received = None;
+    for cmsg in msg.cmsgs().context("control messages")? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            received = fds.first().copied();
+        }
+    }
+    let fd = received.context("no descriptor arrived")?;
+    // SAFETY: the kernel just created this descriptor for us; nothing
+    // else owns it, and OwnedFd closes it (close(2)) on drop.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_paths_longer_than_sun_path_are_refused() {
+        let long = format!("/tmp/{}", "x".repeat(200));
+        assert!(UnixAddr::new(long.as_str()).is_err());
+    }
 }
