@@ -4,7 +4,8 @@
 //!    `listen`, and TCP's `bind` to an address and port for comparison.
 //! 2. The server role: one process, many clients, no threads. `poll` says
 //!    which sockets are ready; each is read or written without blocking,
-//!    and each client has its own input and output buffers.
+//!    and each client has its own input and output buffers. 2b: the same
+//!    server with `epoll`, edge-triggered: every wake-up reads until EAGAIN.
 //! 3. The datagram server: no connections; each datagram names its sender,
 //!    and the kernel attaches the sender's credentials (`SCM_CREDENTIALS`).
 //! 4. The client role: `connect`, then requests and checked replies.
@@ -44,6 +45,7 @@ use common::payload::{self, CheckReport, Checker, Verdict};
 use common::report::Narrator;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::signal::Signal;
 use nix::sys::socket::{
     AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
@@ -145,6 +147,8 @@ impl Served {
 
 struct Client {
     fd: OwnedFd,
+    /// Its number, also its key in the epoll server's interest list.
+    id: u64,
     label: String,
     input: Vec<u8>,
     /// Replies not yet sent, one entry per reply (SEQPACKET sends each as
@@ -165,6 +169,23 @@ impl Client {
     /// Waiting on the client: half a request in, or replies it has not read.
     fn owes_us(&self) -> bool {
         !self.input.is_empty() || self.queued > 0
+    }
+
+    /// Owes us, and made no progress for `idle` (`--timeout`).
+    fn stalled(&self, idle: Duration) -> bool {
+        self.owes_us() && self.last_progress.elapsed() >= idle
+    }
+
+    fn stall_error(&self, idle: Duration) -> anyhow::Error {
+        anyhow::anyhow!(
+            "no progress for {} s with {} (--timeout)",
+            idle.as_secs(),
+            if self.queued > 0 {
+                format!("{} bytes of replies unread", self.queued)
+            } else {
+                format!("{} bytes of a request", self.input.len())
+            }
+        )
     }
 }
 
@@ -315,7 +336,7 @@ pub fn server(opts: &Options, say: &Narrator) -> Result<Served> {
                     "any host that can reach this address and port may connect"
                 }
             ));
-            serve(&fd, &rules, say)?
+            serve_with(opts, &fd, &rules, say)?
         }
         kind => {
             let rules = rules(opts, true, say)?;
@@ -338,10 +359,21 @@ pub fn server(opts: &Options, say: &Narrator) -> Result<Served> {
                     ": length-prefixed frames, because a stream has no message boundaries"
                 }
             ));
-            serve(&fd, &rules, say)?
+            serve_with(opts, &fd, &rules, say)?
         }
     };
     Ok(served)
+}
+
+/// The poll loop, or with `--epoll` the epoll one (same clients, same
+/// replies; section 2b).
+fn serve_with(opts: &Options, fd: &OwnedFd, rules: &Rules, say: &Narrator) -> Result<Served> {
+    if opts.epoll {
+        say.step("serving with epoll: clients edge-triggered (EPOLLET), read until EAGAIN");
+        serve_epoll(fd, rules, say)
+    } else {
+        serve(fd, rules, say)
+    }
 }
 
 /// The server's rules from the command line.
@@ -419,16 +451,8 @@ pub fn serve(listener: &OwnedFd, rules: &Rules, say: &Narrator) -> Result<Served
         for (i, client) in clients.iter_mut().enumerate() {
             let events = ready[i + 1];
             let outcome = if events.is_empty() {
-                if client.owes_us() && client.last_progress.elapsed() >= rules.idle_timeout {
-                    Err(anyhow::anyhow!(
-                        "no progress for {} s with {} (--timeout)",
-                        rules.idle_timeout.as_secs(),
-                        if client.queued > 0 {
-                            format!("{} bytes of replies unread", client.queued)
-                        } else {
-                            format!("{} bytes of a request", client.input.len())
-                        }
-                    ))
+                if client.stalled(rules.idle_timeout) {
+                    Err(client.stall_error(rules.idle_timeout))
                 } else {
                     continue;
                 }
@@ -579,6 +603,7 @@ fn accept_one(
     }
     clients.push(Client {
         fd,
+        id,
         label,
         input: Vec::new(),
         output: VecDeque::new(),
@@ -639,6 +664,217 @@ fn handle(
     // Done once it closed and has every reply (a client may shut down its
     // writing side and still read).
     Ok(!(client.eof && client.queued == 0))
+}
+
+// ---------------------------------------------------------------------------
+// 2b. The same server with epoll, edge-triggered
+// ---------------------------------------------------------------------------
+
+/// The epoll key of the listening socket (clients are keyed by their id,
+/// which starts at 1).
+const LISTENER: u64 = 0;
+/// Most reads one client gets in one turn of the epoll loop. Reading until
+/// EAGAIN is what edge-triggered epoll demands, but a client that keeps
+/// sending would then hold the loop: past this many reads its turn ends
+/// and it goes on the `unfinished` list, served again next turn without
+/// waiting for a wake-up (none would come for data already there).
+const TURN_READS: usize = 16;
+
+/// How one edge-triggered turn of a client ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// Every read and write stopped at EAGAIN: the next wake-up will come.
+    Waiting,
+    /// Cut short after TURN_READS with data maybe still waiting: no wake-up
+    /// will come for it, so the loop must come back by itself.
+    Unfinished,
+    /// The client closed and has all its replies.
+    Done,
+}
+
+/// The poll server's loop with epoll instead (`server --epoll`, and the
+/// story's step 3). The kernel keeps the interest list: a client is added
+/// once, not rebuilt into an array each turn, and `epoll_wait` returns only
+/// the descriptors that are ready, so a turn costs what is ready, not what
+/// is connected.
+///
+/// Clients are edge-triggered (`EPOLLET`): a wake-up comes when data
+/// arrives or buffer room frees up, not while data waits. So each wake-up
+/// must read until EAGAIN, and write until EAGAIN or nothing is left;
+/// whatever is left unread waits for a wake-up that never comes (the
+/// story shows it). The listener stays level-triggered: `accept_one`
+/// takes one connection a turn and is told again while more wait.
+pub fn serve_epoll(listener: &OwnedFd, rules: &Rules, say: &Narrator) -> Result<Served> {
+    let mut clients: Vec<Client> = Vec::new();
+    let mut served = Served::default();
+    let mut next_id = LISTENER;
+    let mut reports = Vec::new();
+    let mut buf = vec![0u8; MAX_REQUEST];
+    let mut spare = open_spare();
+    // epoll_create1: a descriptor for the interest list (closed on drop).
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create1")?;
+    epoll
+        .add(
+            listener.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, LISTENER),
+        )
+        .context("epoll_ctl(EPOLL_CTL_ADD, listener)")?;
+    let mut unfinished: Vec<u64> = Vec::new();
+    let mut events = [EpollEvent::empty(); 64];
+    loop {
+        if let Some(signal) = stop_requested() {
+            served.stopped = Some(signal);
+            break;
+        }
+        if rules
+            .stop_after
+            .is_some_and(|n| served.clients + served.dropped + served.refused >= n)
+            && clients.is_empty()
+        {
+            break;
+        }
+        // epoll_wait: only the ready descriptors. No wait at all while a
+        // client's turn was cut short; else 100 ms, so that Ctrl-C and the
+        // idle timeout are never far away.
+        let timeout = if unfinished.is_empty() {
+            PollTimeout::from(100u16)
+        } else {
+            PollTimeout::ZERO
+        };
+        let n = match epoll.wait(&mut events, timeout) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => return Err(e).context("epoll_wait"),
+        };
+        let mut ready = std::mem::take(&mut unfinished);
+        let mut accept_now = false;
+        for event in &events[..n] {
+            match event.data() {
+                LISTENER => accept_now = true,
+                id if !ready.contains(&id) => ready.push(id),
+                _ => {}
+            }
+        }
+
+        let mut gone = Vec::new(); // (index, dropped?)
+        for (i, client) in clients.iter_mut().enumerate() {
+            let outcome = if ready.contains(&client.id) {
+                drain(client, &mut buf, rules, say)
+            } else if client.stalled(rules.idle_timeout) {
+                Err(client.stall_error(rules.idle_timeout))
+            } else {
+                continue;
+            };
+            match outcome {
+                Ok(Turn::Waiting) => {}
+                Ok(Turn::Unfinished) => unfinished.push(client.id),
+                Ok(Turn::Done) => gone.push((i, false)),
+                Err(e) => {
+                    say.step(format!(
+                        "{}: {e:#}: dropped; the server goes on",
+                        client.label
+                    ));
+                    gone.push((i, true));
+                }
+            }
+        }
+        for (i, dropped) in gone.into_iter().rev() {
+            let client = clients.remove(i);
+            served.requests += client.requests;
+            let report = client.checker.report();
+            if dropped {
+                served.dropped += 1;
+            } else {
+                served.clients += 1;
+                say.message(format!(
+                    "{} closed after {} request(s): {report}",
+                    client.label, client.requests
+                ));
+            }
+            reports.push(report);
+            // EPOLL_CTL_DEL, then close(2). (Closing alone takes a
+            // descriptor off the list only if no copy of it is open.)
+            epoll
+                .delete(client.fd.as_fd())
+                .context("epoll_ctl(EPOLL_CTL_DEL)")?;
+            drop(client); // close(2): the client sees EOF
+        }
+        if accept_now {
+            let before = clients.len();
+            accept_one(
+                listener,
+                rules,
+                say,
+                &mut clients,
+                &mut served,
+                &mut next_id,
+                &mut spare,
+            )?;
+            if clients.len() > before {
+                let client = clients.last().expect("just accepted");
+                // Edge-triggered, for reading and writing, registered once.
+                // Data that came before this call still gives one wake-up.
+                let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | EpollFlags::EPOLLET;
+                epoll
+                    .add(client.fd.as_fd(), EpollEvent::new(interest, client.id))
+                    .context("epoll_ctl(EPOLL_CTL_ADD, client)")?;
+            }
+        }
+    }
+    served.report = checks::total(reports);
+    Ok(served)
+}
+
+/// One edge-triggered turn: send, answer and read until the socket says
+/// EAGAIN both ways (or the replies pile up, and EPOLLOUT will come when
+/// the client reads them), at most TURN_READS reads.
+fn drain(client: &mut Client, buf: &mut [u8], rules: &Rules, say: &Narrator) -> Result<Turn> {
+    for _ in 0..TURN_READS {
+        flush(client)?;
+        requests(client, rules, say)?;
+        flush(client)?;
+        if client.queued >= OUTPUT_HIGH {
+            // flush stopped at EAGAIN with replies left: the client's
+            // buffer is full, and EPOLLOUT comes when it reads. Back-
+            // pressure, as in the poll server: no reading meanwhile.
+            return Ok(Turn::Waiting);
+        }
+        if client.eof {
+            // Done once every reply is out; else EPOLLOUT comes back.
+            return Ok(if client.queued == 0 {
+                Turn::Done
+            } else {
+                Turn::Waiting
+            });
+        }
+        let got = if rules.protocol == Protocol::Messages {
+            recv_message(client, buf)?
+        } else {
+            recv_some(client, &mut buf[..CHUNK])?
+        };
+        match got {
+            // EAGAIN: all read; the next data brings the next wake-up.
+            None => return Ok(Turn::Waiting),
+            Some(0) => {
+                if !client.input.is_empty() {
+                    bail!(
+                        "disconnected in the middle of a request ({} bytes of it arrived)",
+                        client.input.len()
+                    );
+                }
+                client.eof = true;
+            }
+            Some(n) => {
+                client.last_progress = Instant::now();
+                if rules.protocol == Protocol::Messages {
+                    answer(client, buf[..n].to_vec(), rules, say)?;
+                } else {
+                    client.input.extend_from_slice(&buf[..n]);
+                }
+            }
+        }
+    }
+    Ok(Turn::Unfinished)
 }
 
 /// One recv of up to `buf.len()` bytes of a stream. None: EAGAIN.

@@ -49,9 +49,18 @@
 //!
 //! - one `socketpair` doing what took two pipes;
 //! - one process serving many clients with `poll`, frames over a stream;
+//! - `epoll`: level-triggered reports waiting data again, edge-triggered
+//!   only once, so its reader must read until `EAGAIN` (a bounded wait
+//!   shows the wake-up that never comes); the same server with `epoll`;
+//! - a stale socket file: `bind` → `EADDRINUSE`, `connect` → `ECONNREFUSED`
+//!   proves nobody is behind it, and only then is it replaced;
 //! - datagram boundaries kept, and a too-long one truncated (`MSG_TRUNC`);
-//! - an address with no file; the kernel vouching for the peer (`SO_PEERCRED`);
-//! - an open file passed to a process that never opened it (`SCM_RIGHTS`);
+//! - an address with no file; the kernel vouching for the peer: `SO_PEERCRED`
+//!   (taken at connect or socketpair) against `SCM_CREDENTIALS` (taken at
+//!   each send, with `SO_PASSCRED`);
+//! - an open file passed to a process that never opened it (`SCM_RIGHTS`),
+//!   and `MSG_CTRUNC` when the control buffer has room for fewer
+//!   descriptors than were sent (the kernel closes the rest);
 //! - what changes over TCP;
 //! - the summary line: `errors=0` means every reply was checked.
 //!
@@ -66,8 +75,8 @@
 //! The mechanism is in `src/ipc.rs`; the story's steps in `src/story.rs`.
 //!
 //! Uses `common` modules: `cleanup`, `cli`, `error`, `frame`, `payload`,
-//! `peer`, `report`; `nix` features: `fs`, `net`, `poll`, `process`,
-//! `signal`, `socket`, `uio`, `user`.
+//! `peer`, `report`; `nix` features: `event`, `fs`, `net`, `poll`,
+//! `process`, `signal`, `socket`, `uio`, `user`.
 //!
 //! Read next: `msgq-demo` (messages with types and priorities, kept by the
 //! kernel with no connection at all).
@@ -99,10 +108,12 @@ socket-demo: Unix domain sockets, the general-purpose IPC
 USAGE:
     socket-demo [--clients K] [--count N] [--size BYTES] [--quiet]
         The story: socketpair, a stream server with K client processes served
-        with poll, datagrams and seqpackets, the abstract namespace,
-        SO_PEERCRED, SCM_RIGHTS, and the same protocol over TCP.
+        with poll, then with epoll (level- and edge-triggered), a stale socket
+        file, datagrams and seqpackets, the abstract namespace, SO_PEERCRED
+        and SO_PASSCRED, SCM_RIGHTS and MSG_CTRUNC, and the same protocol over
+        TCP.
     socket-demo server --path P [--dgram|--seqpacket|--tcp ADDR] [--lines]
-                       [--clients K] [--max-clients M] [--allow-uid U]...
+                       [--epoll] [--clients K] [--max-clients M] [--allow-uid U]...
                        [--timeout SECS]
         Serve on P until Ctrl-C, or until K clients have come and gone. The
         socket file is created 0600 whatever the umask: only your user (and
@@ -121,6 +132,8 @@ OPTIONS:
     --tcp ADDR        TCP on ADDR (IPv4:port, e.g. 127.0.0.1:0 for the server)
     --lines           stream only: newline-delimited text; the server replies
                       \"echo: LINE\" so any client (python3, socat, nc -U) works
+    --epoll           server: wait with epoll, edge-triggered, instead of poll
+                      (not with --dgram); same protocol, same replies
     --clients K       story: client processes (default 3); server: stop after K
     --max-clients M   server: the most clients at once (default 64, or less if
                       RLIMIT_NOFILE is low; at most RLIMIT_NOFILE - 6: one fd
@@ -177,6 +190,7 @@ pub struct Options {
     pub kind: Kind,
     pub tcp: Option<SocketAddrV4>,
     pub lines: bool,
+    pub epoll: bool,
     pub clients: Option<u64>,
     pub max_clients: Option<usize>,
     pub allowed_uids: Vec<u32>,
@@ -193,6 +207,7 @@ fn parse(args: &mut Args, role: Option<&str>) -> Result<Options> {
         kind: Kind::Stream,
         tcp: None,
         lines: false,
+        epoll: false,
         clients: None,
         max_clients: None,
         allowed_uids: Vec::new(),
@@ -227,6 +242,7 @@ fn parse(args: &mut Args, role: Option<&str>) -> Result<Options> {
                 kinds += 1;
             }
             "--lines" => opts.lines = true,
+            "--epoll" => opts.epoll = true,
             "--clients" => opts.clients = Some(args.number("--clients", 1, 64)?),
             "--max-clients" => opts.max_clients = Some(args.number("--max-clients", 1, 1024)?),
             "--allow-uid" => opts
@@ -251,6 +267,7 @@ fn parse(args: &mut Args, role: Option<&str>) -> Result<Options> {
             "--seqpacket",
             "--tcp",
             "--lines",
+            "--epoll",
             "--clients",
             "--max-clients",
             "--allow-uid",
@@ -280,6 +297,12 @@ fn parse(args: &mut Args, role: Option<&str>) -> Result<Options> {
     if opts.lines && opts.kind != Kind::Stream && opts.kind != Kind::Tcp {
         return Err(usage(
             "--lines is for stream sockets (the default, or --tcp)",
+        ));
+    }
+    if opts.epoll && opts.kind == Kind::Dgram {
+        return Err(usage(
+            "--epoll is for servers with connections (stream, --seqpacket, --tcp); a datagram \
+             server has one socket to wait on",
         ));
     }
     if role.is_some() && opts.kind != Kind::Tcp && opts.path.is_none() {

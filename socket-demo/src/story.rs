@@ -2,9 +2,9 @@
 //! sockets and checks that the kernel did what the narration says.
 
 use std::fs::File;
-use std::io::{IoSliceMut, Read};
+use std::io::{IoSlice, IoSliceMut, Read};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -14,8 +14,11 @@ use common::payload;
 use common::peer::{Peer, wait_pid};
 use common::report::{Narrator, Stream, Summary};
 use nix::errno::Errno;
+use nix::poll::PollTimeout;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::socket::{
-    Backlog, MsgFlags, SockType, UnixAddr, accept, bind, connect, listen, recv, recvmsg, send,
+    Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockType, UnixAddr, UnixCredentials,
+    accept, bind, connect, getsockopt, listen, recv, recvmsg, send, sendmsg, sockopt,
 };
 use nix::unistd::{ForkResult, fork};
 
@@ -39,16 +42,25 @@ pub fn story(opts: &Options) -> Result<()> {
     say.line(format!(
         "\n== 2. A stream server and {clients} client processes, one poll loop ==",
     ));
-    messages += server_step(opts, clients, &dir, &say)?;
-    say.line("\n== 3. Message boundaries: SOCK_DGRAM and SOCK_SEQPACKET ==");
+    messages += server_step(opts, clients, &dir, &say, Loop::Poll)?;
+    say.line("\n== 3. epoll: level- and edge-triggered, and the same server with epoll ==");
+    triggers_step(&say)?;
+    messages += server_step(opts, clients, &dir, &say, Loop::Epoll)?;
+    say.line("\n== 4. A stale socket file: EADDRINUSE, and the connect that proves it dead ==");
+    stale_step(&dir, &say)?;
+    say.line("\n== 5. Message boundaries: SOCK_DGRAM and SOCK_SEQPACKET ==");
     boundaries_step(&say)?;
-    say.line("\n== 4. The abstract namespace: an address with no file ==");
+    say.line("\n== 6. The abstract namespace: an address with no file ==");
     abstract_step(&say)?;
-    say.line("\n== 5. SO_PEERCRED: the kernel says who is connecting ==");
+    say.line("\n== 7. SO_PEERCRED: the kernel says who is connecting ==");
     peercred_step(&dir, &say)?;
-    say.line("\n== 6. SCM_RIGHTS: passing an open file to another process ==");
+    say.line("\n== 8. SO_PASSCRED: credentials on every message, taken when it is sent ==");
+    passcred_step(&say)?;
+    say.line("\n== 9. SCM_RIGHTS: passing an open file to another process ==");
     rights_step(&dir, &say)?;
-    say.line("\n== 7. The same protocol over TCP on 127.0.0.1 ==");
+    say.line("\n== 10. MSG_CTRUNC: a control buffer too small for the descriptors sent ==");
+    ctrunc_step(&dir, &say)?;
+    say.line("\n== 11. The same protocol over TCP on 127.0.0.1 ==");
     messages += tcp_step(opts, &say)?;
     drop(dir);
     say.step("removed the private directory and every socket file in it");
@@ -78,6 +90,15 @@ fn client_args(opts: &Options, target: &[&str]) -> Vec<String> {
         args.push("--quiet".into());
     }
     args
+}
+
+/// The errno a call must fail with, or a clear failure of the story.
+fn expect_errno<T>(what: &str, result: nix::Result<T>, want: Errno) -> Result<()> {
+    match result {
+        Err(e) if e == want => Ok(()),
+        Err(e) => bail!("{what}: expected {want}, got {e}"),
+        Ok(_) => bail!("{what}: expected {want}, but it succeeded"),
+    }
 }
 
 /// Step 1: parent and child talk both ways over one socketpair.
@@ -121,9 +142,26 @@ fn pair_step(opts: &Options, say: &Narrator) -> Result<u64> {
     Ok(opts.count)
 }
 
-/// Step 2: a path-bound stream server, K client processes, poll.
-fn server_step(opts: &Options, clients: u64, dir: &PrivateDir, say: &Narrator) -> Result<u64> {
-    let path = dir.path().join("server.sock");
+/// Which loop a server step uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loop {
+    Poll,
+    Epoll,
+}
+
+/// Step 2 (poll) and the end of step 3 (epoll): a path-bound stream
+/// server, K client processes.
+fn server_step(
+    opts: &Options,
+    clients: u64,
+    dir: &PrivateDir,
+    say: &Narrator,
+    how: Loop,
+) -> Result<u64> {
+    let path = dir.path().join(match how {
+        Loop::Poll => "server.sock",
+        Loop::Epoll => "epoll.sock",
+    });
     let (listener, _guard) = ipc::listen_unix(Kind::Stream, &path, say)?;
     say.step(format!(
         "socket + bind({}) + listen: in a private 0700 directory, so only we can connect",
@@ -136,8 +174,14 @@ fn server_step(opts: &Options, clients: u64, dir: &PrivateDir, say: &Narrator) -
     }
     let pids: Vec<String> = peers.iter().map(|p| p.pid().to_string()).collect();
     say.step(format!(
-        "started clients {}; poll() watches the listener and every connection",
-        pids.join(", ")
+        "started clients {}; {}",
+        pids.join(", "),
+        match how {
+            Loop::Poll => "poll() watches the listener and every connection",
+            Loop::Epoll =>
+                "epoll: the listener level-triggered, each connection edge-triggered, every \
+                 wake-up read until EAGAIN",
+        }
     ));
     let rules = Rules {
         protocol: Protocol::Frames,
@@ -147,7 +191,10 @@ fn server_step(opts: &Options, clients: u64, dir: &PrivateDir, say: &Narrator) -
         unix: true,
         idle_timeout: Duration::from_secs(DEFAULT_TIMEOUT),
     };
-    let served = ipc::serve(&listener, &rules, &say.with_role("server"))?;
+    let served = match how {
+        Loop::Poll => ipc::serve(&listener, &rules, &say.with_role("server"))?,
+        Loop::Epoll => ipc::serve_epoll(&listener, &rules, &say.with_role("server"))?,
+    };
     served.check_stopped()?;
     for mut peer in peers {
         let exit = peer.wait(Some(Duration::from_secs(60)))?;
@@ -156,8 +203,13 @@ fn server_step(opts: &Options, clients: u64, dir: &PrivateDir, say: &Narrator) -
         }
     }
     say.step(format!(
-        "{} clients served by one process; requests checked: {}",
-        served.clients, served.report
+        "{} clients served by one {}; requests checked: {}",
+        served.clients,
+        match how {
+            Loop::Poll => "process",
+            Loop::Epoll => "epoll loop, edge-triggered",
+        },
+        served.report
     ));
     if served.report.errors() > 0 || served.clients != clients {
         bail!(
@@ -169,7 +221,146 @@ fn server_step(opts: &Options, clients: u64, dir: &PrivateDir, say: &Narrator) -
     Ok(served.report.received)
 }
 
-/// Step 3: boundaries kept by DGRAM and SEQPACKET, lost by STREAM; MSG_TRUNC.
+/// How long a wait that is meant to find nothing lasts: long enough that a
+/// wake-up would have come, short enough for the story.
+const NOTHING_WAIT_MS: u16 = 200;
+/// The bound on a wait that should return at once.
+const READY_WAIT_MS: u16 = 5000;
+
+/// Step 3: what level- and edge-triggered epoll tell a reader, and what
+/// edge-triggered demands of it: read until EAGAIN.
+fn triggers_step(say: &Narrator) -> Result<()> {
+    let (tx, rx) = ipc::pair(SockType::Stream)?;
+    send(tx.as_raw_fd(), &[b'e'; 100], MsgFlags::empty()).context("send")?;
+    let mut buf = [0u8; 256];
+    let mut events = [EpollEvent::empty(); 4];
+
+    // Level-triggered, the default: "readable" for as long as data waits.
+    let level = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create1")?;
+    level
+        .add(rx.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 1))
+        .context("epoll_ctl(ADD)")?;
+    let first = level
+        .wait(&mut events, PollTimeout::from(READY_WAIT_MS))
+        .context("epoll_wait")?;
+    let n = recv(rx.as_raw_fd(), &mut buf[..10], MsgFlags::MSG_DONTWAIT).context("recv")?;
+    let again = level
+        .wait(&mut events, PollTimeout::from(READY_WAIT_MS))
+        .context("epoll_wait")?;
+    say.step(format!(
+        "level-triggered: 100 bytes waiting → epoll_wait says {first} ready; read {n}; \
+         epoll_wait again → {again} ready: told again as long as data waits"
+    ));
+    if first != 1 || n != 10 || again != 1 {
+        bail!("level-triggered epoll did not report the waiting data again");
+    }
+    drop(level); // close(2) of the epoll instance
+
+    // Edge-triggered: told when data arrives, once per arrival.
+    let edge = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create1")?;
+    edge.add(
+        rx.as_fd(),
+        EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, 1),
+    )
+    .context("epoll_ctl(ADD, EPOLLET)")?;
+    // Data already waiting when the descriptor is added: one wake-up.
+    let first = edge
+        .wait(&mut events, PollTimeout::from(READY_WAIT_MS))
+        .context("epoll_wait")?;
+    let n = recv(rx.as_raw_fd(), &mut buf[..10], MsgFlags::MSG_DONTWAIT).context("recv")?;
+    let started = Instant::now();
+    let again = edge
+        .wait(&mut events, PollTimeout::from(NOTHING_WAIT_MS))
+        .context("epoll_wait")?;
+    let waited = started.elapsed().as_millis();
+    say.step(format!(
+        "edge-triggered (EPOLLET): 90 bytes waiting → {first} ready; read {n} and wait again: \
+         {again} ready after {waited} ms, although 80 bytes wait. That wake-up is spent: a \
+         reader that read only part and waits without a timeout sleeps for ever (here the \
+         wait was bounded at {NOTHING_WAIT_MS} ms)"
+    ));
+    if first != 1 || n != 10 || again != 0 {
+        bail!("edge-triggered epoll did not behave: {first} then {again} ready");
+    }
+    // New data is a new edge; then read until EAGAIN, the rule for EPOLLET.
+    send(tx.as_raw_fd(), b"!", MsgFlags::empty()).context("send")?;
+    let woke = edge
+        .wait(&mut events, PollTimeout::from(READY_WAIT_MS))
+        .context("epoll_wait")?;
+    let mut drained = 0;
+    loop {
+        match recv(rx.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => break,
+            Ok(n) => drained += n,
+            Err(Errno::EAGAIN) => break,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("recv"),
+        }
+    }
+    say.step(format!(
+        "one more byte arrives: a new edge, {woke} ready; read until EAGAIN: {drained} bytes \
+         (the 80 left behind and the new one). Now nothing waits unread, and the next \
+         wake-up is the next arrival: with EPOLLET, every wake-up reads until EAGAIN"
+    ));
+    if woke != 1 || drained != 81 {
+        bail!("expected one wake-up and 81 bytes, got {woke} and {drained}");
+    }
+    Ok(())
+}
+
+/// Step 4: a stale socket file. A server that died without unlink(2)
+/// leaves its file; the next bind fails, and only a connect tells dead
+/// from alive.
+fn stale_step(dir: &PrivateDir, say: &Narrator) -> Result<()> {
+    let path = dir.path().join("stale.sock");
+    let addr = UnixAddr::new(&path).context("socket address")?;
+    // A server that binds, listens, and dies as SIGKILL would leave it:
+    // its socket closes, but nobody unlinks the file.
+    let dead = ipc::unix_socket(Kind::Stream)?;
+    ipc::bind_private(&dead, &addr).context("bind(stale.sock)")?;
+    listen(&dead, Backlog::new(4).expect("valid backlog")).context("listen")?;
+    drop(dead); // close(2): the socket is gone, its file is not
+    let left = std::fs::symlink_metadata(&path).is_ok();
+    say.step(format!(
+        "a server bound {} and closed its socket without unlink(): the file {}",
+        path.display(),
+        if left { "is still there" } else { "is gone?!" }
+    ));
+    if !left {
+        bail!("the socket file vanished with its socket");
+    }
+    // The next server's bind: a file is at the path, so EADDRINUSE. bind()
+    // never replaces a file, not even a dead socket's.
+    let fresh = ipc::unix_socket(Kind::Stream)?;
+    expect_errno(
+        "bind over a stale file",
+        bind(fresh.as_raw_fd(), &addr),
+        Errno::EADDRINUSE,
+    )?;
+    say.step("a new server's bind() → EADDRINUSE, although nobody uses the address");
+    // Dead or alive? A live server would accept; a socket file with no
+    // socket behind it refuses.
+    let probe = ipc::unix_socket(Kind::Stream)?;
+    expect_errno(
+        "connect to a stale file",
+        connect(probe.as_raw_fd(), &addr),
+        Errno::ECONNREFUSED,
+    )?;
+    drop(probe);
+    say.step(
+        "connect() → ECONNREFUSED: no listener behind the file, so it is stale (a live one \
+         would accept, and must not be unlinked)",
+    );
+    // bind_path does all of it: checks owner and kind, probes, unlinks, binds.
+    let _guard = ipc::bind_path(&fresh, Kind::Stream, &path, say)?;
+    listen(&fresh, Backlog::new(4).expect("valid backlog")).context("listen")?;
+    let client = ipc::unix_socket(Kind::Stream)?;
+    connect(client.as_raw_fd(), &addr).context("connect after replacing")?;
+    say.step("unlinked, bound again, listening: a client connects");
+    Ok(())
+}
+
+/// Step 5: boundaries kept by DGRAM and SEQPACKET, lost by STREAM; MSG_TRUNC.
 fn boundaries_step(say: &Narrator) -> Result<()> {
     let sizes = [10usize, 200, 3];
     for (kind, name) in [
@@ -224,7 +415,7 @@ fn boundaries_step(say: &Narrator) -> Result<()> {
     Ok(())
 }
 
-/// Step 4: bind to an abstract name: no file, gone with the last socket.
+/// Step 6: bind to an abstract name: no file, gone with the last socket.
 fn abstract_step(say: &Narrator) -> Result<()> {
     let name = unique_name("socket-demo");
     let addr = UnixAddr::new_abstract(name.as_bytes()).context("abstract address")?;
@@ -252,7 +443,7 @@ fn abstract_step(say: &Narrator) -> Result<()> {
     Ok(())
 }
 
-/// Step 5: a server that accepts only one uid, tried by a real client.
+/// Step 7: a server that accepts only one uid, tried by a real client.
 fn peercred_step(dir: &PrivateDir, say: &Narrator) -> Result<()> {
     let me = nix::unistd::geteuid().as_raw();
     let path = dir.path().join("peercred.sock");
@@ -300,7 +491,71 @@ fn peercred_step(dir: &PrivateDir, say: &Narrator) -> Result<()> {
     Ok(())
 }
 
-/// Step 6: open a file, send the descriptor, the child reads it.
+/// Step 8: SO_PASSCRED: credentials the kernel attaches to every message,
+/// taken when it is sent; SO_PEERCRED: the peer as of connect (or
+/// socketpair).
+fn passcred_step(say: &Narrator) -> Result<()> {
+    let me = std::process::id() as i32;
+    // SEQPACKET: one message, one set of credentials, no framing.
+    let (ours, theirs) = ipc::pair(SockType::SeqPacket)?;
+    // Before anything is sent: a message queued earlier carries none.
+    ipc::pass_credentials(&ours)?;
+    // SAFETY: single-threaded, as above.
+    let child = match unsafe { fork() }.context("fork()")? {
+        ForkResult::Child => {
+            drop(ours);
+            // The child sends; the kernel attaches the child's pid, uid, gid.
+            let sent = send(theirs.as_raw_fd(), b"from the child", MsgFlags::empty());
+            std::process::exit(if sent.is_ok() { 0 } else { 1 });
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(theirs); // close(2): if the child fails, our recvmsg sees EOF, not a hang
+    // SO_PEERCRED on a socketpair: whoever called socketpair(), i.e. us,
+    // although the child holds the other end now.
+    let peer = getsockopt(&ours, sockopt::PeerCredentials).context("getsockopt(SO_PEERCRED)")?;
+    let mut data = [0u8; 64];
+    let mut iov = [IoSliceMut::new(&mut data)];
+    let mut space = nix::cmsg_space!(UnixCredentials);
+    let msg = recvmsg::<()>(
+        ours.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .context("recvmsg(SCM_CREDENTIALS)")?;
+    let mut creds = None;
+    for cmsg in msg.cmsgs().context("control messages")? {
+        if let ControlMessageOwned::ScmCredentials(c) = cmsg {
+            creds = Some(c);
+        }
+    }
+    let exit = wait_pid(child, Duration::from_secs(30))?;
+    let creds = creds.context("the message came without SCM_CREDENTIALS")?;
+    say.step(format!(
+        "SO_PEERCRED says pid {} (us, who called socketpair); the message's SCM_CREDENTIALS \
+         say pid {} uid {} gid {} (the child {child}, who sent it; it {exit})",
+        peer.pid(),
+        creds.pid(),
+        creds.uid(),
+        creds.gid()
+    ));
+    if peer.pid() != me || creds.pid() != child.as_raw() || !exit.success() {
+        bail!(
+            "expected SO_PEERCRED pid {me} and SCM_CREDENTIALS pid {child}, got {} and {}",
+            peer.pid(),
+            creds.pid()
+        );
+    }
+    say.step(
+        "SO_PEERCRED is taken once, at connect or socketpair, and passing the descriptor on \
+         does not change it; SCM_CREDENTIALS is taken at each send: check that when a \
+         socket may change hands",
+    );
+    Ok(())
+}
+
+/// Step 9: open a file, send the descriptor, the child reads it.
 fn rights_step(dir: &PrivateDir, say: &Narrator) -> Result<()> {
     let (mine, theirs) = ipc::pair(SockType::Stream)?;
     // SAFETY: single-threaded, as above.
@@ -331,8 +586,8 @@ fn rights_step(dir: &PrivateDir, say: &Narrator) -> Result<()> {
     Ok(())
 }
 
-/// The child of step 6: receive the descriptor and read the file through it.
-fn read_passed_file(sock: &std::os::fd::OwnedFd, say: &Narrator) -> Result<()> {
+/// The child of step 9: receive the descriptor and read the file through it.
+fn read_passed_file(sock: &OwnedFd, say: &Narrator) -> Result<()> {
     let fd = ipc::receive_fd(sock)?;
     let number = fd.as_raw_fd();
     let mut file = File::from(fd);
@@ -345,7 +600,113 @@ fn read_passed_file(sock: &std::os::fd::OwnedFd, say: &Narrator) -> Result<()> {
     Ok(())
 }
 
-/// Step 7: the framed protocol over TCP on loopback.
+/// Step 10: MSG_CTRUNC. Two descriptors sent, room for one: the kernel
+/// installs what fits, closes the rest, and says so in msg_flags.
+fn ctrunc_step(dir: &PrivateDir, say: &Narrator) -> Result<()> {
+    let (a, b) = ipc::pair(SockType::Stream)?;
+    let first = dir.path().join("first.txt");
+    let second = dir.path().join("second.txt");
+    std::fs::write(&first, "first\n").context("write first.txt")?;
+    std::fs::write(&second, "second\n").context("write second.txt")?;
+    let one = File::open(&first).context("open first.txt")?;
+    let two = File::open(&second).context("open second.txt")?;
+    let fds = [one.as_raw_fd(), two.as_raw_fd()];
+    let iov = [IoSlice::new(b"2")];
+    sendmsg::<()>(
+        a.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .context("sendmsg(SCM_RIGHTS, two fds)")?;
+    drop((one, two)); // close(2) ours: the message holds its own references
+    // Room for exactly one descriptor: CMSG_LEN(sizeof(int)) bytes. (The
+    // usual CMSG_SPACE rounds the data up to 8 bytes on 64-bit machines,
+    // which holds two.)
+    // SAFETY: CMSG_LEN only computes a length.
+    let room = unsafe { libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let before = open_fds()?;
+    let (flags, got) = recv_fds_raw(&b, room)?;
+    let truncated = flags & libc::MSG_CTRUNC != 0;
+    let after = open_fds()?;
+    let mut text = String::new();
+    if let Some(fd) = got.first() {
+        File::from(fd.try_clone().context("dup")?)
+            .read_to_string(&mut text)
+            .context("read(received fd)")?;
+    }
+    say.step(format!(
+        "sent two fds with one SCM_RIGHTS, received with a {room}-byte control buffer (room \
+         for one): MSG_CTRUNC {}, {} fd(s) arrived (it reads {:?}), our open fds went from \
+         {before} to {after}: the kernel closed the one that did not fit",
+        if truncated { "set" } else { "NOT set" },
+        got.len(),
+        text.trim_end()
+    ));
+    if !truncated || got.len() != 1 || after != before + 1 || text != "first\n" {
+        bail!("expected MSG_CTRUNC and exactly one descriptor");
+    }
+    say.step(
+        "so a receiver checks MSG_CTRUNC: without it a missing descriptor looks like one that \
+         was never sent",
+    );
+    Ok(())
+}
+
+/// recvmsg(2) through libc, with a control buffer of `room` bytes: nix's
+/// parser refuses a truncated control buffer (ENOBUFS), and this step is
+/// about reading one. Returns msg_flags and the descriptors that arrived.
+fn recv_fds_raw(sock: &OwnedFd, room: usize) -> Result<(i32, Vec<OwnedFd>)> {
+    let mut data = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // u64s: a control buffer must be aligned for struct cmsghdr.
+    let mut control = [0u64; 8];
+    let room = room.min(std::mem::size_of_val(&control));
+    // SAFETY: an all-zero msghdr is valid (no name, no buffers) until we
+    // fill in its pointers below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = room as _;
+    // SAFETY: every pointer in msg points to a live buffer of the length
+    // it states; MSG_CMSG_CLOEXEC as everywhere in this demo.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    Errno::result(n).context("recvmsg(SCM_RIGHTS)")?;
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled msg_control with msg_controllen bytes of
+    // well-formed control messages; CMSG_FIRSTHDR/NXTHDR stay inside them.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let first = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                    // The kernel installed this descriptor for us: ours to close.
+                    fds.push(OwnedFd::from_raw_fd(first.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((msg.msg_flags, fds))
+}
+
+/// How many descriptors this process has open (/proc/self/fd).
+fn open_fds() -> Result<usize> {
+    // read_dir holds one descriptor of its own while it runs, the same one
+    // each time: the difference between two counts is what matters.
+    Ok(std::fs::read_dir("/proc/self/fd")
+        .context("read /proc/self/fd")?
+        .count())
+}
+
+/// Step 11: the framed protocol over TCP on loopback.
 fn tcp_step(opts: &Options, say: &Narrator) -> Result<u64> {
     let (listener, addr) = ipc::listen_tcp(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?;
     say.step(format!(
