@@ -1089,9 +1089,24 @@ pub fn serve_dgram(socket: &OwnedFd, stop_after: Option<u64>, say: &Narrator) ->
         };
         let (n, flags, from) = (msg.bytes, msg.flags, msg.address);
         let mut creds = None;
-        for cmsg in msg.cmsgs().context("control messages")? {
-            if let ControlMessageOwned::ScmCredentials(c) = cmsg {
-                creds = Some(c);
+        // MSG_CTRUNC first: nix will not parse a truncated control buffer
+        // (ENOBUFS), and a datagram that carries descriptors (SCM_RIGHTS)
+        // truncates ours, which has room for the credentials alone; the
+        // kernel closes the descriptors that did not fit. Treated below as
+        // a datagram without credentials, not as the server's end.
+        if !flags.contains(MsgFlags::MSG_CTRUNC) {
+            for cmsg in msg.cmsgs().context("control messages")? {
+                match cmsg {
+                    ControlMessageOwned::ScmCredentials(c) => creds = Some(c),
+                    ControlMessageOwned::ScmRights(fds) => {
+                        for fd in fds {
+                            // SAFETY: the kernel installed it for us just
+                            // now; nobody else owns it. Dropped: close(2).
+                            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
         let Some((from, path)) = sender_path(from) else {

@@ -1310,3 +1310,56 @@ fn epoll_is_refused_where_it_does_not_apply() {
     );
     assert_usage_error(SOCKET_DEMO, &["--epoll"], "--epoll");
 }
+
+/// Before: one datagram with SCM_RIGHTS truncated the server's control
+/// buffer (room for the credentials only), nix refused to parse it
+/// (ENOBUFS) and the datagram server exited 1 ("control messages: ENOBUFS").
+#[test]
+fn a_datagram_carrying_descriptors_does_not_stop_the_datagram_server() {
+    use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
+    let dir = dir();
+    let path = dir.path().join("fds.sock");
+    let server = server(&["--path", s(&path), "--dgram"]);
+    let fds_of = |pid: nix::unistd::Pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds_of(server.pid());
+    let hostile = UnixDatagram::bind(dir.path().join("hostile.sock")).unwrap();
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let fds = [file.as_raw_fd(), file.as_raw_fd(), file.as_raw_fd()];
+    let request = payload::make(0, 64);
+    for _ in 0..3 {
+        sendmsg(
+            hostile.as_raw_fd(),
+            &[std::io::IoSlice::new(&request)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            Some(&UnixAddr::new(&path).unwrap()),
+        )
+        .unwrap();
+    }
+    let honest = run(
+        SOCKET_DEMO,
+        &["client", "--path", s(&path), "--dgram", "--count", "5"],
+        SHORT,
+    );
+    ok(&honest);
+    // Served after the hostile datagrams: they were read and dealt with.
+    let after = fds_of(server.pid());
+    let out = stop(server);
+    assert_eq!(
+        after, before,
+        "descriptors passed to the server stayed open"
+    );
+    assert_eq!(
+        out.stdout
+            .matches("a datagram without its credentials (control data truncated: MSG_CTRUNC)")
+            .count(),
+        3,
+        "{}",
+        out.describe()
+    );
+    assert_eq!(out.summary_field("messages"), "5", "{}", out.describe());
+}
