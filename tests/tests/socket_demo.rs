@@ -1113,3 +1113,253 @@ fn a_client_gives_up_on_a_server_that_stalls() {
         "--timeout",
     );
 }
+
+// ---------------------------------------------------------------------------
+// Round three: lessons the story shows and checks (docs/reliability.md)
+// ---------------------------------------------------------------------------
+
+/// The number after `prefix` in `text`.
+fn number_after(text: &str, prefix: &str) -> u64 {
+    text.split(prefix)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {prefix:?} in\n{text}"))
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("no number after {prefix:?}"))
+}
+
+#[test]
+fn the_story_shows_level_and_edge_triggered_epoll_and_serves_with_epoll() {
+    let out = run(SOCKET_DEMO, &["--quiet"], LONG);
+    ok(&out);
+    for expected in [
+        "epoll_wait again → 1 ready: told again as long as data waits",
+        "90 bytes waiting → 1 ready; read 10 and wait again: 0 ready after",
+        "read until EAGAIN: 81 bytes",
+        "3 clients served by one epoll loop, edge-triggered",
+    ] {
+        assert!(
+            out.stdout.contains(expected),
+            "missing {expected:?}\n{}",
+            out.describe()
+        );
+    }
+    // The lost wake-up is shown by a wait that ran its whole bound.
+    let waited = number_after(&out.stdout, "0 ready after ");
+    assert!(waited >= 190, "waited {waited} ms\n{}", out.describe());
+}
+
+#[test]
+fn the_story_proves_a_stale_socket_file_dead_before_replacing_it() {
+    let out = run(SOCKET_DEMO, &["--quiet"], LONG);
+    ok(&out);
+    let step: String = out
+        .stdout
+        .split("== 4. A stale socket file")
+        .nth(1)
+        .and_then(|rest| rest.split("\n== ").next())
+        .unwrap_or_else(|| panic!("no stale-file step\n{}", out.describe()))
+        .to_string();
+    let order = [
+        "closed its socket without unlink(): the file is still there",
+        "bind() → EADDRINUSE",
+        "connect() → ECONNREFUSED",
+        "stale, replacing it",
+        "a client connects",
+    ];
+    let mut at = 0;
+    for expected in order {
+        let found = step[at..]
+            .find(expected)
+            .unwrap_or_else(|| panic!("missing {expected:?} (in order) in\n{step}"));
+        at += found + expected.len();
+    }
+}
+
+#[test]
+fn the_story_contrasts_so_peercred_with_scm_credentials() {
+    let out = run(SOCKET_DEMO, &["--quiet"], LONG);
+    ok(&out);
+    let story_pid = number_after(&out.stdout, "(parent pid ");
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("SO_PEERCRED says pid"))
+        .unwrap_or_else(|| panic!("no SO_PASSCRED step\n{}", out.describe()));
+    let peercred = number_after(line, "SO_PEERCRED says pid ");
+    let sender = number_after(line, "SCM_CREDENTIALS say pid ");
+    let child = number_after(line, "(the child ");
+    assert_eq!(peercred, story_pid, "{line}");
+    assert_eq!(sender, child, "{line}");
+    assert_ne!(sender, story_pid, "{line}");
+}
+
+#[test]
+fn the_story_shows_msg_ctrunc_and_the_descriptor_the_kernel_closed() {
+    let out = run(SOCKET_DEMO, &["--quiet"], LONG);
+    ok(&out);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("sent two fds with one SCM_RIGHTS"))
+        .unwrap_or_else(|| panic!("no MSG_CTRUNC step\n{}", out.describe()));
+    assert!(
+        line.contains("MSG_CTRUNC set, 1 fd(s) arrived (it reads \"first\")"),
+        "{line}"
+    );
+    let before = number_after(line, "our open fds went from ");
+    let after = number_after(line, &format!("from {before} to "));
+    assert_eq!(after, before + 1, "{line}");
+}
+
+#[test]
+fn an_epoll_server_serves_big_and_small_requests_like_the_poll_one() {
+    for kind in [None, Some("--seqpacket")] {
+        let dir = dir();
+        let path = dir.path().join("epoll.sock");
+        let mut args = vec!["--path", s(&path), "--epoll", "--clients", "3", "--quiet"];
+        args.extend(kind);
+        let server = server(&args);
+        // Big requests arrive over many reads; an edge-triggered server
+        // that did not read until EAGAIN would leave the end of one unread
+        // and wait for a wake-up that never comes (the client times out).
+        let big_size = if kind.is_some() { "100000" } else { "1048576" };
+        let mut clients = Vec::new();
+        for (count, size) in [("2000", "64"), ("2000", "3000"), ("30", big_size)] {
+            let mut client = vec![
+                "client",
+                "--path",
+                s(&path),
+                "--count",
+                count,
+                "--size",
+                size,
+                "--timeout",
+                "20",
+                "--quiet",
+            ];
+            client.extend(kind);
+            clients.push(Proc::spawn(SOCKET_DEMO, &client));
+        }
+        // SHORT, not LONG: these take a second or two; a server that lost a
+        // wake-up makes a big client crawl from one send timeout to the next.
+        for client in clients {
+            ok(&client.finish(SHORT));
+        }
+        let out = server.finish(SHORT);
+        ok(&out);
+        assert_eq!(out.summary_field("messages"), "4030", "{kind:?}");
+        assert_eq!(out.summary_field("errors"), "0", "{kind:?}");
+        assert!(
+            out.stdout.contains("serving with epoll")
+                && out.stdout.contains("3 client(s) served, 0 dropped"),
+            "{kind:?}\n{}",
+            out.describe()
+        );
+        assert!(!path.exists(), "socket file left behind");
+    }
+}
+
+#[test]
+fn an_epoll_server_is_stalled_by_no_client_that_never_reads() {
+    let dir = dir();
+    let path = dir.path().join("slow-epoll.sock");
+    let mut server = server(&["--path", s(&path), "--epoll", "--timeout", "4", "--quiet"]);
+    let (hostile, flood) = flood_stream(&path);
+    sleep(Duration::from_secs(1));
+    let rss = rss_kib(server.pid());
+    let started = Instant::now();
+    let honest = run(
+        SOCKET_DEMO,
+        &["client", "--path", s(&path), "--count", "200", "--quiet"],
+        SHORT,
+    );
+    let waited = started.elapsed();
+    ok(&honest);
+    assert!(
+        waited < Duration::from_secs(10),
+        "honest client waited {waited:?}"
+    );
+    assert!(rss < 40 * 1024, "server RSS {rss} KiB");
+    // And the idle timeout drops the client that never reads.
+    server.wait_for_line(|l| l.contains("no progress for 4 s"), SHORT);
+    hostile.shutdown(std::net::Shutdown::Both).unwrap();
+    flood.join().unwrap();
+    let out = stop(server);
+    assert!(
+        out.stdout
+            .contains("bytes of replies unread (--timeout): dropped"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn epoll_is_refused_where_it_does_not_apply() {
+    assert_usage_error(
+        SOCKET_DEMO,
+        &["server", "--path", "/tmp/x", "--dgram", "--epoll"],
+        "--epoll",
+    );
+    assert_usage_error(
+        SOCKET_DEMO,
+        &["client", "--path", "/tmp/x", "--epoll"],
+        "--epoll",
+    );
+    assert_usage_error(SOCKET_DEMO, &["--epoll"], "--epoll");
+}
+
+/// Before: one datagram with SCM_RIGHTS truncated the server's control
+/// buffer (room for the credentials only), nix refused to parse it
+/// (ENOBUFS) and the datagram server exited 1 ("control messages: ENOBUFS").
+#[test]
+fn a_datagram_carrying_descriptors_does_not_stop_the_datagram_server() {
+    use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
+    let dir = dir();
+    let path = dir.path().join("fds.sock");
+    let server = server(&["--path", s(&path), "--dgram"]);
+    let fds_of = |pid: nix::unistd::Pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds_of(server.pid());
+    let hostile = UnixDatagram::bind(dir.path().join("hostile.sock")).unwrap();
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let fds = [file.as_raw_fd(), file.as_raw_fd(), file.as_raw_fd()];
+    let request = payload::make(0, 64);
+    for _ in 0..3 {
+        sendmsg(
+            hostile.as_raw_fd(),
+            &[std::io::IoSlice::new(&request)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            Some(&UnixAddr::new(&path).unwrap()),
+        )
+        .unwrap();
+    }
+    let honest = run(
+        SOCKET_DEMO,
+        &["client", "--path", s(&path), "--dgram", "--count", "5"],
+        SHORT,
+    );
+    ok(&honest);
+    // Served after the hostile datagrams: they were read and dealt with.
+    let after = fds_of(server.pid());
+    let out = stop(server);
+    assert_eq!(
+        after, before,
+        "descriptors passed to the server stayed open"
+    );
+    assert_eq!(
+        out.stdout
+            .matches("a datagram without its credentials (control data truncated: MSG_CTRUNC)")
+            .count(),
+        3,
+        "{}",
+        out.describe()
+    );
+    assert_eq!(out.summary_field("messages"), "5", "{}", out.describe());
+}
