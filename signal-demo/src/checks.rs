@@ -135,6 +135,8 @@ impl Link {
     }
 }
 
+/// Fork a child that runs `body` (as "[child]") with its end of a new
+/// link and exits 0 or 1; returns its pid and our end.
 pub fn fork_with_link(
     say: &Narrator,
     body: fn(&mut Link, &Narrator) -> Result<()>,
@@ -194,6 +196,8 @@ pub fn zombie_children() -> Vec<i32> {
         .collect()
 }
 
+/// Load from address 0, in assembly: a null read in Rust would be undefined
+/// behaviour the compiler may remove; the CPU's page fault is what we want.
 pub fn read_address_zero() {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: deliberately faults; this child process dies of SIGSEGV here.

@@ -606,8 +606,6 @@ fn faults(say: &Narrator) -> Result<()> {
     Ok(())
 }
 
-/// Load from address 0, in assembly: a null read in Rust would be undefined
-/// behaviour the compiler may remove; the CPU's page fault is what we want.
 /// Step 8: block the signals, then read them as records from a signalfd.
 fn signalfd_step(say: &Narrator, count: &mut Count) -> Result<()> {
     let (child, mut parent_side) = fork_with_link(say, signalfd_child)?;
