@@ -5,13 +5,16 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use common::report::Narrator;
-use nix::fcntl::OFlag;
+use nix::fcntl::{OFlag, open};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap};
 use nix::sys::signal::Signal;
-use nix::unistd::{ForkResult, Pid, fork, pipe2};
+use nix::sys::stat::Mode;
+use nix::unistd::{ForkResult, Pid, fork, ftruncate, pipe2};
 
 use crate::ipc::{Record, read_retrying, readable};
 
@@ -231,4 +234,59 @@ pub fn divide_by_zero() {
     unsafe {
         libc::raise(libc::SIGFPE);
     }
+}
+
+/// Step 13, in a child that is meant to die: map two pages of a file,
+/// shrink the file to one page under the mapping, then read the second
+/// page. The mapping is still there (no SIGSEGV), but no file page is
+/// behind it: the kernel sends SIGBUS.
+pub fn touch_past_the_end(say: &Narrator) -> Result<()> {
+    // No core file for a death on purpose (RLIMIT_CORE 0), and no child
+    // that outlives a parent killed meanwhile (PR_SET_PDEATHSIG).
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid resource and rlimit; prctl takes plain integers.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    // SAFETY: sysconf takes no pointers.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+    // O_TMPFILE: a file with no name in the temp directory's filesystem,
+    // so nothing is left behind whatever happens; it goes with its last fd.
+    let file = open(
+        &std::env::temp_dir(),
+        OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        Mode::S_IRUSR | Mode::S_IWUSR,
+    )
+    .context("open(O_TMPFILE) in the temp directory")?;
+    ftruncate(&file, 2 * page as libc::off_t).context("ftruncate(2 pages)")?;
+    let len = NonZeroUsize::new(2 * page).context("page size")?;
+    // SAFETY: a new shared mapping of our own file; nothing else uses it.
+    let base = unsafe {
+        mmap(
+            None,
+            len,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_SHARED,
+            &file,
+            0,
+        )
+    }
+    .context("mmap")?
+    .cast::<u8>();
+    // SAFETY: offset `page` is inside the 2-page mapping, backed by the file.
+    unsafe { base.add(page).write_volatile(1) };
+    say.step(format!(
+        "open(O_TMPFILE), ftruncate to 2 pages ({} bytes), mmap(MAP_SHARED) both, write to page \
+         2: fine; now ftruncate(1 page) under the mapping, and read page 2",
+        2 * page
+    ));
+    ftruncate(&file, page as libc::off_t).context("ftruncate(1 page)")?;
+    // SAFETY: deliberately faults: the address is mapped, but the file no
+    // longer has a page there; this child dies of SIGBUS here.
+    let byte = unsafe { base.add(page).read_volatile() };
+    bail!("read page 2 after the truncation without SIGBUS (got {byte})")
 }

@@ -21,7 +21,7 @@ use common::report::{Narrator, Stream, Summary};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, sigaction};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::{Pid, pipe2};
 
@@ -443,6 +443,184 @@ pub fn read_signalfd(file: &mut File, timeout: Duration) -> Result<Option<Record
         value: info.ssi_int,
         ..Record::default()
     }))
+}
+
+// ---------------------------------------------------------------------------
+// Waiting for a signal: pause, sigsuspend, sigtimedwait
+// ---------------------------------------------------------------------------
+
+/// pause(2): sleep until a handler has run. Its flaw: a signal that came
+/// just *before* the call (after the code checked its flag) has already
+/// been handled, and pause() then waits for the next one.
+pub fn pause() {
+    nix::unistd::pause();
+}
+
+/// sigprocmask(SIG_BLOCK, signos), returning the mask as it was, for
+/// `suspend` to restore while it waits.
+pub fn block_keeping_old(signos: &[libc::c_int]) -> Result<libc::sigset_t> {
+    let set = sigset_of(signos);
+    // SAFETY: sigset_t is plain data; sigprocmask fills it.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid sets.
+    Errno::result(unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old) })
+        .context("sigprocmask(SIG_BLOCK)")?;
+    Ok(old)
+}
+
+/// sigprocmask(SIG_SETMASK, mask): put a mask back.
+pub fn set_mask(mask: &libc::sigset_t) -> Result<()> {
+    // SAFETY: a valid set; the old mask is not wanted.
+    Errno::result(unsafe { libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) })
+        .context("sigprocmask(SIG_SETMASK)")?;
+    Ok(())
+}
+
+/// sigsuspend(2): in ONE step, replace the mask with `mask` (which lets the
+/// awaited signal through) and sleep until a handler has run; then put the
+/// old mask back. A signal that arrived earlier, while it was blocked, is
+/// pending, so it is delivered the moment the mask opens: no wake-up can
+/// fall between the check and the sleep. Always "fails" with EINTR.
+pub fn suspend(mask: &libc::sigset_t) -> Result<()> {
+    // SAFETY: a valid set.
+    match Errno::result(unsafe { libc::sigsuspend(mask) }) {
+        Err(Errno::EINTR) => Ok(()),
+        other => other.map(drop).context("sigsuspend"),
+    }
+}
+
+/// sigtimedwait(2): take one of `signos` (which must be blocked) from the
+/// pending set, synchronously: no handler runs, the siginfo comes back as
+/// the result. None if none is pending within `timeout` (EAGAIN).
+pub fn wait_info(signos: &[libc::c_int], timeout: Duration) -> Result<Option<Record>> {
+    let set = sigset_of(signos);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let limit = libc::timespec {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_nsec: left.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: siginfo_t is plain data the call fills.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid set, siginfo and timespec.
+        let signo = unsafe { libc::sigtimedwait(&set, &mut info, &limit) };
+        match Errno::result(signo) {
+            Ok(signo) => {
+                // SAFETY: the kernel filled `info` for `signo`; the union
+                // fields read are plain integers.
+                let record = unsafe {
+                    Record {
+                        signo,
+                        code: info.si_code,
+                        pid: info.si_pid(),
+                        uid: info.si_uid(),
+                        value: if info.si_code == libc::SI_QUEUE {
+                            info.si_int()
+                        } else {
+                            0
+                        },
+                        ..Record::default()
+                    }
+                };
+                return Ok(Some(record));
+            }
+            Err(Errno::EAGAIN) => return Ok(None),
+            // Another signal's handler ran: wait again, for what is left.
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("sigtimedwait"),
+        }
+    }
+}
+
+/// setitimer(ITIMER_REAL): one SIGALRM after `after` (zero: cancel). The
+/// tour's bound on a wait that could otherwise last for ever.
+pub fn alarm_after(after: Duration) -> Result<()> {
+    let timer = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        it_value: libc::timeval {
+            tv_sec: after.as_secs() as libc::time_t,
+            tv_usec: after.subsec_micros() as libc::suseconds_t,
+        },
+    };
+    // SAFETY: a valid itimerval; the old value is not wanted.
+    Errno::result(unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) })
+        .context("setitimer")?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// SIGCHLD: a handler that reaps every child that has exited
+// ---------------------------------------------------------------------------
+
+/// How many times `reap_children` ran.
+static CHLD_RUNS: AtomicU64 = AtomicU64::new(0);
+/// How many children it reaped.
+static REAPED: AtomicU64 = AtomicU64::new(0);
+
+/// A SIGCHLD handler. SIGCHLD is a standard signal: children that exit
+/// while one is pending merge into it, so one run may stand for several
+/// children. Hence the loop: waitpid(-1, WNOHANG) until no exited child is
+/// left (0: children still running; -1/ECHILD: no children at all).
+/// waitpid is async-signal-safe; errno is saved for the interrupted code.
+extern "C" fn reap_children(_signo: libc::c_int) {
+    // SAFETY: errno is thread-local; see on_signal.
+    let saved_errno = unsafe { *libc::__errno_location() };
+    CHLD_RUNS.fetch_add(1, Ordering::SeqCst);
+    loop {
+        let mut status = 0;
+        // SAFETY: a valid pointer; WNOHANG: never wait inside a handler.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            break;
+        }
+        REAPED.fetch_add(1, Ordering::SeqCst);
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = saved_errno };
+}
+
+/// sigaction(SIGCHLD, reap_children, SA_RESTART | SA_NOCLDSTOP): reap in
+/// the handler; SA_NOCLDSTOP: no SIGCHLD for children that merely stop.
+pub fn install_reaper() -> Result<()> {
+    let action = SigAction::new(
+        SigHandler::Handler(reap_children),
+        SaFlags::SA_RESTART | SaFlags::SA_NOCLDSTOP,
+        SigSet::empty(),
+    );
+    // SAFETY: reap_children is async-signal-safe.
+    unsafe { sigaction(Signal::SIGCHLD, &action) }.context("sigaction(SIGCHLD)")?;
+    Ok(())
+}
+
+/// (runs of the SIGCHLD handler, children it reaped) so far.
+pub fn reaper_counts() -> (u64, u64) {
+    (
+        CHLD_RUNS.load(Ordering::SeqCst),
+        REAPED.load(Ordering::SeqCst),
+    )
+}
+
+/// signal(signo, SIG_DFL): back to the default action (a standard signal).
+pub fn default_action(signo: libc::c_int) -> Result<()> {
+    let signal = Signal::try_from(signo).context("a standard signal")?;
+    // SAFETY: SIG_DFL runs no code of ours.
+    unsafe { nix::sys::signal::signal(signal, SigHandler::SigDfl) }
+        .with_context(|| format!("signal({signal}, SIG_DFL)"))?;
+    Ok(())
+}
+
+/// sigaction(SIGCHLD, SIG_IGN) or SIG_DFL. SIG_IGN on SIGCHLD is special
+/// (POSIX.1-2001): exited children are reaped by the kernel at once, no
+/// zombie, and waitpid for them fails with ECHILD.
+pub fn sigchld_disposition(handler: SigHandler) -> Result<()> {
+    let action = SigAction::new(handler, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_IGN and SIG_DFL run no code of ours.
+    unsafe { sigaction(Signal::SIGCHLD, &action) }.context("sigaction(SIGCHLD)")?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------

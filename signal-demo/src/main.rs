@@ -29,7 +29,7 @@
 //! ## Run it
 //!
 //! ```text
-//! cargo run -p signal-demo                       # the tour, nine steps
+//! cargo run -p signal-demo                       # the tour, fourteen steps
 //! cargo run -p signal-demo -- receiver           # terminal 1: prints its pid
 //! kill -USR1 PID                                 # terminal 2, or:
 //! cargo run -p signal-demo -- sender --pid PID --signal RTMIN+1 --value 7 --count 3
@@ -53,15 +53,22 @@
 //! - the same signals read as records from a `signalfd`, lowest number first;
 //! - a flood: a handler's self-pipe overflows and loses records (counted),
 //!   a `signalfd` keeps every one queued in the kernel;
-//! - `sender --signal USR2 --count 2000`: the receiver counts far fewer.
-//!
+//! - `sender --signal USR2 --count 2000`: the receiver counts far fewer;
+//! - a wake-up sent between a flag check and `pause()`: lost (pause sleeps
+//!   until a timer); the same with `sigsuspend`: kept;
+//! - `sigtimedwait` taking a blocked signal with its siginfo, and `EAGAIN`;
+//! - five children exiting while SIGCHLD is blocked: one SIGCHLD, and the
+//!   handler's `waitpid(-1, WNOHANG)` loop reaps all five; with SIG_IGN no
+//!   zombie at all and `waitpid` → `ECHILD`;
+//! - SIGBUS from reading a mapping past the end of a truncated file;
+//! - signal round trips per second (ping-pong with `sigsuspend`).
 //!
 //! The mechanism is in `src/ipc.rs`; the story's steps in `src/story.rs`.
 //! (The tour's fork-and-pipe plumbing and the fault-raising helpers are in
 //! `src/checks.rs`, which a first reading may skip.)
 //!
 //! Uses `common` modules: `cleanup`, `cli`, `error`, `peer`, `report`;
-//! `nix` features: `fs`, `poll`, `process`, `signal`.
+//! `nix` features: `fs`, `mman`, `poll`, `process`, `signal`.
 //!
 //! Read next: `socket-demo` (Unix domain sockets: a byte stream or
 //! datagrams between any two processes, where a signal carries one int).
@@ -88,10 +95,12 @@ signal-demo: signals, from handlers to signalfd
 
 USAGE:
     signal-demo [--quiet]
-        The tour, nine steps, with forked children: SA_SIGINFO handlers and
-        how they nest, blocking and pending, queued real-time signals, EINTR
-        vs SA_RESTART, a timer, SIGCHLD and zombies, what cannot be caught,
-        hardware faults, signalfd, and a flood (self-pipe vs signalfd).
+        The tour, fourteen steps, with forked children: SA_SIGINFO handlers
+        and how they nest, blocking and pending, queued real-time signals,
+        EINTR vs SA_RESTART, a timer, SIGCHLD and zombies, what cannot be
+        caught, hardware faults, signalfd, a flood (self-pipe vs signalfd),
+        the wake-up pause() loses and sigsuspend keeps, sigtimedwait,
+        SIGCHLD reaping (WNOHANG loop, SIG_IGN), SIGBUS, and a ping-pong.
     signal-demo receiver [--count N] [--timeout SECS] [--quiet]
         Print this process's pid, then one line per signal handled (SIGUSR1,
         SIGUSR2, SIGHUP, SIGALRM, SIGQUIT, SIGRTMIN..SIGRTMAX), then a count

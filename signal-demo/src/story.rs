@@ -1,4 +1,4 @@
-//! The tour, one terminal: nine steps, each a function that narrates one
+//! The tour, one terminal: fourteen steps, each a function that narrates one
 //! rule of signals and checks that the kernel did what the narration says.
 //! Every step heading is printed from `story()`, in order.
 
@@ -19,11 +19,12 @@ use nix::unistd::{ForkResult, Pid, fork};
 
 use crate::checks::{
     Link, PROMPTLY, describe, divide_by_zero, fork_with_link, link_pair, name, proc_state,
-    read_address_zero, sigpending_limit, zombie_children,
+    read_address_zero, sigpending_limit, touch_past_the_end, zombie_children,
 };
 use crate::ipc::{
-    FullQueue, Record, Records, bit, block, handled, install, pending, read_signalfd, send,
-    send_retrying, signalfd_of,
+    FullQueue, Record, Records, alarm_after, bit, block, block_keeping_old, default_action,
+    handled, install, install_reaper, pause, pending, read_signalfd, reaper_counts, send,
+    send_retrying, set_mask, sigchld_disposition, signalfd_of, suspend, wait_info,
 };
 
 /// What the tour counts for its summary.
@@ -87,6 +88,28 @@ pub fn story(quiet: bool) -> Result<()> {
         ),
     );
     flood_step(&say, &mut count)?;
+    heading(&say, "10. sigsuspend: the wake-up pause() loses");
+    pause_race(&say, &mut count)?;
+    heading(
+        &say,
+        "11. sigtimedwait: a blocked signal accepted synchronously, with its siginfo",
+    );
+    wait_for_signal(&say, &mut count)?;
+    heading(
+        &say,
+        "12. SIGCHLD: one signal for many exits, a WNOHANG loop; SIG_IGN reaps for you",
+    );
+    reaping(&say, &mut count)?;
+    heading(
+        &say,
+        "13. SIGBUS: a mapping past the end of a truncated file",
+    );
+    bus_error(&say)?;
+    heading(
+        &say,
+        "14. Ping-pong: signals as a round trip, sigsuspend on both sides",
+    );
+    ping_pong(&say, &mut count)?;
 
     let zombies = zombie_children();
     say.step(if zombies.is_empty() {
@@ -773,5 +796,354 @@ fn flood_signalfd_child(link: &mut Link, say: &Narrator) -> Result<()> {
          (signal-demo sender does) instead of a record vanishing. signalfd is the robust design",
         sigpending_limit()
     ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Steps 10 to 14: waiting for a signal, SIGCHLD done right, SIGBUS, speed
+// ---------------------------------------------------------------------------
+
+/// The bound on a wait that would otherwise last for ever (steps 10, 14).
+const BOUND: Duration = Duration::from_millis(300);
+
+/// Step 10: a child checks a flag, then sleeps until the wake-up signal.
+fn pause_race(say: &Narrator, count: &mut Count) -> Result<()> {
+    let (child, link) = fork_with_link(say, pause_race_child)?;
+    drop(link); // close(2): this step needs no word from the child
+    let exit = wait_pid(child, PROMPTLY)?;
+    if !exit.success() {
+        bail!("the pause/sigsuspend child {exit}");
+    }
+    count.signals += 3;
+    Ok(())
+}
+
+fn pause_race_child(_link: &mut Link, say: &Narrator) -> Result<()> {
+    let _records = Records::new()?;
+    install(libc::SIGUSR1, 0, &[])?;
+    install(libc::SIGALRM, 0, &[])?;
+    let me = Pid::this();
+    let alarms = handled(libc::SIGALRM).0;
+
+    // pause(): check, then sleep. The handler's counter is the flag.
+    let woken = handled(libc::SIGUSR1).0;
+    if handled(libc::SIGUSR1).0 != woken {
+        bail!("the wake-up came before the check");
+    }
+    // The window between the check and pause(). Another process's signal
+    // can land here on any run; this one lands here on every run, on
+    // purpose: a signal sent to oneself, unblocked, is handled before kill()
+    // returns.
+    send(me, libc::SIGUSR1, None).context("kill(self, SIGUSR1)")?;
+    let handled_in_window = handled(libc::SIGUSR1).0 == woken + 1;
+    alarm_after(BOUND)?;
+    let start = Instant::now();
+    pause();
+    let slept = start.elapsed();
+    alarm_after(Duration::ZERO)?;
+    let alarm_ended_it = handled(libc::SIGALRM).0 == alarms + 1;
+    say.step(format!(
+        "flag checked: no wake-up yet. In the window before pause(), kill(self, SIGUSR1): the \
+         handler {} at once; then pause() slept {:.0} ms, until the {} ms SIGALRM bound {}: the \
+         wake-up was lost (without the bound, pause() would sleep for ever)",
+        if handled_in_window {
+            "ran"
+        } else {
+            "did NOT run"
+        },
+        slept.as_secs_f64() * 1e3,
+        BOUND.as_millis(),
+        if alarm_ended_it {
+            "ended it"
+        } else {
+            "(which did NOT end it)"
+        }
+    ));
+    if !(handled_in_window && alarm_ended_it) {
+        bail!("expected the wake-up handled before pause(), and pause() ended by SIGALRM");
+    }
+
+    // sigsuspend(): block first, check, then unblock-and-sleep in one call.
+    let old = block_keeping_old(&[libc::SIGUSR1])?;
+    let woken = handled(libc::SIGUSR1).0;
+    if handled(libc::SIGUSR1).0 != woken {
+        bail!("the wake-up came before the check");
+    }
+    // The same window, the same wake-up sent into it.
+    send(me, libc::SIGUSR1, None).context("kill(self, SIGUSR1)")?;
+    let waiting = pending(libc::SIGUSR1)? && handled(libc::SIGUSR1).0 == woken;
+    alarm_after(BOUND)?;
+    let start = Instant::now();
+    suspend(&old)?; // the mask of before: SIGUSR1 not blocked
+    let took = start.elapsed();
+    alarm_after(Duration::ZERO)?;
+    set_mask(&old)?;
+    let woke_on_it = handled(libc::SIGUSR1).0 == woken + 1;
+    let alarm_free = handled(libc::SIGALRM).0 == alarms + 1;
+    say.step(format!(
+        "sigprocmask(SIG_BLOCK, SIGUSR1), flag checked, the same kill(self, SIGUSR1) in the \
+         window: {}; sigsuspend(mask without SIGUSR1) unblocked and slept in one step, so the \
+         pending signal was delivered at once: it returned after {:.3} ms, {}",
+        if waiting {
+            "not handled, pending (blocked)"
+        } else {
+            "NOT pending"
+        },
+        took.as_secs_f64() * 1e3,
+        if woke_on_it && alarm_free {
+            "woken by the handler of that very SIGUSR1, no SIGALRM needed: no wake-up is lost"
+        } else {
+            "NOT by that SIGUSR1"
+        }
+    ));
+    if !(waiting && woke_on_it && alarm_free) {
+        bail!("expected sigsuspend to return on the pending SIGUSR1 without the SIGALRM bound");
+    }
+    Ok(())
+}
+
+/// Step 11: accept a blocked signal synchronously, with its siginfo.
+fn wait_for_signal(say: &Narrator, count: &mut Count) -> Result<()> {
+    let rt4 = libc::SIGRTMIN() + 4;
+    let old = block_keeping_old(&[rt4])?;
+    let result = (|| -> Result<()> {
+        // SAFETY: single-threaded, as above.
+        let child = match unsafe { fork() }.context("fork()")? {
+            ForkResult::Child => {
+                let parent = nix::unistd::getppid();
+                let sent = send(parent, rt4, Some(77));
+                std::process::exit(if sent.is_ok() { 0 } else { 1 });
+            }
+            ForkResult::Parent { child } => child,
+        };
+        let got = wait_info(&[rt4], PROMPTLY)?;
+        let exit = wait_pid(child, PROMPTLY)?;
+        let Some(r) = got else {
+            bail!("no SIGRTMIN+4 from the child (pid {child}, which {exit})");
+        };
+        say.step(format!(
+            "sigprocmask(SIG_BLOCK, SIGRTMIN+4); a child (pid {child}) sigqueues it to us; \
+             sigtimedwait(SIGRTMIN+4, {} s) → {}: accepted synchronously, no handler ran, the \
+             siginfo is the call's result",
+            PROMPTLY.as_secs(),
+            describe(&r)
+        ));
+        if r.signo != rt4 || r.pid != child.as_raw() || r.value != 77 {
+            bail!("expected SIGRTMIN+4 from pid {child} with value 77");
+        }
+        count.signals += 1;
+        let start = Instant::now();
+        let none = wait_info(&[rt4], Duration::from_millis(200))?;
+        say.step(format!(
+            "sigtimedwait(SIGRTMIN+4, 200 ms) with nothing pending → {} after {:.0} ms. \
+             sigwaitinfo is the same call without the limit; sigwaitinfo and a signalfd (step \
+             8) both take blocked signals as data, in the order the code chooses",
+            if none.is_none() {
+                "EAGAIN".to_string()
+            } else {
+                "a signal?".to_string()
+            },
+            start.elapsed().as_secs_f64() * 1e3
+        ));
+        if none.is_some() {
+            bail!("expected sigtimedwait to time out with EAGAIN");
+        }
+        Ok(())
+    })();
+    set_mask(&old)?;
+    result
+}
+
+/// How many children step 12 starts at once.
+const CHILDREN: u64 = 5;
+
+/// Step 12: several children exit while SIGCHLD is pending: one handler
+/// run, and its WNOHANG loop reaps them all. Then SIG_IGN: no zombie.
+fn reaping(say: &Narrator, count: &mut Count) -> Result<()> {
+    install_reaper()?;
+    let (runs, reaped) = reaper_counts();
+    let old = block_keeping_old(&[libc::SIGCHLD])?;
+    let mut children = Vec::new();
+    for code in 0..CHILDREN {
+        // SAFETY: single-threaded, as above.
+        match unsafe { fork() }.context("fork()")? {
+            ForkResult::Child => std::process::exit(code as i32),
+            ForkResult::Parent { child } => children.push(child),
+        }
+    }
+    // Bounded: until every one of them has exited (is a zombie).
+    let deadline = Instant::now() + PROMPTLY;
+    while !children.iter().all(|&c| proc_state(c) == Some('Z')) {
+        if Instant::now() >= deadline {
+            set_mask(&old)?;
+            bail!("the children did not all exit within {PROMPTLY:?}");
+        }
+        sleep(Duration::from_millis(5));
+    }
+    let one_pending = pending(libc::SIGCHLD)?;
+    say.step(format!(
+        "sigprocmask(SIG_BLOCK, SIGCHLD); {CHILDREN} children forked, and all {CHILDREN} have \
+         exited (zombies in /proc); SIGCHLD is {}",
+        if one_pending {
+            "pending: one bit for five exits"
+        } else {
+            "NOT pending"
+        }
+    ));
+    set_mask(&old)?; // the pending SIGCHLD is delivered before this returns
+    let (runs_now, reaped_now) = reaper_counts();
+    let (ran, took) = (runs_now - runs, reaped_now - reaped);
+    let left = zombie_children();
+    say.step(format!(
+        "unblocked: the SIGCHLD handler ran {ran} time(s) for {CHILDREN} exits (standard \
+         signals coalesce), and its waitpid(-1, WNOHANG) loop reaped {took}; zombies left: {}. \
+         A handler that reaped one child per SIGCHLD would have left {} zombies",
+        left.len(),
+        CHILDREN - 1
+    ));
+    sigchld_disposition(SigHandler::SigDfl)?;
+    if !(one_pending && ran == 1 && took == CHILDREN && left.is_empty()) {
+        bail!("expected one SIGCHLD, {CHILDREN} reaped by its loop, no zombie");
+    }
+    count.signals += 1;
+
+    // SIG_IGN on SIGCHLD: the kernel reaps at once.
+    sigchld_disposition(SigHandler::SigIgn)?;
+    let result = (|| -> Result<()> {
+        // SAFETY: single-threaded, as above.
+        let child = match unsafe { fork() }.context("fork()")? {
+            ForkResult::Child => std::process::exit(3),
+            ForkResult::Parent { child } => child,
+        };
+        let deadline = Instant::now() + PROMPTLY;
+        while proc_state(child).is_some() {
+            if Instant::now() >= deadline {
+                bail!("child {child} still in /proc after {PROMPTLY:?}");
+            }
+            sleep(Duration::from_millis(5));
+        }
+        let waited = nix::sys::wait::waitpid(child, None);
+        say.step(format!(
+            "sigaction(SIGCHLD, SIG_IGN); a child (pid {child}) exits with status 3: no zombie, \
+             /proc/{child} is gone at once, and waitpid({child}) → {}: the kernel reaped it, \
+             its exit status is lost",
+            match waited {
+                Err(e) => format!("{e:?}"),
+                Ok(s) => format!("{s:?}"),
+            }
+        ));
+        if waited != Err(Errno::ECHILD) {
+            bail!("expected waitpid to fail with ECHILD under SIG_IGN");
+        }
+        Ok(())
+    })();
+    sigchld_disposition(SigHandler::SigDfl)?;
+    result
+}
+
+/// Step 13: SIGBUS from a mapping whose file shrank under it.
+fn bus_error(say: &Narrator) -> Result<()> {
+    // SAFETY: single-threaded, as above.
+    let child = match unsafe { fork() }.context("fork()")? {
+        ForkResult::Child => {
+            let say = say.with_role("child");
+            if let Err(e) = touch_past_the_end(&say) {
+                say.step(format!("error: {e:#}"));
+                std::process::exit(1);
+            }
+            std::process::exit(0); // not reached if the fault happened
+        }
+        ForkResult::Parent { child } => child,
+    };
+    let exit = wait_pid(child, PROMPTLY)?;
+    say.step(format!(
+        "the child touched its mapping past the file's new end: waitpid says it {exit}. SIGSEGV \
+         is an address with no mapping; SIGBUS is a mapping with no file page behind it (the \
+         trap of every shared-memory reader whose segment is truncated: shm-demo, memfd-demo)"
+    ));
+    if exit != PeerExit::Killed(Signal::SIGBUS) {
+        bail!("expected SIGBUS, the child {exit}");
+    }
+    Ok(())
+}
+
+/// Step 14's round trips.
+const ROUND_TRIPS: u64 = 10_000;
+
+/// Step 14: signal ping-pong (TLPI's sig_speed_sigsuspend): each side
+/// blocks SIGUSR1 and waits for it in sigsuspend, then sends it back.
+fn ping_pong(say: &Narrator, count: &mut Count) -> Result<()> {
+    install(libc::SIGUSR1, 0, &[])?;
+    install(libc::SIGALRM, 0, &[])?;
+    // Blocked before fork, so the child inherits the mask and no reply can
+    // come before we wait for it: it stays pending until sigsuspend.
+    let old = block_keeping_old(&[libc::SIGUSR1])?;
+    let result = (|| -> Result<()> {
+        let (child, mut link) = fork_with_link(say, pong_child)?;
+        link.hear(b'r')?;
+        let alarms = handled(libc::SIGALRM).0;
+        let base = handled(libc::SIGUSR1).0;
+        // The bound: if the child stops answering, SIGALRM ends our wait.
+        alarm_after(PROMPTLY)?;
+        let start = Instant::now();
+        for trip in 1..=ROUND_TRIPS {
+            send(child, libc::SIGUSR1, None).context("kill(child, SIGUSR1)")?;
+            while handled(libc::SIGUSR1).0 < base + trip {
+                if handled(libc::SIGALRM).0 != alarms {
+                    bail!("no answer from the child within {PROMPTLY:?} (round trip {trip})");
+                }
+                suspend(&old)?;
+            }
+        }
+        let took = start.elapsed();
+        alarm_after(Duration::ZERO)?;
+        drop(link); // close(2)
+        let exit = wait_pid(child, PROMPTLY)?;
+        if !exit.success() {
+            bail!("the ping-pong child {exit}");
+        }
+        say.step(format!(
+            "{ROUND_TRIPS} round trips of SIGUSR1 (kill, then sigsuspend for the reply) in {:.0} \
+             ms: about {:.0} round trips per second on this run (a narrated figure, not a \
+             benchmark: each trip is two signals and four system calls, kill and sigsuspend on \
+             each side)",
+            took.as_secs_f64() * 1e3,
+            ROUND_TRIPS as f64 / took.as_secs_f64().max(1e-9)
+        ));
+        count.signals += 2 * ROUND_TRIPS;
+        Ok(())
+    })();
+    set_mask(&old)?;
+    // Back to the default actions: the tour has no handler for them now.
+    default_action(libc::SIGUSR1)?;
+    default_action(libc::SIGALRM)?;
+    result
+}
+
+fn pong_child(link: &mut Link, _say: &Narrator) -> Result<()> {
+    // The handler and the blocked SIGUSR1 came with fork; the parent is
+    // the one to answer. A bound, should the parent vanish: SIGALRM's
+    // handler ends a wait, and the loop gives up.
+    let parent = nix::unistd::getppid();
+    // SAFETY: sigprocmask with a null new set only reads the mask.
+    let mut mask: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer; SIG_BLOCK with no set changes nothing.
+    Errno::result(unsafe { libc::sigprocmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask) })
+        .context("sigprocmask")?;
+    // SAFETY: `mask` is the valid set just read.
+    unsafe { libc::sigdelset(&mut mask, libc::SIGUSR1) };
+    let alarms = handled(libc::SIGALRM).0;
+    let base = handled(libc::SIGUSR1).0;
+    alarm_after(PROMPTLY)?;
+    link.tell(b'r')?;
+    for trip in 1..=ROUND_TRIPS {
+        while handled(libc::SIGUSR1).0 < base + trip {
+            if handled(libc::SIGALRM).0 != alarms {
+                bail!("no ping from the parent within {PROMPTLY:?} (round trip {trip})");
+            }
+            suspend(&mask)?;
+        }
+        send(parent, libc::SIGUSR1, None).context("kill(parent, SIGUSR1)")?;
+    }
     Ok(())
 }
