@@ -29,7 +29,7 @@
 //! ## Run it
 //!
 //! ```text
-//! cargo run -p signal-demo                       # the tour, fourteen steps
+//! cargo run -p signal-demo                       # the tour, fifteen steps
 //! cargo run -p signal-demo -- receiver           # terminal 1: prints its pid
 //! kill -USR1 PID                                 # terminal 2, or:
 //! cargo run -p signal-demo -- sender --pid PID --signal RTMIN+1 --value 7 --count 3
@@ -61,7 +61,10 @@
 //!   handler's `waitpid(-1, WNOHANG)` loop reaps all five; with SIG_IGN no
 //!   zombie at all and `waitpid` → `ECHILD`;
 //! - SIGBUS from reading a mapping past the end of a truncated file;
-//! - signal round trips per second (ping-pong with `sigsuspend`).
+//! - signal round trips per second (ping-pong with `sigsuspend`);
+//! - a pidfd turning readable when its process exits, then `ESRCH`; as
+//!   root, a pid reused in a new pid namespace: `kill(pid, 0)` answers for
+//!   the newcomer, the old pidfd says `ESRCH`.
 //!
 //! The mechanism is in `src/ipc.rs`; the story's steps in `src/story.rs`.
 //! (The tour's fork-and-pipe plumbing and the fault-raising helpers are in
@@ -95,12 +98,13 @@ signal-demo: signals, from handlers to signalfd
 
 USAGE:
     signal-demo [--quiet]
-        The tour, fourteen steps, with forked children: SA_SIGINFO handlers
+        The tour, fifteen steps, with forked children: SA_SIGINFO handlers
         and how they nest, blocking and pending, queued real-time signals,
         EINTR vs SA_RESTART, a timer, SIGCHLD and zombies, what cannot be
         caught, hardware faults, signalfd, a flood (self-pipe vs signalfd),
         the wake-up pause() loses and sigsuspend keeps, sigtimedwait,
-        SIGCHLD reaping (WNOHANG loop, SIG_IGN), SIGBUS, and a ping-pong.
+        SIGCHLD reaping (WNOHANG loop, SIG_IGN), SIGBUS, a ping-pong, and
+        pidfds (a reused pid shown in a new pid namespace when root).
     signal-demo receiver [--count N] [--timeout SECS] [--quiet]
         Print this process's pid, then one line per signal handled (SIGUSR1,
         SIGUSR2, SIGHUP, SIGALRM, SIGQUIT, SIGRTMIN..SIGRTMAX), then a count

@@ -1,4 +1,4 @@
-//! The tour, one terminal: fourteen steps, each a function that narrates one
+//! The tour, one terminal: fifteen steps, each a function that narrates one
 //! rule of signals and checks that the kernel did what the narration says.
 //! Every step heading is printed from `story()`, in order.
 
@@ -23,8 +23,9 @@ use crate::checks::{
 };
 use crate::ipc::{
     FullQueue, Record, Records, alarm_after, bit, block, block_keeping_old, default_action,
-    handled, install, install_reaper, pause, pending, read_signalfd, reaper_counts, send,
-    send_retrying, set_mask, sigchld_disposition, signalfd_of, suspend, wait_info,
+    handled, install, install_reaper, pause, pending, pidfd_exited, pidfd_open, pidfd_send_signal,
+    read_signalfd, reaper_counts, send, send_retrying, set_mask, sigchld_disposition, signalfd_of,
+    suspend, wait_info,
 };
 
 /// What the tour counts for its summary.
@@ -110,6 +111,11 @@ pub fn story(quiet: bool) -> Result<()> {
         "14. Ping-pong: signals as a round trip, sigsuspend on both sides",
     );
     ping_pong(&say, &mut count)?;
+    heading(
+        &say,
+        "15. pidfd: a process named for good; kill(pid, 0) answers for a reused pid",
+    );
+    pidfds(&say, &mut count)?;
 
     let zombies = zombie_children();
     say.step(if zombies.is_empty() {
@@ -1146,4 +1152,160 @@ fn pong_child(link: &mut Link, _say: &Narrator) -> Result<()> {
         send(parent, libc::SIGUSR1, None).context("kill(parent, SIGUSR1)")?;
     }
     Ok(())
+}
+
+/// Step 15: a pidfd names one process; a pid names whoever has it now.
+fn pidfds(say: &Narrator, count: &mut Count) -> Result<()> {
+    // A child that would wait PROMPTLY for a word that never comes.
+    let (child, link) = fork_with_link(say, |link, _say| {
+        let _ = link.hear(b'x');
+        Ok(())
+    })?;
+    let pidfd = pidfd_open(child)?;
+    let alive = !pidfd_exited(&pidfd, Duration::ZERO)?;
+    pidfd_send_signal(&pidfd, libc::SIGTERM).context("pidfd_send_signal(SIGTERM)")?;
+    count.signals += 1;
+    let exited = pidfd_exited(&pidfd, PROMPTLY)?;
+    say.step(format!(
+        "pidfd_open({child}) → a descriptor for that process; poll: {}; \
+         pidfd_send_signal(pidfd, SIGTERM); poll(pidfd, POLLIN) → {}",
+        if alive {
+            "not readable, it runs"
+        } else {
+            "readable already?"
+        },
+        if exited {
+            "readable: it has exited (the parent learns it without SIGCHLD or a blocking waitpid)"
+        } else {
+            "NOT readable"
+        }
+    ));
+    let exit = wait_pid(child, PROMPTLY)?;
+    drop(link); // close(2)
+    let after = pidfd_send_signal(&pidfd, libc::SIGTERM);
+    say.step(format!(
+        "waitpid({child}): it {exit}; pidfd_send_signal on the same pidfd now → {}: it names \
+         that process for good, which is gone",
+        match after {
+            Err(e) => format!("{e:?}"),
+            Ok(()) => "success?".to_string(),
+        }
+    ));
+    drop(pidfd); // close(2)
+    if !(alive && exited && exit == PeerExit::Killed(Signal::SIGTERM) && after == Err(Errno::ESRCH))
+    {
+        bail!("expected: alive, then readable after SIGTERM, then ESRCH after waitpid");
+    }
+
+    // The pid-reuse race, made to happen: in a new pid namespace, where
+    // this demo's pids are the only ones and ns_last_pid says which comes
+    // next. Needs root (CAP_SYS_ADMIN); without, it is told in words.
+    // SAFETY: single-threaded, as above.
+    let helper = match unsafe { fork() }.context("fork()")? {
+        ForkResult::Child => std::process::exit(in_new_pid_namespace(&say.with_role("child"))),
+        ForkResult::Parent { child } => child,
+    };
+    match wait_pid(helper, PROMPTLY)? {
+        PeerExit::Exited(0) => Ok(()),
+        PeerExit::Exited(3) => {
+            say.step(
+                "(not shown here: a new pid namespace and its ns_last_pid need root. The race \
+                 in words: a process exits and is reaped; the kernel hands its pid to the next \
+                 fork; kill(pid, 0) and kill(pid, SIGTERM) now reach the newcomer. A pidfd \
+                 opened before the exit answers ESRCH instead: it can never reach a newcomer)",
+            );
+            Ok(())
+        }
+        other => bail!("the pid-reuse child {other}"),
+    }
+}
+
+/// In a forked helper: unshare(CLONE_NEWPID), so that its next child is
+/// pid 1 of a new namespace; that child shows a pid reused. Returns the
+/// exit status: 0 shown, 3 not permitted (no namespace, or ns_last_pid
+/// refused), 1 failed.
+fn in_new_pid_namespace(say: &Narrator) -> i32 {
+    // SAFETY: unshare takes flags only.
+    if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+        return 3;
+    }
+    // SAFETY: single-threaded, as above.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => std::process::exit(match reuse_a_pid(say) {
+            Ok(true) => 0,
+            Ok(false) => 3,
+            Err(e) => {
+                say.step(format!("error: {e:#}"));
+                1
+            }
+        }),
+        Ok(ForkResult::Parent { child }) => match wait_pid(child, PROMPTLY) {
+            Ok(PeerExit::Exited(code)) => code,
+            _ => 1,
+        },
+        Err(_) => 1,
+    }
+}
+
+/// Pid 1 of a new pid namespace (when it exits, the kernel kills every
+/// process left in it): fork A, open a pidfd on it, let it exit and reap
+/// it; set ns_last_pid so the next fork gets A's number; fork B.
+/// Ok(false): not permitted to set ns_last_pid.
+fn reuse_a_pid(say: &Narrator) -> Result<bool> {
+    // SAFETY: single-threaded, as above.
+    let a = match unsafe { fork() }.context("fork()")? {
+        ForkResult::Child => std::process::exit(0),
+        ForkResult::Parent { child } => child,
+    };
+    let pidfd_a = pidfd_open(a)?;
+    let exit = wait_pid(a, PROMPTLY)?;
+    // The next pid this namespace hands out is ns_last_pid + 1. Refused
+    // without CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE): then say so.
+    if std::fs::write(
+        "/proc/sys/kernel/ns_last_pid",
+        format!("{}", a.as_raw() - 1),
+    )
+    .is_err()
+    {
+        return Ok(false);
+    }
+    // SAFETY: single-threaded, as above.
+    let b = match unsafe { fork() }.context("fork()")? {
+        ForkResult::Child => {
+            // B waits to be killed; bounded, should that not come.
+            sleep(PROMPTLY);
+            std::process::exit(0);
+        }
+        ForkResult::Parent { child } => child,
+    };
+    let probe = send(a, 0, None);
+    let through_pidfd = pidfd_send_signal(&pidfd_a, libc::SIGKILL);
+    say.step(format!(
+        "in a new pid namespace (unshare(CLONE_NEWPID), I am its pid 1): process A = pid {a} \
+         {exit}, reaped; ns_last_pid = {}, then fork → B = pid {b}{}",
+        a.as_raw() - 1,
+        if a == b {
+            ": A's number, reused"
+        } else {
+            ": NOT A's number"
+        }
+    ));
+    say.step(format!(
+        "kill({a}, 0) → {}: it answers for B, not the A you meant; pidfd_send_signal(A's pidfd, \
+         SIGKILL) → {}: the pidfd cannot reach the newcomer",
+        match probe {
+            Ok(()) => "success".to_string(),
+            Err(e) => format!("{e:?}"),
+        },
+        match through_pidfd {
+            Ok(()) => "success?!".to_string(),
+            Err(e) => format!("{e:?}"),
+        }
+    ));
+    kill(b, Signal::SIGKILL).context("kill(B)")?;
+    let _ = wait_pid(b, PROMPTLY)?;
+    if !(a == b && probe.is_ok() && through_pidfd == Err(Errno::ESRCH)) {
+        bail!("expected pid {a} reused by B, kill(pid, 0) to succeed and the pidfd to say ESRCH");
+    }
+    Ok(true)
 }

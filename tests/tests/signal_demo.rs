@@ -641,9 +641,12 @@ fn assert_step_says(stdout: &str, number: &str, expected: &[&str]) {
 /// takes a blocked signal with its siginfo, then times out with EAGAIN;
 /// five exits while SIGCHLD is blocked make one SIGCHLD, whose WNOHANG
 /// loop reaps all five; SIG_IGN leaves no zombie and waitpid says ECHILD;
-/// a truncated file's mapping raises SIGBUS; the ping-pong gives a rate.
+/// a truncated file's mapping raises SIGBUS; the ping-pong gives a rate;
+/// a pidfd sees its process exit, then says ESRCH, also when its pid has
+/// been reused (made to happen in a new pid namespace) and kill(pid, 0)
+/// answers for the newcomer.
 #[test]
-fn the_tour_shows_sigsuspend_sigtimedwait_reaping_sigbus_and_a_ping_pong() {
+fn the_tour_shows_sigsuspend_sigtimedwait_reaping_sigbus_ping_pong_and_pidfds() {
     for _ in 0..3 {
         let out = run(SIGNAL_DEMO, &["--quiet"], SHORT);
         assert_eq!(out.code(), 0, "{}", out.describe());
@@ -688,5 +691,43 @@ fn the_tour_shows_sigsuspend_sigtimedwait_reaping_sigbus_and_a_ping_pong() {
             .unwrap_or_else(|| panic!("step 14 names no rate\n{stdout}"));
         assert!(rate > 0, "{pong}");
         assert!(pong.contains("10000 round trips of SIGUSR1"), "{pong}");
+        // As root: the pid reuse is made to happen in a new pid namespace.
+        assert_step_says(
+            stdout,
+            "15",
+            &[
+                "poll: not readable, it runs",
+                "poll(pidfd, POLLIN) → readable: it has exited",
+                "pidfd_send_signal on the same pidfd now → ESRCH",
+                ": A's number, reused",
+                "0) → success: it answers for B, not the A you meant",
+                "SIGKILL) → ESRCH: the pidfd cannot reach the newcomer",
+            ],
+        );
     }
+}
+
+/// Not root: no new pid namespace, so step 15 tells the pid-reuse race in
+/// words instead of failing; the rest of the tour runs the same.
+#[test]
+fn the_tour_as_another_user_tells_the_pid_reuse_race_in_words() {
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    let mut cmd = demo(SIGNAL_DEMO, &["--quiet"]);
+    cmd.uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = Proc::start(cmd).finish(SHORT);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_eq!(out.summary_field("errors"), "0");
+    assert_step_says(
+        &out.stdout,
+        "15",
+        &[
+            "pidfd_send_signal on the same pidfd now → ESRCH",
+            "not shown here: a new pid namespace and its ns_last_pid need root",
+        ],
+    );
 }
