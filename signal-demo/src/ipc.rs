@@ -1,10 +1,13 @@
-//! The mechanism: signal handlers, masks, sending, signalfd, and the two
-//! roles, `receiver` and `sender`, for two terminals.
+//! The mechanism: signal handlers, masks, sending, waiting, signalfd,
+//! pidfds, and the two roles, `receiver` and `sender`, for two terminals.
 //!
 //! Read it top to bottom: the handler (`on_signal`) and what it may touch,
 //! `install` (sigaction), the self-pipe the handler writes to, `send`
 //! (kill / sigqueue), `block` and `pending` (sigprocmask, sigpending),
-//! `signalfd_of` (signals as records on a descriptor), then the roles.
+//! `signalfd_of` (signals as records on a descriptor), the waits (`pause`,
+//! `suspend` = sigsuspend, `wait_info` = sigtimedwait, `alarm_after` =
+//! setitimer), a SIGCHLD handler that reaps (`reap_children`), pidfds
+//! (`pidfd_open`, `pidfd_send_signal`, `pidfd_exited`), then the roles.
 //! The tour's steps, which use these, are in `story.rs`.
 
 use std::ffi::c_void;
