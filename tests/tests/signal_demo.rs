@@ -613,3 +613,121 @@ fn a_second_ctrl_c_ends_a_receiver_stuck_printing() {
         done.describe()
     );
 }
+
+/// The lines of one step of the tour, from its heading to the next one.
+fn step<'a>(stdout: &'a str, number: &str) -> Vec<&'a str> {
+    let heading = format!("== {number}. ");
+    stdout
+        .lines()
+        .skip_while(|l| !l.starts_with(&heading))
+        .skip(1)
+        .take_while(|l| !l.starts_with("== "))
+        .collect()
+}
+
+fn assert_step_says(stdout: &str, number: &str, expected: &[&str]) {
+    let lines = step(stdout, number).join("\n");
+    for e in expected {
+        assert!(
+            lines.contains(e),
+            "step {number}: missing {e:?}\n{lines}\n---\n{stdout}"
+        );
+    }
+}
+
+/// Steps 10 to 14 show their lessons on every run (3 runs): the wake-up
+/// sent between the flag check and pause() is lost (pause sleeps until the
+/// SIGALRM bound), the same one with sigsuspend is kept; sigtimedwait
+/// takes a blocked signal with its siginfo, then times out with EAGAIN;
+/// five exits while SIGCHLD is blocked make one SIGCHLD, whose WNOHANG
+/// loop reaps all five; SIG_IGN leaves no zombie and waitpid says ECHILD;
+/// a truncated file's mapping raises SIGBUS; the ping-pong gives a rate;
+/// a pidfd sees its process exit, then says ESRCH, also when its pid has
+/// been reused (made to happen in a new pid namespace) and kill(pid, 0)
+/// answers for the newcomer.
+#[test]
+fn the_tour_shows_sigsuspend_sigtimedwait_reaping_sigbus_ping_pong_and_pidfds() {
+    for _ in 0..3 {
+        let out = run(SIGNAL_DEMO, &["--quiet"], SHORT);
+        assert_eq!(out.code(), 0, "{}", out.describe());
+        assert_eq!(out.summary_field("errors"), "0");
+        let stdout = &out.stdout;
+        assert_step_says(
+            stdout,
+            "10",
+            &[
+                "In the window before pause(), kill(self, SIGUSR1): the handler ran at once",
+                "SIGALRM bound ended it: the wake-up was lost",
+                "in the window: not handled, pending (blocked)",
+                "woken by the handler of that very SIGUSR1, no SIGALRM needed",
+            ],
+        );
+        assert_step_says(
+            stdout,
+            "11",
+            &[
+                "via sigqueue (SI_QUEUE), value 77: accepted synchronously, no handler ran",
+                "with nothing pending → EAGAIN after",
+            ],
+        );
+        assert_step_says(
+            stdout,
+            "12",
+            &[
+                "SIGCHLD is pending: one bit for five exits",
+                "the SIGCHLD handler ran 1 time(s) for 5 exits",
+                "loop reaped 5; zombies left: 0",
+                "no zombie, /proc/",
+                "→ ECHILD",
+            ],
+        );
+        assert_step_says(stdout, "13", &["waitpid says it was killed by SIGBUS"]);
+        let pong = step(stdout, "14").join("\n");
+        let rate = pong
+            .split("about ")
+            .nth(1)
+            .and_then(|r| r.split(" round trips per second").next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("step 14 names no rate\n{stdout}"));
+        assert!(rate > 0, "{pong}");
+        assert!(pong.contains("10000 round trips of SIGUSR1"), "{pong}");
+        // As root: the pid reuse is made to happen in a new pid namespace.
+        assert_step_says(
+            stdout,
+            "15",
+            &[
+                "poll: not readable, it runs",
+                "poll(pidfd, POLLIN) → readable: it has exited",
+                "pidfd_send_signal on the same pidfd now → ESRCH",
+                ": A's number, reused",
+                "0) → success: it answers for B, not the A you meant",
+                "SIGKILL) → ESRCH: the pidfd cannot reach the newcomer",
+            ],
+        );
+    }
+}
+
+/// Not root: no new pid namespace, so step 15 tells the pid-reuse race in
+/// words instead of failing; the rest of the tour runs the same.
+#[test]
+fn the_tour_as_another_user_tells_the_pid_reuse_race_in_words() {
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    let mut cmd = demo(SIGNAL_DEMO, &["--quiet"]);
+    cmd.uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = Proc::start(cmd).finish(SHORT);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_eq!(out.summary_field("errors"), "0");
+    assert_step_says(
+        &out.stdout,
+        "15",
+        &[
+            "pidfd_send_signal on the same pidfd now → ESRCH",
+            "not shown here: a new pid namespace and its ns_last_pid need root",
+        ],
+    );
+}
