@@ -1,0 +1,792 @@
+//! The story, one terminal: each step shows one property of semaphores
+//! between processes and checks that the kernel did what the narration
+//! says. Every step heading is printed from [`story`], in order; each step
+//! is one function.
+//!
+//! The workers are forked children: they inherit one `MAP_SHARED` page
+//! ([`Shared`]) that holds the counter they race on, the starting barrier
+//! and the unnamed semaphores (`sem_init` with `pshared = 1`).
+
+use std::cell::UnsafeCell;
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use common::cleanup::{SysvGuard, SysvKind, check_stop, unique_name};
+use common::peer::PeerExit;
+use common::psem::{self, NamedSem, SharedSem, Wait};
+use common::report::{Narrator, Stream, Summary};
+use common::sysv_sem::SemSet;
+use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
+use nix::sys::signal::{Signal, kill};
+
+use crate::checks::{Workers, fork_child, now_ns};
+use crate::ipc_posix::{lock_or_recover, unlock};
+use crate::ipc_sysv::{self, Undo, semop, semops, wait_initialised};
+use crate::{INIT_PATIENCE, LOCK_PATIENCE, LOCK_TICK, StoryOptions};
+
+/// How long the story waits for its worker processes.
+const WORKERS_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the story's workers wait at the starting barrier for the
+/// others to arrive.
+const BARRIER_PATIENCE: Duration = Duration::from_secs(30);
+/// The story's workers do their increments in this many rounds, each
+/// started at a barrier.
+const ROUNDS: u64 = 20;
+/// How long the last worker at the barrier waits to see another one
+/// running at the same time before it says go anyway.
+const BEAT_PATIENCE: Duration = Duration::from_millis(200);
+
+pub fn story(opts: &StoryOptions) -> Result<()> {
+    let say = Narrator::new("parent", opts.quiet, Stream::Stdout);
+    let expected = opts.workers * opts.iterations;
+    say.line(format!(
+        "sem-demo: {} worker processes x {} increments of one shared counter (parent pid {})",
+        opts.workers,
+        opts.iterations,
+        std::process::id()
+    ));
+    let page = SharedPage::new()?;
+    let shared = page.get();
+
+    say.line("\n== 1. The race: no lock ==");
+    let race = race(shared, opts, &say)?;
+
+    say.line("\n== 2. A POSIX named semaphore as a lock ==");
+    let named = named_lock(shared, opts, &say)?;
+
+    say.line("\n== 3. An unnamed semaphore inside the shared memory ==");
+    let (unnamed_lock, unnamed) = unnamed_lock(shared, opts, &race, &say)?;
+
+    say.line("\n== 4. A semaphore as a signal: ordering two processes ==");
+    signalling(shared, &say)?;
+
+    say.line("\n== 5. System V semaphore sets: several counters, one atomic semop ==");
+    sysv_sets(&say)?;
+
+    say.line("\n== 6. System V's initialisation race: semget, then SETVAL ==");
+    sysv_init_race(shared, &say)?;
+
+    say.line("\n== 7. The crash hazard: a lock holder killed by SIGKILL ==");
+    crash_sysv(&say)?;
+    crash_posix(shared, unnamed_lock, &say)?;
+    // sem_destroy(3). SAFETY: every process that used it has exited.
+    unsafe {
+        let _ = unnamed_lock.destroy();
+    }
+
+    let locked_lost = expected.saturating_sub(named.count) + expected.saturating_sub(unnamed.count);
+    say.line("");
+    say.line(Summary {
+        mechanism: "sem",
+        messages: 2 * expected,
+        bytes: 0,
+        errors: locked_lost,
+        elapsed: named.run.took + unnamed.run.took,
+    });
+    if locked_lost > 0 {
+        bail!("{locked_lost} updates lost even under a lock");
+    }
+    Ok(())
+}
+
+/// What a locked step counted, and how long it took.
+struct Counted {
+    count: u64,
+    run: Run,
+}
+
+/// Step 1: the workers increment the shared counter with no lock, and
+/// updates are lost.
+fn race(shared: &Shared, opts: &StoryOptions, say: &Narrator) -> Result<Run> {
+    let expected = opts.workers * opts.iterations;
+    let race = run_workers(shared, opts.workers, opts.iterations, say, || {
+        increment(shared, Lock::None, opts.iterations)
+    })?;
+    let actual = shared.counter.load(Ordering::Relaxed);
+    let lost = expected.saturating_sub(actual);
+    say.step(format!(
+        "the workers waited for each other at a barrier, then ran at once: expected {expected}, \
+         got {actual}: {lost} updates lost ({:.1} ns per increment)",
+        race.per_increment
+    ));
+    if lost > 0 {
+        say.step("each lost update is two workers loading the same value and both storing value+1");
+    } else {
+        say.step(format!(
+            "no update was lost this time. The race is still there, but it shows only while two \
+             workers run at the same instant, and {} core(s) busy with other programs (or one \
+             worker) may let each run its increments alone. Run again, or raise --iterations",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ));
+    }
+    Ok(race)
+}
+
+/// Step 2: the same increments under a named semaphore: none lost.
+fn named_lock(shared: &Shared, opts: &StoryOptions, say: &Narrator) -> Result<Counted> {
+    let expected = opts.workers * opts.iterations;
+    let name = format!("/{}", unique_name("sem-demo"));
+    // sem_open(name, O_CREAT|O_EXCL, 0600, 1): a new semaphore at 1, a lock.
+    let named = NamedSem::create(&name, 0o600, 1)
+        .with_context(|| format!("sem_open({name}, O_CREAT|O_EXCL, 0600, 1)"))?;
+    // The name is removed on every way out; the workers keep their handle.
+    let _unlink = psem::NameGuard::new(&name); // sem_unlink(3) on drop
+    say.step(format!(
+        "sem_open({name}, O_CREAT|O_EXCL, 0600, 1): value 1, a lock. It lives in the file {}: \
+         a sem_t that every process opening the name maps, in the same directory as shm_open's \
+         segments (shm_open(\"/sem.{}\") is this very file)",
+        psem::sem_path(&name),
+        &name[1..]
+    ));
+    say.step(
+        "post and wait are atomic instructions on that memory; the kernel is entered (futex) \
+         only to put a waiter to sleep or to wake one",
+    );
+    shared.counter.store(0, Ordering::Relaxed);
+    let sem = named.sem();
+    let run = run_workers(shared, opts.workers, opts.iterations, say, || {
+        increment(shared, Lock::Posix(sem), opts.iterations)
+    })?;
+    let count = shared.counter.load(Ordering::Relaxed);
+    say.step(format!(
+        "sem_wait / increment / sem_post: expected {expected}, got {count} ({:.1} ns per \
+         increment, the lock included)",
+        run.per_increment
+    ));
+    drop(named); // sem_close(3): our mapping of the file goes
+    psem::unlink(&name).with_context(|| format!("sem_unlink({name})"))?;
+    say.step(format!("sem_close, sem_unlink({name}): the name is gone"));
+    Ok(Counted { count, run })
+}
+
+/// Step 3: the same under an unnamed semaphore in the shared page. Returns
+/// the semaphore too: step 7 uses it again.
+fn unnamed_lock(
+    shared: &Shared,
+    opts: &StoryOptions,
+    race: &Run,
+    say: &Narrator,
+) -> Result<(SharedSem, Counted)> {
+    let expected = opts.workers * opts.iterations;
+    // sem_init(lock, pshared = 1, 1): pshared, because the sem_t is used by
+    // several processes (0 would be for the threads of one).
+    // SAFETY: `lock` lies in our shared page (aligned, sem_t-sized), which
+    // outlives every use; no other process uses it until we fork.
+    let unnamed = unsafe { SharedSem::init(shared.lock.get(), 1) }.context("sem_init(lock)")?;
+    say.step("sem_init(lock, pshared=1, 1): a sem_t in the MAP_SHARED page the workers inherit");
+    shared.counter.store(0, Ordering::Relaxed);
+    let run = run_workers(shared, opts.workers, opts.iterations, say, || {
+        increment(shared, Lock::Posix(unnamed), opts.iterations)
+    })?;
+    let count = shared.counter.load(Ordering::Relaxed);
+    say.step(format!(
+        "expected {expected}, got {count} ({:.1} ns per increment; without a lock \
+         {:.1} ns, wrong)",
+        run.per_increment, race.per_increment
+    ));
+    Ok((unnamed, Counted { count, run }))
+}
+
+/// Step 4: the child does something, then posts; the parent's wait cannot
+/// return before that post, so the child's step happens first.
+fn signalling(shared: &Shared, say: &Narrator) -> Result<()> {
+    // SAFETY: `signal` lies in the shared page; nobody else uses it yet.
+    let done = unsafe { SharedSem::init(shared.signal.get(), 0) }.context("sem_init(signal)")?;
+    say.step("sem_init(signal, pshared=1, 0): value 0, so a wait blocks until a post");
+    shared.counter.store(0, Ordering::Relaxed);
+    let mut child = fork_child(|| {
+        // The "first step" takes a while (in small sleeps, to see a stop).
+        for _ in 0..30 {
+            check_stop()?;
+            sleep(Duration::from_millis(10));
+        }
+        shared.counter.store(42, Ordering::Relaxed);
+        done.post().context("sem_post")
+    })?;
+    say.step(format!(
+        "forked pid {}: it works 300 ms, stores 42, then posts",
+        child.pid
+    ));
+    say.step(format!(
+        "sem_getvalue = {}",
+        done.value().context("sem_getvalue")?
+    ));
+    if done.try_wait().context("sem_trywait")? {
+        bail!("sem_trywait succeeded on a semaphore at 0");
+    }
+    say.step("sem_trywait → EAGAIN: the value is 0 and trywait never waits");
+    match done
+        .wait_for(Duration::from_millis(50))
+        .context("sem_timedwait")?
+    {
+        Wait::TimedOut => say.step("sem_timedwait(50 ms) → ETIMEDOUT: no post yet"),
+        Wait::Interrupted => check_stop()?,
+        Wait::Acquired => bail!("sem_timedwait(50 ms) on a semaphore at 0 succeeded"),
+    }
+    let start = Instant::now();
+    // Wait for the post, looking at the child every tick: if it died
+    // before posting, no post will ever come.
+    loop {
+        match done.wait_for(LOCK_TICK).context("sem_timedwait")? {
+            Wait::Acquired => break,
+            Wait::Interrupted | Wait::TimedOut => check_stop()?,
+        }
+        if let Some(exit) = child.try_wait()? {
+            // It may have posted just before it exited.
+            if done.try_wait().context("sem_trywait")? {
+                break;
+            }
+            bail!("the child {exit} without posting");
+        }
+        if start.elapsed() > LOCK_PATIENCE {
+            bail!("no post in {LOCK_PATIENCE:?}");
+        }
+    }
+    let seen = shared.counter.load(Ordering::Relaxed);
+    say.step(format!(
+        "sem_timedwait returned after {:.0} ms, with the child's post; the counter reads {seen}: \
+         the child's store happened before our load",
+        start.elapsed().as_secs_f64() * 1e3
+    ));
+    let exit = child.wait(WORKERS_TIMEOUT)?;
+    if seen != 42 || !exit.success() {
+        bail!("the signal did not order the two processes (counter {seen}, child {exit})");
+    }
+    // SAFETY: the only other user has exited.
+    unsafe {
+        let _ = done.destroy();
+    }
+    Ok(())
+}
+
+/// Step 5: GETVAL/SETVAL/GETNCNT/GETPID and a multi-semaphore semop.
+fn sysv_sets(say: &Narrator) -> Result<()> {
+    let set = SemSet::create_initialised(libc::IPC_PRIVATE, 0o600, &[1, 2, 0])
+        .context("semget(IPC_PRIVATE, 3) + initialisation")?;
+    let _remove = SysvGuard::new(SysvKind::SemaphoreSet, set.id);
+    say.step(format!(
+        "semget(IPC_PRIVATE, 3, 0600) = semid {}, initialised to [1, 2, 0]",
+        set.id
+    ));
+    // A child that waits on semaphore 2, so GETNCNT has something to count.
+    let mut child = fork_child(|| {
+        if ipc_sysv::take(set, 2, Undo::Keep, Duration::from_secs(60))? {
+            Ok(())
+        } else {
+            bail!("semaphore 2 was not posted in 60 s")
+        }
+    })?;
+    let start = Instant::now();
+    while set.waiting(2).context("semctl(GETNCNT)")? == 0
+        && start.elapsed() < Duration::from_secs(30)
+    {
+        check_stop()?;
+        sleep(Duration::from_millis(5));
+    }
+    say.step(format!(
+        "child pid {} waits on semaphore 2: semctl(GETNCNT, 2) = {}",
+        child.pid,
+        set.waiting(2)?
+    ));
+    // One call, two changes: both happen, or (if either would go below 0)
+    // neither, and the caller waits. Two separate calls could interleave
+    // with another process's and deadlock.
+    semops(set, &[(0, -1), (1, -1)], Undo::Keep, Duration::from_secs(5))
+        .context("semop([0: -1, 1: -1])")?;
+    say.step(format!(
+        "semop([0: -1, 1: -1]) in one call: values now [{}, {}, {}], GETPID(0) = {} (us)",
+        set.value(0)?,
+        set.value(1)?,
+        set.value(2)?,
+        set.last_pid(0)?
+    ));
+    semop(set, 2, 1, Undo::Keep, Duration::from_secs(5)).context("semop([2: +1])")?;
+    let exit = child.wait(WORKERS_TIMEOUT)?;
+    say.step(format!(
+        "semop([2: +1]) woke the child, which {exit}; GETPID(2) = {}",
+        set.last_pid(2)?
+    ));
+    if !exit.success() {
+        bail!("the waiting child {exit}");
+    }
+    say.step(format!("semctl(IPC_RMID) for semid {}", set.id));
+    Ok(())
+}
+
+/// Step 6: the System V initialisation race, first lost, then avoided.
+///
+/// A set is created by `semget` and given its values by `semctl(SETVAL)`:
+/// two calls. Another process that finds the set by its key between them
+/// sees a set of zeros and may use it; the creator's SETVAL then wipes
+/// what it did. Here the other process is our child, sent in exactly in
+/// that window so that the loss shows on every run.
+fn sysv_init_race(shared: &Shared, say: &Narrator) -> Result<()> {
+    // The bad order.
+    let set = SemSet::create(libc::IPC_PRIVATE, 1, 0o600).context("semget(IPC_PRIVATE, 1)")?;
+    let guard = SysvGuard::new(SysvKind::SemaphoreSet, set.id);
+    say.step(format!(
+        "bad order: semget(IPC_CREAT|IPC_EXCL) = semid {}; our SETVAL (to 0, a signal) comes \
+         next. In that window a second process finds the set by its key and posts \
+         \"I am ready\" (here our child, sent in on purpose)",
+        set.id
+    ));
+    let mut child = fork_child(|| {
+        semop(set, 0, 1, Undo::Keep, LOCK_TICK).context("semop(+1)")?;
+        Ok(())
+    })?;
+    let exit = child.wait(WORKERS_TIMEOUT)?;
+    if !exit.success() {
+        bail!("the posting child {exit}");
+    }
+    say.step(format!(
+        "the child's semop(+1): GETVAL = {}",
+        set.value(0).context("semctl(GETVAL)")?
+    ));
+    set.set_value(0, 0).context("semctl(SETVAL, 0)")?;
+    let after = set.value(0).context("semctl(GETVAL)")?;
+    match semop(set, 0, -1, Undo::Keep, Duration::from_millis(200)).context("semtimedop(-1)")? {
+        Wait::TimedOut => {}
+        Wait::Interrupted => check_stop()?,
+        Wait::Acquired => bail!("the post survived SETVAL"),
+    }
+    say.step(format!(
+        "our semctl(SETVAL, 0): GETVAL = {after}. The post is lost: a wait for it times out \
+         (semtimedop(-1, 200 ms) → EAGAIN), and without a timeout it would never return"
+    ));
+    drop(guard);
+
+    // The good order (TLPI's svsem_good_init).
+    let set = SemSet::create(libc::IPC_PRIVATE, 1, 0o600).context("semget(IPC_PRIVATE, 1)")?;
+    let _guard = SysvGuard::new(SysvKind::SemaphoreSet, set.id);
+    shared.child_waiting.store(0, Ordering::Relaxed);
+    say.step(format!(
+        "good order: semget = semid {}. This time the second process first waits until \
+         sem_otime (the time of the last semop, 0 until the first) is set",
+        set.id
+    ));
+    let mut child = fork_child(|| {
+        if !wait_initialised(set, || shared.child_waiting.store(1, Ordering::Release))? {
+            bail!("the set was not initialised in {INIT_PATIENCE:?}");
+        }
+        semop(set, 0, 1, Undo::Keep, LOCK_TICK).context("semop(+1)")?;
+        Ok(())
+    })?;
+    let start = Instant::now();
+    while shared.child_waiting.load(Ordering::Acquire) == 0 {
+        check_stop()?;
+        if let Some(exit) = child.try_wait()? {
+            bail!("the waiting child {exit}");
+        }
+        if start.elapsed() > INIT_PATIENCE {
+            bail!("the child did not start waiting in {INIT_PATIENCE:?}");
+        }
+        sleep(Duration::from_millis(1));
+    }
+    say.step("the child: semctl(IPC_STAT) → sem_otime = 0: not initialised yet, so it waits");
+    set.initialise(&[0])
+        .context("semctl(SETVAL, 0) + the first semop")?;
+    say.step(format!(
+        "we: semctl(SETVAL, 0), then a first semop (sem_op 0: wait for zero, done at once), \
+         which sets sem_otime = {}: the set is ready",
+        set.stat().context("semctl(IPC_STAT)")?.otime
+    ));
+    let exit = child.wait(WORKERS_TIMEOUT)?;
+    if !exit.success() {
+        bail!("the posting child {exit}");
+    }
+    let value = set.value(0).context("semctl(GETVAL)")?;
+    if value != 1 {
+        bail!("the post after initialisation was lost (GETVAL = {value})");
+    }
+    if !ipc_sysv::take(set, 0, Undo::Keep, Duration::from_secs(5))? {
+        bail!("could not take the posted semaphore");
+    }
+    say.step(format!(
+        "the child saw sem_otime != 0 and posted: GETVAL = {value}, and our wait takes it at once. \
+         sem-demo's sysv roles work this way"
+    ));
+    Ok(())
+}
+
+/// Fork a child that takes a lock with `acquire` and then waits to be
+/// killed; SIGKILL it once it holds the lock. `held` tells when it does.
+fn kill_holder(acquire: impl Fn() -> bool, held: impl Fn() -> bool, say: &Narrator) -> Result<()> {
+    let mut child = fork_child(|| {
+        if !acquire() {
+            bail!("could not take the lock");
+        }
+        // Holding the lock until the parent's SIGKILL (or a stop).
+        loop {
+            check_stop()?;
+            sleep(Duration::from_millis(10));
+        }
+    })?;
+    let start = Instant::now();
+    while !held() {
+        check_stop()?;
+        if let Some(exit) = child.try_wait()? {
+            bail!("the child {exit} before taking the lock");
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("the child did not take the lock");
+        }
+        sleep(Duration::from_millis(5));
+    }
+    kill(child.pid, Signal::SIGKILL).context("kill(SIGKILL)")?;
+    let exit = child.wait(WORKERS_TIMEOUT)?;
+    say.step(format!(
+        "child pid {} took the lock; SIGKILL: it {exit}, holding it",
+        child.pid
+    ));
+    if exit != PeerExit::Killed(Signal::SIGKILL) {
+        bail!("the lock holder {exit}, expected SIGKILL");
+    }
+    Ok(())
+}
+
+/// Step 7, System V: SEM_UNDO gives the lock back.
+fn crash_sysv(say: &Narrator) -> Result<()> {
+    let set = SemSet::create_initialised(libc::IPC_PRIVATE, 0o600, &[1])
+        .context("semget(IPC_PRIVATE, 1) + initialisation")?;
+    let _remove = SysvGuard::new(SysvKind::SemaphoreSet, set.id);
+    say.step(
+        "System V: a set with one semaphore at 1; the child takes it with semop(-1, SEM_UNDO)",
+    );
+    kill_holder(
+        || ipc_sysv::take(set, 0, Undo::SemUndo, Duration::from_secs(30)).unwrap_or(false),
+        || set.value(0).is_ok_and(|v| v == 0),
+        say,
+    )?;
+    let value = set.value(0).context("semctl(GETVAL)")?;
+    say.step(format!(
+        "semctl(GETVAL) = {value}: the kernel undid the dead child's -1, so the lock is free again"
+    ));
+    if value != 1 {
+        bail!("SEM_UNDO did not restore the lock (value {value})");
+    }
+    Ok(())
+}
+
+/// Step 7, POSIX: no undo; recovery by timed wait plus a liveness check.
+fn crash_posix(shared: &Shared, lock: SharedSem, say: &Narrator) -> Result<()> {
+    say.step("POSIX: the child takes the unnamed lock (value 1 → 0) and records its pid as holder");
+    shared.holder.store(0, Ordering::Relaxed);
+    kill_holder(
+        || {
+            let ok = take(lock).is_ok();
+            shared
+                .holder
+                .store(std::process::id() as i32, Ordering::Relaxed);
+            ok
+        },
+        || shared.holder.load(Ordering::Relaxed) != 0,
+        say,
+    )?;
+    match lock
+        .wait_for(Duration::from_millis(200))
+        .context("sem_timedwait")?
+    {
+        Wait::TimedOut => say.step(format!(
+            "sem_getvalue = {}; sem_timedwait(200 ms) → ETIMEDOUT: still taken. POSIX \
+             semaphores have no undo: a plain sem_wait would block forever here",
+            lock.value()?
+        )),
+        Wait::Interrupted => check_stop()?,
+        Wait::Acquired => bail!("the dead holder's POSIX lock was free"),
+    }
+    let recovered = lock_or_recover(lock, &shared.holder, LOCK_PATIENCE, say)?;
+    if !recovered {
+        bail!("expected to recover the lock from its dead holder");
+    }
+    // Now ours; a real program would check the data the dead holder may
+    // have left half-updated before going on.
+    unlock(lock, &shared.holder)?;
+    say.step(format!(
+        "sem_post: the lock is free again, value {}",
+        lock.value()?
+    ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The workers, their shared page and their barrier
+// ---------------------------------------------------------------------------
+
+/// One page shared by the parent and its forked workers.
+#[repr(C)]
+struct Shared {
+    /// The counter the workers increment.
+    counter: AtomicU64,
+    /// Pid of the process holding the POSIX lock, 0 if none: what lets a
+    /// waiter tell a slow holder from a dead one.
+    holder: AtomicI32,
+    /// The starting barrier: how many workers there are, how many have
+    /// arrived, a beat every waiting worker keeps bumping, and "go".
+    workers: AtomicU32,
+    ready: AtomicU32,
+    beat: AtomicU64,
+    go: AtomicU32,
+    /// CLOCK_MONOTONIC at "go" and when the last worker finished, in ns.
+    started_ns: AtomicU64,
+    finished_ns: AtomicU64,
+    /// Time the workers spent in their increment loops (not at barriers),
+    /// summed over all of them, in ns.
+    busy_ns: AtomicU64,
+    /// Increments the workers have made so far, summed at each round's end.
+    done: AtomicU64,
+    /// Step 6: the child saw the set not yet initialised and is waiting.
+    child_waiting: AtomicU32,
+    /// An unnamed semaphore used as a lock (steps 3 and 7).
+    lock: UnsafeCell<libc::sem_t>,
+    /// An unnamed semaphore used as a signal (step 4).
+    signal: UnsafeCell<libc::sem_t>,
+}
+
+/// An anonymous MAP_SHARED mapping: after fork, parent and children see the
+/// same page (MAP_PRIVATE would give each a copy-on-write copy).
+struct SharedPage {
+    base: NonNull<libc::c_void>,
+    len: usize,
+}
+
+impl SharedPage {
+    fn new() -> Result<SharedPage> {
+        let len = size_of::<Shared>().next_multiple_of(4096);
+        let size = NonZeroUsize::new(len).expect("nonzero");
+        // SAFETY: a fresh anonymous mapping at a kernel-chosen address
+        // overlaps nothing; it is zero-filled, valid for Shared's atomics.
+        let base = unsafe {
+            mmap_anonymous(
+                None,
+                size,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+            )
+        }
+        .context("mmap(MAP_SHARED|MAP_ANONYMOUS)")?;
+        Ok(SharedPage { base, len })
+    }
+
+    fn get(&self) -> &Shared {
+        // SAFETY: the mapping is page-aligned and at least size_of::<Shared>()
+        // long; Shared is atomics and UnsafeCells, valid for shared mutation.
+        unsafe { self.base.cast::<Shared>().as_ref() }
+    }
+}
+
+impl Drop for SharedPage {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in new(); nothing borrows it now.
+        let _ = unsafe { munmap(self.base, self.len) };
+    }
+}
+
+/// How a worker protects its increment.
+#[derive(Clone, Copy)]
+enum Lock {
+    None,
+    Posix(SharedSem),
+}
+
+/// The story's worker: `iterations` increments of `counter`, in rounds
+/// that start at a barrier. Without a lock it is a read-modify-write in two steps,
+/// which another process can slip between: two workers read 41, both store
+/// 42, and one increment is lost.
+fn increment(shared: &Shared, lock: Lock, iterations: u64) -> Result<()> {
+    // Stamped however the loop ends (the parent reads it only on success).
+    struct Finished<'a>(&'a AtomicU64);
+    impl Drop for Finished<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_max(now_ns(), Ordering::AcqRel);
+        }
+    }
+    let _finished = Finished(&shared.finished_ns);
+    // Rounds give the race more chances to show; a lock needs only one.
+    let rounds = match lock {
+        Lock::None => iterations.min(ROUNDS),
+        Lock::Posix(_) => 1,
+    };
+    let mut made: u64 = 0;
+    for round in 0..rounds {
+        barrier(shared, round as u32 + 1)?;
+        // The increments split evenly over the rounds.
+        let this_round = iterations / rounds + u64::from(round < iterations % rounds);
+        let busy = Instant::now();
+        for _ in 0..this_round {
+            // A Ctrl-C is noticed within a few thousand increments, not
+            // after all of them (the check is one load, outside the window).
+            if made.is_multiple_of(4096) {
+                check_stop()?;
+            }
+            made += 1;
+            if let Lock::Posix(sem) = lock {
+                take(sem)?;
+            }
+            // Deliberately a load then a store, not fetch_add: this is what
+            // `counter += 1` on plain shared memory does.
+            let value = shared.counter.load(Ordering::Relaxed);
+            shared.counter.store(value + 1, Ordering::Relaxed);
+            if let Lock::Posix(sem) = lock {
+                sem.post().context("sem_post")?;
+            }
+        }
+        let ns = u64::try_from(busy.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        shared.busy_ns.fetch_add(ns, Ordering::AcqRel);
+        shared.done.fetch_add(this_round, Ordering::AcqRel);
+    }
+    Ok(())
+}
+
+/// The barrier that starts round `round` (1, 2, ...). Forked one after
+/// another, each worker would finish its 100000 increments (well under a
+/// millisecond) before the next one even exists, and nothing would
+/// overlap. So the workers wait for each other, spinning (a semaphore would
+/// wake them one by one, microseconds apart). The last to arrive says go,
+/// but only once it has seen another worker's beat move: that worker is
+/// running on another core at this very moment, so at least two start at
+/// the same instant. On one core, or with the cores busy with other
+/// programs, no such moment may come soon: after BEAT_PATIENCE it says go
+/// anyway. Twenty rounds give twenty such chances (the locked steps use one).
+fn barrier(shared: &Shared, round: u32) -> Result<()> {
+    let workers = shared.workers.load(Ordering::Acquire);
+    let arrived = shared.ready.fetch_add(1, Ordering::AcqRel) + 1;
+    if arrived == workers * round {
+        // Once an update has been lost (the counter is behind the count of
+        // increments done), the lesson is made: later rounds start at once.
+        let lost = shared.counter.load(Ordering::Acquire) < shared.done.load(Ordering::Acquire);
+        let start = Instant::now();
+        while workers > 1 && !lost && !other_running(shared) && start.elapsed() < BEAT_PATIENCE {}
+        if round == 1 {
+            shared.started_ns.store(now_ns(), Ordering::Release);
+        }
+        shared.go.store(round, Ordering::Release);
+    }
+    let start = Instant::now();
+    let mut spins: u64 = 0;
+    while shared.go.load(Ordering::Acquire) < round {
+        shared.beat.fetch_add(1, Ordering::AcqRel);
+        std::hint::spin_loop();
+        spins += 1;
+        if spins.is_multiple_of(65536) {
+            check_stop()?;
+            if start.elapsed() > BARRIER_PATIENCE {
+                bail!("the other workers did not arrive within {BARRIER_PATIENCE:?}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Is another worker running on another core right now? Its beat moves
+/// within a few microseconds. (A beat that moved while *we* were not
+/// running, our time slice given to that worker on our own core, took
+/// much longer: that proves nothing.)
+fn other_running(shared: &Shared) -> bool {
+    let seen = shared.beat.load(Ordering::Acquire);
+    let start = Instant::now();
+    for _ in 0..1000 {
+        std::hint::spin_loop();
+        if shared.beat.load(Ordering::Acquire) != seen {
+            return start.elapsed() < Duration::from_micros(20);
+        }
+    }
+    false
+}
+
+/// Take a POSIX semaphore, waiting at most LOCK_PATIENCE.
+fn take(sem: SharedSem) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        match sem.wait_for(LOCK_TICK).context("sem_timedwait")? {
+            Wait::Acquired => return Ok(()),
+            Wait::Interrupted | Wait::TimedOut => check_stop()?,
+        }
+        if start.elapsed() > LOCK_PATIENCE {
+            bail!("could not get the lock in {LOCK_PATIENCE:?}");
+        }
+    }
+}
+
+/// How long a run of the workers took.
+struct Run {
+    /// From the first "go" to the last worker done.
+    took: Duration,
+    /// Time in the increment loops (barriers left out) per increment, in
+    /// ns: what one increment costs, with or without a lock.
+    per_increment: f64,
+}
+
+/// Fork `workers` children running `work` (`iterations` increments, which
+/// start at the barrier), wait for all.
+fn run_workers(
+    shared: &Shared,
+    workers: u64,
+    iterations: u64,
+    say: &Narrator,
+    work: impl Fn() -> Result<()>,
+) -> Result<Run> {
+    shared.workers.store(workers as u32, Ordering::Relaxed);
+    shared.ready.store(0, Ordering::Relaxed);
+    shared.go.store(0, Ordering::Relaxed);
+    shared.finished_ns.store(0, Ordering::Relaxed);
+    shared.busy_ns.store(0, Ordering::Relaxed);
+    shared.done.store(0, Ordering::Relaxed);
+    let mut running = Workers(Vec::new());
+    for _ in 0..workers {
+        running.0.push(fork_child(&work)?);
+    }
+    let children = &mut running.0;
+    let list: Vec<String> = children.iter().map(|c| c.pid.to_string()).collect();
+    say.message(format!(
+        "forked {workers} workers: pids {}; each waits at the barrier",
+        list.join(", ")
+    ));
+    // All at once, not one after the other: a worker that fails is seen
+    // at once (and the others are stopped), not after the ones before it.
+    let deadline = Instant::now() + WORKERS_TIMEOUT;
+    let mut failed = Vec::new();
+    while children.iter().any(|c| !c.reaped) && failed.is_empty() {
+        check_stop()?;
+        for child in children.iter_mut().filter(|c| !c.reaped) {
+            if let Some(exit) = child.try_wait()?
+                && !exit.success()
+            {
+                failed.push(format!("worker {} {exit}", child.pid));
+            }
+        }
+        if Instant::now() >= deadline {
+            failed.push(format!("the workers did not finish in {WORKERS_TIMEOUT:?}"));
+        }
+        sleep(Duration::from_millis(2));
+    }
+    let ns = shared
+        .finished_ns
+        .load(Ordering::Acquire)
+        .saturating_sub(shared.started_ns.load(Ordering::Acquire));
+    let took = Duration::from_nanos(ns);
+    if !failed.is_empty() {
+        bail!("{}", failed.join("; "));
+    }
+    let increments = (workers * iterations).max(1);
+    let per_increment = shared.busy_ns.load(Ordering::Acquire) as f64 / increments as f64;
+    Ok(Run {
+        took,
+        per_increment,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_page_holds_the_layout() {
+        let page = SharedPage::new().unwrap();
+        assert!(page.len >= size_of::<Shared>());
+        assert_eq!(page.get().counter.load(Ordering::Relaxed), 0);
+    }
+}
