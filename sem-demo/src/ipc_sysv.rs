@@ -79,6 +79,31 @@ pub fn semops(
     set.ops(changes, undo == Undo::SemUndo, timeout)
 }
 
+/// `semop(semid, [{index, delta, IPC_NOWAIT}], 1)`: apply the change now
+/// or fail with `EAGAIN`, never sleeping (System V's `sem_trywait`).
+/// Ok(false): `EAGAIN`, the change would have had to wait.
+pub fn semop_nowait(set: SemSet, index: u16, delta: i16) -> nix::Result<bool> {
+    let mut op = libc::sembuf {
+        sem_num: index,
+        sem_op: delta,
+        sem_flg: libc::IPC_NOWAIT as libc::c_short,
+    };
+    // SAFETY: `op` is one valid sembuf, alive for the call.
+    match Errno::result(unsafe { libc::semop(set.id, &mut op, 1) }) {
+        Ok(_) => Ok(true),
+        Err(Errno::EAGAIN) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `semctl(semid, index, GETZCNT)`: how many processes wait for semaphore
+/// `index` to become zero (a `sem_op` of 0), beside GETNCNT's count of
+/// those waiting for it to rise.
+pub fn zero_waiters(set: SemSet, index: u16) -> nix::Result<i32> {
+    // SAFETY: GETZCNT takes no fourth argument.
+    Errno::result(unsafe { libc::semctl(set.id, libc::c_int::from(index), libc::GETZCNT) })
+}
+
 /// Take one from semaphore `index` of `set`, waiting at most `patience`
 /// in ticks that look for a stop request. Ok(false): not in time.
 pub fn take(set: SemSet, index: u16, undo: Undo, patience: Duration) -> Result<bool> {

@@ -35,7 +35,7 @@
 //! inherit the shared page that holds the unnamed semaphores):
 //!
 //! ```text
-//! cargo run -p sem-demo                          # the whole story, seven steps
+//! cargo run -p sem-demo                          # the whole story, nine steps
 //! cargo run -p sem-demo -- --workers 8 --iterations 10000
 //! ```
 //!
@@ -62,10 +62,16 @@
 //!   barrier), none with one, and what the lock costs;
 //! - a semaphore at 0 ordering two processes; `EAGAIN` and `ETIMEDOUT`;
 //! - several System V semaphores changed in one atomic `semop`;
+//!   `IPC_NOWAIT` failing with `EAGAIN`; `GETNCNT` and `GETZCNT` counting
+//!   the processes that wait for a rise and for zero;
 //! - System V's initialisation race: a post lost between `semget` and
 //!   `SETVAL`, then the order that cannot lose it (`sem_otime`);
 //! - a lock holder killed by SIGKILL: given back by `SEM_UNDO`, stuck with
-//!   POSIX until a timed wait notices the holder is dead.
+//!   POSIX until a timed wait notices the holder is dead, and handed on
+//!   with `EOWNERDEAD` by a robust process-shared pthread mutex;
+//! - which clock a timeout counts on: `sem_timedwait`'s wall clock,
+//!   `sem_clockwait(CLOCK_MONOTONIC)`, and what a clock change would do;
+//! - a counting semaphore at N: never more than N users of a pool at once.
 //!
 //! The mechanism is in `src/ipc_posix.rs` (POSIX: `sem_open`, `sem_init`,
 //! `sem_timedwait`, `sem_post`, `sem_unlink`) and `src/ipc_sysv.rs`
@@ -104,8 +110,10 @@ sem-demo: semaphores for mutual exclusion and signalling between processes
 USAGE:
     sem-demo [--workers K] [--iterations N] [--quiet]
         The whole story: a race without a lock, a POSIX named and an unnamed
-        semaphore as locks, a semaphore as a signal, System V sets, System V's
-        initialisation race, and a lock holder killed by SIGKILL.
+        semaphore as locks, a semaphore as a signal, System V sets (IPC_NOWAIT,
+        GETZCNT), System V's initialisation race, a lock holder killed by
+        SIGKILL (SEM_UNDO, POSIX, a robust mutex), the clock of a timeout, and
+        a counting semaphore guarding a pool.
     sem-demo worker --name /NAME [--iterations N] [--timeout SECS]
         Add 1 to a shared counter N times under the lock /NAME (created with
         value 1 if absent; the counter lives in shared memory /NAME.counter).

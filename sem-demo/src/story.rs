@@ -20,10 +20,12 @@ use common::peer::PeerExit;
 use common::psem::{self, NamedSem, SharedSem, Wait};
 use common::report::{Narrator, Stream, Summary};
 use common::sysv_sem::SemSet;
+use nix::errno::Errno;
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
 use nix::sys::signal::{Signal, kill};
+use nix::time::{ClockId, clock_gettime};
 
-use crate::checks::{Workers, fork_child, now_ns};
+use crate::checks::{Workers, fork_child, now_ns, secs};
 use crate::ipc_posix::{lock_or_recover, unlock};
 use crate::ipc_sysv::{self, Undo, semop, semops, wait_initialised};
 use crate::{INIT_PATIENCE, LOCK_PATIENCE, LOCK_TICK, StoryOptions};
@@ -77,6 +79,13 @@ pub fn story(opts: &StoryOptions) -> Result<()> {
     unsafe {
         let _ = unnamed_lock.destroy();
     }
+    crash_robust(shared, &say)?;
+
+    say.line("\n== 8. Which clock a timeout counts on: sem_timedwait and sem_clockwait ==");
+    clocks(&say)?;
+
+    say.line("\n== 9. A counting semaphore: a pool of N resources ==");
+    pool(shared, opts, &say)?;
 
     let locked_lost = expected.saturating_sub(named.count) + expected.saturating_sub(unnamed.count);
     say.line("");
@@ -313,7 +322,64 @@ fn sysv_sets(say: &Narrator) -> Result<()> {
     if !exit.success() {
         bail!("the waiting child {exit}");
     }
+    nowait_and_zero_waiters(set, say)?;
     say.step(format!("semctl(IPC_RMID) for semid {}", set.id));
+    Ok(())
+}
+
+/// Step 5, continued: `IPC_NOWAIT` fails at once where a semop would
+/// sleep, and a process waiting for zero (`sem_op` 0) is counted by
+/// `GETZCNT`. The set's values are [0, 1, 0] here.
+fn nowait_and_zero_waiters(set: SemSet, say: &Narrator) -> Result<()> {
+    let start = Instant::now();
+    if ipc_sysv::semop_nowait(set, 0, -1).context("semop([0: -1], IPC_NOWAIT)")? {
+        bail!("semop([0: -1], IPC_NOWAIT) took from a semaphore at 0");
+    }
+    say.step(format!(
+        "semop([0: -1], IPC_NOWAIT) → EAGAIN after {}: semaphore 0 is 0, and IPC_NOWAIT never \
+         sleeps (System V's sem_trywait)",
+        secs(start.elapsed())
+    ));
+    // A child that waits until semaphore 1 (now 1) becomes 0: sem_op 0.
+    let mut child = fork_child(|| {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            check_stop()?;
+            if let Wait::Acquired =
+                semop(set, 1, 0, Undo::Keep, LOCK_TICK).context("semtimedop([1: 0])")?
+            {
+                return Ok(());
+            }
+        }
+        bail!("semaphore 1 did not reach 0 in 60 s")
+    })?;
+    let start = Instant::now();
+    while ipc_sysv::zero_waiters(set, 1).context("semctl(GETZCNT)")? == 0 {
+        check_stop()?;
+        if let Some(exit) = child.try_wait()? {
+            bail!("the child {exit} before it waited for zero");
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("the child did not wait for zero in 30 s");
+        }
+        sleep(Duration::from_millis(5));
+    }
+    let (zcnt, ncnt) = (ipc_sysv::zero_waiters(set, 1)?, set.waiting(1)?);
+    say.step(format!(
+        "child pid {} waits for semaphore 1 (value {}) to become 0, semop([1: 0]): \
+         semctl(GETZCNT, 1) = {zcnt}, semctl(GETNCNT, 1) = {ncnt}",
+        child.pid,
+        set.value(1)?
+    ));
+    semop(set, 1, -1, Undo::Keep, Duration::from_secs(5)).context("semop([1: -1])")?;
+    let exit = child.wait(WORKERS_TIMEOUT)?;
+    if !exit.success() {
+        bail!("the child waiting for zero {exit}");
+    }
+    say.step(format!(
+        "semop([1: -1]): semaphore 1 is 0, which wakes the child waiting for zero; it {exit}. \
+         A \"wait for zero\" is how one process waits until all the others are done"
+    ));
     Ok(())
 }
 
@@ -512,6 +578,275 @@ fn crash_posix(shared: &Shared, lock: SharedSem, say: &Narrator) -> Result<()> {
     Ok(())
 }
 
+/// A pthread call's result: pthread functions return the error number
+/// itself (0 for success), they do not set errno.
+fn pthread(rc: libc::c_int, call: &str) -> Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Errno::from_raw(rc)).context(call.to_string())
+    }
+}
+
+/// Now + `timeout` on `clock`, as an absolute deadline.
+fn deadline_on(clock: ClockId, timeout: Duration) -> Result<libc::timespec> {
+    let now = clock_gettime(clock).context("clock_gettime")?;
+    let sum = Duration::new(now.tv_sec() as u64, now.tv_nsec() as u32) + timeout;
+    Ok(libc::timespec {
+        tv_sec: sum.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(sum.subsec_nanos() as i32),
+    })
+}
+
+/// `pthread_mutex_timedlock`, at most `timeout`: its deadline is absolute,
+/// on CLOCK_REALTIME, like sem_timedwait's. Returns the error number: 0
+/// (locked), EOWNERDEAD (locked, its holder died), ETIMEDOUT, ...
+fn lock_within(mutex: *mut libc::pthread_mutex_t, timeout: Duration) -> Result<libc::c_int> {
+    let deadline = deadline_on(ClockId::CLOCK_REALTIME, timeout)?;
+    // SAFETY: an initialised mutex in the shared page; a valid timespec.
+    Ok(unsafe { libc::pthread_mutex_timedlock(mutex, &deadline) })
+}
+
+/// Step 7, the kernel-assisted answer to a dead lock holder: a robust,
+/// process-shared pthread mutex. A mutex, unlike a semaphore, has an
+/// owner (its thread id is in the lock word); with PTHREAD_MUTEX_ROBUST,
+/// glibc keeps the mutexes a thread holds on a list the kernel knows of
+/// (set_robust_list(2)), and when the thread dies, however it dies, the
+/// kernel marks each one "owner died" and wakes a waiter.
+fn crash_robust(shared: &Shared, say: &Narrator) -> Result<()> {
+    let mutex = shared.robust.get();
+    let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+    // SAFETY: `attr` is initialised by pthread_mutexattr_init before any
+    // other use; `mutex` lies in the shared page, which outlives it, and no
+    // other process uses it before we fork.
+    unsafe {
+        pthread(
+            libc::pthread_mutexattr_init(attr.as_mut_ptr()),
+            "pthread_mutexattr_init",
+        )?;
+        // PROCESS_SHARED: used by several processes through the MAP_SHARED
+        // page (the default, PRIVATE, is for the threads of one process).
+        pthread(
+            libc::pthread_mutexattr_setpshared(attr.as_mut_ptr(), libc::PTHREAD_PROCESS_SHARED),
+            "pthread_mutexattr_setpshared(PTHREAD_PROCESS_SHARED)",
+        )?;
+        // ROBUST: a holder's death is reported to the next locker.
+        pthread(
+            libc::pthread_mutexattr_setrobust(attr.as_mut_ptr(), libc::PTHREAD_MUTEX_ROBUST),
+            "pthread_mutexattr_setrobust(PTHREAD_MUTEX_ROBUST)",
+        )?;
+        let init = libc::pthread_mutex_init(mutex, attr.as_ptr());
+        libc::pthread_mutexattr_destroy(attr.as_mut_ptr());
+        pthread(init, "pthread_mutex_init")?;
+    }
+    say.step(
+        "the kernel-assisted answer: pthread_mutex_init with PTHREAD_PROCESS_SHARED and \
+         PTHREAD_MUTEX_ROBUST, in the MAP_SHARED page. A mutex has an owner, which a \
+         semaphore has not",
+    );
+    shared.robust_holder.store(0, Ordering::Relaxed);
+    kill_holder(
+        || {
+            let locked = lock_within(mutex, Duration::from_secs(30)).is_ok_and(|rc| rc == 0);
+            if locked {
+                let me = std::process::id() as i32;
+                shared.robust_holder.store(me, Ordering::Release);
+            }
+            locked
+        },
+        || shared.robust_holder.load(Ordering::Acquire) != 0,
+        say,
+    )?;
+    let start = Instant::now();
+    match lock_within(mutex, Duration::from_secs(5))? {
+        libc::EOWNERDEAD => {}
+        0 => bail!("pthread_mutex_timedlock returned 0: the dead holder's death was not reported"),
+        rc => return Err(Errno::from_raw(rc)).context("pthread_mutex_timedlock"),
+    }
+    say.step(format!(
+        "pthread_mutex_timedlock → EOWNERDEAD after {}: as the holder died, the kernel \
+         walked its robust list, marked the mutex \"owner died\" and let us have it. No pid \
+         in shared memory, no liveness polling, no grace period. We hold it, but the data it guards may be half-updated",
+        secs(start.elapsed())
+    ));
+    // Here a program checks and repairs the data; there is none.
+    // SAFETY: we hold the mutex (EOWNERDEAD locks it).
+    let rc = unsafe { libc::pthread_mutex_consistent(mutex) };
+    pthread(rc, "pthread_mutex_consistent")?;
+    // SAFETY: we hold the mutex.
+    let rc = unsafe { libc::pthread_mutex_unlock(mutex) };
+    pthread(rc, "pthread_mutex_unlock")?;
+    match lock_within(mutex, Duration::from_secs(5))? {
+        0 => {}
+        rc => return Err(Errno::from_raw(rc)).context("pthread_mutex_timedlock, again"),
+    }
+    say.step(
+        "pthread_mutex_consistent (the data checked), pthread_mutex_unlock, and the next \
+         pthread_mutex_timedlock → 0: an ordinary mutex again. Unlocked without \
+         pthread_mutex_consistent it would have become ENOTRECOVERABLE, for everyone, for good",
+    );
+    // SAFETY: we hold it; nobody else uses it any more (the child is dead).
+    unsafe {
+        pthread(libc::pthread_mutex_unlock(mutex), "pthread_mutex_unlock")?;
+        libc::pthread_mutex_destroy(mutex);
+    }
+    Ok(())
+}
+
+// glibc 2.30 has sem_clockwait(3); the libc crate does not declare it.
+unsafe extern "C" {
+    fn sem_clockwait(
+        sem: *mut libc::sem_t,
+        clock: libc::clockid_t,
+        abstime: *const libc::timespec,
+    ) -> libc::c_int;
+}
+
+/// Step 8: a timed wait's deadline is a time on one clock. sem_timedwait
+/// reads it on CLOCK_REALTIME, the wall clock, which can be set;
+/// sem_clockwait(CLOCK_MONOTONIC) on the clock that only counts forward.
+fn clocks(say: &Narrator) -> Result<()> {
+    const WAIT: Duration = Duration::from_millis(300);
+    // A semaphore at 0 that only we use (pshared 0): every wait times out.
+    let mut memory = Box::new(std::mem::MaybeUninit::<libc::sem_t>::uninit());
+    let sem = memory.as_mut_ptr();
+    // SAFETY: the box is aligned sem_t memory that outlives every use.
+    Errno::result(unsafe { libc::sem_init(sem, 0, 0) }).context("sem_init")?;
+    let timed_out = |rc: libc::c_int, call: &str| -> Result<()> {
+        match Errno::result(rc) {
+            Err(Errno::ETIMEDOUT) => Ok(()),
+            Ok(_) => bail!("{call} took from a semaphore at 0"),
+            Err(e) => Err(e).context(call.to_string()),
+        }
+    };
+    let wall = deadline_on(ClockId::CLOCK_REALTIME, WAIT)?;
+    let start = Instant::now();
+    // SAFETY: an initialised semaphore and a valid timespec.
+    timed_out(unsafe { libc::sem_timedwait(sem, &wall) }, "sem_timedwait")?;
+    let by_wall = start.elapsed();
+    let mono = deadline_on(ClockId::CLOCK_MONOTONIC, WAIT)?;
+    let start = Instant::now();
+    // SAFETY: as above; CLOCK_MONOTONIC is a clock sem_clockwait accepts.
+    let rc = unsafe { sem_clockwait(sem, libc::CLOCK_MONOTONIC, &mono) };
+    timed_out(rc, "sem_clockwait(CLOCK_MONOTONIC)")?;
+    let by_mono = start.elapsed();
+    if by_mono < WAIT {
+        bail!("sem_clockwait(CLOCK_MONOTONIC) timed out after {by_mono:?}, before its deadline");
+    }
+    say.step(format!(
+        "sem_timedwait(CLOCK_REALTIME now + {} ms) → ETIMEDOUT after {}; \
+         sem_clockwait(CLOCK_MONOTONIC, its now + {} ms) → ETIMEDOUT after {}: the same wait, \
+         while nobody sets the clock",
+        WAIT.as_millis(),
+        secs(by_wall),
+        WAIT.as_millis(),
+        secs(by_mono)
+    ));
+    // The monotonic deadline handed to sem_timedwait: read on the wall
+    // clock, that many seconds after 1970 is long past.
+    let start = Instant::now();
+    // SAFETY: as above.
+    timed_out(unsafe { libc::sem_timedwait(sem, &mono) }, "sem_timedwait")?;
+    let mixed = start.elapsed();
+    if mixed >= WAIT {
+        bail!("sem_timedwait with a CLOCK_MONOTONIC deadline waited {mixed:?}, not 0");
+    }
+    say.step(format!(
+        "a deadline is a time on one clock: sem_timedwait given the CLOCK_MONOTONIC deadline \
+         ({} s since boot) reads it as a wall-clock time in January 1970, long past: ETIMEDOUT \
+         at once ({})",
+        mono.tv_sec,
+        secs(mixed)
+    ));
+    say.step(
+        "so a clock change (narrated, not made: it needs CAP_SYS_TIME and disturbs every \
+         program): set back by an hour (date -s, an NTP step) during a sem_timedwait, the wait \
+         lasts an hour longer; set forward, it times out at once with no time passed. \
+         sem_clockwait(CLOCK_MONOTONIC) and System V's semtimedop (a relative timeout, which \
+         the kernel counts on the monotonic clock) do not notice. This demo's waits use \
+         sem_timedwait in 100 ms ticks: a clock set back would stretch one tick by as much",
+    );
+    // SAFETY: nobody waits on it; it is not used again.
+    unsafe { libc::sem_destroy(sem) };
+    drop(memory);
+    Ok(())
+}
+
+/// Step 9: the pool's size.
+const POOL: u32 = 2;
+/// Step 9: each worker uses a pooled resource this many times ...
+const POOL_ROUNDS: u64 = 20;
+/// ... for this long each time.
+const POOL_HOLD: Duration = Duration::from_millis(2);
+
+/// Step 9: a semaphore that counts N free resources: a wait takes one
+/// (sleeping while none is free), a post gives it back. The users count
+/// themselves in shared memory, so the claim "never more than N" is
+/// checked by the users, not taken on trust.
+fn pool(shared: &Shared, opts: &StoryOptions, say: &Narrator) -> Result<()> {
+    // SAFETY: `pool` lies in the shared page, which outlives every use; no
+    // other process uses it until we fork.
+    let pool = unsafe { SharedSem::init(shared.pool.get(), POOL) }.context("sem_init(pool)")?;
+    say.step(format!(
+        "sem_init(pool, pshared=1, {POOL}): a counting semaphore, one count per free resource; \
+         {} workers each take a resource {POOL_ROUNDS} times and hold it {} ms",
+        opts.workers,
+        POOL_HOLD.as_millis()
+    ));
+    shared.in_use.store(0, Ordering::Relaxed);
+    shared.max_in_use.store(0, Ordering::Relaxed);
+    shared.pool_empty.store(0, Ordering::Relaxed);
+    run_workers(shared, opts.workers, POOL_ROUNDS, say, || {
+        use_pool(shared, pool)
+    })?;
+    // SAFETY: every worker has exited.
+    unsafe {
+        let _ = pool.destroy();
+    }
+    let most = shared.max_in_use.load(Ordering::Acquire);
+    let empty = shared.pool_empty.load(Ordering::Acquire);
+    if most > POOL {
+        bail!("{most} workers used the pool of {POOL} at once");
+    }
+    say.step(format!(
+        "{} uses, never more than {POOL} at once (the most at one time: {most}, counted by the \
+         users in shared memory); {empty} times a worker found the pool empty (sem_trywait → \
+         EAGAIN) and slept in sem_timedwait until another gave a resource back",
+        opts.workers * POOL_ROUNDS
+    ));
+    if opts.workers <= u64::from(POOL) {
+        say.step(format!(
+            "with --workers {} the pool never runs short: the limit shows with more than {POOL}",
+            opts.workers
+        ));
+    } else if most < POOL {
+        say.step(
+            "this time no two workers held a resource at the same moment (the machine's cores \
+             were busy elsewhere); the limit held all the same",
+        );
+    }
+    Ok(())
+}
+
+/// A worker of step 9: take a resource, use it, give it back.
+fn use_pool(shared: &Shared, pool: SharedSem) -> Result<()> {
+    barrier(shared, 1)?;
+    for _ in 0..POOL_ROUNDS {
+        check_stop()?;
+        // sem_trywait first, only to count how often the pool was empty.
+        if !pool.try_wait().context("sem_trywait(pool)")? {
+            shared.pool_empty.fetch_add(1, Ordering::AcqRel);
+            take(pool)?;
+        }
+        let now = shared.in_use.fetch_add(1, Ordering::AcqRel) + 1;
+        shared.max_in_use.fetch_max(now, Ordering::AcqRel);
+        sleep(POOL_HOLD); // using the resource
+        shared.in_use.fetch_sub(1, Ordering::AcqRel);
+        pool.post().context("sem_post(pool)")?;
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // The workers, their shared page and their barrier
 // ---------------------------------------------------------------------------
@@ -544,6 +879,17 @@ struct Shared {
     lock: UnsafeCell<libc::sem_t>,
     /// An unnamed semaphore used as a signal (step 4).
     signal: UnsafeCell<libc::sem_t>,
+    /// Step 7: pid of the robust mutex's holder, 0 until the child has it.
+    robust_holder: AtomicI32,
+    /// A process-shared robust pthread mutex (step 7).
+    robust: UnsafeCell<libc::pthread_mutex_t>,
+    /// Step 9: how many workers use a pooled resource right now, the most
+    /// at one time, and how often a worker found the pool empty.
+    in_use: AtomicU32,
+    max_in_use: AtomicU32,
+    pool_empty: AtomicU64,
+    /// A counting semaphore: the pool's free resources (step 9).
+    pool: UnsafeCell<libc::sem_t>,
 }
 
 /// An anonymous MAP_SHARED mapping: after fork, parent and children see the
