@@ -811,3 +811,21 @@ fn a_counting_semaphore_never_lets_more_than_n_use_the_pool() {
     assert_eq!(most_at_once(&one), 1, "{}", one.describe());
     assert_lines(&one, &["with --workers 1 the pool never runs short"]);
 }
+
+/// `sem-demo sysv` with no role is not a second story (one story teaches
+/// both families): with or without story options it exits 2 with one line
+/// saying so, and the help says the same.
+#[test]
+fn sysv_alone_is_a_usage_error_that_points_at_the_story() {
+    for args in [&["sysv"][..], &["sysv", "--quiet"][..]] {
+        assert_usage_error(SEM_DEMO, args, "the story runs System V in steps 5 to 7");
+    }
+    let help = run(SEM_DEMO, &["--help"], SHORT);
+    assert_eq!(help.code(), 0, "{}", help.describe());
+    assert!(
+        help.stdout
+            .contains("'sem-demo sysv' alone is not a second story"),
+        "{}",
+        help.describe()
+    );
+}
