@@ -102,8 +102,9 @@ pub fn open_or_create(name: &str, value: u32, say: &Narrator) -> Result<(NamedSe
 /// A holder killed between its sem_wait and recording its pid leaves the
 /// lock taken with no pid: after ORPHAN_GRACE (far longer than any critical
 /// section here) that counts as a dead holder too. Robust pthread mutexes
-/// (`PTHREAD_MUTEX_ROBUST`, `EOWNERDEAD`) close that gap in the kernel;
-/// semaphores know nothing of owners, so this is the best a waiter can do.
+/// (`PTHREAD_MUTEX_ROBUST`, `EOWNERDEAD`, shown in story step 7) close that
+/// gap in the kernel; semaphores know nothing of owners, so this is the
+/// best a waiter can do.
 ///
 /// A holder that lives but never posts (stopped with SIGSTOP, or stuck)
 /// cannot be told from a slow one: after `patience` we give up.

@@ -73,13 +73,7 @@ pub fn story(opts: &StoryOptions) -> Result<()> {
     sysv_init_race(shared, &say)?;
 
     say.line("\n== 7. The crash hazard: a lock holder killed by SIGKILL ==");
-    crash_sysv(&say)?;
-    crash_posix(shared, unnamed_lock, &say)?;
-    // sem_destroy(3). SAFETY: every process that used it has exited.
-    unsafe {
-        let _ = unnamed_lock.destroy();
-    }
-    crash_robust(shared, &say)?;
+    crash(shared, unnamed_lock, &say)?;
 
     say.line("\n== 8. Which clock a timeout counts on: sem_timedwait and sem_clockwait ==");
     clocks(&say)?;
@@ -512,6 +506,19 @@ fn kill_holder(acquire: impl Fn() -> bool, held: impl Fn() -> bool, say: &Narrat
         bail!("the lock holder {exit}, expected SIGKILL");
     }
     Ok(())
+}
+
+/// Step 7: a lock holder killed by SIGKILL, three times: System V's
+/// SEM_UNDO gives the lock back, a POSIX semaphore stays taken until a
+/// waiter sees the holder is dead, a robust mutex tells the next locker.
+fn crash(shared: &Shared, unnamed_lock: SharedSem, say: &Narrator) -> Result<()> {
+    crash_sysv(say)?;
+    crash_posix(shared, unnamed_lock, say)?;
+    // sem_destroy(3). SAFETY: every process that used it has exited.
+    unsafe {
+        let _ = unnamed_lock.destroy();
+    }
+    crash_robust(shared, say)
 }
 
 /// Step 7, System V: SEM_UNDO gives the lock back.

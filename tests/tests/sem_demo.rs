@@ -829,3 +829,73 @@ fn sysv_alone_is_a_usage_error_that_points_at_the_story() {
         help.describe()
     );
 }
+
+/// Stop a worker with two stop signals at once: SIGSTOP, then SIGINT and
+/// SIGTERM (both pending), then SIGCONT, so that the handlers run back to
+/// back and the second one does the emergency removal.
+fn two_stop_signals(mut worker: Proc) -> Output {
+    worker.wait_for_line(|l| l.contains("created the counter"), SHORT);
+    sleep(Duration::from_millis(200));
+    for signal in [
+        Signal::SIGSTOP,
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGCONT,
+    ] {
+        worker.signal(signal);
+    }
+    let out = worker.finish(SHORT);
+    // Pending standard signals arrive lowest number first: SIGINT, then
+    // SIGTERM, the second, whose emergency removal ends the process with
+    // SIGTERM's default action (or exit 143, had the first stop won).
+    use std::os::unix::process::ExitStatusExt;
+    let by_sigterm = out.status.signal() == Some(Signal::SIGTERM as i32);
+    assert!(
+        by_sigterm || out.status.code() == Some(143),
+        "not stopped by its signals\n{}",
+        out.describe()
+    );
+    out
+}
+
+/// A second stop signal removes what a process's guards hold, but a
+/// worker's semaphore and counter are meant to stay for the other workers
+/// (until `remove`): both must survive it, or neither. Before: the counter
+/// was made under a guard that was then forgotten, still armed, so the
+/// second signal removed the counter and left the semaphore (POSIX), and
+/// removed the counter segment (System V).
+#[test]
+fn a_second_stop_signal_leaves_a_workers_shared_objects_in_place() {
+    let name = format!("/{}", unique_name("sem-test"));
+    two_stop_signals(Proc::spawn(
+        SEM_DEMO,
+        &["worker", "--name", &name, "--iterations", "1000000000"],
+    ));
+    let counter = format!("/dev/shm{name}.counter");
+    let kept = Path::new(&counter).exists();
+    let removed = run(SEM_DEMO, &["remove", "--name", &name], SHORT);
+    let _ = std::fs::remove_file(&counter); // left alone by a failed remove
+    assert!(kept, "{counter} was removed");
+    assert_eq!(removed.code(), 0, "{}", removed.describe());
+    assert_gone(&name);
+
+    let (_dir, key) = ipc_tests::key_file("sem-demo-test");
+    two_stop_signals(Proc::spawn(
+        SEM_DEMO,
+        &[
+            "sysv",
+            "worker",
+            "--key",
+            &key,
+            "--iterations",
+            "1000000000",
+        ],
+    ));
+    let removed = run(SEM_DEMO, &["sysv", "remove", "--key", &key], SHORT);
+    assert_eq!(removed.code(), 0, "{}", removed.describe());
+    assert!(
+        removed.stdout.contains("removed the worker counter"),
+        "the counter segment was gone\n{}",
+        removed.describe()
+    );
+}
