@@ -134,8 +134,10 @@ pub fn lock_or_recover(
                 holder.store(me, Ordering::Relaxed);
                 return Ok(false);
             }
-            Wait::Interrupted => continue,
-            Wait::TimedOut => {}
+            // Interrupted by a signal handler, or a tick gone: either way
+            // look at the holder now (a storm of signals must not keep us
+            // from ever noticing that it died).
+            Wait::Interrupted | Wait::TimedOut => {}
         }
         // Still taken: is its holder alive? Skippable on a first reading:
         // the recovery a semaphore needs because it knows no owner.

@@ -222,13 +222,9 @@ fn signalling(shared: &Shared, say: &Narrator) -> Result<()> {
         bail!("sem_trywait succeeded on a semaphore at 0");
     }
     say.step("sem_trywait → EAGAIN: the value is 0 and trywait never waits");
-    match done
-        .wait_for(Duration::from_millis(50))
-        .context("sem_timedwait")?
-    {
-        Wait::TimedOut => say.step("sem_timedwait(50 ms) → ETIMEDOUT: no post yet"),
-        Wait::Interrupted => check_stop()?,
+    match wait_all_of(done, Duration::from_millis(50))? {
         Wait::Acquired => bail!("sem_timedwait(50 ms) on a semaphore at 0 succeeded"),
+        _ => say.step("sem_timedwait(50 ms) → ETIMEDOUT: no post yet"),
     }
     let start = Instant::now();
     // Wait for the post, looking at the child every tick: if it died
@@ -408,10 +404,8 @@ fn sysv_init_race(shared: &Shared, say: &Narrator) -> Result<()> {
     ));
     set.set_value(0, 0).context("semctl(SETVAL, 0)")?;
     let after = set.value(0).context("semctl(GETVAL)")?;
-    match semop(set, 0, -1, Undo::Keep, Duration::from_millis(200)).context("semtimedop(-1)")? {
-        Wait::TimedOut => {}
-        Wait::Interrupted => check_stop()?,
-        Wait::Acquired => bail!("the post survived SETVAL"),
+    if let Wait::Acquired = semop_all_of(set, 0, -1, Duration::from_millis(200))? {
+        bail!("the post survived SETVAL");
     }
     say.step(format!(
         "our semctl(SETVAL, 0): GETVAL = {after}. The post is lost: a wait for it times out \
@@ -470,6 +464,32 @@ fn sysv_init_race(shared: &Shared, say: &Narrator) -> Result<()> {
          sem-demo's sysv roles work this way"
     ));
     Ok(())
+}
+
+/// `sem_timedwait` for all of `timeout`, however many signal handlers
+/// interrupt it: after each EINTR, a stop request is looked for and the
+/// wait goes on for the time left. Never `Wait::Interrupted`.
+fn wait_all_of(sem: SharedSem, timeout: Duration) -> Result<Wait> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match sem.wait_for(left).context("sem_timedwait")? {
+            Wait::Interrupted => check_stop()?,
+            done => return Ok(done),
+        }
+    }
+}
+
+/// The same for a System V `semtimedop` without SEM_UNDO.
+fn semop_all_of(set: SemSet, index: u16, delta: i16, timeout: Duration) -> Result<Wait> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match semop(set, index, delta, Undo::Keep, left).context("semtimedop")? {
+            Wait::Interrupted => check_stop()?,
+            done => return Ok(done),
+        }
+    }
 }
 
 /// Fork a child that takes a lock with `acquire` and then waits to be
@@ -559,18 +579,14 @@ fn crash_posix(shared: &Shared, lock: SharedSem, say: &Narrator) -> Result<()> {
         || shared.holder.load(Ordering::Relaxed) != 0,
         say,
     )?;
-    match lock
-        .wait_for(Duration::from_millis(200))
-        .context("sem_timedwait")?
-    {
-        Wait::TimedOut => say.step(format!(
-            "sem_getvalue = {}; sem_timedwait(200 ms) → ETIMEDOUT: still taken. POSIX \
-             semaphores have no undo: a plain sem_wait would block forever here",
-            lock.value()?
-        )),
-        Wait::Interrupted => check_stop()?,
-        Wait::Acquired => bail!("the dead holder's POSIX lock was free"),
+    if let Wait::Acquired = wait_all_of(lock, Duration::from_millis(200))? {
+        bail!("the dead holder's POSIX lock was free");
     }
+    say.step(format!(
+        "sem_getvalue = {}; sem_timedwait(200 ms) → ETIMEDOUT: still taken. POSIX \
+         semaphores have no undo: a plain sem_wait would block forever here",
+        lock.value()?
+    ));
     let recovered = lock_or_recover(lock, &shared.holder, LOCK_PATIENCE, say)?;
     if !recovered {
         bail!("expected to recover the lock from its dead holder");
@@ -719,23 +735,29 @@ fn clocks(say: &Narrator) -> Result<()> {
     let sem = memory.as_mut_ptr();
     // SAFETY: the box is aligned sem_t memory that outlives every use.
     Errno::result(unsafe { libc::sem_init(sem, 0, 0) }).context("sem_init")?;
-    let timed_out = |rc: libc::c_int, call: &str| -> Result<()> {
-        match Errno::result(rc) {
-            Err(Errno::ETIMEDOUT) => Ok(()),
-            Ok(_) => bail!("{call} took from a semaphore at 0"),
-            Err(e) => Err(e).context(call.to_string()),
+    // Each wait must end in ETIMEDOUT. A signal handler's EINTR: look for a
+    // stop request, then wait again for the same absolute deadline.
+    let timed_out = |wait: &dyn Fn() -> libc::c_int, call: &str| -> Result<()> {
+        loop {
+            match Errno::result(wait()) {
+                Err(Errno::ETIMEDOUT) => return Ok(()),
+                Err(Errno::EINTR) => check_stop()?,
+                Ok(_) => bail!("{call} took from a semaphore at 0"),
+                Err(e) => return Err(e).context(call.to_string()),
+            }
         }
     };
     let wall = deadline_on(ClockId::CLOCK_REALTIME, WAIT)?;
     let start = Instant::now();
     // SAFETY: an initialised semaphore and a valid timespec.
-    timed_out(unsafe { libc::sem_timedwait(sem, &wall) }, "sem_timedwait")?;
+    let wait = || unsafe { libc::sem_timedwait(sem, &wall) };
+    timed_out(&wait, "sem_timedwait")?;
     let by_wall = start.elapsed();
     let mono = deadline_on(ClockId::CLOCK_MONOTONIC, WAIT)?;
     let start = Instant::now();
     // SAFETY: as above; CLOCK_MONOTONIC is a clock sem_clockwait accepts.
-    let rc = unsafe { sem_clockwait(sem, libc::CLOCK_MONOTONIC, &mono) };
-    timed_out(rc, "sem_clockwait(CLOCK_MONOTONIC)")?;
+    let wait = || unsafe { sem_clockwait(sem, libc::CLOCK_MONOTONIC, &mono) };
+    timed_out(&wait, "sem_clockwait(CLOCK_MONOTONIC)")?;
     let by_mono = start.elapsed();
     if by_mono < WAIT {
         bail!("sem_clockwait(CLOCK_MONOTONIC) timed out after {by_mono:?}, before its deadline");
@@ -753,7 +775,8 @@ fn clocks(say: &Narrator) -> Result<()> {
     // clock, that many seconds after 1970 is long past.
     let start = Instant::now();
     // SAFETY: as above.
-    timed_out(unsafe { libc::sem_timedwait(sem, &mono) }, "sem_timedwait")?;
+    let wait = || unsafe { libc::sem_timedwait(sem, &mono) };
+    timed_out(&wait, "sem_timedwait")?;
     let mixed = start.elapsed();
     if mixed >= WAIT {
         bail!("sem_timedwait with a CLOCK_MONOTONIC deadline waited {mixed:?}, not 0");

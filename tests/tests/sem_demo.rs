@@ -899,3 +899,33 @@ fn a_second_stop_signal_leaves_a_workers_shared_objects_in_place() {
         removed.describe()
     );
 }
+
+/// A storm of handled signals (SIGWINCH, which the tests' demos handle, so
+/// every blocked call returns EINTR) over the whole story: every wait
+/// retries after EINTR (the clock step's waits keep their absolute
+/// deadline), so the story still ends with exit 0 and errors=0.
+#[test]
+fn the_story_survives_an_eintr_storm() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let story = Proc::spawn(SEM_DEMO, &["--quiet"]);
+    let pgid = story.pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let storm = std::thread::spawn(move || {
+        let mut sent = 0u64;
+        while !flag.load(Ordering::Relaxed) {
+            if killpg(pgid, Signal::SIGWINCH).is_ok() {
+                sent += 1;
+            }
+            sleep(Duration::from_micros(500));
+        }
+        sent
+    });
+    let out = story.finish(LONG);
+    stop.store(true, Ordering::Relaxed);
+    let sent = storm.join().unwrap();
+    assert!(sent > 100, "only {sent} signals sent");
+    assert_eq!(out.code(), 0, "under {sent} SIGWINCH\n{}", out.describe());
+    assert_eq!(out.summary_field("errors"), "0", "{}", out.describe());
+}
