@@ -689,3 +689,243 @@ fn another_users_semaphores_are_left_alone_even_by_root() {
     let out = nobody(&["sysv", "remove", "--key", key]).finish(SHORT);
     assert_eq!(out.code(), 0, "{}", out.describe());
 }
+
+/// The default story, checked to have exited 0 with its summary.
+fn story_ok(args: &[&str]) -> Output {
+    let out = run(SEM_DEMO, args, LONG);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_eq!(out.summary_field("errors"), "0", "{}", out.describe());
+    out
+}
+
+fn assert_lines(out: &Output, expected: &[&str]) {
+    for expected in expected {
+        assert!(
+            out.stdout.contains(expected),
+            "missing {expected:?}\n{}",
+            out.describe()
+        );
+    }
+}
+
+/// Step 7's kernel-assisted answer to a dead lock holder: a robust,
+/// process-shared mutex whose holder is SIGKILLed is handed to the next
+/// locker with EOWNERDEAD (the story fails if it gets 0 or anything else),
+/// and after pthread_mutex_consistent it locks normally again.
+#[test]
+fn a_robust_mutex_hands_a_dead_holders_lock_on_with_eownerdead() {
+    let out = story_ok(&[]);
+    assert_lines(
+        &out,
+        &[
+            "PTHREAD_PROCESS_SHARED and PTHREAD_MUTEX_ROBUST",
+            "took the lock; SIGKILL: it was killed by SIGKILL, holding it",
+            "pthread_mutex_timedlock → EOWNERDEAD after ",
+            "the next pthread_mutex_timedlock → 0: an ordinary mutex again",
+        ],
+    );
+}
+
+/// Step 5: IPC_NOWAIT fails with EAGAIN where a semop would sleep, and a
+/// process waiting for zero (sem_op 0) is counted by GETZCNT, not GETNCNT,
+/// and is woken when the semaphore reaches 0.
+#[test]
+fn sysv_ipc_nowait_fails_at_once_and_getzcnt_counts_a_zero_waiter() {
+    let out = story_ok(&[]);
+    assert_lines(
+        &out,
+        &[
+            "semop([0: -1], IPC_NOWAIT) → EAGAIN after ",
+            "to become 0, semop([1: 0]): semctl(GETZCNT, 1) = 1, semctl(GETNCNT, 1) = 0",
+            "which wakes the child waiting for zero; it exited with status 0",
+        ],
+    );
+}
+
+/// Step 8: both waits time out after their 300 ms while nobody sets the
+/// clock; a CLOCK_MONOTONIC deadline given to sem_timedwait (which reads
+/// it on CLOCK_REALTIME) times out at once. The story checks both.
+#[test]
+fn a_timed_wait_counts_on_its_own_clock() {
+    let out = story_ok(&[]);
+    assert_lines(
+        &out,
+        &[
+            "sem_timedwait(CLOCK_REALTIME now + 300 ms) → ETIMEDOUT after ",
+            "sem_clockwait(CLOCK_MONOTONIC, its now + 300 ms) → ETIMEDOUT after ",
+            "reads it as a wall-clock time in January 1970, long past: ETIMEDOUT at once (",
+            "set back by an hour",
+        ],
+    );
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("sem_clockwait(CLOCK_MONOTONIC, its now"))
+        .unwrap();
+    let took: f64 = line
+        .rsplit("ETIMEDOUT after ")
+        .next()
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(took >= 0.3, "sem_clockwait returned early: {line}");
+}
+
+/// "(the most at one time: M," from step 9.
+fn most_at_once(out: &Output) -> u64 {
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("(the most at one time: "))
+        .unwrap_or_else(|| panic!("no pool line\n{}", out.describe()));
+    line.split("(the most at one time: ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"))
+}
+
+/// Step 9: a counting semaphore at 2 lets at most 2 of the 4 workers use
+/// the pool at once, counted by the users themselves; with the workers
+/// started at a barrier the pool is full at some moment, and some worker
+/// finds it empty. With one worker the narration says the pool never ran
+/// short.
+#[test]
+fn a_counting_semaphore_never_lets_more_than_n_use_the_pool() {
+    let out = story_ok(&[]);
+    assert_lines(
+        &out,
+        &[
+            "sem_init(pool, pshared=1, 2)",
+            "80 uses, never more than 2 at once",
+        ],
+    );
+    assert_eq!(most_at_once(&out), 2, "{}", out.describe());
+    assert!(
+        !out.stdout
+            .contains(" 0 times a worker found the pool empty"),
+        "{}",
+        out.describe()
+    );
+    let one = story_ok(&["--workers", "1", "--iterations", "1000"]);
+    assert_eq!(most_at_once(&one), 1, "{}", one.describe());
+    assert_lines(&one, &["with --workers 1 the pool never runs short"]);
+}
+
+/// `sem-demo sysv` with no role is not a second story (one story teaches
+/// both families): with or without story options it exits 2 with one line
+/// saying so, and the help says the same.
+#[test]
+fn sysv_alone_is_a_usage_error_that_points_at_the_story() {
+    for args in [&["sysv"][..], &["sysv", "--quiet"][..]] {
+        assert_usage_error(SEM_DEMO, args, "the story runs System V in steps 5 to 7");
+    }
+    let help = run(SEM_DEMO, &["--help"], SHORT);
+    assert_eq!(help.code(), 0, "{}", help.describe());
+    assert!(
+        help.stdout
+            .contains("'sem-demo sysv' alone is not a second story"),
+        "{}",
+        help.describe()
+    );
+}
+
+/// Stop a worker with two stop signals at once: SIGSTOP, then SIGINT and
+/// SIGTERM (both pending), then SIGCONT, so that the handlers run back to
+/// back and the second one does the emergency removal.
+fn two_stop_signals(mut worker: Proc) -> Output {
+    worker.wait_for_line(|l| l.contains("created the counter"), SHORT);
+    sleep(Duration::from_millis(200));
+    for signal in [
+        Signal::SIGSTOP,
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGCONT,
+    ] {
+        worker.signal(signal);
+    }
+    let out = worker.finish(SHORT);
+    // Pending standard signals arrive lowest number first: SIGINT, then
+    // SIGTERM, the second, whose emergency removal ends the process with
+    // SIGTERM's default action (or exit 143, had the first stop won).
+    use std::os::unix::process::ExitStatusExt;
+    let by_sigterm = out.status.signal() == Some(Signal::SIGTERM as i32);
+    assert!(
+        by_sigterm || out.status.code() == Some(143),
+        "not stopped by its signals\n{}",
+        out.describe()
+    );
+    out
+}
+
+/// A second stop signal removes what a process's guards hold, but a
+/// worker's semaphore and counter are meant to stay for the other workers
+/// (until `remove`): both must survive it, or neither. Before: the counter
+/// was made under a guard that was then forgotten, still armed, so the
+/// second signal removed the counter and left the semaphore (POSIX), and
+/// removed the counter segment (System V).
+#[test]
+fn a_second_stop_signal_leaves_a_workers_shared_objects_in_place() {
+    let name = format!("/{}", unique_name("sem-test"));
+    two_stop_signals(Proc::spawn(
+        SEM_DEMO,
+        &["worker", "--name", &name, "--iterations", "1000000000"],
+    ));
+    let counter = format!("/dev/shm{name}.counter");
+    let kept = Path::new(&counter).exists();
+    let removed = run(SEM_DEMO, &["remove", "--name", &name], SHORT);
+    let _ = std::fs::remove_file(&counter); // left alone by a failed remove
+    assert!(kept, "{counter} was removed");
+    assert_eq!(removed.code(), 0, "{}", removed.describe());
+    assert_gone(&name);
+
+    let (_dir, key) = ipc_tests::key_file("sem-demo-test");
+    two_stop_signals(Proc::spawn(
+        SEM_DEMO,
+        &[
+            "sysv",
+            "worker",
+            "--key",
+            &key,
+            "--iterations",
+            "1000000000",
+        ],
+    ));
+    let removed = run(SEM_DEMO, &["sysv", "remove", "--key", &key], SHORT);
+    assert_eq!(removed.code(), 0, "{}", removed.describe());
+    assert!(
+        removed.stdout.contains("removed the worker counter"),
+        "the counter segment was gone\n{}",
+        removed.describe()
+    );
+}
+
+/// A storm of handled signals (SIGWINCH, which the tests' demos handle, so
+/// every blocked call returns EINTR) over the whole story: every wait
+/// retries after EINTR (the clock step's waits keep their absolute
+/// deadline), so the story still ends with exit 0 and errors=0.
+#[test]
+fn the_story_survives_an_eintr_storm() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let story = Proc::spawn(SEM_DEMO, &["--quiet"]);
+    let pgid = story.pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let storm = std::thread::spawn(move || {
+        let mut sent = 0u64;
+        while !flag.load(Ordering::Relaxed) {
+            if killpg(pgid, Signal::SIGWINCH).is_ok() {
+                sent += 1;
+            }
+            sleep(Duration::from_micros(500));
+        }
+        sent
+    });
+    let out = story.finish(LONG);
+    stop.store(true, Ordering::Relaxed);
+    let sent = storm.join().unwrap();
+    assert!(sent > 100, "only {sent} signals sent");
+    assert_eq!(out.code(), 0, "under {sent} SIGWINCH\n{}", out.describe());
+    assert_eq!(out.summary_field("errors"), "0", "{}", out.describe());
+}
