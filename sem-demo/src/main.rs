@@ -52,9 +52,10 @@
 //! target/debug/sem-demo sysv remove --key /tmp/demo.key
 //! ```
 //!
-//! `sem-demo sysv` with no role is not a second story: the one story
-//! teaches both families side by side (System V in steps 5 to 7), so it
-//! exits 2 with the line "sysv needs a role ...", which says so.
+//! `sem-demo sysv` with no role runs the System V half of the story on its
+//! own (the race, a System V semaphore as the lock, a set, its
+//! initialisation race, a holder killed under SEM_UNDO), as `shm-demo sysv`
+//! and `msgq-demo sysv` do; `sem-demo` tells both families side by side.
 //!
 //! ## What to look for
 //!
@@ -125,11 +126,13 @@ USAGE:
         Add one to /NAME.
     sem-demo remove --name /NAME
         sem_unlink /NAME (and its counter, if any).
+    sem-demo sysv [--workers K] [--iterations N] [--quiet]
+        The System V half of the story on its own, as 'shm-demo sysv' and
+        'msgq-demo sysv' do: the race, a System V semaphore as the lock
+        (semop with SEM_UNDO), a set, its initialisation race, a holder killed.
     sem-demo sysv worker|wait|post|remove --key PATH [...]
-        The same with a System V semaphore set found by ftok(PATH), which must
-        be an existing file. 'sem-demo sysv' alone is not a second story (the
-        one story shows both families, System V in steps 5 to 7): it exits 2
-        and says so.
+        The roles with a System V semaphore set found by ftok(PATH), which
+        must be an existing file.
 
     /NAME is the file /dev/shm/sem.NAME (its counter /dev/shm/NAME.counter),
     beside shm_open's segments. A semaphore, counter or set that sem-demo did
@@ -195,13 +198,6 @@ fn run() -> Result<()> {
     let first = args.role(&["worker", "wait", "post", "remove", "sysv"])?;
     let sysv = first.as_deref() == Some("sysv");
     let role = if sysv { args.role(&ROLES)? } else { first };
-    // One story for both families, so `sysv` alone is not a variant with a
-    // story of its own: it is a prefix for the System V roles.
-    if sysv && role.is_none() {
-        return Err(usage(
-            "sysv needs a role: worker, wait, post or remove (the story runs System V in steps 5 to 7)",
-        ));
-    }
     let mut story_opts = StoryOptions {
         workers: 4,
         iterations: 100_000,
@@ -261,7 +257,13 @@ fn run() -> Result<()> {
     }
     stop_on_signals()?;
     let Some(role) = role else {
-        return story::story(&story_opts);
+        // Like every variant with no role (`shm-demo sysv`, `msgq-demo sysv`):
+        // a story, here the System V half of the one `sem-demo` tells.
+        return if sysv {
+            story::story_sysv(&story_opts)
+        } else {
+            story::story(&story_opts)
+        };
     };
     let say = Narrator::new(role.as_str(), false, Stream::Stdout);
     if sysv {

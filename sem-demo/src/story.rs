@@ -96,6 +96,84 @@ pub fn story(opts: &StoryOptions) -> Result<()> {
     Ok(())
 }
 
+/// `sem-demo sysv`: the System V half of the story, the same way the POSIX
+/// steps run in [`story`]: the race, a System V semaphore as the lock, the
+/// set, its initialisation race, and a holder killed under SEM_UNDO.
+pub fn story_sysv(opts: &StoryOptions) -> Result<()> {
+    let say = Narrator::new("parent", opts.quiet, Stream::Stdout);
+    say.line(format!(
+        "sem-demo sysv: {} worker processes x {} increments of one shared counter, System V \
+         semaphores (parent pid {}); `sem-demo` runs both families side by side",
+        opts.workers,
+        opts.iterations,
+        std::process::id()
+    ));
+    let page = SharedPage::new()?;
+    let shared = page.get();
+
+    say.line("\n== 1. The race: no lock ==");
+    race(shared, opts, &say)?;
+
+    say.line("\n== 2. A System V semaphore as a lock: semop -1 and +1 with SEM_UNDO ==");
+    let locked = sysv_lock(shared, opts, &say)?;
+
+    say.line("\n== 3. System V semaphore sets: several counters, one atomic semop ==");
+    sysv_sets(&say)?;
+
+    say.line("\n== 4. System V's initialisation race: semget, then SETVAL ==");
+    sysv_init_race(shared, &say)?;
+
+    say.line("\n== 5. The crash hazard: a lock holder killed by SIGKILL ==");
+    crash_sysv(&say)?;
+
+    let locked_expected = opts.workers * (opts.iterations / 10).max(1);
+    let lost = locked_expected.saturating_sub(locked.count);
+    say.line("");
+    say.line(Summary {
+        mechanism: "sem-sysv",
+        messages: locked_expected,
+        bytes: 0,
+        errors: lost,
+        elapsed: locked.run.took,
+    });
+    if lost > 0 {
+        bail!("{lost} updates lost even under a lock");
+    }
+    Ok(())
+}
+
+/// The System V story's step 2: the workers' increments under semaphore 0
+/// of a one-semaphore set, each taken with SEM_UNDO (a worker killed while
+/// holding it gives it back).
+fn sysv_lock(shared: &Shared, opts: &StoryOptions, say: &Narrator) -> Result<Counted> {
+    // A tenth of the increments: every semop is a system call, and a
+    // contended one a sleep and a wake-up (tens of µs each here).
+    let iterations = (opts.iterations / 10).max(1);
+    let expected = opts.workers * iterations;
+    // semget(IPC_PRIVATE): a new set nobody else can find; then value 1 and
+    // a first semop, so sem_otime says it is ready (step 4 shows why).
+    let set = SemSet::create_initialised(libc::IPC_PRIVATE, 0o600, &[1])
+        .context("semget(IPC_PRIVATE, 1) + initialisation")?;
+    let _remove = SysvGuard::new(SysvKind::SemaphoreSet, set.id); // semctl(IPC_RMID) on drop
+    say.step(format!(
+        "semget(IPC_PRIVATE, 1, 0600) = semid {}, value 1: a lock the forked workers inherit by id",
+        set.id
+    ));
+    shared.counter.store(0, Ordering::Relaxed);
+    let run = run_workers(shared, opts.workers, iterations, say, || {
+        increment(shared, Lock::Sysv(set), iterations)
+    })?;
+    let count = shared.counter.load(Ordering::Relaxed);
+    say.step(format!(
+        "semop(-1, SEM_UNDO) / increment / semop(+1, SEM_UNDO), {iterations} increments per \
+         worker (a tenth): expected {expected}, got {count} \
+         ({:.1} ns per increment: every semop is a system call, where a POSIX semaphore enters \
+         the kernel only to sleep or wake)",
+        run.per_increment
+    ));
+    Ok(Counted { count, run })
+}
+
 /// What a locked step counted, and how long it took.
 struct Counted {
     count: u64,
@@ -966,6 +1044,8 @@ impl Drop for SharedPage {
 enum Lock {
     None,
     Posix(SharedSem),
+    /// Semaphore 0 of a System V set, taken with SEM_UNDO.
+    Sysv(SemSet),
 }
 
 /// The story's worker: `iterations` increments of `counter`, in rounds
@@ -984,7 +1064,7 @@ fn increment(shared: &Shared, lock: Lock, iterations: u64) -> Result<()> {
     // Rounds give the race more chances to show; a lock needs only one.
     let rounds = match lock {
         Lock::None => iterations.min(ROUNDS),
-        Lock::Posix(_) => 1,
+        Lock::Posix(_) | Lock::Sysv(_) => 1,
     };
     let mut made: u64 = 0;
     for round in 0..rounds {
@@ -999,15 +1079,22 @@ fn increment(shared: &Shared, lock: Lock, iterations: u64) -> Result<()> {
                 check_stop()?;
             }
             made += 1;
-            if let Lock::Posix(sem) = lock {
-                take(sem)?;
+            match lock {
+                Lock::Posix(sem) => take(sem)?,
+                Lock::Sysv(set) => take_sysv(set)?,
+                Lock::None => {}
             }
             // Deliberately a load then a store, not fetch_add: this is what
             // `counter += 1` on plain shared memory does.
             let value = shared.counter.load(Ordering::Relaxed);
             shared.counter.store(value + 1, Ordering::Relaxed);
-            if let Lock::Posix(sem) = lock {
-                sem.post().context("sem_post")?;
+            match lock {
+                Lock::Posix(sem) => sem.post().context("sem_post")?,
+                // +1 with SEM_UNDO: the undo entry of the -1 is cancelled.
+                Lock::Sysv(set) => {
+                    semop(set, 0, 1, Undo::SemUndo, LOCK_TICK).context("semop(+1, SEM_UNDO)")?;
+                }
+                Lock::None => {}
             }
         }
         let ns = u64::try_from(busy.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -1074,6 +1161,20 @@ fn other_running(shared: &Shared) -> bool {
 }
 
 /// Take a POSIX semaphore, waiting at most LOCK_PATIENCE.
+/// semop(-1, SEM_UNDO) on semaphore 0, in ticks so a stop is seen.
+fn take_sysv(set: SemSet) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        match semop(set, 0, -1, Undo::SemUndo, LOCK_TICK).context("semop(-1, SEM_UNDO)")? {
+            Wait::Acquired => return Ok(()),
+            Wait::Interrupted | Wait::TimedOut => check_stop()?,
+        }
+        if start.elapsed() > LOCK_PATIENCE {
+            bail!("could not get the lock in {LOCK_PATIENCE:?}");
+        }
+    }
+}
+
 fn take(sem: SharedSem) -> Result<()> {
     let start = Instant::now();
     loop {

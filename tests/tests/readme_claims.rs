@@ -12,6 +12,7 @@ const STORIES: &[(&str, &[&str])] = &[
     ("signal-demo", &[]),
     ("msgq-demo", &[]),
     ("sem-demo", &[]),
+    ("sem-demo", &["sysv"]),
     ("shm-demo", &[]),
     ("shm-demo", &["sysv"]),
     ("socket-demo", &[]),
