@@ -393,9 +393,27 @@ unsafe fn empty_and_rmdir(path: *const libc::c_char) {
 }
 
 /// A name no other process or test uses at the same time: `PREFIX-PID-N`.
+///
+/// N starts at a random number, chosen once per process, and counts up: a
+/// local user who wants to stop a demo by creating its next file or object
+/// first (a squatter) cannot predict it from the pid alone.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| {
+        let mut bytes = [0u8; 4];
+        // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
+        let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        if got == 4 {
+            u32::from_ne_bytes(bytes) >> 4
+        } else {
+            // No getrandom (very old kernel): the clock is still not the pid.
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        }
+    });
+    let n = u64::from(start) + u64::from(COUNTER.fetch_add(1, Ordering::Relaxed));
     format!("{prefix}-{}-{n}", std::process::id())
 }
 
@@ -423,13 +441,17 @@ impl PrivateDir {
     /// Create `<runtime dir>/<prefix>-<pid>-<n>` with mode 0700.
     pub fn create(prefix: &str) -> anyhow::Result<PrivateDir> {
         use std::os::unix::fs::DirBuilderExt;
-        let path = runtime_dir().join(unique_name(prefix));
         // mkdir fails if the name exists, like O_EXCL: we never reuse a
-        // directory somebody else may have prepared.
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .with_context(|| format!("mkdir({})", path.display()))?;
+        // directory somebody else may have prepared; we take the next name.
+        let mut tries = 0;
+        let path = loop {
+            let path = runtime_dir().join(unique_name(prefix));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => break path,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
+                Err(e) => return Err(e).with_context(|| format!("mkdir({})", path.display())),
+            }
+        };
         // The mode given to mkdir is masked by the umask: set it exactly.
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .with_context(|| format!("chmod({}, 0700)", path.display()))?;
@@ -600,6 +622,10 @@ mod tests {
         let (a, b) = (unique_name("t"), unique_name("t"));
         assert_ne!(a, b);
         assert!(a.starts_with(&format!("t-{}-", std::process::id())));
+        // N starts at random, not at 0: a squatter cannot create "t-PID-0"
+        // ahead of us. (Below 1000 by chance: about 4 runs in a million.)
+        let n: u64 = a.rsplit('-').next().unwrap().parse().unwrap();
+        assert!(n >= 1000, "{a}: N looks like a plain counter");
     }
 
     #[test]

@@ -79,11 +79,31 @@ pub struct Peer {
 
 impl Peer {
     /// Start this program again with `args` (e.g. `["receiver", "--path",
-    /// p]`), sharing our stdin, stdout and stderr.
+    /// p]`), sharing our stdin, stdout and stderr. The child gets SIGTERM if
+    /// we die first (`PR_SET_PDEATHSIG`; it fires when the thread that
+    /// spawned it ends, so spawn from the main thread).
     pub fn spawn_self<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> anyhow::Result<Peer> {
+        use std::os::unix::process::CommandExt;
         let exe = std::env::current_exe().context("current_exe()")?;
-        let child = Command::new(&exe)
-            .args(args)
+        let parent = std::process::id() as libc::pid_t;
+        let mut command = Command::new(&exe);
+        command.args(args);
+        // SAFETY: between fork and exec the closure makes only
+        // async-signal-safe calls (prctl, getppid, _exit).
+        unsafe {
+            command.pre_exec(move || {
+                // If we die (even by SIGKILL, which runs no destructor), the
+                // kernel sends the child SIGTERM, and it cleans up and ends:
+                // no peer outlives its story.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                // We may have died before prctl: then it never fires.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("spawn({})", exe.display()))?;
         let entry = Some(crate::cleanup::Registration::child(child.id() as i32));

@@ -199,3 +199,51 @@ fn eventfd_story() {
         "sendmsg(count=",
     );
 }
+
+/// A story killed by SIGKILL runs no destructor and cannot stop its peers;
+/// the kernel does (`PR_SET_PDEATHSIG` in `common::peer`): the peer it
+/// started gets SIGTERM and ends, instead of waiting out its --timeout.
+#[test]
+fn a_story_killed_by_sigkill_leaves_no_peer_running() {
+    // memfd-demo's step 4 starts its receiver, which listens, then fills
+    // ~1 GB before it connects: killed in between, the receiver would wait
+    // for a sender for the whole --timeout.
+    let mut story = ipc_tests::Proc::spawn(
+        "memfd-demo",
+        &[
+            "--count",
+            "15000",
+            "--size",
+            "65536",
+            "--quiet",
+            "--timeout",
+            "600",
+        ],
+    );
+    story.wait_for_line(
+        |l| l.contains("started a receiver process"),
+        Duration::from_secs(60),
+    );
+    let pid = story.pid().as_raw();
+    story.signal(Signal::SIGKILL);
+    // finish() also fails unless every process of the story's group is gone
+    // within 10 s: the receiver too, though its own timeout is 600 s.
+    let out = story.finish(Duration::from_secs(60));
+    assert!(out.status.code().is_none(), "{}", out.describe());
+    // What SIGKILL left: the story's private directory (the receiver removed
+    // its socket file when SIGTERM stopped it). Ours to remove.
+    let prefix = format!("memfd-demo-{pid}-");
+    for entry in std::fs::read_dir(common::cleanup::runtime_dir())
+        .unwrap()
+        .flatten()
+    {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let dir = entry.path();
+            assert!(
+                !dir.join("memfd.sock").exists(),
+                "the receiver was stopped without removing its socket file"
+            );
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+}
