@@ -58,6 +58,9 @@ pub const SEMVMX: u16 = 32767;
 pub struct SemStat {
     /// The owner (`sem_perm.uid`): who may change or remove it.
     pub uid: u32,
+    /// The creator (`sem_perm.cuid`), who keeps those rights even after
+    /// handing the set to another owner with `IPC_SET`.
+    pub cuid: u32,
     /// The permission bits (`sem_perm.mode & 0777`).
     pub mode: u32,
     /// How many semaphores the set has.
@@ -141,6 +144,7 @@ impl SemSet {
         Errno::result(rc)?;
         Ok(SemStat {
             uid: ds.sem_perm.uid,
+            cuid: ds.sem_perm.cuid,
             mode: u32::from(ds.sem_perm.mode) & 0o777,
             nsems: ds.sem_nsems as u64,
             otime: ds.sem_otime as i64,

@@ -275,11 +275,15 @@ pub fn refused(name: &str, e: OpenError) -> anyhow::Error {
 /// Skippable on a first reading: hardening.
 pub fn check_set(set: SemSet, key: libc::key_t) -> Result<()> {
     let st = set.stat().context("semctl(IPC_STAT)")?;
-    if st.uid != geteuid().as_raw() {
+    // The creator too: an owner can hand a set to us with IPC_SET, yet its
+    // creator may still change or remove it at will.
+    if st.uid != geteuid().as_raw() || st.cuid != geteuid().as_raw() {
         bail!(
-            "semid {} (key {key:#010x}) belongs to {}, not to you, {}: sem-demo leaves it alone",
+            "semid {} (key {key:#010x}) belongs to {} and was created by {}, not by you, {}: \
+             sem-demo leaves it alone",
             set.id,
             whose(st.uid),
+            whose(st.cuid),
             me()
         );
     }
@@ -301,7 +305,14 @@ fn shm_owner_size(id: libc::c_int) -> Result<(u32, usize)> {
     // SAFETY: IPC_STAT writes one shmid_ds through the valid pointer.
     Errno::result(unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) })
         .context("shmctl(IPC_STAT)")?;
-    Ok((ds.shm_perm.uid, ds.shm_segsz))
+    // An owner who is not the creator was handed the segment (IPC_SET):
+    // the creator can still change or remove it; count it as theirs.
+    let uid = if ds.shm_perm.cuid != ds.shm_perm.uid {
+        ds.shm_perm.cuid
+    } else {
+        ds.shm_perm.uid
+    };
+    Ok((uid, ds.shm_segsz))
 }
 
 /// Refuse a segment that is not ours or not a Counter's size.

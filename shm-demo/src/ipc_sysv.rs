@@ -90,10 +90,13 @@ fn check_set(id: libc::c_int, key: libc::key_t) -> Result<()> {
     if ds.sem_perm.__key != key {
         bail!("semid {id} is not under our key {key:#010x}");
     }
-    if ds.sem_perm.uid != me {
+    // The creator too: an owner can hand a set to us with IPC_SET (uid 0
+    // for root), yet its creator may still change or remove it at will.
+    if ds.sem_perm.uid != me || ds.sem_perm.cuid != me {
         bail!(
-            "the semaphore set semid {id} belongs to {}, not to you ({})",
+            "the semaphore set semid {id} belongs to {} and was created by {}, not by you ({})",
             who(ds.sem_perm.uid),
+            who(ds.sem_perm.cuid),
             who(me)
         );
     }
@@ -262,11 +265,12 @@ fn remove_if_stale(key: libc::key_t, say: &Narrator) -> Result<()> {
     let id = Errno::result(unsafe { libc::shmget(key, 0, 0) }).context("shmget(key, 0, 0)")?;
     let ds = shm_stat(id).context("shmctl(IPC_STAT)")?;
     let me = Uid::effective().as_raw();
-    if ds.shm_perm.uid != me {
+    if ds.shm_perm.uid != me || ds.shm_perm.cuid != me {
         bail!(
-            "a System V segment with this key (shmid {id}) belongs to {}, not to you ({}): \
-             refusing to remove it; choose another --key",
+            "a System V segment with this key (shmid {id}) belongs to {} and was created by {}, \
+             not by you ({}): refusing to remove it; choose another --key",
             who(ds.shm_perm.uid),
+            who(ds.shm_perm.cuid),
             who(me)
         );
     }
@@ -335,11 +339,12 @@ fn open(key_path: &Path, say: &Narrator) -> Result<(Segment, libc::c_int, i32, S
     // shmctl(2) IPC_STAT: owner and size from the kernel, not the segment.
     let ds = shm_stat(id).context("shmctl(IPC_STAT)")?;
     let me = Uid::effective().as_raw();
-    if ds.shm_perm.uid != me {
+    if ds.shm_perm.uid != me || ds.shm_perm.cuid != me {
         bail!(
-            "the System V segment shmid {id} belongs to {}, not to you ({}): refusing to \
-             write into it",
+            "the System V segment shmid {id} belongs to {} and was created by {}, not by you \
+             ({}): refusing to write into it",
             who(ds.shm_perm.uid),
+            who(ds.shm_perm.cuid),
             who(me)
         );
     }

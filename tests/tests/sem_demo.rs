@@ -686,8 +686,43 @@ fn another_users_semaphores_are_left_alone_even_by_root() {
         "nobody's sysv wait got a post\n{}",
         out.describe()
     );
-    let out = nobody(&["sysv", "remove", "--key", key]).finish(SHORT);
-    assert_eq!(out.code(), 0, "{}", out.describe());
+    // A gift: nobody's set handed to root with IPC_SET (owner uid 0). Its
+    // creator can still change or remove it at will, so it is not ours.
+    let k = common::sysv_sem::ftok(Path::new(key), b'M').unwrap();
+    // SAFETY: semget takes no pointers.
+    let id = unsafe { libc::semget(k, 0, 0) };
+    assert!(id >= 0, "nobody's set is gone");
+    // SAFETY: IPC_STAT fills `ds`; IPC_SET reads its uid, gid and mode.
+    unsafe {
+        let mut ds: libc::semid_ds = std::mem::zeroed();
+        assert_eq!(
+            libc::semctl(id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds),
+            0
+        );
+        ds.sem_perm.uid = 0;
+        ds.sem_perm.gid = 0;
+        assert_eq!(
+            libc::semctl(id, 0, libc::IPC_SET, &mut ds as *mut libc::semid_ds),
+            0
+        );
+    }
+    for args in [
+        &["sysv", "post", "--key", key][..],
+        &["sysv", "remove", "--key", key],
+        &["sysv", "wait", "--key", key, "--timeout", "1"],
+        &["sysv", "worker", "--key", key, "--timeout", "1"],
+    ] {
+        let role = args[1];
+        let out = run(SEM_DEMO, args, SHORT);
+        assert_eq!(out.code(), 1, "gifted set, {role}\n{}", out.describe());
+        assert!(
+            out.stderr.contains("was created by nobody (uid 65534)"),
+            "gifted set, {role}\n{}",
+            out.describe()
+        );
+    }
+    // SAFETY: IPC_RMID takes no buffer; root may remove it now.
+    assert_eq!(unsafe { libc::semctl(id, 0, libc::IPC_RMID) }, 0);
 }
 
 /// The default story, checked to have exited 0 with its summary.
