@@ -200,7 +200,9 @@ pub fn finish(
         });
     }
     if errors > 0 {
-        anyhow::bail!("{errors} of {count} messages failed the check");
+        // Errors count each kind of fault (lost, duplicated, reordered,
+        // corrupted), so they can outnumber the messages.
+        anyhow::bail!("the check of {count} messages found {errors} error(s)");
     }
     Ok(())
 }

@@ -320,12 +320,15 @@ impl std::error::Error for ReceiverGone {}
 const TICK: Duration = Duration::from_millis(250);
 
 pub fn sender(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
+    // A command-line mistake against this kernel's limit: exit 2, like any
+    // other option out of range.
     if opts.size > msgmax() {
-        bail!(
-            "--size {} is larger than msgmax, {} bytes (/proc/sys/kernel/msgmax)",
+        return Err(common::error::usage(format!(
+            "--size {} is larger than msgmax, {} bytes (/proc/sys/kernel/msgmax): use at most {}",
             opts.size,
+            msgmax(),
             msgmax()
-        );
+        )));
     }
     let queue = Queue::open_or_create(path, say)?;
     let _ticker = Ticker::start(TICK)?;

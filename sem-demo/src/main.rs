@@ -125,7 +125,9 @@ USAGE:
     sem-demo post --name /NAME
         Add one to /NAME.
     sem-demo remove --name /NAME
-        sem_unlink /NAME (and its counter, if any).
+        sem_unlink /NAME (and its counter, if any). A semaphore that worker
+        or wait created stays after they end, so that other terminals can go
+        on using it: remove is how it goes.
     sem-demo sysv [--workers K] [--iterations N] [--quiet]
         The System V half of the story on its own, as 'shm-demo sysv' and
         'msgq-demo sysv' do: the race, a System V semaphore as the lock

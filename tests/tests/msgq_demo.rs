@@ -349,6 +349,13 @@ fn bad_command_lines_exit_2_with_one_line_naming_the_problem() {
         (&["posix", "--clients", "2"], "the POSIX story"),
         (&["sysv", "--key", "/k"], "--key"),
         (&["sysv", "--size", "9000"], "--size"),
+        // Over this kernel's msgmax (8192 here): a usage error too.
+        (
+            &[
+                "sysv", "sender", "--key", "/k", "--count", "1", "--size", "9000",
+            ],
+            "msgmax",
+        ),
         (&["sysv", "sender"], "--key"),
         (
             &["sysv", "sender", "--key", "/k", "--type", "0", "x"],
