@@ -704,9 +704,14 @@ fn handled_messages(caught: &[libc::c_int]) -> u64 {
 
 fn show(say: &Narrator, r: &Record) {
     let mut line = describe(r);
-    if r.signo == libc::SIGHUP {
-        line.push_str(": would reload the configuration");
-    }
+    // What each conventionally means; a program is free to do otherwise.
+    line.push_str(match r.signo {
+        libc::SIGHUP => ": the terminal hung up; a daemon would reload its configuration",
+        libc::SIGINT => ": Ctrl-C, interrupt from the keyboard",
+        libc::SIGQUIT => ": Ctrl-\\, quit (its default action also dumps core); here only counted",
+        libc::SIGTERM => ": the polite request to end, kill's default",
+        _ => "",
+    });
     if is_stop(r.signo) {
         // Always shown, even with --quiet: it explains why the run ends.
         say.step(format!("{line}: asked to stop"));

@@ -60,6 +60,43 @@ fn the_tour_shows_every_rule_and_leaves_no_zombie() {
     }
 }
 
+/// The receiver says what SIGHUP, SIGQUIT, SIGINT and SIGTERM conventionally
+/// mean as it handles each.
+#[test]
+fn receiver_says_what_hup_quit_int_and_term_conventionally_mean() {
+    let (proc, pid) = receiver(&["--count", "2"]);
+    let status = Command::new("sh")
+        .args(["-c", "kill -HUP \"$1\" && kill -QUIT \"$1\"", "sh", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = proc.finish(SHORT);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        out.stdout
+            .contains("a daemon would reload its configuration"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout
+            .contains("quit (its default action also dumps core)"),
+        "{}",
+        out.describe()
+    );
+    for (signal, meaning, code) in [
+        ("-INT", "Ctrl-C, interrupt from the keyboard", 130),
+        ("-TERM", "the polite request to end, kill's default", 143),
+    ] {
+        let (proc, pid) = receiver(&[]);
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success());
+        let out = proc.finish(SHORT);
+        assert_eq!(out.code(), code, "{}", out.describe());
+        assert!(out.stdout.contains(meaning), "{signal}: {}", out.describe());
+    }
+}
+
 #[test]
 fn receiver_counts_signals_from_the_shell_and_from_the_sender() {
     let (proc, pid) = receiver(&["--count", "4"]);
