@@ -3,7 +3,7 @@
 //! exits 130, no process of it survives, and no named object is left.
 //!
 //! Each story runs in fresh IPC and mount namespaces (`unshare`, so root
-//! only) with its own `/dev/shm`, `/dev/mqueue` and `/tmp`: whatever is
+//! only) with its own `/dev/shm`, `/dev/mqueue` and temp dir: whatever is
 //! found there afterwards was left by that story, and the check cannot be
 //! confused by other tests running at the same time. A bash holder starts
 //! the story in a session of its own, waits for it and its children to be
@@ -19,7 +19,9 @@ const HOLDER: &str = r#"
 set -u
 mount -t tmpfs -o size=256m,mode=1777 tmpfs /dev/shm || exit 90
 mkdir -p /dev/mqueue && mount -t mqueue mqueue /dev/mqueue || exit 91
-mount -t tmpfs -o mode=1777 tmpfs /tmp || exit 92
+# The temp dir inside that tmpfs, not a tmpfs over /tmp: the binaries may
+# live under /tmp (a clone of the repository there).
+mkdir -m 1777 /dev/shm/.tmp && export TMPDIR=/dev/shm/.tmp || exit 92
 cd /
 # A non-interactive shell starts background commands with SIGINT ignored;
 # a terminal's foreground job has it at its default: restore that.
@@ -37,7 +39,7 @@ if kill -0 -- "-$pgid" 2>/dev/null; then
   kill -KILL -- "-$pgid"
 fi
 echo "=== status $status"
-for left in /dev/shm/* /dev/mqueue/* /tmp/*; do
+for left in /dev/shm/* /dev/mqueue/* /dev/shm/.tmp/*; do
   [ -e "$left" ] && echo "=== left $left"
 done
 ipcs -q -m -s | awk '/^0x/ { print "=== left System V id " $2 " (" $1 ")" }'
