@@ -130,18 +130,48 @@ fn new_story_queue(key_path: &Path, say: &Narrator) -> Result<ipc_sysv::Queue> {
     })
 }
 
-/// A new key file in the story's private directory.
-fn key_file(dir: &PrivateDir, name: &str) -> Result<std::path::PathBuf> {
+/// How many key files the story tries before it says someone is taking
+/// System V keys ahead of it.
+const KEY_TRIES: u32 = 4096;
+
+/// A new key file in the story's private directory whose `ftok` key has no
+/// queue yet. A key is the file's inode (low 16 bits), device and 'Q': easy
+/// to predict, so another user can create queues at the keys we will get
+/// next. A taken key is never ours to use: we make another file (a new
+/// inode, so a new key) and try again. (Hardening: a first reading may skip
+/// the loop.)
+fn key_file(dir: &PrivateDir, name: &str, say: &Narrator) -> Result<std::path::PathBuf> {
     let path = dir.path().join(name);
-    std::fs::write(&path, b"")
-        .with_context(|| format!("create the key file {}", path.display()))?;
-    Ok(path)
+    for attempt in 0..KEY_TRIES {
+        std::fs::write(&path, b"")
+            .with_context(|| format!("create the key file {}", path.display()))?;
+        let key = ipc_sysv::key_of(&path)?;
+        // SAFETY: msgget takes no pointers; flags 0 only looks the key up.
+        if unsafe { libc::msgget(key, 0) } == -1
+            && nix::errno::Errno::last() == nix::errno::Errno::ENOENT
+        {
+            if attempt > 0 {
+                say.step(format!(
+                    "{attempt} key(s) were taken by queues that are not ours (ftok keys are \
+                     predictable: see ipcs -q -c); {key:#010x} is free"
+                ));
+            }
+            return Ok(path);
+        }
+        // Unlink, so the next file gets a new inode and with it a new key.
+        std::fs::remove_file(&path)
+            .with_context(|| format!("remove the key file {}", path.display()))?;
+    }
+    anyhow::bail!(
+        "{KEY_TRIES} key files in a row gave keys that already have a System V queue of \
+         someone else: another user is taking keys ahead of us (see ipcs -q -c)"
+    )
 }
 
 /// Messages wait in the kernel after their senders exit; msgtyp chooses;
 /// ENOMSG, E2BIG, MSG_NOERROR.
 fn sysv_by_type(dir: &PrivateDir, n: u32, say: &Narrator) -> Result<Moved> {
-    let key_path = key_file(dir, "key")?;
+    let key_path = key_file(dir, "key", say)?;
     let key = key_path.to_str().context("key path is not UTF-8")?;
     let queue = new_story_queue(&key_path, say)?;
     // The guard's drop is msgctl(IPC_RMID) if a step fails.
@@ -345,7 +375,7 @@ fn notify_by_signal(queue: &ipc_posix::Queue, name: &str, say: &Narrator) -> Res
 
 /// K clients and the server, a private reply queue per client.
 fn client_server(dir: &PrivateDir, opts: &Options, n: u32, say: &Narrator) -> Result<Moved> {
-    let key_path = key_file(dir, "server-key")?;
+    let key_path = key_file(dir, "server-key", say)?;
     let key = key_path.to_str().context("key path is not UTF-8")?;
     let server_say = say.with_role("server");
     // The same code as 'msgq-demo sysv server', run by this process.
@@ -414,7 +444,7 @@ type Receive = (i64, libc::c_int, &'static str, Option<(i64, &'static str)>);
 /// MSG_EXCEPT: with msgtyp T > 0, the oldest message of any type but T.
 fn msg_except(dir: &PrivateDir, say: &Narrator) -> Result<Moved> {
     use ipc_sysv::{IPC_NOWAIT, MSG_EXCEPT};
-    let key_path = key_file(dir, "except-key")?;
+    let key_path = key_file(dir, "except-key", say)?;
     let queue = new_story_queue(&key_path, say)?;
     // The guard's drop is msgctl(IPC_RMID) if a step fails.
     let _remove = SysvGuard::new(SysvKind::MessageQueue, queue.id);
@@ -484,7 +514,7 @@ fn qbytes(dir: &PrivateDir, say: &Narrator) -> Result<Moved> {
     use ipc_sysv::IPC_NOWAIT;
     let msgmnb =
         read_proc_number("/proc/sys/kernel/msgmnb").context("read /proc/sys/kernel/msgmnb")? as u64;
-    let key_path = key_file(dir, "qbytes-key")?;
+    let key_path = key_file(dir, "qbytes-key", say)?;
     let queue = new_story_queue(&key_path, say)?;
     // The guard's drop is msgctl(IPC_RMID) if a step fails.
     let _remove = SysvGuard::new(SysvKind::MessageQueue, queue.id);

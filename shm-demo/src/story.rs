@@ -96,8 +96,7 @@ pub fn sysv(opts: &Options) -> Result<()> {
     heading(&say, "1. Create the segment and the semaphore set");
     // The key file lives in a private directory, removed at the end.
     let dir = PrivateDir::create("shm-demo-sysv")?;
-    let key_path = dir.path().join("key");
-    std::fs::write(&key_path, b"").with_context(|| format!("create {}", key_path.display()))?;
+    let key_path = free_key_file(&dir, &say)?;
     let owned = ipc_sysv::create(&key_path, opts.slots, opts.slot_size, &say)?;
 
     heading(
@@ -515,4 +514,42 @@ fn sysv_kernel_records(owned: ipc_sysv::Owned, say: &Narrator) -> Result<()> {
         bail!("semid {} is still there after semctl(IPC_RMID)", set.id);
     }
     Ok(())
+}
+
+/// How many key files the story tries before it says someone is taking
+/// System V keys ahead of it.
+const KEY_TRIES: u32 = 4096;
+
+/// A key file in `dir` whose `ftok` key has neither a segment nor a set
+/// yet. A key is the file's inode (low 16 bits), device and 'S': easy to
+/// predict, so another user can create objects at the keys we will get
+/// next. A taken key is never ours: we make another file (a new inode, so a
+/// new key) and try again. (Hardening: a first reading may skip it.)
+fn free_key_file(dir: &PrivateDir, say: &Narrator) -> Result<std::path::PathBuf> {
+    let path = dir.path().join("key");
+    for attempt in 0..KEY_TRIES {
+        std::fs::write(&path, b"").with_context(|| format!("create {}", path.display()))?;
+        let key = ipc_sysv::key_of(&path)?;
+        let free =
+            |rc: libc::c_int| rc == -1 && nix::errno::Errno::last() == nix::errno::Errno::ENOENT;
+        // SAFETY: shmget takes no pointers; flags 0 only looks the key up.
+        let no_segment = free(unsafe { libc::shmget(key, 0, 0) });
+        // SAFETY: semget takes no pointers; flags 0 only looks the key up.
+        let no_set = free(unsafe { libc::semget(key, 0, 0) });
+        if no_segment && no_set {
+            if attempt > 0 {
+                say.step(format!(
+                    "{attempt} key(s) were taken by objects that are not ours (ftok keys are \
+                     predictable: see ipcs -m -s -c); {key:#010x} is free"
+                ));
+            }
+            return Ok(path);
+        }
+        // Unlink, so the next file gets a new inode and with it a new key.
+        std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+    }
+    anyhow::bail!(
+        "{KEY_TRIES} key files in a row gave keys that already have a System V segment or set \
+         of someone else: another user is taking keys ahead of us (see ipcs -m -s -c)"
+    )
 }
