@@ -136,6 +136,25 @@ pub struct Served {
 }
 
 impl Served {
+    /// Count a client that is leaving (its requests, closed or dropped) and
+    /// return its check; a client that closed is narrated. Both servers,
+    /// poll and epoll, end a client this way.
+    fn count_out(&mut self, client: &Client, dropped: bool, say: &Narrator) -> CheckReport {
+        // A dropped client's answered requests count too: they moved.
+        self.requests += client.requests;
+        let report = client.checker.report();
+        if dropped {
+            self.dropped += 1;
+        } else {
+            self.clients += 1;
+            say.message(format!(
+                "{} closed after {} request(s): {report}",
+                client.label, client.requests
+            ));
+        }
+        report
+    }
+
     /// `Err(Interrupted)` if a signal stopped the server.
     pub fn check_stopped(&self) -> Result<()> {
         match self.stopped {
@@ -473,19 +492,7 @@ pub fn serve(listener: &OwnedFd, rules: &Rules, say: &Narrator) -> Result<Served
         }
         for (i, dropped) in gone.into_iter().rev() {
             let client = clients.remove(i);
-            // A dropped client's answered requests count too: they moved.
-            served.requests += client.requests;
-            let report = client.checker.report();
-            if dropped {
-                served.dropped += 1;
-            } else {
-                served.clients += 1;
-                say.message(format!(
-                    "{} closed after {} request(s): {report}",
-                    client.label, client.requests
-                ));
-            }
-            reports.push(report);
+            reports.push(served.count_out(&client, dropped, say));
             drop(client); // close(2) of its socket: the client sees EOF
         }
         // POLLIN on a listening socket: a connection waits in the backlog.
@@ -780,18 +787,7 @@ pub fn serve_epoll(listener: &OwnedFd, rules: &Rules, say: &Narrator) -> Result<
         }
         for (i, dropped) in gone.into_iter().rev() {
             let client = clients.remove(i);
-            served.requests += client.requests;
-            let report = client.checker.report();
-            if dropped {
-                served.dropped += 1;
-            } else {
-                served.clients += 1;
-                say.message(format!(
-                    "{} closed after {} request(s): {report}",
-                    client.label, client.requests
-                ));
-            }
-            reports.push(report);
+            reports.push(served.count_out(&client, dropped, say));
             // EPOLL_CTL_DEL, then close(2). (Closing alone takes a
             // descriptor off the list only if no copy of it is open.)
             epoll
