@@ -30,6 +30,23 @@ impl Drop for TmpfsDir {
     }
 }
 
+/// One test at a time: both make files on /dev/shm, and a story skipping
+/// taken keys makes hundreds, which would move the other's next inodes.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Run the calling thread (and the processes it starts) on CPU 0 only. Some
+/// kernels hand out tmpfs inode numbers in batches per CPU: the squatter's guess
+/// of the next ones holds for files made on the same CPU.
+fn on_cpu0() {
+    // SAFETY: an all-zero cpu_set_t is an empty set; CPU_SET and
+    // sched_setaffinity read and write only the set we pass.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// Create System V objects at the `ftok` keys of the next `ahead` files made
 /// on `dir`'s filesystem, for `project`; returns their ids, to remove.
 fn squat(
@@ -38,6 +55,7 @@ fn squat(
     ahead: u64,
     make: impl Fn(libc::key_t) -> libc::c_int,
 ) -> Vec<libc::c_int> {
+    on_cpu0();
     let probe = dir.join("probe");
     std::fs::write(&probe, b"").unwrap();
     let meta = std::fs::metadata(&probe).unwrap();
@@ -58,8 +76,10 @@ fn squat(
     ids
 }
 
-/// Run a story with `dir` as its temp dir (where its key files go).
+/// Run a story with `dir` as its temp dir (where its key files go), on
+/// CPU 0 like the squatter (a child inherits this thread's affinity).
 fn story(demo: &str, args: &[&str], dir: &Path) -> Output {
+    on_cpu0();
     let mut cmd = ipc_tests::demo(demo, args);
     cmd.env_remove("XDG_RUNTIME_DIR")
         .env("TMPDIR", dir)
@@ -71,6 +91,7 @@ fn story(demo: &str, args: &[&str], dir: &Path) -> Output {
 
 #[test]
 fn the_msgq_story_takes_another_key_when_its_next_keys_are_taken() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = TmpfsDir::new();
     // SAFETY: msgget takes no pointers.
     let ids = squat(&dir.0, b'Q', 400, |key| unsafe {
@@ -93,6 +114,7 @@ fn the_msgq_story_takes_another_key_when_its_next_keys_are_taken() {
 
 #[test]
 fn the_shm_sysv_story_takes_another_key_when_its_next_keys_are_taken() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = TmpfsDir::new();
     // SAFETY: semget takes no pointers.
     let ids = squat(&dir.0, b'S', 400, |key| unsafe {
