@@ -661,6 +661,16 @@ fn signalfd_child(link: &mut Link, say: &Narrator) -> Result<()> {
     let sfd = signalfd_of(&signals, SfdFlags::empty())?;
     say.step("sigprocmask(SIG_BLOCK) + signalfd(SIGUSR1, SIGRTMIN+2, SIGTERM): signals become readable records");
     link.tell(b'r')?;
+    // Read only once all three are pending: the parent sends them one by
+    // one, and a read before the last arrives would return them in the
+    // order they came, not the kernel's order for what is pending.
+    let deadline = Instant::now() + PROMPTLY;
+    while !signals.iter().all(|&s| pending(s).unwrap_or(false)) {
+        if Instant::now() > deadline {
+            bail!("the three signals were not all pending within {PROMPTLY:?}");
+        }
+        sleep(Duration::from_millis(1));
+    }
     let mut file = File::from(OwnedFd::from(sfd));
     let mut seen = Vec::new();
     while seen.len() < signals.len() {
