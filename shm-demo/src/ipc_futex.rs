@@ -455,11 +455,7 @@ impl Ring {
     /// Become the one sender: compare-and-swap `sender_pid` from 0 to our
     /// pid (AcqRel: of two racing senders exactly one wins). `Err(holder)`.
     pub fn claim_sender(&self) -> std::result::Result<(), i32> {
-        let me = std::process::id() as i32;
-        self.header()
-            .sender_pid
-            .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
-            .map(drop)
+        crate::ipc_ring::claim(&self.header().sender_pid)
     }
 
     /// (slot count, slot size).
