@@ -180,6 +180,15 @@ fn shm_sysv_story() {
 }
 
 #[test]
+fn shm_futex_story() {
+    both_gaps(
+        "shm-demo",
+        &["futex", "--count", "50000000", "--quiet"],
+        "published (offset 64",
+    );
+}
+
+#[test]
 fn socket_story() {
     both_gaps("socket-demo", &["--count", "20000", "--quiet"], "bind(");
 }
