@@ -623,6 +623,9 @@ fn wait_for(
     peer_gone: PeerGone<'_>,
     mut ready: impl FnMut(u32) -> Result<bool>,
 ) -> Result<u32> {
+    // Ctrl-C first, even on a ring that never makes us wait (one load of
+    // a static: cheap next to a slot).
+    check_stop()?;
     // Acquire: pairs with the peer's Release store of the counter, so the
     // slot contents it wrote before are visible once we see the new value.
     let seen = line.counter.load(Ordering::Acquire);
