@@ -1217,6 +1217,73 @@ mod tests {
         assert!(format!("{err:#}").contains("corrupt"), "{err:#}");
     }
 
+    /// Overwrite every slot (headers and data) with `garbage`, repeated.
+    fn fill_slots(ring: &Ring, garbage: &[u8]) {
+        if garbage.is_empty() {
+            return;
+        }
+        for i in 0..ring.len - HEADER_SPACE {
+            // SAFETY: test-only: `HEADER_SPACE + i` is inside the mapping,
+            // and nothing else reads or writes it meanwhile.
+            unsafe {
+                let at = ring.base.cast::<u8>().as_ptr().add(HEADER_SPACE + i);
+                at.write(garbage[i % garbage.len()]);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Fuzz: a hostile sender writes anything into the slots and any
+        /// value into `published`. The reader returns messages within
+        /// bounds, the end, or an error: never a panic, an out-of-bounds
+        /// borrow, an unbounded allocation or a hang.
+        #[test]
+        fn fuzz_reader_survives_any_slot_contents_and_counter(
+            slots in 1u32..6,
+            slot_size in 1u32..300,
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            published in proptest::prelude::any::<u32>(),
+        ) {
+            let ring = Ring::anonymous(slots, slot_size, Strategy::SpinFutex).unwrap();
+            fill_slots(&ring, &garbage);
+            ring.header().to_receiver.counter.store(published, Ordering::Release);
+            let mut reader = Reader::new(&ring);
+            // The hostile sender "dies" as soon as the reader would wait.
+            let mut gone = || Some("the fuzzer's sender".to_string());
+            for _ in 0..100 {
+                match reader.receive(&mut gone) {
+                    Ok(Some(got)) => {
+                        proptest::prop_assert!(got.body.len() <= MAX_MESSAGE);
+                        proptest::prop_assert!(!got.in_place || got.body.len() <= slot_size as usize);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+
+        /// Fuzz: any header words; `validate` accepts only a futex header
+        /// whose shape matches the object and whose strategy is known.
+        #[test]
+        fn fuzz_validate_refuses_bad_headers(words in proptest::collection::vec(proptest::prelude::any::<u32>(), 6)) {
+            let ring = Ring::anonymous(2, 64, Strategy::SpinFutex).unwrap();
+            let h = ring.header();
+            h.version.store(words[0] % 4, Ordering::Relaxed);
+            h.slot_count.store(words[1] % 2000, Ordering::Relaxed);
+            h.slot_size.store(words[2] % 200, Ordering::Relaxed);
+            h.sync.store(words[3] % 5, Ordering::Relaxed);
+            h.strategy.store(words[4] % 5, Ordering::Relaxed);
+            let mut ring = ring;
+            if ring.validate(MAGIC, "fuzz").is_ok() {
+                let (slots, size) = ring.slots();
+                proptest::prop_assert_eq!(segment_len(slots as u32, size as u32), ring.len());
+                proptest::prop_assert_eq!(ring.header().sync.load(Ordering::Relaxed), SYNC_FUTEX);
+            }
+            proptest::prop_assert!(ring.validate(u64::from(words[5]), "fuzz").is_err());
+        }
+    }
+
     #[test]
     fn a_sleeping_receiver_is_woken_once() {
         let ring = Ring::anonymous(4, 16, Strategy::SpinFutex).unwrap();
