@@ -840,7 +840,7 @@ fn futex_transfer(
     let published = ring.header().to_receiver.counter.load(Ordering::Relaxed);
     // What always holds, whatever the timing: at most one wake per
     // published slot, none that woke more than it was asked to.
-    if sent.wakes > u64::from(published) || sent.woken > sent.wakes {
+    if sent.wakes >= u64::from(published) || sent.woken > sent.wakes {
         bail!(
             "{} FUTEX_WAKE calls (waking {}) for {published} slots: more than one per slot",
             sent.wakes,
