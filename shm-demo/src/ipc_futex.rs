@@ -418,6 +418,7 @@ impl Ring {
         if magic != MAGIC {
             bail!("{what} is not a shm-demo segment (magic {magic:#018x}, expected {MAGIC:#018x})");
         }
+        // Relaxed loads: the caller's Acquire load of MAGIC ordered them.
         let version = h.version.load(Ordering::Relaxed);
         if version != VERSION {
             bail!("{what} has layout version {version}; this program reads version {VERSION}");
@@ -719,7 +720,7 @@ fn wake_sleeper(line: &Line, strategy: Strategy, stats: &mut Stats) -> Result<()
     fence(Ordering::SeqCst);
     // A plain load first: in the common case (peer awake) no locked
     // instruction. Then swap to 0, so of several publishes while it sleeps
-    // only the first pays a FUTEX_WAKE.
+    // only the first pays a FUTEX_WAKE. Relaxed: the fence orders them.
     if line.sleeping.load(Ordering::Relaxed) != 0 && line.sleeping.swap(0, Ordering::Relaxed) != 0 {
         stats.wakes += 1;
         stats.woken += futex_wake(&line.counter, 1)?;
@@ -853,6 +854,7 @@ impl<R: Borrow<Ring>> Writer<R> {
         let at = self.claim_slot(peer_gone)?;
         let ring = self.ring.borrow();
         let (slot, _) = ring.slot(at);
+        // Relaxed: the Release store of `published` orders them.
         slot.seq.store(0, Ordering::Relaxed);
         slot.message_len.store(0, Ordering::Relaxed);
         slot.offset.store(0, Ordering::Relaxed);
@@ -998,7 +1000,8 @@ impl<R: Borrow<Ring>> Reader<R> {
             let ring = self.ring.borrow();
             let (slot, data) = ring.slot(at);
             // Everything below came from another process: each field is
-            // loaded once into a local and checked before use.
+            // loaded once into a local and checked before use. Relaxed:
+            // the Acquire load of `published` (next_filled) ordered them.
             if slot.flags.load(Ordering::Relaxed) & FLAG_END != 0 {
                 self.release_slot()?;
                 if current.is_some() {
