@@ -423,8 +423,10 @@ impl Ring {
         if version != VERSION {
             bail!("{what} has layout version {version}; this program reads version {VERSION}");
         }
+        // Another known kind first (its shape would not match either, but
+        // this says why); an unknown one after the shape, below.
         let sync = h.sync.load(Ordering::Relaxed);
-        if sync != SYNC_FUTEX {
+        if sync != SYNC_FUTEX && (1..=2).contains(&sync) {
             bail!(
                 "{what} is a {} segment, not a futex one: refusing it (use the matching \
                  variant of shm-demo)",
@@ -442,6 +444,9 @@ impl Ring {
                  object is {size} bytes: refusing it",
                 segment_len(slots, slot_size)
             );
+        }
+        if sync != SYNC_FUTEX {
+            bail!("{what} has an unknown sync kind {sync}: refusing it");
         }
         let code = h.strategy.load(Ordering::Relaxed);
         let Some(strategy) = Strategy::from_code(code) else {
@@ -577,8 +582,21 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) -> Result<
         Errno::EAGAIN => Ok(Woke::Changed),
         Errno::ETIMEDOUT => Ok(Woke::TimedOut),
         Errno::EINTR => Ok(Woke::Interrupted),
+        Errno::EFAULT => Err(truncated("FUTEX_WAIT")),
         e => Err(e).context("futex(FUTEX_WAIT)"),
     }
+}
+
+/// EFAULT from futex(2): the kernel could not read the futex word. In
+/// our mapping that means its page has no memory behind it any more: the
+/// object was truncated under us. (A load of ours would be a SIGBUS,
+/// which the guard in checks.rs reports; the kernel answers EFAULT.)
+fn truncated(op: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "futex({op}): EFAULT: the futex word's page has no memory behind it: another process \
+         truncated the segment under us (e.g. truncate -s 0). A mapping cannot stop the object \
+         from shrinking; sealed memory can (memfd_create + F_SEAL_SHRINK)"
+    )
 }
 
 /// `futex(word, FUTEX_WAKE, n)`: wake up to `n` waiters on `word` (in any
@@ -598,7 +616,10 @@ pub fn futex_wake(word: &AtomicU32, n: u32) -> Result<u64> {
         )
     };
     if r < 0 {
-        return Err(Errno::last()).context("futex(FUTEX_WAKE)");
+        return match Errno::last() {
+            Errno::EFAULT => Err(truncated("FUTEX_WAKE")),
+            e => Err(e).context("futex(FUTEX_WAKE)"),
+        };
     }
     Ok(r as u64)
 }
