@@ -1185,7 +1185,12 @@ fn idle_cost(say: &Narrator) -> Result<()> {
                     }
                     Ok((waited, cpu_after - cpu_before, reader.stats()))
                 });
-                std::thread::sleep(wait);
+                // Idle for `wait` (in short naps, so Ctrl-C is not kept
+                // waiting), then the end marker.
+                let until = Instant::now() + wait;
+                while Instant::now() < until && common::cleanup::stop_requested().is_none() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 let mut never = || None;
                 futex::Writer::new(&ring).end(&mut never)?;
                 thread
