@@ -255,6 +255,36 @@ fn words(mech: Mech, zh: bool) -> (&'static str, &'static str, &'static str) {
             "无亲缘关系，按名字 ¹",
             "自行设计",
         ),
+        (Mech::ShmMemfd, false) => (
+            "shared memory in a sealed memfd + POSIX semaphores",
+            "any process given the fd (inherited, or passed over a Unix socket)",
+            "you decide",
+        ),
+        (Mech::ShmMemfd, true) => (
+            "密封 memfd 共享内存 + POSIX 信号量",
+            "获得该文件描述符的任何进程（继承，或经 Unix 套接字传递）",
+            "自行设计",
+        ),
+        (Mech::ShmSpin, false) => (
+            "shared memory, lock-free ring, pure spin",
+            "unrelated, by name ¹",
+            "you decide",
+        ),
+        (Mech::ShmSpin, true) => (
+            "共享内存，无锁环形缓冲区（纯自旋）",
+            "无亲缘关系，按名字 ¹",
+            "自行设计",
+        ),
+        (Mech::Eventfd, false) => (
+            "eventfd",
+            "related, or any process given the fd",
+            "no data: a counter",
+        ),
+        (Mech::Eventfd, true) => (
+            "eventfd",
+            "有亲缘关系，或获得该描述符的任何进程",
+            "无数据：一个计数器",
+        ),
         (Mech::Tcp, false) => (
             "TCP on 127.0.0.1",
             "any local process of any user (other hosts only if bound to a non-loopback address)",

@@ -13,13 +13,13 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::ptr::NonNull;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use common::cleanup::{MqGuard, PathGuard, SysvGuard, SysvKind, unique_name};
 use common::payload;
-use common::peer::{Ticker, alive};
+use common::peer::{PidWatch, Ticker};
 use common::psem::SharedSem;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -42,12 +42,15 @@ pub enum Mech {
     SysvMsg,
     PosixMq,
     ShmSem,
+    ShmMemfd,
     ShmSpsc,
+    ShmSpin,
     Tcp,
     Signal,
+    Eventfd,
 }
 
-pub const ALL: [Mech; 10] = [
+pub const ALL: [Mech; 13] = [
     Mech::Pipe,
     Mech::Fifo,
     Mech::UnixStream,
@@ -55,9 +58,27 @@ pub const ALL: [Mech; 10] = [
     Mech::SysvMsg,
     Mech::PosixMq,
     Mech::ShmSem,
+    Mech::ShmMemfd,
     Mech::ShmSpsc,
+    Mech::ShmSpin,
     Mech::Tcp,
     Mech::Signal,
+    Mech::Eventfd,
+];
+
+/// The mechanisms whose idle receiver is measured: every waiting strategy
+/// of the shared-memory rings, and a pipe (a receiver blocked in the
+/// kernel) for reference.
+pub const IDLE: [Mech; 4] = [Mech::ShmSpin, Mech::ShmSpsc, Mech::ShmSem, Mech::Pipe];
+
+/// The shared-memory rings and their references, in the order of the
+/// "cost of waiting" comparison.
+pub const WAITING: [Mech; 5] = [
+    Mech::ShmSpin,
+    Mech::ShmSpsc,
+    Mech::ShmSem,
+    Mech::Pipe,
+    Mech::Eventfd,
 ];
 
 impl Mech {
@@ -70,9 +91,26 @@ impl Mech {
             Mech::SysvMsg => "sysv-msg",
             Mech::PosixMq => "posix-mq",
             Mech::ShmSem => "shm-sem",
+            Mech::ShmMemfd => "shm-memfd",
             Mech::ShmSpsc => "shm-spsc",
+            Mech::ShmSpin => "shm-spin",
             Mech::Tcp => "tcp",
             Mech::Signal => "signal",
+            Mech::Eventfd => "eventfd",
+        }
+    }
+
+    /// How a waiting side of this mechanism waits.
+    pub fn waiting(self) -> &'static str {
+        match self {
+            Mech::ShmSpin => "pure spin",
+            Mech::ShmSpsc => "spin, then sched_yield",
+            Mech::ShmSem | Mech::ShmMemfd => "POSIX semaphores (futex sleep in sem_wait)",
+            Mech::Signal => "sigtimedwait",
+            Mech::Eventfd => "blocking read(eventfd)",
+            Mech::SysvMsg => "blocking msgrcv",
+            Mech::PosixMq => "blocking mq_receive",
+            _ => "blocking read/recv in the kernel",
         }
     }
 
@@ -85,9 +123,12 @@ impl Mech {
             Mech::SysvMsg => "System V message queue",
             Mech::PosixMq => "POSIX message queue",
             Mech::ShmSem => "shared memory ring + 2 POSIX semaphores (shm-demo's ring)",
+            Mech::ShmMemfd => "shm-demo's ring with POSIX semaphores in a sealed memfd",
             Mech::ShmSpsc => "shared memory lock-free SPSC byte ring, spin then yield",
+            Mech::ShmSpin => "the same SPSC byte ring, pure spin",
             Mech::Tcp => "TCP over 127.0.0.1, TCP_NODELAY, framed",
             Mech::Signal => "sigqueue(SIGRTMIN+1) with the sequence number as value",
+            Mech::Eventfd => "two eventfds, one per direction: a counter and a wake-up",
         }
     }
 
@@ -146,7 +187,8 @@ pub struct Channel {
 // The watchdog
 // ---------------------------------------------------------------------------
 
-static PEER: AtomicI32 = AtomicI32::new(0);
+/// The watched peer: a pidfd where the kernel has them (Linux 5.3+).
+static PEER: std::sync::Mutex<Option<PidWatch>> = std::sync::Mutex::new(None);
 /// Deadline as milliseconds since START (0: none).
 static DEADLINE_MS: AtomicU64 = AtomicU64::new(0);
 
@@ -158,7 +200,12 @@ fn epoch() -> Instant {
 /// Set what `still_ok` checks, and wake blocked calls every 100 ms so they
 /// check it; the wake-ups last as long as the returned ticker.
 pub fn watch(peer: Pid, deadline: Duration) -> Result<Ticker> {
-    PEER.store(peer.as_raw(), Ordering::Relaxed);
+    let watch = PidWatch::open(peer.as_raw())?;
+    if let Some(note) = watch.fallback() {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| crate::progress(note));
+    }
+    *PEER.lock().unwrap_or_else(|e| e.into_inner()) = Some(watch);
     let ms = (epoch().elapsed() + deadline).as_millis() as u64;
     DEADLINE_MS.store(ms, Ordering::Relaxed);
     Ticker::start(Duration::from_millis(100))
@@ -167,9 +214,10 @@ pub fn watch(peer: Pid, deadline: Duration) -> Result<Ticker> {
 /// Fails if the peer died or the deadline passed.
 pub fn still_ok() -> Result<()> {
     common::cleanup::check_stop()?;
-    let peer = PEER.load(Ordering::Relaxed);
-    if peer > 0 && !alive(peer) {
-        bail!("the peer process (pid {peer}) died");
+    if let Some(peer) = PEER.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+        && !peer.alive()
+    {
+        bail!("the peer process (pid {}) died", peer.pid());
     }
     let deadline = DEADLINE_MS.load(Ordering::Relaxed);
     if deadline > 0 && epoch().elapsed().as_millis() as u64 > deadline {
@@ -492,6 +540,10 @@ impl Rx for MqRx {
 
 struct RingShared {
     segment: Segment,
+    /// shm-memfd: the sealed memfd the segment is a mapping of, and the
+    /// process that made it. A forked child maps the memfd itself (see
+    /// `mapped_here`), as an unrelated process given the fd would.
+    memfd: Option<(Rc<OwnedFd>, u32)>,
 }
 
 impl RingShared {
@@ -519,9 +571,14 @@ pub fn shared_anonymous(len: usize) -> Result<NonNull<c_void>> {
     .context("mmap(MAP_SHARED|MAP_ANONYMOUS)")
 }
 
-fn new_ring(slots: u32, slot_size: u32) -> Result<Rc<RingShared>> {
+fn new_ring(slots: u32, slot_size: u32, memfd: bool) -> Result<Rc<RingShared>> {
     let len = ring::segment_len(slots, slot_size);
-    let base = shared_anonymous(len)?;
+    let (base, memfd) = if memfd {
+        let (base, fd) = sealed_memfd(len)?;
+        (base, Some((Rc::new(fd), std::process::id())))
+    } else {
+        (shared_anonymous(len)?, None)
+    };
     // SAFETY: the mapping just made, `len` bytes.
     let mut segment = unsafe { Segment::new(base, len, Detach::Munmap) };
     segment.init_header(slots, slot_size, ring::SYNC_POSIX);
@@ -532,7 +589,77 @@ fn new_ring(slots: u32, slot_size: u32) -> Result<Rc<RingShared>> {
         SharedSem::init(header.full.get(), 0).context("sem_init(full)")?;
     }
     segment.publish();
-    Ok(Rc::new(RingShared { segment }))
+    Ok(Rc::new(RingShared { segment, memfd }))
+}
+
+/// A memfd of `len` bytes whose size can never change again, and our
+/// mapping of it. `memfd_create`: memory with a descriptor and no name;
+/// `ftruncate`: its size; `F_ADD_SEALS` SHRINK|GROW|SEAL: nobody (not even
+/// we) can shrink it under a mapping (which would SIGBUS the other side)
+/// or grow it, and no seal can be added or removed later. Not
+/// F_SEAL_WRITE: the ring is written all the time.
+fn sealed_memfd(len: usize) -> Result<(NonNull<c_void>, OwnedFd)> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let fd = memfd_create(
+        c"ipc-bench-ring",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .context("memfd_create(ipc-bench-ring)")?;
+    nix::unistd::ftruncate(&fd, len as libc::off_t)
+        .with_context(|| format!("ftruncate(memfd, {len})"))?;
+    fcntl(
+        &fd,
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+        ),
+    )
+    .context("fcntl(memfd, F_ADD_SEALS)")?;
+    let base = map_fd(&fd, len)?;
+    Ok((base, fd))
+}
+
+/// `mmap(NULL, len, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0)`.
+fn map_fd(fd: &OwnedFd, len: usize) -> Result<NonNull<c_void>> {
+    let size = NonZeroUsize::new(len).context("an empty mapping")?;
+    // SAFETY: a fresh mapping at a kernel-chosen address overlaps nothing.
+    unsafe {
+        nix::sys::mman::mmap(
+            None,
+            size,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_SHARED,
+            fd,
+            0,
+        )
+    }
+    .context("mmap(memfd, MAP_SHARED)")
+}
+
+/// In the process that did not make the memfd: a mapping of our own, its
+/// header checked as shm-demo's sender checks one it opened, in place of
+/// the one inherited over fork (dropped, so unmapped).
+fn mapped_here(shared: &mut Rc<RingShared>) -> Result<()> {
+    let Some((fd, creator)) = &shared.memfd else {
+        return Ok(());
+    };
+    if *creator == std::process::id() {
+        return Ok(());
+    }
+    // The seals fix the size: what we map is what the maker sized.
+    let len = nix::sys::stat::fstat(fd.as_ref())
+        .context("fstat(memfd)")?
+        .st_size as usize;
+    let base = map_fd(fd, len)?;
+    // SAFETY: the mapping just made, `len` bytes.
+    let mut segment = unsafe { Segment::new(base, len, Detach::Munmap) };
+    let magic = segment.wait_published();
+    shm_demo::checks::validate(&mut segment, magic, "the memfd", ring::SYNC_POSIX)?;
+    *shared = Rc::new(RingShared {
+        segment,
+        memfd: None,
+    });
+    Ok(())
 }
 
 fn peer_gone() -> Option<String> {
@@ -545,6 +672,10 @@ struct RingTx {
 }
 
 impl Tx for RingTx {
+    fn after_fork(&mut self, _peer: Pid) -> Result<()> {
+        mapped_here(&mut self.shared)
+    }
+
     fn send(&mut self, seq: u64, size: usize) -> Result<()> {
         // A Writer borrows the segment; it is rebuilt per call with the slot
         // index carried over, so this end can own the Rc.
@@ -569,6 +700,10 @@ struct RingRx {
 }
 
 impl Rx for RingRx {
+    fn after_fork(&mut self, _peer: Pid) -> Result<()> {
+        mapped_here(&mut self.shared)
+    }
+
     fn recv(&mut self) -> Result<Option<Msg<'_>>> {
         let mut reader = Reader::new(&self.shared.segment, self.shared.sems());
         reader.resume_at(self.position);
@@ -623,6 +758,17 @@ struct SpscShared {
     len: usize,
     /// Bytes in the data area.
     cap: usize,
+    /// How a side that finds the ring full (or empty) waits.
+    wait: Wait,
+}
+
+/// How a side of the SPSC ring waits for the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Spin until it is ready: the lowest latency, a whole CPU while waiting.
+    Spin,
+    /// Spin 1000 times, then call sched_yield between looks.
+    SpinYield,
 }
 
 impl SpscShared {
@@ -660,24 +806,38 @@ impl Drop for SpscShared {
     }
 }
 
-fn new_spsc(cap: usize) -> Result<Rc<SpscShared>> {
+fn new_spsc(cap: usize, wait: Wait) -> Result<Rc<SpscShared>> {
     let len = size_of::<SpscHeader>() + cap;
     // Zero-filled: head = tail = 0.
     let base = shared_anonymous(len)?;
-    Ok(Rc::new(SpscShared { base, len, cap }))
+    Ok(Rc::new(SpscShared {
+        base,
+        len,
+        cap,
+        wait,
+    }))
 }
 
-/// Spin, then yield the CPU; check the watchdog now and then.
-fn wait_until(mut ready: impl FnMut() -> bool) -> Result<()> {
+/// Wait for `ready` as `wait` says; check the watchdog now and then.
+fn wait_until(wait: Wait, mut ready: impl FnMut() -> bool) -> Result<()> {
     let mut spins = 0u64;
     while !ready() {
         spins += 1;
-        if spins < 1000 {
-            std::hint::spin_loop();
-        } else {
-            std::thread::yield_now();
-            if spins.is_multiple_of(4096) {
-                still_ok()?;
+        match wait {
+            // The watchdog's peer check costs a few µs: once every 2^20
+            // looks (a few ms) keeps it out of the way.
+            Wait::Spin => {
+                std::hint::spin_loop();
+                if spins.is_multiple_of(1 << 20) {
+                    still_ok()?;
+                }
+            }
+            Wait::SpinYield if spins < 1000 => std::hint::spin_loop(),
+            Wait::SpinYield => {
+                std::thread::yield_now();
+                if spins.is_multiple_of(4096) {
+                    still_ok()?;
+                }
             }
         }
     }
@@ -706,7 +866,7 @@ impl SpscTx {
             }
             let head = self.head;
             let tail = &self.shared.header().tail.0;
-            wait_until(|| head + pad as u64 + need as u64 - tail.load(Ordering::Acquire) <= cap)?;
+            wait_until(self.shared.wait, || head + pad as u64 + need as u64 - tail.load(Ordering::Acquire) <= cap)?;
             if pad >= 4 {
                 // SAFETY: `at + 4 <= capacity`, and these bytes are free.
                 unsafe {
@@ -722,7 +882,7 @@ impl SpscTx {
         }
         let head = self.head;
         let tail = &self.shared.header().tail.0;
-        wait_until(|| head + need as u64 - tail.load(Ordering::Acquire) <= cap)?;
+        wait_until(self.shared.wait, || head + need as u64 - tail.load(Ordering::Acquire) <= cap)?;
         Ok(at)
     }
 
@@ -802,7 +962,7 @@ impl Rx for SpscRx {
         loop {
             let tail = self.tail;
             let head = &self.shared.header().head.0;
-            wait_until(|| head.load(Ordering::Acquire) >= tail + 4)?;
+            wait_until(self.shared.wait, || head.load(Ordering::Acquire) >= tail + 4)?;
             let at = (self.tail % cap) as usize;
             let left = capacity - at;
             if left < 4 {
@@ -824,7 +984,7 @@ impl Rx for SpscRx {
                         bail!("corrupt record length {len} at offset {at}");
                     }
                     let tail = self.tail;
-                    wait_until(|| head.load(Ordering::Acquire) >= tail + need as u64)?;
+                    wait_until(self.shared.wait, || head.load(Ordering::Acquire) >= tail + need as u64)?;
                     self.pending = need;
                     // SAFETY: the record's bytes are published (head) and
                     // stay untouched until we advance tail on the next call.
@@ -930,6 +1090,67 @@ impl Rx for SignalRx {
                 }
                 still_ok()?;
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// eventfd: a counter in the kernel; a write adds, a read takes it all
+// ---------------------------------------------------------------------------
+
+/// The value that says "no more": far above any sequence number + 1.
+const EVENT_END: u64 = 1 << 62;
+
+struct EventTx {
+    fd: OwnedFd,
+}
+
+impl EventTx {
+    /// write(2) of 8 bytes adds the value to the counter and wakes a reader.
+    fn add(&self, value: u64) -> Result<()> {
+        loop {
+            match write(self.fd.as_fd(), &value.to_ne_bytes()) {
+                Ok(_) => return Ok(()),
+                Err(Errno::EINTR) => still_ok()?,
+                Err(e) => return Err(e).context("write(eventfd)"),
+            }
+        }
+    }
+}
+
+impl Tx for EventTx {
+    fn send(&mut self, seq: u64, _size: usize) -> Result<()> {
+        // + 1: adding 0 would wake nobody. One value in flight at a time
+        // (a round trip), so the reader gets exactly this one.
+        self.add(seq + 1)
+    }
+
+    fn end(&mut self) -> Result<()> {
+        self.add(EVENT_END)
+    }
+}
+
+struct EventRx {
+    fd: OwnedFd,
+}
+
+impl Rx for EventRx {
+    fn recv(&mut self) -> Result<Option<Msg<'_>>> {
+        let mut bytes = [0u8; 8];
+        loop {
+            // read(2) blocks while the counter is 0, then returns it and
+            // resets it to 0.
+            match read(self.fd.as_fd(), &mut bytes) {
+                Ok(8) => break,
+                Ok(n) => bail!("read(eventfd): {n} bytes, not 8"),
+                Err(Errno::EINTR) => still_ok()?,
+                Err(e) => return Err(e).context("read(eventfd)"),
+            }
+        }
+        match u64::from_ne_bytes(bytes) {
+            EVENT_END => Ok(None),
+            0 => bail!("read(eventfd) returned a zero counter"),
+            v => Ok(Some(Msg::Value(v - 1))),
         }
     }
 }
@@ -1144,9 +1365,9 @@ pub fn channel(
                 }),
             )
         }
-        Mech::ShmSem => {
+        Mech::ShmSem | Mech::ShmMemfd => {
             let slot = SHM_SEM_SLOT_SIZE as usize;
-            let shared = new_ring(SHM_SEM_SLOTS, SHM_SEM_SLOT_SIZE)?;
+            let shared = new_ring(SHM_SEM_SLOTS, SHM_SEM_SLOT_SIZE, mech == Mech::ShmMemfd)?;
             buffer = ring::segment_len(SHM_SEM_SLOTS, SHM_SEM_SLOT_SIZE);
             cycle = u64::from(SHM_SEM_SLOTS).div_ceil(size.div_ceil(slot).max(1) as u64);
             if size > slot {
@@ -1164,8 +1385,13 @@ pub fn channel(
                 }),
             )
         }
-        Mech::ShmSpsc => {
-            let shared = new_spsc(spsc_capacity(size))?;
+        Mech::ShmSpsc | Mech::ShmSpin => {
+            let wait = if mech == Mech::ShmSpin {
+                Wait::Spin
+            } else {
+                Wait::SpinYield
+            };
+            let shared = new_spsc(spsc_capacity(size), wait)?;
             // Both ends touch every page after fork (touch_every_page):
             // walking 8 MiB with 64-byte round trips would take 116 K rounds.
             buffer = shared.cap;
@@ -1178,6 +1404,24 @@ pub fn channel(
                     shared,
                     tail: 0,
                     pending: 0,
+                }),
+            )
+        }
+        Mech::Eventfd => {
+            let efd = nix::sys::eventfd::EventFd::from_value_and_flags(
+                0,
+                nix::sys::eventfd::EfdFlags::EFD_CLOEXEC,
+            )
+            .context("eventfd(0, EFD_CLOEXEC)")?;
+            let end = |what| {
+                efd.as_fd()
+                    .try_clone_to_owned()
+                    .with_context(|| format!("dup(eventfd) for the {what}"))
+            };
+            (
+                Box::new(EventTx { fd: end("sender")? }),
+                Box::new(EventRx {
+                    fd: end("receiver")?,
                 }),
             )
         }
@@ -1323,6 +1567,27 @@ pub fn configuration(mech: Mech) -> String {
             SPSC_CAPACITY >> 20,
             SPSC_CAPACITY >> 21
         ),
+        Mech::ShmMemfd => format!(
+            "shm-sem's ring ({SHM_SEM_SLOTS} slots of {} KiB, two unnamed POSIX semaphores in \
+             the segment), but the segment is a memfd (memfd_create, ftruncate, F_ADD_SEALS \
+             SHRINK|GROW|SEAL) that each process maps itself: the forked child maps the \
+             inherited descriptor with mmap(MAP_SHARED) and checks the header as shm-demo's \
+             sender checks a segment it opened; compare with shm-sem, whose anonymous \
+             MAP_SHARED mapping is shmem like /dev/shm's",
+            SHM_SEM_SLOT_SIZE / 1024
+        ),
+        Mech::ShmSpin => format!(
+            "shm-spsc's ring ({} MiB, in an anonymous MAP_SHARED mapping inherited over fork), \
+             but a waiting side only spins: it never yields or sleeps, so it keeps a CPU \
+             busy for as long as it waits (it checks its peer every 2^20 spins)",
+            SPSC_CAPACITY >> 20
+        ),
+        Mech::Eventfd => "two eventfds (eventfd(0, EFD_CLOEXEC), inherited over fork), one per \
+             direction: the pinger writes the round's number + 1 (an 8-byte write adds to the \
+             counter and wakes the reader), the echo reads it (an 8-byte read takes the counter \
+             and resets it) and writes it back on the other; no payload, so only round trips \
+             are measured, each two wake-ups"
+            .to_string(),
         Mech::Tcp => {
             let list = |name: &str| {
                 std::fs::read_to_string(format!("/proc/sys/{name}"))
