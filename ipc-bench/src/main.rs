@@ -605,6 +605,17 @@ fn c_reference(mech: Mech, size: usize, (warm, count): (u64, u64)) -> Result<Opt
     };
     // Named like ours, so that a run killed meanwhile is cleaned up later.
     let key = stale::sysv_key(std::process::id(), stale::C_REFERENCE_SLOT);
+    if mech == Mech::SysvMsg && !stale::key_free(key) {
+        // Someone holds it: the C function would fail on IPC_EXCL, and an
+        // IPC_PRIVATE queue made in C could not be recorded for clean-up.
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            progress(&format!(
+                "sysv-msg: no C reference: its System V key {key:#010x} is taken"
+            ))
+        });
+        return Ok(None);
+    }
     let name = std::ffi::CString::new(format!("/{}", unique_name("ipc-bench")))
         .expect("no NUL in the name");
     let call = || {
@@ -1093,8 +1104,7 @@ fn echo(
 fn idle_of(mech: Mech, wait: Duration, dir: &PrivateDir) -> Result<Idle> {
     let Channel {
         tx, rx, cleanup, ..
-    } = transport::channel(mech, PING_SIZE, dir.path(), signals(1))?
-        .map_err(anyhow::Error::msg)?;
+    } = transport::channel(mech, PING_SIZE, dir.path(), signals(1))?.map_err(anyhow::Error::msg)?;
     let (cpu_read, cpu_write) = control()?;
     // SAFETY: single-threaded, as above.
     let child = match unsafe { fork() }.context("fork()")? {
@@ -1127,8 +1137,8 @@ fn idle_of(mech: Mech, wait: Duration, dir: &PrivateDir) -> Result<Idle> {
     if !exit.success() {
         bail!("the idle receiver {exit}");
     }
-    let words = system::receive_words(&cpu_read, 3)?
-        .context("the idle receiver sent no figures")?;
+    let words =
+        system::receive_words(&cpu_read, 3)?.context("the idle receiver sent no figures")?;
     Ok(Idle {
         mech,
         cpu: CpuTime {

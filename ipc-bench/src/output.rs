@@ -176,9 +176,7 @@ pub fn markdown(config: &Config, r: &Results) -> String {
         let rate = first
             .and_then(Cell::msg_per_s)
             .map_or("–".into(), |v| format!("{v:.0}"));
-        let cpu = first
-            .and_then(Cell::cpu_ns)
-            .map_or("–".into(), cpu_label);
+        let cpu = first.and_then(Cell::cpu_ns).map_or("–".into(), cpu_label);
         let _ = writeln!(line, " {rate} | {cpu} |");
         out.push_str(&line);
     }
@@ -267,7 +265,10 @@ pub fn markdown(config: &Config, r: &Results) -> String {
         if warm.is_empty() {
             String::new()
         } else {
-            format!(" (the shm-demo rings walk all their slots first: {})", warm.join(", "))
+            format!(
+                " (the shm-demo rings walk all their slots first: {})",
+                warm.join(", ")
+            )
         }
     );
     out.push_str(&idle_table(r));

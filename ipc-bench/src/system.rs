@@ -278,7 +278,10 @@ pub fn system_info() -> Vec<(String, String)> {
     let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     info.push(("CPUs online".into(), online.to_string()));
     let allowed = std::thread::available_parallelism().map_or(0, |n| n.get());
-    info.push(("nproc (CPUs this process may use)".into(), allowed.to_string()));
+    info.push((
+        "nproc (CPUs this process may use)".into(),
+        allowed.to_string(),
+    ));
     if let Some(load) = first_line("/proc/loadavg") {
         info.push(("load average at the start (/proc/loadavg)".into(), load));
     }
@@ -286,7 +289,9 @@ pub fn system_info() -> Vec<(String, String)> {
         .map(|d| {
             d.flatten()
                 .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.starts_with("sched_") || n == "numa_balancing" || n == "timer_migration")
+                .filter(|n| {
+                    n.starts_with("sched_") || n == "numa_balancing" || n == "timer_migration"
+                })
                 .collect()
         })
         .unwrap_or_default();

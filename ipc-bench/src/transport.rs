@@ -30,6 +30,7 @@ use nix::sys::socket::{
 };
 use nix::sys::stat::Mode;
 use nix::unistd::{Pid, read, write};
+use shm_demo::ipc_futex::{self as futex, Strategy};
 use shm_demo::ipc_ring::{self as ring, Detach, Reader, Segment, Sem, Writer};
 
 /// The mechanisms, in table order.
@@ -42,15 +43,17 @@ pub enum Mech {
     SysvMsg,
     PosixMq,
     ShmSem,
+    ShmFutex,
+    ShmFutexYield,
+    ShmFutexSpin,
     ShmMemfd,
     ShmSpsc,
-    ShmSpin,
     Tcp,
     Signal,
     Eventfd,
 }
 
-pub const ALL: [Mech; 13] = [
+pub const ALL: [Mech; 15] = [
     Mech::Pipe,
     Mech::Fifo,
     Mech::UnixStream,
@@ -58,9 +61,11 @@ pub const ALL: [Mech; 13] = [
     Mech::SysvMsg,
     Mech::PosixMq,
     Mech::ShmSem,
+    Mech::ShmFutex,
+    Mech::ShmFutexYield,
+    Mech::ShmFutexSpin,
     Mech::ShmMemfd,
     Mech::ShmSpsc,
-    Mech::ShmSpin,
     Mech::Tcp,
     Mech::Signal,
     Mech::Eventfd,
@@ -69,14 +74,23 @@ pub const ALL: [Mech; 13] = [
 /// The mechanisms whose idle receiver is measured: every waiting strategy
 /// of the shared-memory rings, and a pipe (a receiver blocked in the
 /// kernel) for reference.
-pub const IDLE: [Mech; 4] = [Mech::ShmSpin, Mech::ShmSpsc, Mech::ShmSem, Mech::Pipe];
+pub const IDLE: [Mech; 6] = [
+    Mech::ShmFutexSpin,
+    Mech::ShmFutexYield,
+    Mech::ShmFutex,
+    Mech::ShmSem,
+    Mech::ShmSpsc,
+    Mech::Pipe,
+];
 
 /// The shared-memory rings and their references, in the order of the
 /// "cost of waiting" comparison.
-pub const WAITING: [Mech; 5] = [
-    Mech::ShmSpin,
-    Mech::ShmSpsc,
+pub const WAITING: [Mech; 7] = [
+    Mech::ShmFutexSpin,
+    Mech::ShmFutexYield,
+    Mech::ShmFutex,
     Mech::ShmSem,
+    Mech::ShmSpsc,
     Mech::Pipe,
     Mech::Eventfd,
 ];
@@ -91,9 +105,11 @@ impl Mech {
             Mech::SysvMsg => "sysv-msg",
             Mech::PosixMq => "posix-mq",
             Mech::ShmSem => "shm-sem",
+            Mech::ShmFutex => "shm-futex",
+            Mech::ShmFutexYield => "shm-futex-yield",
+            Mech::ShmFutexSpin => "shm-futex-spin",
             Mech::ShmMemfd => "shm-memfd",
             Mech::ShmSpsc => "shm-spsc",
-            Mech::ShmSpin => "shm-spin",
             Mech::Tcp => "tcp",
             Mech::Signal => "signal",
             Mech::Eventfd => "eventfd",
@@ -103,9 +119,10 @@ impl Mech {
     /// How a waiting side of this mechanism waits.
     pub fn waiting(self) -> &'static str {
         match self {
-            Mech::ShmSpin => "pure spin",
-            Mech::ShmSpsc => "spin, then sched_yield",
-            Mech::ShmSem | Mech::ShmMemfd => "POSIX semaphores (futex sleep in sem_wait)",
+            Mech::ShmFutexSpin => "pure spin",
+            Mech::ShmFutexYield | Mech::ShmSpsc => "spin, then sched_yield",
+            Mech::ShmFutex | Mech::ShmMemfd => "spin, then FUTEX_WAIT",
+            Mech::ShmSem => "POSIX semaphores (sem_wait)",
             Mech::Signal => "sigtimedwait",
             Mech::Eventfd => "blocking read(eventfd)",
             Mech::SysvMsg => "blocking msgrcv",
@@ -123,9 +140,11 @@ impl Mech {
             Mech::SysvMsg => "System V message queue",
             Mech::PosixMq => "POSIX message queue",
             Mech::ShmSem => "shared memory ring + 2 POSIX semaphores (shm-demo's ring)",
-            Mech::ShmMemfd => "shm-demo's ring with POSIX semaphores in a sealed memfd",
+            Mech::ShmFutex => "shm-demo's futex ring: spin, then sleep in FUTEX_WAIT",
+            Mech::ShmFutexYield => "shm-demo's futex ring, waiting by spin then sched_yield",
+            Mech::ShmFutexSpin => "shm-demo's futex ring, waiting by pure spin",
+            Mech::ShmMemfd => "shm-demo's futex ring (spin, then FUTEX_WAIT) in a sealed memfd",
             Mech::ShmSpsc => "shared memory lock-free SPSC byte ring, spin then yield",
-            Mech::ShmSpin => "the same SPSC byte ring, pure spin",
             Mech::Tcp => "TCP over 127.0.0.1, TCP_NODELAY, framed",
             Mech::Signal => "sigqueue(SIGRTMIN+1) with the sequence number as value",
             Mech::Eventfd => "two eventfds, one per direction: a counter and a wake-up",
@@ -540,10 +559,6 @@ impl Rx for MqRx {
 
 struct RingShared {
     segment: Segment,
-    /// shm-memfd: the sealed memfd the segment is a mapping of, and the
-    /// process that made it. A forked child maps the memfd itself (see
-    /// `mapped_here`), as an unrelated process given the fd would.
-    memfd: Option<(Rc<OwnedFd>, u32)>,
 }
 
 impl RingShared {
@@ -571,14 +586,9 @@ pub fn shared_anonymous(len: usize) -> Result<NonNull<c_void>> {
     .context("mmap(MAP_SHARED|MAP_ANONYMOUS)")
 }
 
-fn new_ring(slots: u32, slot_size: u32, memfd: bool) -> Result<Rc<RingShared>> {
+fn new_ring(slots: u32, slot_size: u32) -> Result<Rc<RingShared>> {
     let len = ring::segment_len(slots, slot_size);
-    let (base, memfd) = if memfd {
-        let (base, fd) = sealed_memfd(len)?;
-        (base, Some((Rc::new(fd), std::process::id())))
-    } else {
-        (shared_anonymous(len)?, None)
-    };
+    let base = shared_anonymous(len)?;
     // SAFETY: the mapping just made, `len` bytes.
     let mut segment = unsafe { Segment::new(base, len, Detach::Munmap) };
     segment.init_header(slots, slot_size, ring::SYNC_POSIX);
@@ -589,7 +599,7 @@ fn new_ring(slots: u32, slot_size: u32, memfd: bool) -> Result<Rc<RingShared>> {
         SharedSem::init(header.full.get(), 0).context("sem_init(full)")?;
     }
     segment.publish();
-    Ok(Rc::new(RingShared { segment, memfd }))
+    Ok(Rc::new(RingShared { segment }))
 }
 
 /// A memfd of `len` bytes whose size can never change again, and our
@@ -636,32 +646,6 @@ fn map_fd(fd: &OwnedFd, len: usize) -> Result<NonNull<c_void>> {
     .context("mmap(memfd, MAP_SHARED)")
 }
 
-/// In the process that did not make the memfd: a mapping of our own, its
-/// header checked as shm-demo's sender checks one it opened, in place of
-/// the one inherited over fork (dropped, so unmapped).
-fn mapped_here(shared: &mut Rc<RingShared>) -> Result<()> {
-    let Some((fd, creator)) = &shared.memfd else {
-        return Ok(());
-    };
-    if *creator == std::process::id() {
-        return Ok(());
-    }
-    // The seals fix the size: what we map is what the maker sized.
-    let len = nix::sys::stat::fstat(fd.as_ref())
-        .context("fstat(memfd)")?
-        .st_size as usize;
-    let base = map_fd(fd, len)?;
-    // SAFETY: the mapping just made, `len` bytes.
-    let mut segment = unsafe { Segment::new(base, len, Detach::Munmap) };
-    let magic = segment.wait_published();
-    shm_demo::checks::validate(&mut segment, magic, "the memfd", ring::SYNC_POSIX)?;
-    *shared = Rc::new(RingShared {
-        segment,
-        memfd: None,
-    });
-    Ok(())
-}
-
 fn peer_gone() -> Option<String> {
     still_ok().err().map(|e| format!("{e:#}"))
 }
@@ -672,10 +656,6 @@ struct RingTx {
 }
 
 impl Tx for RingTx {
-    fn after_fork(&mut self, _peer: Pid) -> Result<()> {
-        mapped_here(&mut self.shared)
-    }
-
     fn send(&mut self, seq: u64, size: usize) -> Result<()> {
         // A Writer borrows the segment; it is rebuilt per call with the slot
         // index carried over, so this end can own the Rc.
@@ -700,16 +680,103 @@ struct RingRx {
 }
 
 impl Rx for RingRx {
-    fn after_fork(&mut self, _peer: Pid) -> Result<()> {
-        mapped_here(&mut self.shared)
-    }
-
     fn recv(&mut self) -> Result<Option<Msg<'_>>> {
         let mut reader = Reader::new(&self.shared.segment, self.shared.sems());
         reader.resume_at(self.position);
         let got = reader.read(&mut self.message, &mut peer_gone)?;
         self.position = reader.position();
         Ok(got.map(|seq| Msg::Numbered(seq, &self.message)))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// shm-demo's futex ring: two counters, spin, then FUTEX_WAIT (or not)
+// ---------------------------------------------------------------------------
+
+/// The futex ring's memfd (shm-memfd only) and the process that made it.
+type Memfd = Option<(Rc<OwnedFd>, u32)>;
+
+/// The same shape as shm-sem's ring, so the two compare slot for slot;
+/// in an anonymous mapping, or (`memfd`) in a sealed memfd.
+fn new_futex_ring(strategy: Strategy, memfd: bool) -> Result<(Rc<futex::Ring>, Memfd)> {
+    if !memfd {
+        let ring = futex::Ring::anonymous(SHM_SEM_SLOTS, SHM_SEM_SLOT_SIZE, strategy)?;
+        return Ok((Rc::new(ring), None));
+    }
+    let len = futex::segment_len(SHM_SEM_SLOTS, SHM_SEM_SLOT_SIZE);
+    let (base, fd) = sealed_memfd(len)?;
+    // SAFETY: the MAP_SHARED mapping just made, `len` bytes, page-aligned,
+    // zero-filled (a new memfd reads as zeros).
+    let mut ring = unsafe { futex::Ring::new(base, len) };
+    ring.init(SHM_SEM_SLOTS, SHM_SEM_SLOT_SIZE, strategy);
+    ring.publish();
+    Ok((Rc::new(ring), Some((Rc::new(fd), std::process::id()))))
+}
+
+/// In the process that did not make the memfd: a mapping of our own, its
+/// header checked as shm-demo's sender checks a segment it opened, in
+/// place of the one inherited over fork. None: keep the one we have.
+fn mapped_here(memfd: &Memfd) -> Result<Option<Rc<futex::Ring>>> {
+    let Some((fd, creator)) = memfd else {
+        return Ok(None);
+    };
+    if *creator == std::process::id() {
+        return Ok(None);
+    }
+    // The seals fix the size: what we map is what the maker sized.
+    let len = nix::sys::stat::fstat(fd.as_ref())
+        .context("fstat(memfd)")?
+        .st_size as usize;
+    let base = map_fd(fd, len)?;
+    // SAFETY: the MAP_SHARED mapping just made, `len` bytes.
+    let mut ring = unsafe { futex::Ring::new(base, len) };
+    let magic = ring.wait_published();
+    ring.validate(magic, "the memfd")?;
+    Ok(Some(Rc::new(ring)))
+}
+
+struct FutexTx {
+    writer: futex::Writer<Rc<futex::Ring>>,
+    memfd: Memfd,
+}
+
+impl Tx for FutexTx {
+    fn after_fork(&mut self, _peer: Pid) -> Result<()> {
+        if let Some(ring) = mapped_here(&self.memfd)? {
+            // The inherited mapping goes with the old Writer.
+            self.writer = futex::Writer::new(ring);
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, seq: u64, size: usize) -> Result<()> {
+        self.writer.write(seq, size, &mut peer_gone)
+    }
+
+    fn end(&mut self) -> Result<()> {
+        self.writer.end(&mut peer_gone)
+    }
+}
+
+struct FutexRx {
+    reader: futex::Reader<Rc<futex::Ring>>,
+    memfd: Memfd,
+}
+
+impl Rx for FutexRx {
+    fn after_fork(&mut self, _peer: Pid) -> Result<()> {
+        if let Some(ring) = mapped_here(&self.memfd)? {
+            self.reader = futex::Reader::new(ring);
+        }
+        Ok(())
+    }
+
+    fn recv(&mut self) -> Result<Option<Msg<'_>>> {
+        // A message that fits a slot is checked in place, in the slot.
+        Ok(self
+            .reader
+            .receive(&mut peer_gone)?
+            .map(|got| Msg::Numbered(got.seq, got.body)))
     }
 }
 
@@ -758,17 +825,6 @@ struct SpscShared {
     len: usize,
     /// Bytes in the data area.
     cap: usize,
-    /// How a side that finds the ring full (or empty) waits.
-    wait: Wait,
-}
-
-/// How a side of the SPSC ring waits for the other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wait {
-    /// Spin until it is ready: the lowest latency, a whole CPU while waiting.
-    Spin,
-    /// Spin 1000 times, then call sched_yield between looks.
-    SpinYield,
 }
 
 impl SpscShared {
@@ -806,38 +862,24 @@ impl Drop for SpscShared {
     }
 }
 
-fn new_spsc(cap: usize, wait: Wait) -> Result<Rc<SpscShared>> {
+fn new_spsc(cap: usize) -> Result<Rc<SpscShared>> {
     let len = size_of::<SpscHeader>() + cap;
     // Zero-filled: head = tail = 0.
     let base = shared_anonymous(len)?;
-    Ok(Rc::new(SpscShared {
-        base,
-        len,
-        cap,
-        wait,
-    }))
+    Ok(Rc::new(SpscShared { base, len, cap }))
 }
 
-/// Wait for `ready` as `wait` says; check the watchdog now and then.
-fn wait_until(wait: Wait, mut ready: impl FnMut() -> bool) -> Result<()> {
+/// Spin, then yield the CPU; check the watchdog now and then.
+fn wait_until(mut ready: impl FnMut() -> bool) -> Result<()> {
     let mut spins = 0u64;
     while !ready() {
         spins += 1;
-        match wait {
-            // The watchdog's peer check costs a few µs: once every 2^20
-            // looks (a few ms) keeps it out of the way.
-            Wait::Spin => {
-                std::hint::spin_loop();
-                if spins.is_multiple_of(1 << 20) {
-                    still_ok()?;
-                }
-            }
-            Wait::SpinYield if spins < 1000 => std::hint::spin_loop(),
-            Wait::SpinYield => {
-                std::thread::yield_now();
-                if spins.is_multiple_of(4096) {
-                    still_ok()?;
-                }
+        if spins < 1000 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+            if spins.is_multiple_of(4096) {
+                still_ok()?;
             }
         }
     }
@@ -866,7 +908,7 @@ impl SpscTx {
             }
             let head = self.head;
             let tail = &self.shared.header().tail.0;
-            wait_until(self.shared.wait, || head + pad as u64 + need as u64 - tail.load(Ordering::Acquire) <= cap)?;
+            wait_until(|| head + pad as u64 + need as u64 - tail.load(Ordering::Acquire) <= cap)?;
             if pad >= 4 {
                 // SAFETY: `at + 4 <= capacity`, and these bytes are free.
                 unsafe {
@@ -882,7 +924,7 @@ impl SpscTx {
         }
         let head = self.head;
         let tail = &self.shared.header().tail.0;
-        wait_until(self.shared.wait, || head + need as u64 - tail.load(Ordering::Acquire) <= cap)?;
+        wait_until(|| head + need as u64 - tail.load(Ordering::Acquire) <= cap)?;
         Ok(at)
     }
 
@@ -962,7 +1004,7 @@ impl Rx for SpscRx {
         loop {
             let tail = self.tail;
             let head = &self.shared.header().head.0;
-            wait_until(self.shared.wait, || head.load(Ordering::Acquire) >= tail + 4)?;
+            wait_until(|| head.load(Ordering::Acquire) >= tail + 4)?;
             let at = (self.tail % cap) as usize;
             let left = capacity - at;
             if left < 4 {
@@ -984,7 +1026,7 @@ impl Rx for SpscRx {
                         bail!("corrupt record length {len} at offset {at}");
                     }
                     let tail = self.tail;
-                    wait_until(self.shared.wait, || head.load(Ordering::Acquire) >= tail + need as u64)?;
+                    wait_until(|| head.load(Ordering::Acquire) >= tail + need as u64)?;
                     self.pending = need;
                     // SAFETY: the record's bytes are published (head) and
                     // stay untouched until we advance tail on the next call.
@@ -1301,8 +1343,13 @@ pub fn channel(
         Mech::SysvMsg => {
             // A key with our pid in it, not IPC_PRIVATE: if we are killed,
             // the next run can find the queue and remove it (stale.rs).
-            let (id, _key) = crate::stale::sysv_queue()?;
+            // (IPC_PRIVATE, recorded in `dir`, if someone holds our keys.)
+            let (id, record) = crate::stale::sysv_queue(dir)?;
+            // Dropped in order: the queue first, then its record.
             cleanup.push(Box::new(SysvGuard::new(SysvKind::MessageQueue, id)));
+            if let Some(record) = record {
+                cleanup.push(Box::new(PathGuard::new(record)));
+            }
             buffer = limit("kernel/msgmnb").unwrap_or(16384);
             let piece = msgmax().min(size.max(1));
             if size > msgmax() {
@@ -1365,9 +1412,33 @@ pub fn channel(
                 }),
             )
         }
-        Mech::ShmSem | Mech::ShmMemfd => {
+        Mech::ShmFutex | Mech::ShmFutexYield | Mech::ShmFutexSpin | Mech::ShmMemfd => {
             let slot = SHM_SEM_SLOT_SIZE as usize;
-            let shared = new_ring(SHM_SEM_SLOTS, SHM_SEM_SLOT_SIZE, mech == Mech::ShmMemfd)?;
+            let strategy = match mech {
+                Mech::ShmFutexYield => Strategy::SpinYield,
+                Mech::ShmFutexSpin => Strategy::Spin,
+                _ => Strategy::SpinFutex,
+            };
+            let (ring, memfd) = new_futex_ring(strategy, mech == Mech::ShmMemfd)?;
+            buffer = ring.len();
+            cycle = u64::from(SHM_SEM_SLOTS).div_ceil(size.div_ceil(slot).max(1) as u64);
+            if size > slot {
+                note = Some(format!("split into {} KiB slots", slot / 1024));
+            }
+            (
+                Box::new(FutexTx {
+                    writer: futex::Writer::new(ring.clone()),
+                    memfd: memfd.clone(),
+                }),
+                Box::new(FutexRx {
+                    reader: futex::Reader::new(ring),
+                    memfd,
+                }),
+            )
+        }
+        Mech::ShmSem => {
+            let slot = SHM_SEM_SLOT_SIZE as usize;
+            let shared = new_ring(SHM_SEM_SLOTS, SHM_SEM_SLOT_SIZE)?;
             buffer = ring::segment_len(SHM_SEM_SLOTS, SHM_SEM_SLOT_SIZE);
             cycle = u64::from(SHM_SEM_SLOTS).div_ceil(size.div_ceil(slot).max(1) as u64);
             if size > slot {
@@ -1385,13 +1456,8 @@ pub fn channel(
                 }),
             )
         }
-        Mech::ShmSpsc | Mech::ShmSpin => {
-            let wait = if mech == Mech::ShmSpin {
-                Wait::Spin
-            } else {
-                Wait::SpinYield
-            };
-            let shared = new_spsc(spsc_capacity(size), wait)?;
+        Mech::ShmSpsc => {
+            let shared = new_spsc(spsc_capacity(size))?;
             // Both ends touch every page after fork (touch_every_page):
             // walking 8 MiB with 64-byte round trips would take 116 K rounds.
             buffer = shared.cap;
@@ -1567,20 +1633,31 @@ pub fn configuration(mech: Mech) -> String {
             SPSC_CAPACITY >> 20,
             SPSC_CAPACITY >> 21
         ),
-        Mech::ShmMemfd => format!(
-            "shm-sem's ring ({SHM_SEM_SLOTS} slots of {} KiB, two unnamed POSIX semaphores in \
-             the segment), but the segment is a memfd (memfd_create, ftruncate, F_ADD_SEALS \
-             SHRINK|GROW|SEAL) that each process maps itself: the forked child maps the \
-             inherited descriptor with mmap(MAP_SHARED) and checks the header as shm-demo's \
-             sender checks a segment it opened; compare with shm-sem, whose anonymous \
-             MAP_SHARED mapping is shmem like /dev/shm's",
-            SHM_SEM_SLOT_SIZE / 1024
+        Mech::ShmFutex | Mech::ShmFutexYield | Mech::ShmFutexSpin => format!(
+            "shm-demo's futex ring (shm-demo futex): {SHM_SEM_SLOTS} slots of {} KiB, as \
+             shm-sem, synchronised by two u32 counters (published, released) in the header \
+             instead of semaphores, in an anonymous MAP_SHARED mapping inherited over fork; \
+             a waiting side looks {} times ({} spin loop hints), then {}; a message that fits \
+             a slot is checked in place, a larger one is copied out piece by piece",
+            SHM_SEM_SLOT_SIZE / 1024,
+            futex::SPIN_LIMIT,
+            futex::SPIN_LIMIT,
+            match mech {
+                Mech::ShmFutex =>
+                    "stores 1 in its sleeping flag and sleeps in FUTEX_WAIT \
+                    (the other side makes FUTEX_WAKE only when that flag is set)",
+                Mech::ShmFutexYield => "calls sched_yield between looks (never sleeps)",
+                _ => "keeps spinning (never yields or sleeps)",
+            }
         ),
-        Mech::ShmSpin => format!(
-            "shm-spsc's ring ({} MiB, in an anonymous MAP_SHARED mapping inherited over fork), \
-             but a waiting side only spins: it never yields or sleeps, so it keeps a CPU \
-             busy for as long as it waits (it checks its peer every 2^20 spins)",
-            SPSC_CAPACITY >> 20
+        Mech::ShmMemfd => format!(
+            "shm-futex's ring ({SHM_SEM_SLOTS} slots of {} KiB, spin then FUTEX_WAIT), but the \
+             segment is a memfd (memfd_create, ftruncate, F_ADD_SEALS SHRINK|GROW|SEAL) that \
+             each process maps itself: the forked child maps the inherited descriptor with \
+             mmap(MAP_SHARED) and checks the header as shm-demo's sender checks a segment it \
+             opened; compare with shm-futex, whose anonymous MAP_SHARED mapping is shmem \
+             like /dev/shm's",
+            SHM_SEM_SLOT_SIZE / 1024
         ),
         Mech::Eventfd => "two eventfds (eventfd(0, EFD_CLOEXEC), inherited over fork), one per \
              direction: the pinger writes the round's number + 1 (an 8-byte write adds to the \
