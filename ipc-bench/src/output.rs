@@ -706,21 +706,23 @@ pub fn svg_waiting(_config: &Config, r: &Results) -> String {
         escape(&machine())
     );
     let lat = |m: Mech| r.latency.iter().find(|(x, _)| *x == m).map(|(_, l)| l);
-    let panels: [(&str, bool, Box<dyn Fn(Mech) -> Option<f64>>); 3] = [
+    // (title, log scale, one value per mechanism)
+    let column = |f: &dyn Fn(Mech) -> Option<f64>| mechs.iter().map(|m| f(*m)).collect();
+    let panels: [(&str, bool, Vec<Option<f64>>); 3] = [
         (
             "round trip p50, µs (log)",
             true,
-            Box::new(move |m| lat(m).map(|l| l.median as f64 / 1e3)),
+            column(&|m| lat(m).map(|l| l.median as f64 / 1e3)),
         ),
         (
             "CPU per round trip, µs (log)",
             true,
-            Box::new(move |m| lat(m).and_then(Latency::cpu_ns).map(|ns| ns / 1e3)),
+            column(&|m| lat(m).and_then(Latency::cpu_ns).map(|ns| ns / 1e3)),
         ),
         (
             "idle receiver, % of one CPU",
             false,
-            Box::new(|m| r.idle.iter().find(|i| i.mech == m).map(Idle::percent)),
+            column(&|m| r.idle.iter().find(|i| i.mech == m).map(Idle::percent)),
         ),
     ];
     for (i, name) in mechs.iter().enumerate() {
@@ -732,14 +734,13 @@ pub fn svg_waiting(_config: &Config, r: &Results) -> String {
             name.name()
         );
     }
-    for (p, (title, log, value)) in panels.iter().enumerate() {
+    for (p, (title, log, values)) in panels.iter().enumerate() {
         let x0 = left + p as f64 * (panel_w + gap);
         let _ = writeln!(
             s,
             "<text x=\"{x0}\" y=\"{}\" font-size=\"12\">{title}</text>",
             top - 12.0
         );
-        let values: Vec<Option<f64>> = mechs.iter().map(|m| value(*m)).collect();
         let max = values.iter().flatten().copied().fold(0.0, f64::max);
         // Log panels: from the decade below the smallest to the one above
         // the largest; the idle panel: 0 to 100%.
