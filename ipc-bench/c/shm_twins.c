@@ -10,6 +10,11 @@
  *   ipc_c_shm_sem   shm-demo's ring (shm-demo/src/ipc_ring.rs) with two
  *                   POSIX semaphores, as transport.rs's RingTx/RingRx drive it
  *   ipc_c_shm_spsc  transport.rs's lock-free SPSC byte ring (SpscTx/SpscRx)
+ *   ipc_c_shm_futex shm-demo's futex ring (shm-demo/src/ipc_futex.rs), with its
+ *                   three waiting strategies, as FutexTx/FutexRx drive it
+ *
+ * `child_cpu` (-1: none) is the CPU the sending child moves to, as
+ * ipc-bench's own children do when it pins them.
  *
  * The contract is reference.c's: the seconds from the first timed message
  * checked to the last (count - 1 messages, after `warm` untimed ones), -1 on
@@ -37,7 +42,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <linux/futex.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -144,6 +151,21 @@ static int reap(pid_t child, int kill_first, const char *row) {
         struct timespec pause = {0, 100 * 1000};
         nanosleep(&pause, NULL);
     }
+}
+
+/* The first thing a twin's child does: take its name (ps shows
+   "ctwin-shm-..."), and move to `cpu` as ipc-bench moves its own sending
+   child (system.rs's Pinning::child), so that C and Rust run on the same
+   two CPUs; -1 leaves it to the scheduler. */
+static int child_start(const char *name, int cpu) {
+    prctl(PR_SET_NAME, name, 0, 0, 0);
+    if (cpu < 0) return 0;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (sched_setaffinity(0, sizeof set, &set) == 0) return 0;
+    say("%s: sched_setaffinity(CPU %d): %s", name, cpu, strerror(errno));
+    return -1;
 }
 
 /* A fresh anonymous MAP_SHARED mapping: zero-filled, and shared with the
@@ -386,9 +408,8 @@ static int ring_read(struct ring *r, uint8_t *message, size_t room, uint64_t *se
 
 /* The child: warm untimed messages, the wait for "go", `count` timed ones,
    the end marker. Never returns. */
-static void ring_sender(struct ring *r, int go, size_t size, uint64_t warm, uint64_t count) {
-    prctl(PR_SET_NAME, "ctwin-shm-sem", 0, 0, 0);
-    int rc = 0;
+static void ring_sender(struct ring *r, int go, size_t size, uint64_t warm, uint64_t count, int cpu) {
+    int rc = child_start("ctwin-shm-sem", cpu);
     for (uint64_t seq = 0; seq < warm && rc == 0; seq++) rc = ring_write(r, seq, size);
     if (rc == 0) rc = wait_go(go);
     for (uint64_t seq = warm; seq < warm + count && rc == 0; seq++) rc = ring_write(r, seq, size);
@@ -414,7 +435,8 @@ static int ring_receive_one(struct ring *r, uint8_t *message, size_t size, uint6
 
 /* transport.rs's shm-sem channel: `slots` slots of `slot_size` bytes
    (ipc-bench passes SHM_SEM_SLOTS and SHM_SEM_SLOT_SIZE). */
-double ipc_c_shm_sem(size_t size, uint64_t warm, uint64_t count, uint32_t slots, uint32_t slot_size) {
+double ipc_c_shm_sem(size_t size, uint64_t warm, uint64_t count, uint32_t slots, uint32_t slot_size,
+                     int child_cpu) {
     const char *row = "shm-sem";
     if (size > RING_MAX_MESSAGE) return -2;
     if (slots == 0 || slots > RING_MAX_SLOTS || slot_size == 0 || slot_size > RING_MAX_SLOT_SIZE) {
@@ -459,7 +481,7 @@ double ipc_c_shm_sem(size_t size, uint64_t warm, uint64_t count, uint32_t slots,
     pid_t child = fork();
     if (child == 0) {
         close(go[1]);
-        ring_sender(&r, go[0], size, warm, count);
+        ring_sender(&r, go[0], size, warm, count, child_cpu);
     }
     close(go[0]);
     double seconds = -1;
@@ -683,10 +705,9 @@ static void touch_every_page(const struct spsc *q) {
     __asm__ __volatile__("" ::"r"(sum));
 }
 
-static void spsc_sender(struct spsc *q, int go, size_t size, uint64_t warm, uint64_t count) {
-    prctl(PR_SET_NAME, "ctwin-shm-spsc", 0, 0, 0);
+static void spsc_sender(struct spsc *q, int go, size_t size, uint64_t warm, uint64_t count, int cpu) {
+    int rc = child_start("ctwin-shm-spsc", cpu);
     touch_every_page(q);
-    int rc = 0;
     for (uint64_t seq = 0; seq < warm && rc == 0; seq++) rc = spsc_send(q, seq, size);
     if (rc == 0) rc = wait_go(go);
     for (uint64_t seq = warm; seq < warm + count && rc == 0; seq++) rc = spsc_send(q, seq, size);
@@ -706,7 +727,7 @@ static int spsc_receive_one(struct spsc *q, size_t size, uint64_t expected) {
     return 1;
 }
 
-double ipc_c_shm_spsc(size_t size, uint64_t warm, uint64_t count) {
+double ipc_c_shm_spsc(size_t size, uint64_t warm, uint64_t count, int child_cpu) {
     const char *row = "shm-spsc";
     if (size > MAX_SIZE) return -2;
     struct spsc q = {.cap = ipc_c_spsc_capacity(size)};
@@ -726,7 +747,7 @@ double ipc_c_shm_spsc(size_t size, uint64_t warm, uint64_t count) {
     pid_t child = fork();
     if (child == 0) {
         close(go[1]);
-        spsc_sender(&q, go[0], size, warm, count);
+        spsc_sender(&q, go[0], size, warm, count, child_cpu);
     }
     close(go[0]);
     double seconds = -1;
@@ -754,6 +775,417 @@ double ipc_c_shm_spsc(size_t size, uint64_t warm, uint64_t count) {
     }
     close(go[1]);
     munmap(base, len);
+    return failed ? -1 : seconds;
+}
+
+/* ========================================================================
+ * shm-futex: shm-demo's futex ring (shm-demo/src/ipc_futex.rs)
+ *
+ * The slots of shm-sem's ring, but no semaphores: two u32 counters
+ * (`published` by the sender, `released` by the receiver), each on its own
+ * cache line with an "I sleep" flag. A waiting side spins, then, by the
+ * ring's strategy, keeps spinning, yields, or sleeps in FUTEX_WAIT on the
+ * counter; the other side makes the FUTEX_WAKE system call only when the
+ * flag says someone sleeps.
+ * ======================================================================== */
+
+#define SYNC_FUTEX 3u
+/* ipc_futex::SPIN_LIMIT: looks at the counter before yielding or sleeping. */
+#define FUTEX_SPIN_LIMIT 200
+/* ipc_futex::Strategy codes, stored in the header. */
+#define STRATEGY_SPIN 1
+#define STRATEGY_SPIN_YIELD 2
+#define STRATEGY_SPIN_FUTEX 3
+
+/* ipc_futex::SharedStats: what one side did while waiting and waking. */
+struct futex_stats {
+    _Atomic uint64_t spins, yields, waits, wakes, woken;
+};
+/* The same, counted locally (stored into the header now and then). */
+struct stats {
+    uint64_t spins, yields, waits, wakes, woken;
+};
+
+/* ipc_futex::Line: one cache line per direction, so the sender's stores to
+   `published` do not steal the line that holds `released` (false sharing). */
+struct futex_line {
+    _Alignas(64) _Atomic uint32_t counter; /* the futex word: slots so far, wrapping */
+    _Atomic uint32_t sleeping;             /* 1: the waiter on counter is (about to be) in FUTEX_WAIT */
+    struct futex_stats stats;              /* of the side that writes counter */
+};
+
+/* ipc_futex::Header: shm-sem's prefix (no sem_t), the strategy, two lines. */
+struct futex_header {
+    _Atomic uint64_t magic;
+    _Atomic uint32_t version;
+    _Atomic uint32_t slot_count;
+    _Atomic uint32_t slot_size;
+    _Atomic int32_t receiver_pid;
+    _Atomic int32_t sender_pid;
+    _Atomic uint32_t sync;
+    _Atomic uint32_t sem_id;
+    _Atomic uint32_t strategy;
+    uint64_t reserved[3];
+    struct futex_line to_receiver; /* published: what the receiver waits on */
+    struct futex_line to_sender;   /* released: what the sender waits on */
+};
+
+_Static_assert(sizeof(struct futex_header) == 192, "ipc_futex::HEADER_SPACE is 192");
+_Static_assert(offsetof(struct futex_header, strategy) == 36, "strategy at 36");
+_Static_assert(offsetof(struct futex_header, to_receiver) == 64, "line 1 at 64");
+_Static_assert(offsetof(struct futex_header, to_sender) == 128, "line 2 at 128");
+_Static_assert(offsetof(struct futex_line, stats) == 8, "stats at 8 in a line");
+
+size_t ipc_c_futex_segment_len(uint32_t slots, uint32_t slot_size) {
+    return sizeof(struct futex_header) + (size_t)slots * slot_stride(slot_size);
+}
+
+int ipc_c_futex_spin_limit(void) { return FUTEX_SPIN_LIMIT; }
+
+struct fring {
+    uint8_t *base;
+    size_t len;
+    struct futex_header *h;
+    size_t slots, slot_size;
+    int strategy;
+    size_t next;    /* our own slot index */
+    uint32_t count; /* our own counter: published (sender) or released (receiver) */
+    int held;       /* the receiver lent the last slot out in place */
+    struct stats stats;
+    const struct peer *peer;
+};
+
+static struct slot_header *fslot_at(const struct fring *r, size_t i) {
+    return (struct slot_header *)(r->base + sizeof(struct futex_header) + i * slot_stride(r->slot_size));
+}
+
+/* futex(2) has no glibc wrapper. No FUTEX_PRIVATE_FLAG: the key is then the
+   page itself, so a FUTEX_WAKE from the other process finds the sleeper. */
+static long sys_futex(_Atomic uint32_t *word, int op, uint32_t val, const struct timespec *timeout) {
+    return syscall(SYS_futex, (uint32_t *)word, op, val, timeout, NULL, 0);
+}
+
+/* Relaxed: informational figures for the peer's narration. */
+static void stats_store(struct futex_stats *to, const struct stats *from) {
+    atomic_store_explicit(&to->spins, from->spins, memory_order_relaxed);
+    atomic_store_explicit(&to->yields, from->yields, memory_order_relaxed);
+    atomic_store_explicit(&to->waits, from->waits, memory_order_relaxed);
+    atomic_store_explicit(&to->wakes, from->wakes, memory_order_relaxed);
+    atomic_store_explicit(&to->woken, from->woken, memory_order_relaxed);
+}
+
+/* The condition each side waits for, from the peer's counter `seen` and our
+   own `mine`: the sender for a free slot (published - released < slots),
+   the receiver for a filled one (published != released). A difference above
+   the slot count is a corrupt segment. 1 ready, 0 not yet, -1 corrupt. */
+static inline int fready(const struct fring *r, int sender, uint32_t seen) {
+    uint32_t used = sender ? r->count - seen : seen - r->count; /* wrapping u32 */
+    if (used > r->slots) {
+        say("shm-futex: the counters are %u slots apart in a ring of %zu: corrupt segment", used, r->slots);
+        return -1;
+    }
+    return sender ? used < r->slots : used > 0;
+}
+
+/* ipc_futex's wait_for: wait on `line` (to_sender for the sender, to_receiver
+   for the receiver) until fready. 0, or -1 (corrupt, peer gone, deadline). */
+static int futex_wait_for(struct fring *r, struct futex_line *line, int sender) {
+    /* Acquire: pairs with the peer's Release store of the counter, so what
+       it wrote into the slots before is visible once we see the new value. */
+    int ok = fready(r, sender, atomic_load_explicit(&line->counter, memory_order_acquire));
+    if (ok) return ok < 0 ? -1 : 0;
+    double last_check = now();
+    for (;;) {
+        for (int i = 0; i < FUTEX_SPIN_LIMIT; i++) {
+            cpu_relax();
+            r->stats.spins++;
+            ok = fready(r, sender, atomic_load_explicit(&line->counter, memory_order_acquire));
+            if (ok) return ok < 0 ? -1 : 0;
+        }
+        if (r->strategy == STRATEGY_SPIN_YIELD) {
+            sched_yield();
+            r->stats.yields++;
+        } else if (r->strategy == STRATEGY_SPIN_FUTEX) {
+            /* The lost wake-up, and how it is closed. Were we to sleep right
+               after finding the counter unchanged, the peer could publish
+               and look at our flag in between, see "not sleeping", skip the
+               wake, and we would sleep through its message. So: (1) say "I
+               sleep", (2) a seq_cst fence, (3) look at the counter again,
+               (4) FUTEX_WAIT with the value seen. The peer does the mirror
+               image: store the counter, seq_cst fence, load our flag. The two
+               fences forbid both loads missing both stores (store->load is
+               the one order release/acquire do not give; Dekker needs
+               seq_cst): either we see its new value in (3), or it sees our
+               flag and wakes us. A wake between (3) and (4) is not lost
+               either: FUTEX_WAIT compares the word in the kernel and returns
+               at once (EAGAIN) if it moved. */
+            atomic_store_explicit(&line->sleeping, 1, memory_order_relaxed); /* (1) */
+            atomic_thread_fence(memory_order_seq_cst);                        /* (2) */
+            uint32_t seen = atomic_load_explicit(&line->counter, memory_order_acquire); /* (3) */
+            ok = fready(r, sender, seen);
+            if (ok) {
+                atomic_store_explicit(&line->sleeping, 0, memory_order_relaxed); /* no sleep after all */
+                return ok < 0 ? -1 : 0;
+            }
+            r->stats.waits++;
+            struct timespec tick = {0, 100 * 1000 * 1000}; /* ipc_ring::TICK: a relative timeout */
+            if (sys_futex(&line->counter, FUTEX_WAIT, seen, &tick) < 0 && errno != EAGAIN && errno != ETIMEDOUT &&
+                errno != EINTR) {
+                say("shm-futex: futex(FUTEX_WAIT): %s", strerror(errno));
+                return -1;
+            }
+            /* Relaxed: a hint only; at worst one FUTEX_WAKE too many, which
+               wakes nobody. */
+            atomic_store_explicit(&line->sleeping, 0, memory_order_relaxed);
+        }
+        /* Every 100 ms without progress: is the peer still there? (The
+           clock is a vDSO call, as Rust's Instant::now.) */
+        double t = now();
+        if (t - last_check >= 0.1) {
+            last_check = t;
+            if (peer_gone(r->peer)) return -1;
+        }
+    }
+}
+
+/* ipc_futex's wake_sleeper: after the Release store of line's counter, wake
+   the peer, but only if it said it sleeps: a FUTEX_WAKE is a system call
+   even when nobody waits, and a peer that is busy or spinning sees the
+   counter move by itself. */
+static int futex_wake_sleeper(struct fring *r, struct futex_line *line) {
+    if (r->strategy != STRATEGY_SPIN_FUTEX) return 0; /* nobody ever sleeps on this ring */
+    /* Our counter store before the load of the flag: the other half of
+       futex_wait_for's handshake. */
+    atomic_thread_fence(memory_order_seq_cst);
+    /* A plain load first (no locked instruction while the peer is awake),
+       then swap to 0: of several publishes while it sleeps only the first
+       pays the system call. */
+    if (atomic_load_explicit(&line->sleeping, memory_order_relaxed) != 0 &&
+        atomic_exchange_explicit(&line->sleeping, 0, memory_order_relaxed) != 0) {
+        r->stats.wakes++;
+        long woken = sys_futex(&line->counter, FUTEX_WAKE, 1, NULL);
+        if (woken < 0) {
+            say("shm-futex: futex(FUTEX_WAKE): %s", strerror(errno));
+            return -1;
+        }
+        r->stats.woken += (uint64_t)woken;
+    }
+    return 0;
+}
+
+/* Advance our counter on `line` (Release: what we did to the slot happens
+   before the peer, which loads it with Acquire, uses the slot), and wake the
+   peer if it sleeps. Writer::publish_slot and Reader::release_slot. */
+static int futex_advance(struct fring *r, struct futex_line *line) {
+    r->count++;
+    r->next = (r->next + 1) % r->slots;
+    atomic_store_explicit(&line->counter, r->count, memory_order_release);
+    uint64_t wakes = r->stats.wakes;
+    if (futex_wake_sleeper(r, line) < 0) return -1;
+    if (r->stats.wakes != wakes) stats_store(&line->stats, &r->stats);
+    return 0;
+}
+
+/* Writer::write: for each piece, wait for a free slot, write it, publish it. */
+static int fring_write(struct fring *r, uint64_t seq, size_t size) {
+    size_t offset = 0;
+    do {
+        if (futex_wait_for(r, &r->h->to_sender, 1) < 0) return -1;
+        struct slot_header *slot = fslot_at(r, r->next);
+        size_t piece = size - offset < r->slot_size ? size - offset : r->slot_size;
+        fill_at(seq, size, offset, (uint8_t *)(slot + 1), piece);
+        /* Relaxed: the Release store of `published` orders them. */
+        atomic_store_explicit(&slot->seq, seq, memory_order_relaxed);
+        atomic_store_explicit(&slot->message_len, (uint64_t)size, memory_order_relaxed);
+        atomic_store_explicit(&slot->offset, (uint64_t)offset, memory_order_relaxed);
+        atomic_store_explicit(&slot->piece_len, (uint32_t)piece, memory_order_relaxed);
+        atomic_store_explicit(&slot->flags, 0, memory_order_relaxed);
+        if (futex_advance(r, &r->h->to_receiver) < 0) return -1;
+        offset += piece;
+    } while (offset < size);
+    return 0;
+}
+
+/* Writer::end: an END slot; the statistics stored before it is published
+   (a receiver that sees END sees them) and after. */
+static int fring_end(struct fring *r) {
+    if (futex_wait_for(r, &r->h->to_sender, 1) < 0) return -1;
+    struct slot_header *slot = fslot_at(r, r->next);
+    atomic_store_explicit(&slot->seq, 0, memory_order_relaxed);
+    atomic_store_explicit(&slot->message_len, 0, memory_order_relaxed);
+    atomic_store_explicit(&slot->offset, 0, memory_order_relaxed);
+    atomic_store_explicit(&slot->piece_len, 0, memory_order_relaxed);
+    atomic_store_explicit(&slot->flags, FLAG_END, memory_order_relaxed);
+    stats_store(&r->h->to_receiver.stats, &r->stats);
+    if (futex_advance(r, &r->h->to_receiver) < 0) return -1;
+    stats_store(&r->h->to_receiver.stats, &r->stats);
+    return 0;
+}
+
+/* Reader::receive: 1 a message (*body, *seq, *len), 0 the end, -1 failure.
+   A message that fits one slot is lent out IN PLACE (*body points into the
+   slot, which stays unreleased until the next call); a split one is copied
+   together into `message`, each slot released once its piece is copied. */
+static int fring_receive(struct fring *r, uint8_t *message, size_t room, const uint8_t **body, uint64_t *seq,
+                         size_t *len) {
+    if (r->held) {
+        r->held = 0;
+        if (futex_advance(r, &r->h->to_sender) < 0) return -1;
+    }
+    size_t have = 0;
+    int started = 0;
+    uint64_t want_seq = 0, want_len = 0;
+    for (;;) {
+        if (futex_wait_for(r, &r->h->to_receiver, 0) < 0) return -1;
+        size_t at = r->next;
+        struct slot_header *slot = fslot_at(r, at);
+        const uint8_t *data = (const uint8_t *)(slot + 1);
+        /* Everything below came from another process: each field is loaded
+           once into a local and checked before use. */
+        if (atomic_load_explicit(&slot->flags, memory_order_relaxed) & FLAG_END) {
+            if (futex_advance(r, &r->h->to_sender) < 0) return -1;
+            if (started) {
+                say("shm-futex: slot %zu: end marker in the middle of a message", at);
+                return -1;
+            }
+            return 0;
+        }
+        uint64_t s = atomic_load_explicit(&slot->seq, memory_order_relaxed);
+        uint64_t l = atomic_load_explicit(&slot->message_len, memory_order_relaxed);
+        uint64_t off = atomic_load_explicit(&slot->offset, memory_order_relaxed);
+        size_t piece = atomic_load_explicit(&slot->piece_len, memory_order_relaxed);
+        if (l > RING_MAX_MESSAGE || l > room) {
+            say("shm-futex: slot %zu: message length %llu is over the limit", at, (unsigned long long)l);
+            return -1;
+        }
+        if (piece > r->slot_size || (piece == 0 && l != 0)) {
+            say("shm-futex: slot %zu: piece length %zu does not fit a %zu-byte slot", at, piece, r->slot_size);
+            return -1;
+        }
+        if (!started) {
+            started = 1;
+            want_seq = s;
+            want_len = l;
+        }
+        if (s != want_seq || l != want_len || off != have) {
+            say("shm-futex: slot %zu: piece of message %llu at offset %llu does not continue message %llu", at,
+                (unsigned long long)s, (unsigned long long)off, (unsigned long long)want_seq);
+            return -1;
+        }
+        if (have + piece > l) {
+            say("shm-futex: slot %zu: piece runs past the end of its message", at);
+            return -1;
+        }
+        if (off == 0 && piece == l) {
+            /* The whole message in one slot: checked where it lies. */
+            r->held = 1;
+            *body = data;
+            *seq = s;
+            *len = piece;
+            return 1;
+        }
+        memcpy(message + have, data, piece);
+        have += piece;
+        if (futex_advance(r, &r->h->to_sender) < 0) return -1;
+        if (have == l) {
+            *body = message;
+            *seq = s;
+            *len = have;
+            return 1;
+        }
+    }
+}
+
+static void fring_sender(struct fring *r, int go, size_t size, uint64_t warm, uint64_t count, int cpu) {
+    int rc = child_start("ctwin-shm-futex", cpu);
+    for (uint64_t seq = 0; seq < warm && rc == 0; seq++) rc = fring_write(r, seq, size);
+    if (rc == 0) rc = wait_go(go);
+    for (uint64_t seq = warm; seq < warm + count && rc == 0; seq++) rc = fring_write(r, seq, size);
+    if (rc == 0) rc = fring_end(r);
+    _exit(rc == 0 ? 0 : 1);
+}
+
+static int fring_receive_one(struct fring *r, uint8_t *message, size_t size, uint64_t expected) {
+    const uint8_t *body;
+    uint64_t seq;
+    size_t len;
+    int got = fring_receive(r, message, size, &body, &seq, &len);
+    if (got != 1) return got;
+    if (seq != expected || len != size || !check(seq, body, len)) {
+        say("shm-futex: message %llu failed its check (slot said %llu, %zu bytes)", (unsigned long long)expected,
+            (unsigned long long)seq, len);
+        return -1;
+    }
+    return 1;
+}
+
+/* shm-demo's futex ring of `slots` slots of `slot_size` bytes, both sides
+   waiting by `strategy` (1 spin, 2 spin then yield, 3 spin then FUTEX_WAIT). */
+double ipc_c_shm_futex(size_t size, uint64_t warm, uint64_t count, uint32_t slots, uint32_t slot_size,
+                       int strategy, int child_cpu) {
+    const char *row = "shm-futex";
+    if (size > RING_MAX_MESSAGE) return -2;
+    if (slots == 0 || slots > RING_MAX_SLOTS || slot_size == 0 || slot_size > RING_MAX_SLOT_SIZE ||
+        strategy < STRATEGY_SPIN || strategy > STRATEGY_SPIN_FUTEX) {
+        say("%s: %u slots of %u bytes, strategy %d: outside the ring's limits", row, slots, slot_size, strategy);
+        return -1;
+    }
+    struct fring r = {.slots = slots, .slot_size = slot_size, .strategy = strategy};
+    r.len = ipc_c_futex_segment_len(slots, slot_size);
+    r.base = shared_anonymous(r.len); /* zero-filled: counters and flags 0 */
+    if (!r.base) return -1;
+    r.h = (struct futex_header *)r.base;
+    /* Ring::init, then MAGIC last with Release, as the Rust receiver does. */
+    atomic_store_explicit(&r.h->version, RING_VERSION, memory_order_relaxed);
+    atomic_store_explicit(&r.h->slot_count, slots, memory_order_relaxed);
+    atomic_store_explicit(&r.h->slot_size, slot_size, memory_order_relaxed);
+    atomic_store_explicit(&r.h->receiver_pid, (int32_t)getpid(), memory_order_relaxed);
+    atomic_store_explicit(&r.h->sync, SYNC_FUTEX, memory_order_relaxed);
+    atomic_store_explicit(&r.h->strategy, (uint32_t)strategy, memory_order_relaxed);
+    atomic_store_explicit(&r.h->magic, RING_MAGIC, memory_order_release);
+    /* Where a split message is put together (Reader's Vec). */
+    uint8_t *message = malloc(size ? size : 1);
+    int go[2] = {-1, -1};
+    if (!message || pipe2(go, O_CLOEXEC) < 0) {
+        say("%s: malloc or pipe2 failed", row);
+        free(message);
+        munmap(r.base, r.len);
+        return -1;
+    }
+    memset(message, 0, size ? size : 1);
+    struct peer peer = {.parent = getpid(), .deadline = now() + DEADLINE_SECONDS, .row = row};
+    r.peer = &peer;
+    pid_t child = fork();
+    if (child == 0) {
+        close(go[1]);
+        fring_sender(&r, go[0], size, warm, count, child_cpu);
+    }
+    close(go[0]);
+    double seconds = -1;
+    int failed = child < 0;
+    if (child < 0) say("%s: fork: %s", row, strerror(errno));
+    if (!failed) {
+        peer.child = child;
+        uint64_t seq = 0;
+        int got = 1;
+        while (seq < warm && (got = fring_receive_one(&r, message, size, seq)) == 1) seq++;
+        double start = 0;
+        if (got == 1 && write(go[1], "g", 1) == 1) {
+            while ((got = fring_receive_one(&r, message, size, seq)) == 1) {
+                if (seq == warm) start = now();
+                seq++;
+            }
+            if (got == 0 && seq == warm + count) seconds = now() - start;
+        }
+        if (got == 0 && seq != warm + count)
+            say("%s: the end marker after %llu of %llu messages", row, (unsigned long long)seq,
+                (unsigned long long)(warm + count));
+        failed = seconds < 0;
+        if (reap(child, failed, row) != 0) failed = 1;
+    }
+    close(go[1]);
+    free(message);
+    munmap(r.base, r.len);
     return failed ? -1 : seconds;
 }
 

@@ -17,10 +17,18 @@ use crate::transport::{Mech, SHM_SEM_SLOT_SIZE, SHM_SEM_SLOTS};
 unsafe extern "C" {
     /// shm-demo's ring of `slots` slots of `slot_size` bytes: seconds from
     /// the first timed message checked to the last, -1 failure (message on
-    /// stderr), -2 a size it cannot carry.
-    fn ipc_c_shm_sem(size: usize, warm: u64, count: u64, slots: u32, slot_size: u32) -> f64;
+    /// stderr), -2 a size it cannot carry. The sending child moves to
+    /// `child_cpu` (-1: stays where the scheduler puts it).
+    fn ipc_c_shm_sem(
+        size: usize,
+        warm: u64,
+        count: u64,
+        slots: u32,
+        slot_size: u32,
+        child_cpu: libc::c_int,
+    ) -> f64;
     /// The SPSC byte ring, same contract.
-    fn ipc_c_shm_spsc(size: usize, warm: u64, count: u64) -> f64;
+    fn ipc_c_shm_spsc(size: usize, warm: u64, count: u64, child_cpu: libc::c_int) -> f64;
     /// The C side's `spsc_capacity` and `segment_len`, and where its header
     /// keeps the semaphores (0: empty, 1: full), for the layout tests.
     #[cfg(test)]
@@ -41,6 +49,11 @@ pub fn carries_split(mech: Mech) -> bool {
     mech == Mech::ShmSem
 }
 
+/// Where the twin's sending child runs: -1, where the scheduler puts it.
+fn child_cpu() -> libc::c_int {
+    -1
+}
+
 /// Seconds of the C twin of `mech` for `count` messages of `size` bytes
 /// after `warm` untimed ones; `None` if `mech` has no twin or the twin
 /// cannot carry the size.
@@ -51,10 +64,17 @@ pub fn seconds(mech: Mech, size: usize, warm: u64, count: u64) -> Result<Option<
         // _exit. It uses only its own mapping, semaphores and pipe, and
         // kills and reaps its child before returning.
         Mech::ShmSem => unsafe {
-            ipc_c_shm_sem(size, warm, count, SHM_SEM_SLOTS, SHM_SEM_SLOT_SIZE)
+            ipc_c_shm_sem(
+                size,
+                warm,
+                count,
+                SHM_SEM_SLOTS,
+                SHM_SEM_SLOT_SIZE,
+                child_cpu(),
+            )
         },
         // SAFETY: as above, with its own mapping and pipe.
-        Mech::ShmSpsc => unsafe { ipc_c_shm_spsc(size, warm, count) },
+        Mech::ShmSpsc => unsafe { ipc_c_shm_spsc(size, warm, count, child_cpu()) },
         _ => return Ok(None),
     };
     if seconds == -2.0 {
