@@ -9,9 +9,20 @@
 //!   semaphores, driven as `transport`'s RingTx/RingRx drive it: messages
 //!   over a slot are split over several, the receiver copies each piece out.
 //! - shm-spsc: `transport`'s lock-free SPSC byte ring, checked in place.
+//! - shm-futex, shm-futex-yield, shm-futex-spin: shm-demo's futex ring
+//!   (`shm_demo::ipc_futex`) with each of its waiting strategies; a message
+//!   that fits a slot is checked in place, a larger one copied together.
+//!
+//! The twin's sending child runs on the CPU ipc-bench pins its own children
+//! to, and the receiving parent stays on ours: C and Rust run on the same
+//! two CPUs. (reference.c's processes are left unpinned instead: its child
+//! would inherit our CPU and share it.)
 
 use anyhow::{Result, bail};
 
+use shm_demo::ipc_futex::Strategy;
+
+use crate::system::{self, Pinning};
 use crate::transport::{Mech, SHM_SEM_SLOT_SIZE, SHM_SEM_SLOTS};
 
 unsafe extern "C" {
@@ -29,6 +40,17 @@ unsafe extern "C" {
     ) -> f64;
     /// The SPSC byte ring, same contract.
     fn ipc_c_shm_spsc(size: usize, warm: u64, count: u64, child_cpu: libc::c_int) -> f64;
+    /// shm-demo's futex ring, both sides waiting by `strategy`
+    /// (`Strategy::code`: 1 spin, 2 spin then yield, 3 spin then FUTEX_WAIT).
+    fn ipc_c_shm_futex(
+        size: usize,
+        warm: u64,
+        count: u64,
+        slots: u32,
+        slot_size: u32,
+        strategy: libc::c_int,
+        child_cpu: libc::c_int,
+    ) -> f64;
     /// The C side's `spsc_capacity` and `segment_len`, and where its header
     /// keeps the semaphores (0: empty, 1: full), for the layout tests.
     #[cfg(test)]
@@ -37,6 +59,10 @@ unsafe extern "C" {
     fn ipc_c_ring_segment_len(slots: u32, slot_size: u32) -> usize;
     #[cfg(test)]
     fn ipc_c_ring_sem_offset(which: libc::c_int) -> usize;
+    #[cfg(test)]
+    fn ipc_c_futex_segment_len(slots: u32, slot_size: u32) -> usize;
+    #[cfg(test)]
+    fn ipc_c_futex_spin_limit() -> libc::c_int;
     /// payload.h's `fill_at`, for the test that compares it with Rust's.
     #[cfg(test)]
     fn ipc_c_payload_fill_at(seq: u64, size: usize, offset: usize, buf: *mut u8, len: usize);
@@ -46,12 +72,26 @@ unsafe extern "C" {
 /// slots split a message in C exactly as in Rust, so those cells compare
 /// like with like (the kernel queues' split cells have no C twin).
 pub fn carries_split(mech: Mech) -> bool {
-    mech == Mech::ShmSem
+    strategy(mech).is_some() || mech == Mech::ShmSem
 }
 
-/// Where the twin's sending child runs: -1, where the scheduler puts it.
+/// The futex ring's waiting strategy of a row, if it is one of its rows.
+/// (shm-memfd, the futex ring in a sealed memfd, has no twin.)
+fn strategy(mech: Mech) -> Option<Strategy> {
+    match mech {
+        Mech::ShmFutex => Some(Strategy::SpinFutex),
+        Mech::ShmFutexYield => Some(Strategy::SpinYield),
+        Mech::ShmFutexSpin => Some(Strategy::Spin),
+        _ => None,
+    }
+}
+
+/// The CPU of ipc-bench's pinned children, or -1 if it does not pin.
 fn child_cpu() -> libc::c_int {
-    -1
+    match system::pinning() {
+        Pinning::Pinned { child, .. } => *child as libc::c_int,
+        Pinning::Unpinned(_) => -1,
+    }
 }
 
 /// Seconds of the C twin of `mech` for `count` messages of `size` bytes
@@ -75,7 +115,21 @@ pub fn seconds(mech: Mech, size: usize, warm: u64, count: u64) -> Result<Option<
         },
         // SAFETY: as above, with its own mapping and pipe.
         Mech::ShmSpsc => unsafe { ipc_c_shm_spsc(size, warm, count, child_cpu()) },
-        _ => return Ok(None),
+        _ => match strategy(mech) {
+            // SAFETY: as above, with its own mapping and pipe.
+            Some(strategy) => unsafe {
+                ipc_c_shm_futex(
+                    size,
+                    warm,
+                    count,
+                    SHM_SEM_SLOTS,
+                    SHM_SEM_SLOT_SIZE,
+                    strategy.code() as libc::c_int,
+                    child_cpu(),
+                )
+            },
+            None => return Ok(None),
+        },
     };
     if seconds == -2.0 {
         return Ok(None);
@@ -110,6 +164,24 @@ mod tests {
         let (empty, full) = unsafe { (ipc_c_ring_sem_offset(0), ipc_c_ring_sem_offset(1)) };
         assert_eq!(empty, std::mem::offset_of!(Header, empty));
         assert_eq!(full, std::mem::offset_of!(Header, full));
+    }
+
+    #[test]
+    fn the_c_futex_ring_has_the_rust_layout_and_spin_bound() {
+        use shm_demo::ipc_futex as futex;
+        for (slots, size) in [(1, 1), (16, 65536), (8, 4096), (3, 100), (1024, 1 << 20)] {
+            // SAFETY: pure arithmetic in C.
+            let c = unsafe { ipc_c_futex_segment_len(slots, size) };
+            assert_eq!(c, futex::segment_len(slots, size), "{slots} x {size}");
+        }
+        // SAFETY: returns a constant.
+        let spin = unsafe { ipc_c_futex_spin_limit() };
+        assert_eq!(spin as u32, futex::SPIN_LIMIT);
+        // The strategy codes the C side switches on.
+        let codes: Vec<u32> = Strategy::ALL.iter().map(|s| s.code()).collect();
+        assert_eq!(codes, [1, 2, 3]);
+        assert_eq!(Strategy::Spin.code(), 1);
+        assert_eq!(Strategy::SpinFutex.code(), 3);
     }
 
     #[test]
@@ -161,15 +233,23 @@ mod tests {
     }
 
     #[test]
-    fn both_twins_carry_and_check_small_and_split_sizes() {
+    fn every_twin_carries_and_checks_small_whole_and_split_sizes() {
         // 64 B, a whole 64 KiB slot, and one split over three slots (and
         // one that ends inside a word) for shm-sem.
-        for mech in [Mech::ShmSem, Mech::ShmSpsc] {
+        let rows = [
+            Mech::ShmSem,
+            Mech::ShmSpsc,
+            Mech::ShmFutex,
+            Mech::ShmFutexYield,
+            Mech::ShmFutexSpin,
+        ];
+        for mech in rows {
             for size in [1, 64, 65536, 3 * 65536 - 5] {
                 let s = seconds(mech, size, 40, 50).unwrap().expect("carried");
                 assert!(s > 0.0, "{} at {size}: {s}", mech.name());
             }
         }
         assert!(seconds(Mech::Pipe, 64, 1, 2).unwrap().is_none());
+        assert!(seconds(Mech::ShmMemfd, 64, 1, 2).unwrap().is_none());
     }
 }

@@ -255,6 +255,50 @@ fn words(mech: Mech, zh: bool) -> (&'static str, &'static str, &'static str) {
             "无亲缘关系，按名字 ¹",
             "自行设计",
         ),
+        (Mech::ShmMemfd, false) => (
+            "the futex ring in a sealed memfd",
+            "any process given the fd (inherited, or passed over a Unix socket)",
+            "you decide",
+        ),
+        (Mech::ShmMemfd, true) => (
+            "密封 memfd 中的 futex 环形缓冲区",
+            "获得该文件描述符的任何进程（继承，或经 Unix 套接字传递）",
+            "自行设计",
+        ),
+        (Mech::ShmFutex, false) => (
+            "shared memory, futex ring (spin, then sleep)",
+            "unrelated, by name ¹",
+            "you decide",
+        ),
+        (Mech::ShmFutex, true) => (
+            "共享内存，futex 环形缓冲区（先自旋后睡眠）",
+            "无亲缘关系，按名字 ¹",
+            "自行设计",
+        ),
+        (Mech::ShmFutexYield, false) => (
+            "the same, spin then `sched_yield`",
+            "unrelated, by name ¹",
+            "you decide",
+        ),
+        (Mech::ShmFutexYield, true) => (
+            "同上，先自旋后 `sched_yield`",
+            "无亲缘关系，按名字 ¹",
+            "自行设计",
+        ),
+        (Mech::ShmFutexSpin, false) => {
+            ("the same, pure spin", "unrelated, by name ¹", "you decide")
+        }
+        (Mech::ShmFutexSpin, true) => ("同上，纯自旋", "无亲缘关系，按名字 ¹", "自行设计"),
+        (Mech::Eventfd, false) => (
+            "eventfd",
+            "related, or any process given the fd",
+            "no data: a counter",
+        ),
+        (Mech::Eventfd, true) => (
+            "eventfd",
+            "有亲缘关系，或获得该描述符的任何进程",
+            "无数据：一个计数器",
+        ),
         (Mech::Tcp, false) => (
             "TCP on 127.0.0.1",
             "any local process of any user (other hosts only if bound to a non-loopback address)",
