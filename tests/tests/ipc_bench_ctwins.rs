@@ -1,5 +1,6 @@
-//! ipc-bench's C twins of the shared-memory rows (ipc-bench/c/shm_twins.c):
-//! they carry every size the Rust rows do and put a Rust ÷ C figure beside
+//! ipc-bench's C twins of the shared-memory rows (ipc-bench/c/shm_twins.c:
+//! shm-sem, shm-spsc and the futex ring's three rows): they carry every
+//! size the Rust rows do and put a Rust ÷ C figure beside
 //! each; a twin whose sending child is killed fails the run instead of
 //! hanging it, and a twin's child whose parent is killed ends by itself.
 //! No figure is compared with another: only that each exists.
@@ -11,6 +12,14 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 const BENCH: &str = "ipc-bench";
+/// The rows with a C twin (shm-memfd, the futex ring in a sealed memfd, has none).
+const TWINNED: [&str; 5] = [
+    "shm-sem",
+    "shm-spsc",
+    "shm-futex",
+    "shm-futex-yield",
+    "shm-futex-spin",
+];
 
 /// The section of the Markdown output whose title starts with `title`.
 fn section(out: &ipc_tests::Output, title: &str) -> String {
@@ -29,7 +38,7 @@ fn the_shm_rows_have_a_rust_over_c_figure_at_small_whole_and_split_sizes() {
         &[
             "--quick",
             "--mechanisms",
-            "shm-sem,shm-spsc",
+            "shm-sem,shm-spsc,shm-futex,shm-futex-yield,shm-futex-spin",
             "--sizes",
             "64,65536,196608",
             "--count",
@@ -42,7 +51,7 @@ fn the_shm_rows_have_a_rust_over_c_figure_at_small_whole_and_split_sizes() {
     assert_eq!(out.code(), 0, "{}", out.describe());
     assert!(!out.stderr.contains("C twin"), "{}", out.describe());
     let table = section(&out, "Against the same workload written in C");
-    for mech in ["shm-sem", "shm-spsc"] {
+    for mech in TWINNED {
         for size in ["64 B", "64 KiB", "192 KiB"] {
             let row = table
                 .lines()
@@ -70,13 +79,16 @@ fn the_shm_rows_have_a_rust_over_c_figure_at_small_whole_and_split_sizes() {
             );
         }
     }
-    // The split cell says how it was carried; the C twin split it the same way.
-    assert!(
-        out.stdout
-            .contains("shm-sem at 192 KiB: split into 64 KiB slots"),
-        "{}",
-        out.describe()
-    );
+    // The split cells say how they were carried; the C twins split them
+    // the same way.
+    for mech in ["shm-sem", "shm-futex", "shm-futex-yield", "shm-futex-spin"] {
+        assert!(
+            out.stdout
+                .contains(&format!("{mech} at 192 KiB: split into 64 KiB slots")),
+            "{mech}\n{}",
+            out.describe()
+        );
+    }
 }
 
 /// The pid of a running (not zombie) child of `parent` whose name is
@@ -104,6 +116,16 @@ fn child_named(parent: Pid, comm: &str) -> Option<Pid> {
     None
 }
 
+/// The name a twin's child gives itself (the futex rows share one twin).
+fn twin_comm(mech: &str) -> String {
+    let twin = if mech.starts_with("shm-futex") {
+        "shm-futex"
+    } else {
+        mech
+    };
+    format!("ctwin-{twin}")
+}
+
 /// Start a run of one `mech` cell long enough to catch its C twin (the
 /// Rust cell comes first, then the twin with the same count), and wait
 /// until the twin's child runs. Returns the run and that child.
@@ -122,7 +144,7 @@ fn run_until_twin(mech: &str, size: &str, count: &str) -> (Proc, Pid) {
             "10",
         ],
     );
-    let comm = format!("ctwin-{mech}");
+    let comm = twin_comm(mech);
     let deadline = Instant::now() + LONG;
     loop {
         if let Some(child) = child_named(proc.pid(), &comm) {
@@ -172,6 +194,12 @@ fn a_killed_shm_sem_twin_child_fails_the_run_without_a_hang() {
 #[test]
 fn a_killed_shm_spsc_twin_child_fails_the_run_without_a_hang() {
     killed_child_fails_the_run("shm-spsc", "4096", "5000000");
+}
+
+#[test]
+fn a_killed_shm_futex_twin_child_fails_the_run_without_a_hang() {
+    // The strategy that sleeps in FUTEX_WAIT: its bounded wait notices.
+    killed_child_fails_the_run("shm-futex", "64", "1000000");
 }
 
 /// Killing ipc-bench itself while a twin runs: the twin's child sees its
@@ -226,4 +254,9 @@ fn a_killed_parent_ends_the_shm_sem_twin_child() {
 #[test]
 fn a_killed_parent_ends_the_shm_spsc_twin_child() {
     killed_parent_ends_the_child("shm-spsc", "4096", "5000000");
+}
+
+#[test]
+fn a_killed_parent_ends_the_shm_futex_twin_child() {
+    killed_parent_ends_the_child("shm-futex", "64", "1000000");
 }
