@@ -14,7 +14,8 @@
  *                   three waiting strategies, as FutexTx/FutexRx drive it
  *
  * `child_cpu` (-1: none) is the CPU the sending child moves to, as
- * ipc-bench's own children do when it pins them.
+ * ipc-bench's own children do when it pins them; `stop` (or NULL) says
+ * whether a stop signal has arrived, asked where the Rust code asks it.
  *
  * The contract is reference.c's: the seconds from the first timed message
  * checked to the last (count - 1 messages, after `warm` untimed ones), -1 on
@@ -88,10 +89,18 @@ struct peer {
     pid_t parent;
     double deadline;
     const char *row;
+    /* ipc-bench's "has a stop signal (Ctrl-C) arrived?" (common::cleanup::
+       stop_requested); NULL: never asked. The child inherits the handler
+       that sets it, so it asks the same question of its own copy. */
+    int (*stop)(void);
 };
 
-/* 1 (with a message) if the peer has died or the deadline has passed. */
+static int stop_requested(const struct peer *p) { return p->stop && p->stop(); }
+
+/* 1 (with a message) if the peer has died or the deadline has passed, or
+   (quietly: ipc-bench reports it) a stop signal has arrived. */
 static int peer_gone(const struct peer *p) {
+    if (stop_requested(p)) return 1;
     if (p->child > 0) {
         /* WNOWAIT: look at the child's state without reaping it, so the
            final waitpid still gets its status. */
@@ -281,6 +290,7 @@ static int sem_intact(const struct ring *r, sem_t *sem) { (void)r; (void)sem; re
    each time it passes without a post, ask whether the peer lives. */
 static int ring_wait(const struct ring *r, sem_t *sem) {
     for (;;) {
+        if (stop_requested(r->peer)) return -1; /* Rust's check_stop, at every wait */
         if (!sem_intact(r, sem)) return -1;
         struct timespec deadline;
         clock_gettime(CLOCK_REALTIME, &deadline);
@@ -436,7 +446,7 @@ static int ring_receive_one(struct ring *r, uint8_t *message, size_t size, uint6
 /* transport.rs's shm-sem channel: `slots` slots of `slot_size` bytes
    (ipc-bench passes SHM_SEM_SLOTS and SHM_SEM_SLOT_SIZE). */
 double ipc_c_shm_sem(size_t size, uint64_t warm, uint64_t count, uint32_t slots, uint32_t slot_size,
-                     int child_cpu) {
+                     int child_cpu, int (*stop)(void)) {
     const char *row = "shm-sem";
     if (size > RING_MAX_MESSAGE) return -2;
     if (slots == 0 || slots > RING_MAX_SLOTS || slot_size == 0 || slot_size > RING_MAX_SLOT_SIZE) {
@@ -476,7 +486,7 @@ double ipc_c_shm_sem(size_t size, uint64_t warm, uint64_t count, uint32_t slots,
         return -1;
     }
     memset(message, 0, size ? size : 1);
-    struct peer peer = {.parent = getpid(), .deadline = now() + DEADLINE_SECONDS, .row = row};
+    struct peer peer = {.parent = getpid(), .deadline = now() + DEADLINE_SECONDS, .row = row, .stop = stop};
     r.peer = &peer;
     pid_t child = fork();
     if (child == 0) {
@@ -727,7 +737,7 @@ static int spsc_receive_one(struct spsc *q, size_t size, uint64_t expected) {
     return 1;
 }
 
-double ipc_c_shm_spsc(size_t size, uint64_t warm, uint64_t count, int child_cpu) {
+double ipc_c_shm_spsc(size_t size, uint64_t warm, uint64_t count, int child_cpu, int (*stop)(void)) {
     const char *row = "shm-spsc";
     if (size > MAX_SIZE) return -2;
     struct spsc q = {.cap = ipc_c_spsc_capacity(size)};
@@ -742,7 +752,7 @@ double ipc_c_shm_spsc(size_t size, uint64_t warm, uint64_t count, int child_cpu)
         munmap(base, len);
         return -1;
     }
-    struct peer peer = {.parent = getpid(), .deadline = now() + DEADLINE_SECONDS, .row = row};
+    struct peer peer = {.parent = getpid(), .deadline = now() + DEADLINE_SECONDS, .row = row, .stop = stop};
     q.peer = &peer;
     pid_t child = fork();
     if (child == 0) {
@@ -1122,7 +1132,7 @@ static int fring_receive_one(struct fring *r, uint8_t *message, size_t size, uin
 /* shm-demo's futex ring of `slots` slots of `slot_size` bytes, both sides
    waiting by `strategy` (1 spin, 2 spin then yield, 3 spin then FUTEX_WAIT). */
 double ipc_c_shm_futex(size_t size, uint64_t warm, uint64_t count, uint32_t slots, uint32_t slot_size,
-                       int strategy, int child_cpu) {
+                       int strategy, int child_cpu, int (*stop)(void)) {
     const char *row = "shm-futex";
     if (size > RING_MAX_MESSAGE) return -2;
     if (slots == 0 || slots > RING_MAX_SLOTS || slot_size == 0 || slot_size > RING_MAX_SLOT_SIZE ||
@@ -1153,7 +1163,7 @@ double ipc_c_shm_futex(size_t size, uint64_t warm, uint64_t count, uint32_t slot
         return -1;
     }
     memset(message, 0, size ? size : 1);
-    struct peer peer = {.parent = getpid(), .deadline = now() + DEADLINE_SECONDS, .row = row};
+    struct peer peer = {.parent = getpid(), .deadline = now() + DEADLINE_SECONDS, .row = row, .stop = stop};
     r.peer = &peer;
     pid_t child = fork();
     if (child == 0) {

@@ -25,11 +25,21 @@ use shm_demo::ipc_futex::Strategy;
 use crate::system::{self, Pinning};
 use crate::transport::{Mech, SHM_SEM_SLOT_SIZE, SHM_SEM_SLOTS};
 
+/// "Has a stop signal arrived?", for the C side (a nullable C function
+/// pointer; it may be called in the forked child too, which has its own
+/// copy of the flag its own handler sets).
+type Stop = Option<extern "C" fn() -> libc::c_int>;
+
+extern "C" fn stop_requested() -> libc::c_int {
+    libc::c_int::from(common::cleanup::stop_requested().is_some())
+}
+
 unsafe extern "C" {
     /// shm-demo's ring of `slots` slots of `slot_size` bytes: seconds from
     /// the first timed message checked to the last, -1 failure (message on
     /// stderr), -2 a size it cannot carry. The sending child moves to
-    /// `child_cpu` (-1: stays where the scheduler puts it).
+    /// `child_cpu` (-1: stays where the scheduler puts it); `stop` is asked
+    /// where the Rust ring calls check_stop.
     fn ipc_c_shm_sem(
         size: usize,
         warm: u64,
@@ -37,9 +47,16 @@ unsafe extern "C" {
         slots: u32,
         slot_size: u32,
         child_cpu: libc::c_int,
+        stop: Stop,
     ) -> f64;
     /// The SPSC byte ring, same contract.
-    fn ipc_c_shm_spsc(size: usize, warm: u64, count: u64, child_cpu: libc::c_int) -> f64;
+    fn ipc_c_shm_spsc(
+        size: usize,
+        warm: u64,
+        count: u64,
+        child_cpu: libc::c_int,
+        stop: Stop,
+    ) -> f64;
     /// shm-demo's futex ring, both sides waiting by `strategy`
     /// (`Strategy::code`: 1 spin, 2 spin then yield, 3 spin then FUTEX_WAIT).
     fn ipc_c_shm_futex(
@@ -50,6 +67,7 @@ unsafe extern "C" {
         slot_size: u32,
         strategy: libc::c_int,
         child_cpu: libc::c_int,
+        stop: Stop,
     ) -> f64;
     /// The C side's `spsc_capacity` and `segment_len`, and where its header
     /// keeps the semaphores (0: empty, 1: full), for the layout tests.
@@ -111,10 +129,13 @@ pub fn seconds(mech: Mech, size: usize, warm: u64, count: u64) -> Result<Option<
                 SHM_SEM_SLOTS,
                 SHM_SEM_SLOT_SIZE,
                 child_cpu(),
+                Some(stop_requested),
             )
         },
         // SAFETY: as above, with its own mapping and pipe.
-        Mech::ShmSpsc => unsafe { ipc_c_shm_spsc(size, warm, count, child_cpu()) },
+        Mech::ShmSpsc => unsafe {
+            ipc_c_shm_spsc(size, warm, count, child_cpu(), Some(stop_requested))
+        },
         _ => match strategy(mech) {
             // SAFETY: as above, with its own mapping and pipe.
             Some(strategy) => unsafe {
@@ -126,6 +147,7 @@ pub fn seconds(mech: Mech, size: usize, warm: u64, count: u64) -> Result<Option<
                     SHM_SEM_SLOT_SIZE,
                     strategy.code() as libc::c_int,
                     child_cpu(),
+                    Some(stop_requested),
                 )
             },
             None => return Ok(None),
@@ -135,6 +157,8 @@ pub fn seconds(mech: Mech, size: usize, warm: u64, count: u64) -> Result<Option<
         return Ok(None);
     }
     if seconds < 0.0 {
+        // Stopped by Ctrl-C (or SIGTERM, SIGHUP): reported as any stop is.
+        common::cleanup::check_stop()?;
         bail!("the C twin of {} at {size} bytes failed", mech.name());
     }
     Ok(Some(seconds))

@@ -2,7 +2,8 @@
 //! shm-sem, shm-spsc and the futex ring's three rows): they carry every
 //! size the Rust rows do and put a Rust ÷ C figure beside
 //! each; a twin whose sending child is killed fails the run instead of
-//! hanging it, and a twin's child whose parent is killed ends by itself.
+//! hanging it, a twin's child whose parent is killed ends by itself, and
+//! Ctrl-C during a twin stops the run as a stop.
 //! No figure is compared with another: only that each exists.
 
 use std::time::{Duration, Instant};
@@ -200,6 +201,20 @@ fn a_killed_shm_spsc_twin_child_fails_the_run_without_a_hang() {
 fn a_killed_shm_futex_twin_child_fails_the_run_without_a_hang() {
     // The strategy that sleeps in FUTEX_WAIT: its bounded wait notices.
     killed_child_fails_the_run("shm-futex", "64", "1000000");
+}
+
+#[test]
+fn ctrl_c_during_a_twin_stops_the_run_as_a_stop() {
+    // A terminal's Ctrl-C reaches the whole group: ipc-bench and the
+    // twin's child. The twin asks ipc-bench's stop flag where the Rust ring
+    // calls check_stop (shm-sem: at every wait), so the cell ends there,
+    // without its C figure, and the run exits 128 + SIGINT.
+    let (proc, _child) = run_until_twin("shm-sem", "64", "2000000");
+    nix::sys::signal::killpg(proc.pid(), Signal::SIGINT).expect("SIGINT the group");
+    let out = proc.finish(SHORT);
+    out.assert_stopped_by(Signal::SIGINT);
+    assert!(!out.stderr.contains(": C reference"), "{}", out.describe());
+    assert!(!out.stderr.contains("the C twin of"), "{}", out.describe());
 }
 
 /// Killing ipc-bench itself while a twin runs: the twin's child sees its
