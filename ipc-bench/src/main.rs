@@ -22,6 +22,7 @@
 //!
 //! Progress goes to stderr, the Markdown tables to stdout.
 
+mod ctwins;
 mod docs;
 mod files;
 mod output;
@@ -340,7 +341,7 @@ fn run() -> Result<()> {
                 for _ in 0..config.repeats {
                     let run = throughput_cell(mech, size, count, &dir)
                         .with_context(|| format!("{} at {size} bytes", mech.name()))?;
-                    if let Some(count) = cell_count(&run)
+                    if let Some(count) = cell_count(mech, &run)
                         && let Some(c) = c_reference(mech, size, count)?
                     {
                         c_runs.push(c);
@@ -580,15 +581,16 @@ unsafe extern "C" {
 }
 
 /// (warm-up, timed) messages of a cell the C reference can repeat.
-fn cell_count(cell: &Cell) -> Option<(u64, u64)> {
+fn cell_count(mech: Mech, cell: &Cell) -> Option<(u64, u64)> {
     match cell {
         Cell::Measured {
             messages,
             warm,
-            note: None,
+            note,
             ..
-        } => Some((*warm, *messages)),
-        _ => None, // split or n/a: the C reference sends whole messages only
+        } if note.is_none() || ctwins::carries_split(mech) => Some((*warm, *messages)),
+        // split or n/a: reference.c sends whole messages only
+        _ => None,
     }
 }
 
@@ -601,7 +603,8 @@ fn c_reference(mech: Mech, size: usize, (warm, count): (u64, u64)) -> Result<Opt
         Mech::SysvMsg => 3,
         Mech::PosixMq => 4,
         Mech::Tcp => 5,
-        _ => return Ok(None),
+        // The shared-memory rings' twins (c/shm_twins.c), if any.
+        _ => return ctwins::reference(mech, size, (warm, count)),
     };
     // Named like ours, so that a run killed meanwhile is cleaned up later.
     let key = stale::sysv_key(std::process::id(), stale::C_REFERENCE_SLOT);
