@@ -101,6 +101,57 @@ pub fn key_free(key: libc::key_t) -> bool {
 
 /// A file in the private directory that names an IPC_PRIVATE queue.
 const PRIVATE_RECORD: &str = "sysv-msq-";
+/// A file in the private directory that names a POSIX queue of ours.
+const MQ_RECORD: &str = "posix-mq-";
+
+/// Note POSIX queue `name` ("/ipc-bench-PID-N") in `dir`; the guard
+/// removes the note (drop it after the queue's own guard).
+pub fn record_posix_queue(dir: &Path, name: &str) -> Result<common::cleanup::PathGuard> {
+    let record = dir.join(format!("{MQ_RECORD}{}", name.trim_start_matches('/')));
+    std::fs::write(&record, b"").with_context(|| format!("create {}", record.display()))?;
+    Ok(common::cleanup::PathGuard::new(record))
+}
+
+/// The POSIX queues a dead run recorded in `dir`, for systems where
+/// /dev/mqueue is not mounted (posix_queues cannot list them there):
+/// removed if the name is a queue of that run's and it is ours.
+fn recorded_posix_queues(dir: &Path, pid: u32, said: &mut Vec<String>) {
+    use nix::mqueue::{MQ_OFlag, mq_open, mq_unlink};
+    use nix::sys::stat::Mode;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let euid = geteuid().as_raw();
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(name) = file.to_str().and_then(|n| n.strip_prefix(MQ_RECORD)) else {
+            continue;
+        };
+        if name_pid(name) != Some(pid) {
+            continue; // not the name of a queue of that run
+        }
+        let mq = format!("/{name}");
+        // Open it only to ask who owns it (an mqd_t is a descriptor).
+        let Ok(mqd) = mq_open(mq.as_str(), MQ_OFlag::O_RDONLY, Mode::empty(), None) else {
+            continue; // removed already (or not ours to open)
+        };
+        let owner = nix::sys::stat::fstat(&mqd).map(|st| st.st_uid);
+        // An MqdT has no Drop: mq_close, or the descriptor stays open.
+        let _ = nix::mqueue::mq_close(mqd);
+        match owner {
+            Ok(uid) if uid == euid => match mq_unlink(mq.as_str()) {
+                Ok(()) => said.push(format!(
+                    "removed POSIX queue {mq} left by ipc-bench pid {pid}, which is gone"
+                )),
+                Err(e) => said.push(format!("could not remove POSIX queue {mq}: mq_unlink: {e}")),
+            },
+            Ok(uid) => said.push(format!(
+                "left alone POSIX queue {mq} (named like ipc-bench pid {pid}'s): owned by uid {uid}, not by us (uid {euid})"
+            )),
+            Err(_) => {}
+        }
+    }
+}
 
 /// The pid in `ipc-bench-PID-N`, exactly that shape, or None.
 fn name_pid(name: &str) -> Option<u32> {
@@ -238,6 +289,7 @@ fn directories(runtime_dir: &Path, said: &mut Vec<String>) {
             continue;
         }
         private_queues(&path, pid, said);
+        recorded_posix_queues(&path, pid, said);
         // remove_dir_all does not follow symlinks inside the directory.
         match std::fs::remove_dir_all(&path) {
             Ok(()) => said.push(format!(

@@ -1388,14 +1388,38 @@ pub fn channel(
             let flags = nix::mqueue::MQ_OFlag::O_CREAT
                 | nix::mqueue::MQ_OFlag::O_EXCL
                 | nix::mqueue::MQ_OFlag::O_RDWR;
-            let tx = nix::mqueue::mq_open(
-                name.as_str(),
-                flags,
-                Mode::S_IRUSR | Mode::S_IWUSR,
-                Some(&attr),
-            )
-            .context("mq_open")?;
+            // EMFILE here is not about descriptors: the queue's bytes
+            // would take this user over RLIMIT_MSGQUEUE, a budget every
+            // process of the user shares. Other programs' queues come and
+            // go, so wait a little before calling the cell n/a.
+            let mut tries = 0;
+            let tx = loop {
+                match nix::mqueue::mq_open(
+                    name.as_str(),
+                    flags,
+                    Mode::S_IRUSR | Mode::S_IWUSR,
+                    Some(&attr),
+                ) {
+                    Ok(mqd) => break mqd,
+                    Err(Errno::EMFILE) if tries < 100 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(Errno::EMFILE) => {
+                        return Ok(Err(format!(
+                            "n/a: mq_open: EMFILE: a queue of {MQ_MAXMSG} x {piece} bytes would take \
+                             this user over RLIMIT_MSGQUEUE ({} bytes, shared by all its \
+                             processes' queues) for 10 s",
+                            msgqueue_limit()
+                        )));
+                    }
+                    Err(e) => return Err(e).context("mq_open"),
+                }
+            };
             cleanup.push(Box::new(MqGuard::new(&name)));
+            // Found by the next run if we are killed, even where the
+            // mqueue filesystem is not mounted and queues cannot be listed.
+            cleanup.push(Box::new(crate::stale::record_posix_queue(dir, &name)?));
             let rx = nix::mqueue::mq_open(
                 name.as_str(),
                 nix::mqueue::MQ_OFlag::O_RDWR,
@@ -1554,7 +1578,19 @@ pub fn kernel_limits() -> Vec<(&'static str, String)> {
     .map(|(name, path)| (name, sysctl(path)))
     .collect();
     limits.push(("RLIMIT_SIGPENDING", sigpending()));
+    limits.push(("RLIMIT_MSGQUEUE", msgqueue_limit()));
     limits
+}
+
+/// The soft RLIMIT_MSGQUEUE: bytes of POSIX queues one user may have.
+fn msgqueue_limit() -> String {
+    // SAFETY: rlimit is plain data; getrlimit fills it.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MSGQUEUE, &mut lim) } != 0 {
+        return "unknown".into();
+    }
+    lim.rlim_cur.to_string()
 }
 
 /// The soft RLIMIT_SIGPENDING (nix's `resource` feature is not in the

@@ -661,14 +661,42 @@ fn left_by(pid: u32) -> (Vec<i32>, Vec<String>, Vec<std::path::PathBuf>) {
             })
             .unwrap_or_default()
     };
-    (
-        sysv_queues_of(pid),
-        names(std::path::Path::new("/dev/mqueue"))
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect(),
-        names(&common::cleanup::runtime_dir()),
-    )
+    let dirs = names(&common::cleanup::runtime_dir());
+    // POSIX queues: listed in /dev/mqueue where the mqueue filesystem is
+    // mounted, and recorded in the run's private directory everywhere.
+    let mut posix: Vec<String> = names(std::path::Path::new("/dev/mqueue"))
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for dir in &dirs {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if let Some(name) = file.strip_prefix("posix-mq-")
+                && !posix.iter().any(|p| p == name)
+            {
+                posix.push(name.to_string());
+            }
+        }
+    }
+    (sysv_queues_of(pid), posix, dirs)
+}
+
+/// Does POSIX queue /NAME exist? (Asked by name: /dev/mqueue may not be
+/// mounted.)
+fn posix_queue_exists(name: &str) -> bool {
+    use nix::mqueue::{MQ_OFlag, mq_close, mq_open};
+    match mq_open(
+        format!("/{name}").as_str(),
+        MQ_OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+        None,
+    ) {
+        Ok(mqd) => {
+            let _ = mq_close(mqd);
+            true
+        }
+        Err(e) => e != nix::errno::Errno::ENOENT,
+    }
 }
 
 /// Start a long throughput run of `mech`, wait until its queue exists,
@@ -706,6 +734,9 @@ fn killed_during(mech: &str) -> u32 {
         !sysv.is_empty() || !posix.is_empty(),
         "pid {pid} left no queue"
     );
+    for name in &posix {
+        assert!(posix_queue_exists(name), "{name}");
+    }
     pid
 }
 
@@ -716,6 +747,8 @@ fn objects_left_by_a_killed_run_are_found_and_removed_by_the_next() {
     // Each killed run leaves its queue and private directory (checked in
     // killed_during); the second run already removes what the first left.
     let dead = [killed_during("sysv-msg"), killed_during("posix-mq")];
+    let dead_queues = left_by(dead[1]).1;
+    assert!(!dead_queues.is_empty());
     // A queue named like a dead run's but owned by another user stays.
     let foreign = format!("/dev/mqueue/ipc-bench-{}-99", dead[1]);
     let made = std::process::Command::new("setpriv")
@@ -726,6 +759,13 @@ fn objects_left_by_a_killed_run_are_found_and_removed_by_the_next() {
         .is_ok_and(|s| s.success());
     let out = short_run("pipe", "64", &[]);
     assert_eq!(out.code(), 0, "{}", out.describe());
+    for name in &dead_queues {
+        assert!(
+            name.ends_with("-99") || !posix_queue_exists(name),
+            "{name} left\n{}",
+            out.describe()
+        );
+    }
     for pid in dead {
         let (sysv, posix, dirs) = left_by(pid);
         assert!(sysv.is_empty(), "pid {pid}: {sysv:?}\n{}", out.describe());
