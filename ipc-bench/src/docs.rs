@@ -836,12 +836,26 @@ fn comparison_waiting(config: &Config, r: &Results) -> String {
         format_args!("{} µs", us(r.spin.median))
     );
     // memfd against the same ring in an anonymous mapping, size by size.
+    // Whether the two rows' lowest–highest ranges overlap: if they do, this
+    // run cannot tell the two apart at that size.
+    let range = |m: Mech, size: usize| cell(r, m, size).and_then(Cell::mb_range);
+    let mut apart = 0;
     let ratios: Vec<String> = config
         .sizes
         .iter()
         .filter_map(|&size| {
             let (m, a) = (mb(r, Mech::ShmMemfd, size)?, mb(r, Mech::ShmFutex, size)?);
-            Some(format!("{} {:.2}×", size_label(size), m / a))
+            let overlap = match (range(Mech::ShmMemfd, size), range(Mech::ShmFutex, size)) {
+                (Some((ml, mh)), Some((al, ah))) => ml <= ah && al <= mh,
+                _ => false,
+            };
+            apart += usize::from(!overlap);
+            Some(format!(
+                "{} {:.2}×{}",
+                size_label(size),
+                m / a,
+                if overlap { " (ranges overlap)" } else { "" }
+            ))
         })
         .collect();
     if !ratios.is_empty() {
@@ -849,11 +863,23 @@ fn comparison_waiting(config: &Config, r: &Results) -> String {
             out,
             "- **memfd against an anonymous mapping.** shm-memfd is shm-futex's ring in a \
              sealed memfd that each process maps itself; shm-futex's anonymous `MAP_SHARED` \
-             mapping is shmem, the memory behind `/dev/shm`. Once mapped, both are pages of \
-             the same kind: shm-memfd ÷ shm-futex MB/s here is {}; at this run's noise \
-             (see the lowest–highest of each cell in [bench-results.md](bench-results.md)) a \
-             ratio near 1 is no difference.",
-            ratios.join(", ")
+             mapping is shmem, the memory behind `/dev/shm`, so once mapped both are pages \
+             of the same kind. shm-memfd ÷ shm-futex MB/s here: {}. {}",
+            ratios.join(", "),
+            if apart == 0 {
+                "At every size the lowest–highest ranges of the two rows overlap: this run \
+                 cannot tell them apart."
+                    .to_string()
+            } else {
+                format!(
+                    "At {apart} of {} sizes the ranges of the two rows do not overlap: on this \
+                     run's machine that difference is larger than the spread of the runs \
+                     (lowest–highest per cell in [bench-results.md](bench-results.md)); a \
+                     loaded machine moves whole cells, so compare on a quiet one before \
+                     reading it as memfd's cost.",
+                    ratios.len()
+                )
+            }
         );
     }
     out.push('\n');
