@@ -297,6 +297,7 @@ pub struct Results {
 
 fn run() -> Result<()> {
     let config = parse()?;
+    MAIN_PID.get_or_init(Pid::this);
     stop_on_signals()?;
     // Refuse a bad output path now, not after a minute of measuring.
     for path in config.json.iter().chain(&config.svg) {
@@ -698,13 +699,16 @@ fn spin_ping_pong(rounds: u64, warmup: u64) -> Result<Latency> {
         let base = page.base.cast::<Line>().as_ptr();
         (&(*base).0, &(*base.add(1)).0)
     };
+    let me = std::process::id() as i32;
     // SAFETY: ipc-bench is single-threaded: the child may call anything.
     let child = match unsafe { fork() }.context("fork()")? {
         ForkResult::Child => {
             // A pidfd for the parent: if it dies, a new process that gets
             // its pid cannot keep us spinning (see common::peer::PidWatch).
-            let Ok(parent) = PidWatch::open(getppid().as_raw()) else {
-                std::process::exit(1);
+            // If it died before this line, we were given to another parent.
+            let parent = match PidWatch::open(me) {
+                Ok(watch) if getppid().as_raw() == me => watch,
+                _ => std::process::exit(1),
             };
             if system::pinning().child().is_err() {
                 std::process::exit(1);
@@ -920,10 +924,20 @@ fn page_faults() -> u64 {
     (usage.ru_minflt + usage.ru_majflt) as u64
 }
 
-/// The start of a forked child: on its own CPU, watching its parent.
-fn child_start(parent: Pid) -> Result<common::peer::Ticker> {
+/// The pid of the benchmark's main process: every child is forked by it.
+static MAIN_PID: std::sync::OnceLock<Pid> = std::sync::OnceLock::new();
+
+/// The start of a forked child: on its own CPU, watching its parent (by
+/// pidfd, opened on the pid we were forked by: if that process died first,
+/// the open fails or getppid names whoever adopted us).
+fn child_start() -> Result<(Pid, common::peer::Ticker)> {
+    let parent = *MAIN_PID.get_or_init(getppid);
     system::pinning().child()?;
-    transport::watch(parent, CELL_DEADLINE)
+    let ticker = transport::watch(parent, CELL_DEADLINE)?;
+    if getppid() != parent {
+        bail!("the parent process died before the measurement started");
+    }
+    Ok((parent, ticker))
 }
 
 fn sender(
@@ -934,8 +948,7 @@ fn sender(
     count: u64,
     size: usize,
 ) -> Result<()> {
-    let parent = getppid();
-    let _ticker = child_start(parent)?;
+    let (parent, _ticker) = child_start()?;
     tx.after_fork(parent)?;
     for seq in 0..warm {
         tx.send(seq, size)?;
@@ -1087,8 +1100,7 @@ fn echo(
     warmup: u64,
     cpu: OwnedFd,
 ) -> Result<()> {
-    let parent = getppid();
-    let _ticker = child_start(parent)?;
+    let (parent, _ticker) = child_start()?;
     rx.after_fork(parent)?;
     tx.after_fork(parent)?;
     let mut checker = Checker::new(None);
@@ -1161,8 +1173,7 @@ fn idle_of(mech: Mech, wait: Duration, dir: &PrivateDir) -> Result<Idle> {
 }
 
 fn idle_receiver(mut rx: Box<dyn transport::Rx>, out: OwnedFd) -> Result<()> {
-    let parent = getppid();
-    let _ticker = child_start(parent)?;
+    let (parent, _ticker) = child_start()?;
     rx.after_fork(parent)?;
     let (cpu, wall) = (CpuTime::now(), Instant::now());
     if rx.recv()?.is_some() {
