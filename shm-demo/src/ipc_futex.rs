@@ -81,6 +81,16 @@
 //!   timeout are checked.
 //! - End: the sender publishes one slot with flags = END after its last
 //!   message; the receiver releases it and stops.
+//! - Statistics: each side stores its own (Relaxed) after each FUTEX_WAKE
+//!   it makes; the sender stores its final ones just before it publishes
+//!   END (so a receiver that has seen END reads them complete up to END),
+//!   the receiver at its end. Nothing depends on them.
+//! - A message that fits one slot is lent out in place: the receiver
+//!   releases that slot only when the caller is done with it (at the next
+//!   receive); a split message's slots are released piece by piece as they
+//!   are copied together.
+//! - futex(2) answering EFAULT on a futex word of the mapping means its
+//!   page is gone (the object was truncated): reported as such.
 //! - Setup: the receiver zero-fills, writes the header, stores MAGIC last
 //!   (Release); a sender waits (bounded) for MAGIC with Acquire, checks every
 //!   field (sync must be 3), claims `sender_pid` by compare-and-swap.
