@@ -1,8 +1,12 @@
 //! # ipc-bench: every mechanism, one workload, one table
 //!
 //! Throughput (one way, sender and receiver in separate processes) at
-//! several message sizes, and round-trip latency of 64-byte messages, for
-//! every mechanism the demos show. Every message received is checked with
+//! several message sizes, round-trip latency of 64-byte messages, and the
+//! CPU time both processes spend per message and per round trip, for
+//! every mechanism the demos show; then what a receiver that waits for
+//! nothing costs under each waiting strategy of the shared-memory rings
+//! (spin, spin then yield, spin then futex, semaphores; a pipe for
+//! reference). Every message received is checked with
 //! `common::payload` — a wrong byte aborts the run — so nothing is fast
 //! because it is wrong. Reference rows measured in the same run put the
 //! numbers in proportion: `memcpy` bandwidth, the cost of generating and
@@ -10,11 +14,14 @@
 //!
 //! Every measurement is warmed up first (untimed messages, then a pause
 //! for the channel to drain), so the first touch of a fresh ring's pages
-//! is not timed; the output states how each mechanism is set up and the
-//! kernel limits it depends on.
+//! is not timed; each throughput is the median of its runs, shown with the
+//! lowest and highest; the two processes are pinned to two CPUs where
+//! there are two (`--no-pin`: not); the output states how each mechanism
+//! is set up, the kernel limits it depends on, and the machine: kernel,
+//! CPU, CPUs, load, scheduler and memory knobs.
 //!
 //! ```text
-//! cargo run --release -p ipc-bench                       # about half a minute on 2 cores
+//! cargo run --release -p ipc-bench                       # two to three minutes on 2 cores
 //! cargo run --release -p ipc-bench -- --quick --json out.json --svg chart.svg
 //! cargo run --release -p ipc-bench -- --mechanisms pipe,shm-spsc --sizes 64,65536
 //! ipc-bench/regenerate-docs.sh                           # every figure in the docs
@@ -72,16 +79,17 @@ OPTIONS:
     --json PATH        also write the results as JSON
     --svg PATH         also draw them as an SVG chart
     --docs ROOT        regenerate the repository's figures from this run:
-                       ROOT/docs/bench-results.md, bench.json, bench.svg, and the
-                       marked (<!-- bench:begin/end -->) parts of README.md,
-                       docs/README.zh-CN.md and docs/comparison.md
+                       ROOT/docs/bench-results.md, bench.json, bench.svg,
+                       bench-waiting.svg, and the marked (<!-- bench:begin/end -->)
+                       parts of README.md, docs/README.zh-CN.md and docs/comparison.md
     -h, --help         this text
 
 Every throughput cell first moves untimed warm-up messages (twice what the
 channel holds, at least 16), so no first-touch page fault is timed; round
 trips warm up too. Objects a killed run left (System V queues keyed
-0x69PPPPPS, /dev/mqueue/ipc-bench-PID-N, <tmp>/ipc-bench-PID-N) are removed
-by the next run if they are ours and PID is gone. Output files are written
+0x69PPPPPS, /dev/mqueue/ipc-bench-PID-N, <tmp>/ipc-bench-PID-N, and the
+IPC_PRIVATE queues recorded there when another user held those keys) are
+removed by the next run if they are ours and PID is gone. Output files are written
 to a temporary file and renamed into place; a symlink at PATH is refused.
 
 Each throughput is the median of 3 runs (1 with --quick), shown with the lowest

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::transport::Mech;
-use crate::{Cell, Config, Latency, Results};
+use crate::{Cell, Config, Idle, Latency, Results};
 
 pub fn size_label(size: usize) -> String {
     match size {
@@ -324,16 +324,30 @@ fn idle_table(r: &Results) -> String {
 /// The shared-memory rings' waiting strategies side by side, with the
 /// blocking references: throughput, round trip, CPU per message and idle.
 pub fn waiting_table(config: &Config, r: &Results) -> String {
-    let rows: Vec<Mech> = crate::transport::WAITING
-        .into_iter()
-        .filter(|m| r.throughput.iter().any(|(t, _)| t == m))
-        .collect();
+    let rows = waiting_rows(config, r);
     if rows.is_empty() {
         return String::new();
     }
-    let mut out = String::from(
-        "\n## The cost of waiting\n\nThe shared-memory rings by how a waiting side waits, and two mechanisms that block in the kernel. MB/s at each size; the round trip of 64 B; CPU per message at the first size and per round trip (user + system, both processes); the idle receiver's share of a CPU.\n\n",
-    );
+    format!(
+        "\n## The cost of waiting\n\nThe shared-memory rings by how a waiting side waits, and two mechanisms that block in the kernel. MB/s at each size; the round trip of 64 B; CPU per message at the first size and per round trip (user + system, both processes); the idle receiver's share of a CPU.\n\n{rows}"
+    )
+}
+
+/// The mechanisms of the waiting comparison that this run measured.
+pub fn waiting_mechs(r: &Results) -> Vec<Mech> {
+    crate::transport::WAITING
+        .into_iter()
+        .filter(|m| r.throughput.iter().any(|(t, _)| t == m))
+        .collect()
+}
+
+/// The waiting comparison's table alone.
+pub fn waiting_rows(config: &Config, r: &Results) -> String {
+    let rows = waiting_mechs(r);
+    let mut out = String::new();
+    if rows.is_empty() {
+        return out;
+    }
     let mut header = String::from("| mechanism | waits by |");
     let mut rule = String::from("|---|---|");
     for &size in &config.sizes {
@@ -666,6 +680,132 @@ pub fn svg(config: &Config, r: &Results) -> String {
             base + panel - 25.0,
             mech.name()
         );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The cost of waiting as three bar panels, one row per mechanism: the
+/// round trip's p50 and the CPU per round trip (log scales, µs), and the
+/// idle receiver's share of a CPU (linear, 0 to 100%).
+pub fn svg_waiting(_config: &Config, r: &Results) -> String {
+    let mechs = waiting_mechs(r);
+    let row_h = 22.0;
+    let (left, top, panel_w, gap) = (150.0, 60.0, 250.0, 30.0);
+    let height = top + row_h * mechs.len().max(1) as f64 + 50.0;
+    let width = left + 3.0 * (panel_w + gap);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">"
+    );
+    let _ = writeln!(s, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
+    let _ = writeln!(
+        s,
+        "<text x=\"10\" y=\"20\" font-size=\"14\">ipc-bench: the cost of waiting — {}</text>",
+        escape(&machine())
+    );
+    let lat = |m: Mech| r.latency.iter().find(|(x, _)| *x == m).map(|(_, l)| l);
+    // (title, log scale, one value per mechanism)
+    let column = |f: &dyn Fn(Mech) -> Option<f64>| mechs.iter().map(|m| f(*m)).collect();
+    let panels: [(&str, bool, Vec<Option<f64>>); 3] = [
+        (
+            "round trip p50, µs (log)",
+            true,
+            column(&|m| lat(m).map(|l| l.median as f64 / 1e3)),
+        ),
+        (
+            "CPU per round trip, µs (log)",
+            true,
+            column(&|m| lat(m).and_then(Latency::cpu_ns).map(|ns| ns / 1e3)),
+        ),
+        (
+            "idle receiver, % of one CPU",
+            false,
+            column(&|m| r.idle.iter().find(|i| i.mech == m).map(Idle::percent)),
+        ),
+    ];
+    for (i, name) in mechs.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            left - 8.0,
+            top + row_h * i as f64 + 15.0,
+            name.name()
+        );
+    }
+    for (p, (title, log, values)) in panels.iter().enumerate() {
+        let x0 = left + p as f64 * (panel_w + gap);
+        let _ = writeln!(
+            s,
+            "<text x=\"{x0}\" y=\"{}\" font-size=\"12\">{title}</text>",
+            top - 12.0
+        );
+        let max = values.iter().flatten().copied().fold(0.0, f64::max);
+        // Log panels: from the decade below the smallest to the one above
+        // the largest; the idle panel: 0 to 100%.
+        let (lo, hi) = if *log {
+            let min = values
+                .iter()
+                .flatten()
+                .copied()
+                .filter(|v| *v > 0.0)
+                .fold(f64::INFINITY, f64::min);
+            let lo = if min.is_finite() {
+                min.log10().floor()
+            } else {
+                -1.0
+            };
+            (lo, max.max(1e-3).log10().ceil().max(lo + 1.0))
+        } else {
+            (0.0, 100.0)
+        };
+        let x_of = |v: f64| {
+            let f = if *log {
+                (v.max(1e-6).log10() - lo) / (hi - lo)
+            } else {
+                v / 100.0
+            };
+            x0 + f.clamp(0.0, 1.0) * panel_w
+        };
+        let ticks: Vec<f64> = if *log {
+            ((lo as i32)..=(hi as i32)).map(|d| 10f64.powi(d)).collect()
+        } else {
+            vec![0.0, 25.0, 50.0, 75.0, 100.0]
+        };
+        let bottom = top + row_h * mechs.len() as f64;
+        for t in ticks {
+            let x = x_of(t);
+            let _ = writeln!(
+                s,
+                "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{}\" y2=\"{bottom}\" stroke=\"#ddd\"/><text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{t}</text>",
+                top - 2.0,
+                bottom + 14.0
+            );
+        }
+        for (i, v) in values.iter().enumerate() {
+            let y = top + row_h * i as f64 + 3.0;
+            match v {
+                Some(v) => {
+                    let _ = writeln!(
+                        s,
+                        "<rect x=\"{x0}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{}: {v:.2}</title></rect>",
+                        (x_of(*v) - x0).max(1.0),
+                        row_h - 6.0,
+                        ["#4e79a7", "#f28e2b", "#e15759"][p],
+                        mechs[i].name()
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        s,
+                        "<text x=\"{}\" y=\"{:.1}\" fill=\"#888\">not measured</text>",
+                        x0 + 4.0,
+                        y + 12.0
+                    );
+                }
+            }
+        }
     }
     s.push_str("</svg>\n");
     s

@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::ptr::NonNull;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -208,6 +208,8 @@ pub struct Channel {
 
 /// The watched peer: a pidfd where the kernel has them (Linux 5.3+).
 static PEER: std::sync::Mutex<Option<PidWatch>> = std::sync::Mutex::new(None);
+/// Set the first time `still_ok` finds the peer gone.
+static GONE_ONCE: AtomicBool = AtomicBool::new(false);
 /// Deadline as milliseconds since START (0: none).
 static DEADLINE_MS: AtomicU64 = AtomicU64::new(0);
 
@@ -225,6 +227,7 @@ pub fn watch(peer: Pid, deadline: Duration) -> Result<Ticker> {
         SAID.call_once(|| crate::progress(note));
     }
     *PEER.lock().unwrap_or_else(|e| e.into_inner()) = Some(watch);
+    GONE_ONCE.store(false, Ordering::Relaxed);
     let ms = (epoch().elapsed() + deadline).as_millis() as u64;
     DEADLINE_MS.store(ms, Ordering::Relaxed);
     Ticker::start(Duration::from_millis(100))
@@ -236,7 +239,13 @@ pub fn still_ok() -> Result<()> {
     if let Some(peer) = PEER.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
         && !peer.alive()
     {
-        bail!("the peer process (pid {}) died", peer.pid());
+        // The peer may have sent its last message and exited between our
+        // EINTR and this look: what it sent is still queued. So the first
+        // time, let the caller try again (a queued message comes at once);
+        // only a second tick (100 ms later) with the peer still gone fails.
+        if GONE_ONCE.swap(true, Ordering::Relaxed) {
+            bail!("the peer process (pid {}) died", peer.pid());
+        }
     }
     let deadline = DEADLINE_MS.load(Ordering::Relaxed);
     if deadline > 0 && epoch().elapsed().as_millis() as u64 > deadline {
