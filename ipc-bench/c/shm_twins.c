@@ -21,17 +21,20 @@
  * checked to the last (count - 1 messages, after `warm` untimed ones), -1 on
  * a failure (a message on stderr), -2 when the twin cannot carry the size.
  *
- * Nothing here waits unboundedly: every wait checks, at least every 100 ms,
- * that the peer lives (the parent looks at its child with waitid(WNOWAIT),
- * the child at getppid()) and that the run has not passed its 300 s
- * deadline. The parent kills and reaps its child before returning, however
- * it returns. The child renames itself (prctl PR_SET_NAME) "ctwin-shm-..."
- * so ps shows which process is a twin. The child does not call malloc or
- * stdio: it may be forked from a multi-threaded test binary.
+ * Nothing here waits unboundedly: a waiting side checks, every 100 ms (or
+ * every 4096 rounds of spin-then-yield, as the Rust SPSC ring does), that
+ * the peer lives (the parent looks at its child with waitid(WNOWAIT), the
+ * child at getppid()) and that the run has not passed its 300 s deadline.
+ * The parent kills and reaps its child before returning, however it
+ * returns. The child renames itself (prctl PR_SET_NAME) "ctwin-shm-..." so
+ * ps shows which process is a twin. The child calls no malloc and no stdio
+ * stream (messages go out with one write(2)): it may be forked from a
+ * multi-threaded test binary.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <sched.h>
 #include <semaphore.h>
 #include <signal.h>
@@ -43,7 +46,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <linux/futex.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -54,7 +56,7 @@
 
 /* ipc-bench's MAX_SIZE: the largest message it measures. */
 #define MAX_SIZE ((size_t)16 << 20)
-/* transport.rs's CELL_DEADLINE: no run may take longer; past it, a hang. */
+/* main.rs's CELL_DEADLINE: no run may take longer; past it, a hang. */
 #define DEADLINE_SECONDS 300.0
 
 /* ------------------------------------------------------------------------

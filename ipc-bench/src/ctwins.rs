@@ -86,9 +86,10 @@ unsafe extern "C" {
     fn ipc_c_payload_fill_at(seq: u64, size: usize, offset: usize, buf: *mut u8, len: usize);
 }
 
-/// Whether the twin also carries the sizes the Rust row splits: shm-sem's
-/// slots split a message in C exactly as in Rust, so those cells compare
-/// like with like (the kernel queues' split cells have no C twin).
+/// Whether the twin also carries the sizes the Rust row splits: the slots
+/// of shm-sem's and the futex ring split a message in C exactly as in Rust,
+/// so those cells compare like with like (the kernel queues' split cells
+/// have no C twin).
 pub fn carries_split(mech: Mech) -> bool {
     strategy(mech).is_some() || mech == Mech::ShmSem
 }
@@ -118,8 +119,8 @@ fn child_cpu() -> libc::c_int {
 pub fn seconds(mech: Mech, size: usize, warm: u64, count: u64) -> Result<Option<f64>> {
     let seconds = match mech {
         // SAFETY: the twin forks; its child calls no malloc and no stdio
-        // (safe even forked from a multi-threaded process) and ends with
-        // _exit. It uses only its own mapping, semaphores and pipe, and
+        // stream (safe even forked from a multi-threaded process), and
+        // `stop_requested` only loads an atomic; the child ends with _exit. It uses only its own mapping, semaphores and pipe, and
         // kills and reaps its child before returning.
         Mech::ShmSem => unsafe {
             ipc_c_shm_sem(
