@@ -251,6 +251,18 @@ pub fn markdown(config: &Config, r: &Results) -> String {
         us(r.spin.p99),
         us(r.spin.p999)
     );
+    if let Some(ns) = r
+        .latency
+        .iter()
+        .find(|(m, _)| *m == Mech::Eventfd)
+        .and_then(|(_, l)| l.cpu_ns())
+    {
+        let _ = writeln!(
+            out,
+            "\neventfd: a round trip is two wake-ups (a write that wakes the echo, a write that wakes us): {} of CPU per wake-up.",
+            cpu_label(ns / 2.0)
+        );
+    }
     let warm: Vec<String> = r
         .latency
         .iter()
@@ -551,9 +563,19 @@ pub fn json(config: &Config, r: &Results) -> String {
                     Cell::NotApplicable(why) => format!("{{\"size\": {size}, \"na\": {}}}", json_str(why)),
                 })
                 .collect();
-            let latency = r.latency.iter().find(|(m, _)| m == mech).map_or("null".into(), |(_, l)| json_latency(l));
+            let lat = r.latency.iter().find(|(m, _)| m == mech).map(|(_, l)| l);
+            let latency = lat.map_or("null".into(), json_latency);
+            // An eventfd round trip is two wake-ups.
+            let wake = if *mech == Mech::Eventfd {
+                format!(
+                    ", \"cpu_ns_per_wake_up\": {}",
+                    json_num(lat.and_then(Latency::cpu_ns).map(|ns| ns / 2.0))
+                )
+            } else {
+                String::new()
+            };
             format!(
-                "    {{\"name\": {}, \"how\": {}, \"configuration\": {}, \"throughput\": [{}], \"round_trip\": {latency}}}",
+                "    {{\"name\": {}, \"how\": {}, \"configuration\": {}, \"throughput\": [{}], \"round_trip\": {latency}{wake}}}",
                 json_str(mech.name()),
                 json_str(mech.describe()),
                 json_str(&crate::transport::configuration(*mech)),

@@ -217,6 +217,8 @@ fn quick_run_has_every_row_and_valid_json_and_svg() {
             .all(|c| c["na"].as_str().is_some_and(|w| w.contains("counter")))
     );
     assert!(eventfd["round_trip"]["p50_ns"].as_u64().unwrap() > 0);
+    assert!(eventfd["cpu_ns_per_wake_up"].as_f64().unwrap() > 0.0);
+    assert!(latency.contains("of CPU per wake-up"), "{latency}");
     let memfd = by_name("shm-memfd");
     assert!(
         memfd["throughput"]
