@@ -987,17 +987,23 @@ fn squatted(args: &[&str]) -> std::process::Command {
     cmd
 }
 
-/// IPC_PRIVATE queues now (key 0 in /proc/sysvipc/msg).
-fn private_queues() -> Vec<i32> {
+/// IPC_PRIVATE queues (key 0 in /proc/sysvipc/msg) that process `pid`
+/// sent to or received from last: every queue an ipc-bench run makes is
+/// used by the run's own process (it receives, or sends the pings), and
+/// other programs' private queues on a shared machine are not counted.
+fn private_queues_used_by(pid: u32) -> Vec<i32> {
     std::fs::read_to_string("/proc/sysvipc/msg")
         .unwrap()
         .lines()
         .skip(1)
         .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let key: i64 = f.next()?.parse().ok()?;
-            let id: i32 = f.next()?.parse().ok()?;
-            (key == 0).then_some(id)
+            // key msqid perms cbytes qnum lspid lrpid ...
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let key: i64 = f.first()?.parse().ok()?;
+            let id: i32 = f.get(1)?.parse().ok()?;
+            let lspid: u32 = f.get(5)?.parse().ok()?;
+            let lrpid: u32 = f.get(6)?.parse().ok()?;
+            (key == 0 && (lspid == pid || lrpid == pid)).then_some(id)
         })
         .collect()
 }
@@ -1018,9 +1024,8 @@ fn remove_queues(ids: &[i32]) {
 
 #[test]
 fn sysv_msg_is_measured_when_another_user_holds_our_keys() {
-    // Alone: the private-queue count below must be ours alone.
+    // Alone: no other run sweeps the squatter's queues meanwhile.
     let _alone = SWEEP.write().unwrap_or_else(|e| e.into_inner());
-    let before = private_queues();
     let proc = ipc_tests::Proc::start(squatted(&[
         "--mechanisms",
         "sysv-msg",
@@ -1059,11 +1064,8 @@ fn sysv_msg_is_measured_when_another_user_holds_our_keys() {
         out.describe()
     );
     // Every IPC_PRIVATE queue it made is gone.
-    let after: Vec<i32> = private_queues()
-        .into_iter()
-        .filter(|id| !before.contains(id))
-        .collect();
-    assert!(after.is_empty(), "left {after:?}\n{}", out.describe());
+    let left = private_queues_used_by(pid);
+    assert!(left.is_empty(), "left {left:?}\n{}", out.describe());
 }
 
 #[test]
