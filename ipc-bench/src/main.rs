@@ -65,8 +65,9 @@ USAGE:
 
 OPTIONS:
     --mechanisms LIST  comma-separated, from: pipe, fifo, unix-stream, unix-dgram,
-                       sysv-msg, posix-mq, shm-sem, shm-memfd, shm-spsc, shm-spin,
-                       tcp, signal, eventfd (default: all)
+                       sysv-msg, posix-mq, shm-sem, shm-futex, shm-futex-yield,
+                       shm-futex-spin, shm-memfd, shm-spsc, tcp, signal, eventfd
+                       (default: all)
     --sizes LIST       message sizes in bytes, comma-separated, 1 to 16777216
                        (default: 64,4096,65536,1048576)
     --count N          messages per throughput measurement, 2 or more (default:

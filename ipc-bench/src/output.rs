@@ -200,7 +200,7 @@ pub fn markdown(config: &Config, r: &Results) -> String {
     if !r.versus_c.is_empty() {
         let _ = writeln!(
             out,
-            "\n## Against the same workload written in C\n\nc/reference.c: same framing, same payload, every message checked, direct system calls; the median of as many runs as Rust, taking turns with it.\n\n| mechanism | size | Rust MB/s | C MB/s | Rust ÷ C |\n|---|---:|---:|---:|---:|"
+            "\n## Against the same workload written in C\n\nc/reference.c (the kernel mechanisms: direct system calls) and c/shm_twins.c (the shared-memory rings: the same layout, waits and orderings as the Rust rings): same framing, same payload, every message checked; the median of as many runs as Rust, taking turns with it.\n\n| mechanism | size | Rust MB/s | C MB/s | Rust ÷ C |\n|---|---:|---:|---:|---:|"
         );
         for (mech, size, rust, c) in &r.versus_c {
             let _ = writeln!(

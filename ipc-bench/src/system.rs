@@ -241,7 +241,8 @@ impl Pinning {
         match self {
             Pinning::Pinned { parent, child, .. } => format!(
                 "pinned: the parent on CPU {parent}, each forked child on CPU {child} \
-                 (sched_setaffinity); the C reference's processes are not pinned"
+                 (sched_setaffinity); c/reference.c's processes are not pinned, the C twins \
+                 of the shared-memory rows pin theirs as the Rust cells do"
             ),
             Pinning::Unpinned(why) => why.clone(),
         }

@@ -358,6 +358,37 @@ fn bad_options_exit_2_with_a_clear_message() {
     }
 }
 
+/// `--help` lists exactly the mechanisms `--mechanisms` accepts (the ones an
+/// unknown name's error lists as known), and those are every row.
+#[test]
+fn help_lists_exactly_the_mechanisms_the_parser_knows() {
+    let help = run(BENCH, &["--help"], SHORT);
+    assert_eq!(help.code(), 0, "{}", help.describe());
+    let listed: Vec<&str> = help
+        .stdout
+        .split("from:")
+        .nth(1)
+        .and_then(|rest| rest.split("(default").next())
+        .expect("--mechanisms ... from: LIST (default")
+        .split([',', ' ', '\n'])
+        .filter(|w| !w.is_empty())
+        .collect();
+    let refused = assert_usage_error(BENCH, &["--mechanisms", "bogus"], "known:");
+    let known: Vec<&str> = refused
+        .stderr
+        .split("known:")
+        .nth(1)
+        .unwrap()
+        .split(" (see")
+        .next()
+        .unwrap()
+        .split([',', ' '])
+        .filter(|w| !w.is_empty())
+        .collect();
+    assert_eq!(listed, known, "--help against the parser");
+    assert_eq!(listed, MECHANISMS, "--help against the rows");
+}
+
 // ---------------------------------------------------------------------------
 // Round two: sizes, warm-up, configuration, output files, stdout, stale objects
 // ---------------------------------------------------------------------------
