@@ -802,8 +802,10 @@ double ipc_c_shm_spsc(size_t size, uint64_t warm, uint64_t count, int child_cpu,
  * ======================================================================== */
 
 #define SYNC_FUTEX 3u
-/* ipc_futex::SPIN_LIMIT: looks at the counter before yielding or sleeping. */
-#define FUTEX_SPIN_LIMIT 200
+/* ipc_futex::SPIN_TIME and SPIN_BATCH: spin this many microseconds before
+   yielding or sleeping, reading the clock every SPIN_BATCH looks. */
+#define FUTEX_SPIN_MICROS 50
+#define FUTEX_SPIN_BATCH 64
 /* ipc_futex::Strategy codes, stored in the header. */
 #define STRATEGY_SPIN 1
 #define STRATEGY_SPIN_YIELD 2
@@ -852,7 +854,8 @@ size_t ipc_c_futex_segment_len(uint32_t slots, uint32_t slot_size) {
     return sizeof(struct futex_header) + (size_t)slots * slot_stride(slot_size);
 }
 
-int ipc_c_futex_spin_limit(void) { return FUTEX_SPIN_LIMIT; }
+int ipc_c_futex_spin_micros(void) { return FUTEX_SPIN_MICROS; }
+int ipc_c_futex_spin_batch(void) { return FUTEX_SPIN_BATCH; }
 
 struct fring {
     uint8_t *base;
@@ -907,12 +910,19 @@ static int futex_wait_for(struct fring *r, struct futex_line *line, int sender) 
     int ok = fready(r, sender, atomic_load_explicit(&line->counter, memory_order_acquire));
     if (ok) return ok < 0 ? -1 : 0;
     double last_check = now();
+    /* The spin round starts now, and again after each sleep. */
+    double spin_from = last_check;
     for (;;) {
-        for (int i = 0; i < FUTEX_SPIN_LIMIT; i++) {
-            cpu_relax();
-            r->stats.spins++;
-            ok = fready(r, sender, atomic_load_explicit(&line->counter, memory_order_acquire));
-            if (ok) return ok < 0 ? -1 : 0;
+        /* Spin for FUTEX_SPIN_MICROS (spin and spin-yield then go on one
+           batch at a time: spin_from is not reset for them). */
+        for (;;) {
+            for (int i = 0; i < FUTEX_SPIN_BATCH; i++) {
+                cpu_relax();
+                r->stats.spins++;
+                ok = fready(r, sender, atomic_load_explicit(&line->counter, memory_order_acquire));
+                if (ok) return ok < 0 ? -1 : 0;
+            }
+            if (now() - spin_from >= FUTEX_SPIN_MICROS * 1e-6) break;
         }
         if (r->strategy == STRATEGY_SPIN_YIELD) {
             sched_yield();
@@ -949,6 +959,7 @@ static int futex_wait_for(struct fring *r, struct futex_line *line, int sender) 
             /* Relaxed: a hint only; at worst one FUTEX_WAKE too many, which
                wakes nobody. */
             atomic_store_explicit(&line->sleeping, 0, memory_order_relaxed);
+            spin_from = now();
         }
         /* Every 100 ms without progress: is the peer still there? (The
            clock is a vDSO call, as Rust's Instant::now.) */

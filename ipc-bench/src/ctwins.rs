@@ -80,7 +80,9 @@ unsafe extern "C" {
     #[cfg(test)]
     fn ipc_c_futex_segment_len(slots: u32, slot_size: u32) -> usize;
     #[cfg(test)]
-    fn ipc_c_futex_spin_limit() -> libc::c_int;
+    fn ipc_c_futex_spin_micros() -> libc::c_int;
+    #[cfg(test)]
+    fn ipc_c_futex_spin_batch() -> libc::c_int;
     /// payload.h's `fill_at`, for the test that compares it with Rust's.
     #[cfg(test)]
     fn ipc_c_payload_fill_at(seq: u64, size: usize, offset: usize, buf: *mut u8, len: usize);
@@ -200,8 +202,11 @@ mod tests {
             assert_eq!(c, futex::segment_len(slots, size), "{slots} x {size}");
         }
         // SAFETY: returns a constant.
-        let spin = unsafe { ipc_c_futex_spin_limit() };
-        assert_eq!(spin as u32, futex::SPIN_LIMIT);
+        let micros = unsafe { ipc_c_futex_spin_micros() };
+        assert_eq!(micros as u128, futex::SPIN_TIME.as_micros());
+        // SAFETY: returns a constant.
+        let batch = unsafe { ipc_c_futex_spin_batch() };
+        assert_eq!(batch as u32, futex::SPIN_BATCH);
         // The strategy codes the C side switches on.
         let codes: Vec<u32> = Strategy::ALL.iter().map(|s| s.code()).collect();
         assert_eq!(codes, [1, 2, 3]);

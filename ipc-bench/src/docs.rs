@@ -783,13 +783,13 @@ fn comparison_waiting(config: &Config, r: &Results) -> String {
          empty (or full) must wait for the other, and how it waits decides what a message \
          costs. shm-demo's futex ring runs here three ways: **pure spin** (shm-futex-spin: look \
          again and again), **spin, then `sched_yield`** (shm-futex-yield: give the CPU away \
-         between looks, but stay runnable), and **spin, then sleep** (shm-futex: after {} looks, \
+         between looks, but stay runnable), and **spin, then sleep** (shm-futex: after {} µs of looks, \
          say so in shared memory and sleep in `FUTEX_WAIT`; the other side calls `FUTEX_WAKE` \
          only when it sees that flag). Beside them: shm-demo's ring with POSIX semaphores \
          (shm-sem: `sem_post` and `sem_wait` per slot), the lock-free SPSC ring (shm-spsc, spin \
          then yield), and two mechanisms whose receiver blocks in the kernel: a pipe and an \
          eventfd pair. {}, {}; idle receivers waited {:.1} s.\n",
-        shm_demo::ipc_futex::SPIN_LIMIT,
+        shm_demo::ipc_futex::SPIN_TIME.as_micros(),
         machine(),
         r.pinning,
         r.idle.first().map_or(0.0, |i| i.seconds)

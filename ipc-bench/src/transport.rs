@@ -1229,9 +1229,12 @@ fn mq_msgsize_max() -> usize {
 /// Messages a POSIX queue holds (`mq_maxmsg`); 10 is also the default
 /// ceiling (`fs.mqueue.msg_max`) for unprivileged users.
 pub const MQ_MAXMSG: usize = 10;
-/// shm-sem's ring: 16 slots of 64 KiB (shm-demo's own default is 8 x 4 KiB;
-/// bigger slots carry a 64 KiB message whole).
-pub const SHM_SEM_SLOTS: u32 = 16;
+/// The slot rings' geometry (shm-sem, the futex rows, shm-memfd): 128 slots
+/// of 64 KiB, 8 MiB like the SPSC ring, so the strategies compare on the
+/// same depth (shm-demo's own default is 8 x 4 KiB; bigger slots carry a
+/// 64 KiB message whole, and with 16 slots the futex ring at 64 KiB ran at
+/// a quarter of its 128-slot speed: the sides kept waiting for each other).
+pub const SHM_SEM_SLOTS: u32 = 128;
 pub const SHM_SEM_SLOT_SIZE: u32 = 64 * 1024;
 /// A pipe's default capacity (16 pages).
 pub const PIPE_DEFAULT: usize = 65536;
@@ -1682,11 +1685,12 @@ pub fn configuration(mech: Mech) -> String {
             "shm-demo's futex ring (shm-demo futex): {SHM_SEM_SLOTS} slots of {} KiB, as \
              shm-sem, synchronised by two u32 counters (published, released) in the header \
              instead of semaphores, in an anonymous MAP_SHARED mapping inherited over fork; \
-             a waiting side looks {} times ({} spin loop hints), then {}; a message that fits \
+             a waiting side looks for {} µs (spin loop hints, the clock read every {} looks), \
+             then {}; a message that fits \
              a slot is checked in place, a larger one is copied out piece by piece",
             SHM_SEM_SLOT_SIZE / 1024,
-            futex::SPIN_LIMIT,
-            futex::SPIN_LIMIT,
+            futex::SPIN_TIME.as_micros(),
+            futex::SPIN_BATCH,
             match mech {
                 Mech::ShmFutex =>
                     "stores 1 in its sleeping flag and sleeps in FUTEX_WAIT \

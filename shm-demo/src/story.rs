@@ -961,11 +961,11 @@ fn skip_the_wake(say: &Narrator) -> Result<()> {
         );
     }
     say.step(format!(
-        "then the receiver waits on the empty ring: it spun {} times, stored 1 in its flag, \
+        "then the receiver waits on the empty ring: it spun for {} µs, stored 1 in its flag, \
          looked once more, and {seen}. One message: the sender saw the flag, swapped it to 0 \
          and made {wakes} FUTEX_WAKE call, which woke {woken} (the receiver called FUTEX_WAIT \
          {waits} time(s)){}",
-        futex::SPIN_LIMIT,
+        futex::SPIN_TIME.as_micros(),
         if attempt > 1 {
             format!(" [attempt {attempt}: before, a 100 ms tick ended just as we published]")
         } else {
@@ -1152,12 +1152,12 @@ fn semaphores_against_futexes(say: &Narrator) -> Result<()> {
          sem_wait pair, and a reader that empties the ring faster than the writer fills it \
          falls asleep in sem_wait again and again: then a message costs the writer a \
          FUTEX_WAKE system call and the reader a wake-up and a context switch (microseconds, \
-         for 64 bytes that take nanoseconds to copy). The futex ring's reader spins {} times \
+         for 64 bytes that take nanoseconds to copy). The futex ring's reader spins for {} µs \
          before it sleeps: a message that arrives meanwhile costs neither side a system call. \
          Both figures depend on this machine and its load (other work on the cores makes \
          both readers sleep more)",
         per(fx_time) / per(sem_time),
-        futex::SPIN_LIMIT
+        futex::SPIN_TIME.as_micros()
     ));
     drop(segment); // munmap(2) (no sem_destroy needed for memory that goes now)
     Ok(())

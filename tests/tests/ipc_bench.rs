@@ -544,7 +544,7 @@ fn the_output_states_each_configuration_and_the_kernel_limits() {
     for mech in MECHANISMS {
         line(mech);
     }
-    assert!(line("shm-sem").contains("16 slots of 64 KiB"), "{config}");
+    assert!(line("shm-sem").contains("128 slots of 64 KiB"), "{config}");
     assert!(line("shm-sem").contains("8 x 4 KiB"), "{config}");
     for mech in ["shm-sem", "shm-spsc"] {
         assert!(
