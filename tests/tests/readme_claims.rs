@@ -163,6 +163,29 @@ fn roles_that_move_messages_end_with_one_summary_line() {
     }
 }
 
+/// Output that cannot be written is a runtime error: every story with its
+/// stdout on /dev/full (ENOSPC on every write) exits 1 and says why on
+/// stderr, instead of 0 for a run nobody could read.
+#[test]
+fn a_story_whose_output_cannot_be_written_exits_1() {
+    for (demo, variant) in STORIES {
+        let mut args = variant.to_vec();
+        args.push("--quiet");
+        let mut cmd = ipc_tests::demo(demo, &args);
+        cmd.stdout(std::fs::File::create("/dev/full").unwrap())
+            .stderr(std::process::Stdio::piped())
+            .stdin(std::process::Stdio::null());
+        let out = ipc_tests::Proc::start(cmd).finish(SHORT);
+        assert_eq!(out.code(), 1, "{demo} {args:?}\n{}", out.describe());
+        assert!(
+            out.stderr
+                .contains("writing to stdout: No space left on device"),
+            "{demo} {args:?}\n{}",
+            out.describe()
+        );
+    }
+}
+
 /// Every relative link in the README, the Chinese README and docs/ names a
 /// file that exists (demos' files move; the docs must follow).
 #[test]
