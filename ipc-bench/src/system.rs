@@ -241,8 +241,8 @@ impl Pinning {
         match self {
             Pinning::Pinned { parent, child, .. } => format!(
                 "pinned: the parent on CPU {parent}, each forked child on CPU {child} \
-                 (sched_setaffinity); c/reference.c's processes are not pinned, the C twins \
-                 of the shared-memory rows pin theirs as the Rust cells do"
+                 (sched_setaffinity); c/reference.c's processes are not pinned, \
+                 c/shm_twins.c pins its own as the Rust cells are"
             ),
             Pinning::Unpinned(why) => why.clone(),
         }
