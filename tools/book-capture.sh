@@ -98,6 +98,7 @@ run msgq-demo "$bin/msgq-demo"
 run sem-demo "$bin/sem-demo"
 run shm-demo "$bin/shm-demo"
 run shm-demo-sysv "$bin/shm-demo" sysv
+run shm-demo-futex "$bin/shm-demo" futex
 run eventfd-demo "$bin/eventfd-demo"
 run memfd-demo "$bin/memfd-demo"
 
@@ -122,8 +123,12 @@ two msgq-sysv-server msgq-sysv-client 0.3 \
   "target/release/msgq-demo sysv client --key $work/demo.key --count 3"
 
 two shm-receiver shm-sender 0.3 \
-  "target/release/shm-demo receiver --name /book-demo-$$ --count 3" \
-  "target/release/shm-demo sender --name /book-demo-$$ --count 3"
+  "target/release/shm-demo receiver --name /book-demo-$$ --count 1000 --quiet" \
+  "target/release/shm-demo sender --name /book-demo-$$ --count 1000 --quiet"
+
+two shm-futex-receiver shm-futex-sender 0.3 \
+  "target/release/shm-demo futex receiver --name /book-futex-$$ --count 1000 --quiet" \
+  "target/release/shm-demo futex sender --name /book-futex-$$ --count 1000 --quiet"
 
 two memfd-receiver memfd-sender 0.3 \
   "target/release/memfd-demo receiver --path $work/memfd.sock" \
