@@ -102,6 +102,17 @@ run shm-demo-futex "$bin/shm-demo" futex
 run eventfd-demo "$bin/eventfd-demo"
 run memfd-demo "$bin/memfd-demo"
 
+# step NAME N: step N of story NAME on its own, for a chapter that shows
+# only that step (the heading line up to the next step or the summary).
+step() {
+  awk -v n="$2" '
+    /^== / { on = ($2 == n ".") }
+    /^summary: / { on = 0 }
+    on' "$out/$1.txt" >"$out/$1-step$2.txt"
+  [ -s "$out/$1-step$2.txt" ] || { echo "$1 has no step $2" >&2; return 1; }
+}
+step signal-demo 15
+
 # --- two terminals (or the two sides of a shell pipe) -------------------
 # Paths under the private directory; the commands are shown with them.
 run pipe-demo-shell bash -c \
