@@ -6,6 +6,7 @@
     book-check.py mdbook-log LOG                   no WARN/ERROR line from mdbook
     book-check.py png FILE MIN_COLOURS             a screenshot that is not blank
     book-check.py dom FILE                         code, output and an SVG diagram in the DOM
+    book-check.py mermaid FILE                     no Mermaid diagram failed to render
     book-check.py console LOG                      no console message from the page
 
 Each prints one line per problem and exits 1 if there was any.
@@ -221,10 +222,17 @@ def dom(path):
         r'<svg[^>]*aria-roledescription="(flowchart|sequence|stateDiagram|classDiagram)', text
     ):
         problem(f"{name}: no Mermaid diagram rendered to SVG")
-    if re.search(r"Syntax error in text|mermaid version", text):
+    if re.search(r'Syntax error in text|aria-roledescription="error"', text):
         problem(f"{name}: Mermaid reports a syntax error")
     if "{{#include" in text:
         problem(f"{name}: an unresolved {{{{#include}}}} is left in the page")
+
+
+def mermaid(path):
+    """Any chapter: no diagram that Mermaid failed to render."""
+    text = Path(path).read_text(errors="replace")
+    if re.search(r'Syntax error in text|aria-roledescription="error"', text):
+        problem(f"{Path(path).name}: a Mermaid diagram failed to render (syntax error)")
 
 
 def console(log):
@@ -240,7 +248,7 @@ def console(log):
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     {"links": links, "chapters": chapters, "mdbook-log": mdbook_log, "png": png,
-     "dom": dom, "console": console}[cmd](*args)
+     "dom": dom, "mermaid": mermaid, "console": console}[cmd](*args)
     return 1 if problems else 0
 
 
