@@ -8,7 +8,10 @@
 #    those versions are there already.
 # 2. Both editions must exist and list the same chapter files in
 #    SUMMARY.md; every workspace demo crate must be included (by
-#    {{#include ../../../DEMO/...}}) by some chapter of each edition.
+#    {{#include ../../../DEMO/...}}) by some chapter of each edition; every
+#    include must name a file that exists and, for FILE:ANCHOR, an anchor
+#    with its ANCHOR and ANCHOR_END lines (mdbook 0.5 silently includes
+#    nothing for a missing anchor).
 # 3. Builds each edition with mdbook; any WARN or ERROR line mdbook prints
 #    (an unresolved include, a missing anchor, a preprocessor failure) fails
 #    (tools/book-check.py mdbook-log names the one harmless line it allows).
