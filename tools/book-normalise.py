@@ -103,6 +103,10 @@ RULES = [
     (r"\b(waking|woke|spun) \d+", r"\1 N"),
     (r"\b\d+%", "N%"),
     (r"\b\d+ ns per message", "N ns per message"),
+    # shm-demo futex step 6 says which ring won this run, in one of two
+    # sentences with this run's figures: the comparison is the run's.
+    (r"on this run the futex ring .*?\. Why a semaphore ring",
+     "on this run the futex ring <this run's comparison>. Why a semaphore ring"),
     # A client refused mid-handshake sees one or the other, by timing.
     (r"\((?:Broken pipe \(os error 32\)|Connection reset by peer \(os error 104\))\)",
      "(EPIPE or ECONNRESET)"),
