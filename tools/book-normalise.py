@@ -52,7 +52,8 @@ PID_PATTERNS = [
     r"\bwaitpid\((\d{2,})",
     r"\[[a-z][\w -]* (\d{2,})\]",
     r"\bpid (?:\d{2,}, )+(\d{2,})",
-    r"\b(?:clients|children|pids) ((?:\d{2,}, )*\d{2,})",
+    # Lists ("pids 1201, 1202, 1203"); PID: the first may be replaced already.
+    r"\b(?:clients|children|pids) ((?:(?:\d{2,}|PID), )*(?:\d{2,}|PID))",
     r"\b(?:kill|sigqueue|pidfd_open|waitid)\((\d{2,})",
     r"/proc/(\d{2,})/",
     r"\bthread (\d{2,})",
