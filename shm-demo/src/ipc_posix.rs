@@ -138,6 +138,7 @@ impl Drop for Owned {
     }
 }
 
+// ANCHOR: shm_create
 /// The receiver's side: make the object, size it, reserve its pages, map
 /// it, put the semaphores in it, and publish the header (MAGIC last).
 pub fn create(name: &str, slots: u32, slot_size: u32, say: &Narrator) -> Result<Owned> {
@@ -227,6 +228,7 @@ fn create_object(name: &str, len: usize, say: &Narrator) -> Result<(OwnedFd, Shm
     }
     Ok((fd, unlink))
 }
+// ANCHOR_END: shm_create
 
 /// Arm the SIGBUS handler for this mapping; `ours` (the receiver): the
 /// object it may unlink on the way out.

@@ -492,6 +492,7 @@ impl<'a> Writer<'a> {
         self
     }
 
+    // ANCHOR: ring_write
     /// Write message `seq` of `size` bytes: for each slot it needs,
     /// wait(empty), write the piece, post(full).
     pub fn write(
@@ -531,6 +532,7 @@ impl<'a> Writer<'a> {
             }
         }
     }
+    // ANCHOR_END: ring_write
 
     /// The slot the next write goes to. Only for ipc-bench, which rebuilds
     /// a Writer per message and carries the index over.
@@ -593,6 +595,7 @@ impl<'a> Reader<'a> {
         self.next = slot % self.segment.slot_count;
     }
 
+    // ANCHOR: ring_read
     /// Read the next whole message into `message` and return its sequence
     /// number, or `None` at the end marker. Each slot: wait(full), check
     /// and copy the piece out, post(empty).
@@ -663,6 +666,7 @@ impl<'a> Reader<'a> {
             }
         }
     }
+    // ANCHOR_END: ring_read
 }
 
 /// The sender's loop: `count` messages, then the end marker. Returns the
