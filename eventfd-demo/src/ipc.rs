@@ -80,6 +80,7 @@ pub struct Tally {
 // The counter itself: eventfd(2), and its 8-byte read(2) and write(2)
 // ---------------------------------------------------------------------------
 
+// ANCHOR: counter
 /// `eventfd(0, flags | EFD_CLOEXEC)`: a new counter, starting at 0.
 /// EFD_CLOEXEC: a program we exec must not inherit it by accident; the
 /// only way in for another program is the copy we send on purpose.
@@ -121,6 +122,7 @@ pub fn counter_read(fd: BorrowedFd<'_>) -> nix::Result<u64> {
         }
     }
 }
+// ANCHOR_END: counter
 
 // ---------------------------------------------------------------------------
 // Waiting on the counter and the socket at once: epoll
@@ -137,6 +139,7 @@ struct Ready {
     socket: bool,
 }
 
+// ANCHOR: epoll_set
 /// `epoll_create1` + `epoll_ctl(ADD)` for the counter we read and the
 /// socket to the peer. EPOLLIN on the counter: readable = count > 0.
 /// EPOLLIN|EPOLLRDHUP on the socket: readable, or the peer closed it.
@@ -153,6 +156,7 @@ fn epoll_set(counter: &OwnedFd, sock: &OwnedFd) -> Result<Epoll> {
         .context("epoll_ctl(ADD, socket)")?;
     Ok(epoll)
 }
+// ANCHOR_END: epoll_set
 
 /// `epoll_wait` until the counter or the socket is ready, for at most
 /// `timeout` (the idle timeout: no progress from the peer that long is an

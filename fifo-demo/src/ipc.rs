@@ -45,6 +45,7 @@ pub const END_LEN: usize = 12;
 // The FIFO: mkfifo, and open() with its blocking rules
 // ---------------------------------------------------------------------------
 
+// ANCHOR: mkfifo
 /// mkfifo(3): a new name of type FIFO ('p' in `ls -l`).
 pub fn create_fifo(path: &Path) -> Result<()> {
     // 0600: only this user may open it. mkfifo fails with EEXIST rather
@@ -52,7 +53,9 @@ pub fn create_fifo(path: &Path) -> Result<()> {
     mkfifo(path, Mode::S_IRUSR | Mode::S_IWUSR)
         .with_context(|| format!("mkfifo({}, 0600)", path.display()))
 }
+// ANCHOR_END: mkfifo
 
+// ANCHOR: open_fifo
 /// open(2) the FIFO checked by [`existing_fifo`], retrying EINTR until a
 /// stop signal or `give_up`, and make sure the opened file is the one we
 /// checked. Without `give_up` a blocking open waits as long as it takes.
@@ -95,6 +98,7 @@ pub fn open_fifo(
     }
     Ok(fd)
 }
+// ANCHOR_END: open_fifo
 
 // ---------------------------------------------------------------------------
 // sender
@@ -387,6 +391,7 @@ impl<'a> Reader<'a> {
         }
     }
 
+    // ANCHOR: dummy_writer
     /// Open the dummy write end. O_NONBLOCK: we hold a read end, so this
     /// cannot fail with ENXIO, and it must not wait for anything.
     pub fn hold_dummy(&mut self) -> Result<()> {
@@ -396,6 +401,7 @@ impl<'a> Reader<'a> {
         }
         Ok(())
     }
+    // ANCHOR_END: dummy_writer
 
     /// Read until `target` writers have sent their end marker.
     pub fn serve_until(&mut self, target: u64) -> Result<()> {

@@ -104,6 +104,7 @@ pub fn create(name: &str) -> Result<OwnedFd> {
         .with_context(|| format!("memfd_create({name})"))
 }
 
+// ANCHOR: make_sealed
 /// Make the sender's object: size it, write `count` messages, unmap, seal.
 pub fn make_sealed(count: u64, size: usize) -> Result<OwnedFd> {
     let len = object_len(count, size).context("object too large")?;
@@ -142,6 +143,7 @@ pub fn seal(fd: BorrowedFd<'_>, seals: SealFlag) -> Result<()> {
         .map(drop)
         .with_context(|| format!("fcntl(memfd, F_ADD_SEALS, {seals:?})"))
 }
+// ANCHOR_END: make_sealed
 
 /// "F_SEAL_SHRINK|F_SEAL_GROW|...", for the narration.
 pub fn names(seals: SealFlag) -> String {
@@ -161,6 +163,7 @@ pub fn seals(fd: BorrowedFd<'_>) -> Result<SealFlag> {
     Ok(SealFlag::from_bits_truncate(bits))
 }
 
+// ANCHOR: check_seals
 /// The receiver's first check, before mapping: the seals it relies on.
 /// (Defence a first reading may skip: the reasons are in REQUIRED_SEALS.)
 pub fn check_seals(fd: BorrowedFd<'_>) -> Result<SealFlag> {
@@ -176,6 +179,7 @@ pub fn check_seals(fd: BorrowedFd<'_>) -> Result<SealFlag> {
     }
     Ok(have)
 }
+// ANCHOR_END: check_seals
 
 /// Map a sealed object read-only and check every message in place; the
 /// size comes from `fstat` and must match the header before anything else
@@ -213,6 +217,7 @@ pub fn read_sealed(fd: BorrowedFd<'_>) -> Result<(CheckReport, u64, usize)> {
     Ok((checker.report(), count, size))
 }
 
+// ANCHOR: send_fd
 /// Send `fd` over the connected socket with SCM_RIGHTS: the kernel installs
 /// a new descriptor for the same open file in the receiving process. At
 /// least one byte of ordinary data must go with it: `note`.
@@ -229,6 +234,7 @@ pub fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>, note: &[u8]) -> Result<
     .context("sendmsg(SCM_RIGHTS)")?;
     Ok(())
 }
+// ANCHOR_END: send_fd
 
 /// Receive one descriptor (and the note beside it). MSG_CTRUNC means the
 /// control buffer was too small and the kernel dropped descriptors: refused.

@@ -61,6 +61,7 @@ const SIGEV_THREAD_PAD: usize = 64 - 3 * size_of::<usize>() - 2 * size_of::<libc
 const _: () = assert!(size_of::<SigeventThread>() == size_of::<libc::sigevent>());
 
 impl Queue {
+    // ANCHOR: mq_open
     /// Create `name` read-write (0600, with `maxmsg`/`msgsize`); `None` if
     /// a queue of that name exists (EEXIST).
     pub fn create_new(
@@ -95,6 +96,7 @@ impl Queue {
             Err(e) => Err(mq_open_error(name, e, &attr)),
         }
     }
+    // ANCHOR_END: mq_open
 
     /// A new queue, or an error if `name` exists (the story's queues).
     pub fn create(name: &str, maxmsg: usize, msgsize: usize, say: &Narrator) -> Result<Queue> {
@@ -155,6 +157,7 @@ impl Queue {
         mq_getattr(&self.mqd).context("mq_getattr")
     }
 
+    // ANCHOR: mq_send
     /// `mq_timedsend` with a clear message for a message over
     /// `mq_msgsize`; gives up if the queue stays full for `timeout`.
     pub fn send(&self, message: &[u8], priority: u32, timeout: Duration) -> Result<()> {
@@ -198,7 +201,9 @@ impl Queue {
             }
         }
     }
+    // ANCHOR_END: mq_send
 
+    // ANCHOR: mq_receive
     /// `mq_receive` into a buffer of the queue's msgsize (a smaller buffer
     /// is refused with EMSGSIZE). `None` on EAGAIN (non-blocking, empty).
     pub fn receive(&self) -> Result<Option<(u32, Vec<u8>)>> {
@@ -218,6 +223,7 @@ impl Queue {
             }
         }
     }
+    // ANCHOR_END: mq_receive
 
     /// `mq_receive` into `buf` as it is: a buffer smaller than the queue's
     /// msgsize is refused (EMSGSIZE), however short the waiting message,

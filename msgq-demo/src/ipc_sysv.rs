@@ -45,6 +45,7 @@ pub fn msgmax() -> usize {
     read_proc_number("/proc/sys/kernel/msgmax").unwrap_or(8192)
 }
 
+// ANCHOR: ftok
 /// `ftok(path, 'Q')`: a key from an existing file's inode and device plus
 /// one byte, so unrelated processes agree on a queue by naming a path.
 /// (Two files can give the same key: `ftok` keys may collide.)
@@ -64,6 +65,7 @@ pub fn key_of(path: &Path) -> Result<libc::key_t> {
     }
     Ok(key)
 }
+// ANCHOR_END: ftok
 
 /// An open queue, by id (`msqid`). Nothing happens on drop.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +100,7 @@ impl Queue {
         Ok(queue)
     }
 
+    // ANCHOR: msgget
     /// `msgget(key, IPC_CREAT | IPC_EXCL | 0600)`: a new queue, or `None`
     /// if one exists for the key (EEXIST).
     pub fn create(path: &Path, say: &Narrator) -> Result<Option<Queue>> {
@@ -117,6 +120,7 @@ impl Queue {
             e => Err(e).context("msgget(IPC_CREAT|IPC_EXCL)"),
         }
     }
+    // ANCHOR_END: msgget
 
     /// `msgget(IPC_PRIVATE, IPC_CREAT | 0600)`: always a new queue, with no
     /// key: only its id, passed on by whoever made it, reaches it. (No
@@ -171,6 +175,7 @@ impl Queue {
         }
     }
 
+    // ANCHOR: msgsnd_msgrcv
     /// `msgsnd`: append a message of type `mtype` (1 or more). Blocks while
     /// the queue has no room for it (`msg_qbytes` bytes in all), unless
     /// `flags` is [`IPC_NOWAIT`] (then EAGAIN).
@@ -214,6 +219,7 @@ impl Queue {
         buf.truncate(n.min(max));
         Ok((mtype, buf))
     }
+    // ANCHOR_END: msgsnd_msgrcv
 
     /// `msgctl(IPC_STAT)`.
     pub fn stat(&self) -> nix::Result<libc::msqid_ds> {

@@ -65,6 +65,7 @@ pub struct Conversation {
     from_child: PipeEnd,
 }
 
+// ANCHOR: pipe_fork
 /// `pipe()` twice, `fork()`, and each side closes the ends it does not
 /// use. The child runs [`child`] and exits; the parent gets its two ends.
 pub fn start_conversation(opts: &Options, say: &Narrator) -> Result<Conversation> {
@@ -119,6 +120,7 @@ pub fn start_conversation(opts: &Options, say: &Narrator) -> Result<Conversation
         from_child: pipe_end(up_read, opts.timeout),
     })
 }
+// ANCHOR_END: pipe_fork
 
 /// The parent: send `count` messages down, read a reply to each from "up".
 /// Returns (messages sent, replies that were not "ok").
@@ -155,6 +157,7 @@ pub fn parent(talk: &mut Conversation, opts: &Options, say: &Narrator) -> Result
     Ok((opts.count, errors))
 }
 
+// ANCHOR: child_reads_to_eof
 /// The child: read and check until EOF, answering each message.
 pub fn child(input: OwnedFd, output: OwnedFd, opts: &Options, say: &Narrator) -> Result<()> {
     let mut input = pipe_end(input, opts.timeout);
@@ -181,6 +184,7 @@ pub fn child(input: OwnedFd, output: OwnedFd, opts: &Options, say: &Narrator) ->
     }
     Ok(())
 }
+// ANCHOR_END: child_reads_to_eof
 
 /// Close the parent's ends, which ends the child's reading, and reap it:
 /// at most `patience`, then SIGKILL (which ends even a stopped child).
@@ -353,6 +357,7 @@ fn end_marker(payload: &[u8], checker: &Checker, opts: &Options, say: &Narrator)
 // pipeline: CMD1 | CMD2, the way a shell builds it
 // ---------------------------------------------------------------------------
 
+// ANCHOR: pipeline
 pub fn pipeline(first: &[CString], second: &[CString], say: &Narrator) -> Result<()> {
     let show = |argv: &[CString]| {
         argv.iter()
@@ -471,6 +476,7 @@ fn start_command(argv: &[CString], redirect: Redirect<'_>) -> Result<Pid> {
         }
     }
 }
+// ANCHOR_END: pipeline
 
 /// Wait for a child of a pipeline for as long as it runs (a user's command
 /// may legitimately run for long; Ctrl-C reaches it with us).

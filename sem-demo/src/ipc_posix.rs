@@ -54,6 +54,7 @@ pub const COUNTER_MAGIC: u64 = u64::from_le_bytes(*b"semdemo1");
 // The semaphore
 // ---------------------------------------------------------------------------
 
+// ANCHOR: sem_open
 /// Open `name`, creating it with `value` if it does not exist yet.
 /// Returns whether we created it.
 pub fn open_or_create(name: &str, value: u32, say: &Narrator) -> Result<(NamedSem, bool)> {
@@ -94,7 +95,9 @@ pub fn open_or_create(name: &str, value: u32, say: &Narrator) -> Result<(NamedSe
     }
     bail!("{path} keeps appearing and disappearing: somebody else is using the name")
 }
+// ANCHOR_END: sem_open
 
+// ANCHOR: lock
 /// Take `lock`; while it is taken, check every tick whether the holder
 /// (whose pid is in `holder`) still lives. If it died, take the lock over.
 /// Returns whether the lock was recovered from a dead holder.
@@ -180,6 +183,7 @@ pub fn unlock(lock: SharedSem, holder: &AtomicI32) -> Result<()> {
     let _ = holder.compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed);
     Ok(())
 }
+// ANCHOR_END: lock
 
 // ---------------------------------------------------------------------------
 // The counter it protects: POSIX shared memory /NAME.counter
@@ -330,6 +334,7 @@ pub fn counter_name(name: &str) -> String {
 // The roles
 // ---------------------------------------------------------------------------
 
+// ANCHOR: worker
 /// `worker`: `iterations` increments of the counter `/NAME.counter`, each
 /// under the lock `/NAME` (both created if absent).
 pub fn worker(name: &str, iterations: u64, patience: Duration, say: &Narrator) -> Result<()> {
@@ -363,6 +368,7 @@ pub fn worker(name: &str, iterations: u64, patience: Duration, say: &Narrator) -
     ));
     Ok(())
 }
+// ANCHOR_END: worker
 
 /// `wait`: take one from `/NAME` (created with `value` if absent).
 pub fn wait(name: &str, timeout: Option<Duration>, value: u32, say: &Narrator) -> Result<()> {

@@ -104,6 +104,7 @@ pub fn zero_waiters(set: SemSet, index: u16) -> nix::Result<i32> {
     Errno::result(unsafe { libc::semctl(set.id, libc::c_int::from(index), libc::GETZCNT) })
 }
 
+// ANCHOR: semop_undo
 /// Take one from semaphore `index` of `set`, waiting at most `patience`
 /// in ticks that look for a stop request. Ok(false): not in time.
 pub fn take(set: SemSet, index: u16, undo: Undo, patience: Duration) -> Result<bool> {
@@ -116,7 +117,9 @@ pub fn take(set: SemSet, index: u16, undo: Undo, patience: Duration) -> Result<b
     }
     Ok(false)
 }
+// ANCHOR_END: semop_undo
 
+// ANCHOR: sysv_init
 /// Create the set for `path` with `value`, free of the initialisation
 /// race, or open the existing one once its creator has initialised it.
 /// Returns whether we created it.
@@ -161,6 +164,7 @@ pub fn open_or_create(path: &Path, value: u16, say: &Narrator) -> Result<(SemSet
     ));
     Ok((set, true))
 }
+// ANCHOR_END: sysv_init
 
 /// The existing set for `path`: ours, one semaphore, initialised.
 pub fn open(path: &Path, say: &Narrator) -> Result<SemSet> {

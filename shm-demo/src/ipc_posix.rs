@@ -122,6 +122,7 @@ impl Drop for Owned {
     }
 }
 
+// ANCHOR: shm_create
 /// The receiver's side: make the object, size it, reserve its pages, map
 /// it, put the semaphores in it, and publish the header (MAGIC last).
 pub fn create(name: &str, slots: u32, slot_size: u32, say: &Narrator) -> Result<Owned> {
@@ -204,6 +205,7 @@ pub fn create(name: &str, slots: u32, slot_size: u32, say: &Narrator) -> Result<
         peer_done: false,
     })
 }
+// ANCHOR_END: shm_create
 
 /// Arm the SIGBUS handler for this mapping; `ours` (the receiver): the
 /// object it may unlink on the way out.

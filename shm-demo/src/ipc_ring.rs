@@ -486,6 +486,7 @@ impl<'a> Writer<'a> {
         self
     }
 
+    // ANCHOR: ring_write
     /// Write message `seq` of `size` bytes: for each slot it needs,
     /// wait(empty), write the piece, post(full).
     pub fn write(
@@ -525,6 +526,7 @@ impl<'a> Writer<'a> {
             }
         }
     }
+    // ANCHOR_END: ring_write
 
     /// The slot the next write goes to. Only for ipc-bench, which rebuilds
     /// a Writer per message and carries the index over.
@@ -587,6 +589,7 @@ impl<'a> Reader<'a> {
         self.next = slot % self.segment.slot_count;
     }
 
+    // ANCHOR: ring_read
     /// Read the next whole message into `message` and return its sequence
     /// number, or `None` at the end marker. Each slot: wait(full), check
     /// and copy the piece out, post(empty).
@@ -657,6 +660,7 @@ impl<'a> Reader<'a> {
             }
         }
     }
+    // ANCHOR_END: ring_read
 }
 
 /// The sender's loop: `count` messages, then the end marker. Returns the

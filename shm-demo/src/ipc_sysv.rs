@@ -162,6 +162,7 @@ pub struct Owned {
     pub set_guard: SysvGuard,
 }
 
+// ANCHOR: shmget
 /// The receiver's side: the segment, the semaphore set, the header.
 pub fn create(key_path: &Path, slots: u32, slot_size: u32, say: &Narrator) -> Result<Owned> {
     let key = key_of(key_path)?;
@@ -255,6 +256,7 @@ pub fn create(key_path: &Path, slots: u32, slot_size: u32, say: &Narrator) -> Re
         set_guard,
     })
 }
+// ANCHOR_END: shmget
 
 /// A segment exists under our key. If it is ours (our uid, our header),
 /// unattached, and its creator is gone, it is stale: remove it and the set

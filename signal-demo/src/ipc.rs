@@ -81,6 +81,7 @@ pub struct Record {
     pub interrupted_mask: u64,
 }
 
+// ANCHOR: handler
 /// The SA_SIGINFO handler. Why not `println!` here: the signal may arrive
 /// while the main code holds stdout's lock (deadlock) or is inside malloc
 /// (corrupted heap). An atomic add, and `write(2)` of a small record to a
@@ -140,6 +141,7 @@ extern "C" fn on_signal(signo: libc::c_int, info: *mut libc::siginfo_t, context:
     // SAFETY: as above; give the interrupted code its errno back.
     unsafe { *libc::__errno_location() = saved_errno };
 }
+// ANCHOR_END: handler
 
 /// The signal mask of the code a handler interrupted, as bits.
 fn interrupted_mask(context: *mut c_void) -> u64 {
@@ -175,6 +177,7 @@ pub fn handled(signo: libc::c_int) -> (u64, u64) {
     )
 }
 
+// ANCHOR: install
 /// Install `on_signal` for `signo` with SA_SIGINFO plus `flags` (SA_RESTART:
 /// resume interrupted calls; SA_RESETHAND: back to the default action after
 /// one delivery). `also_block`: the sa_mask, signals blocked while this handler runs (its
@@ -199,6 +202,7 @@ pub fn install(signo: libc::c_int, flags: libc::c_int, also_block: &[libc::c_int
     Errno::result(rc).with_context(|| format!("sigaction({})", name(signo)))?;
     Ok(())
 }
+// ANCHOR_END: install
 
 /// The pipe the handler writes records into and the main code reads.
 pub struct Records {
@@ -307,6 +311,7 @@ pub fn read_retrying(file: &mut File, buf: &mut [u8]) -> Result<()> {
     }
 }
 
+// ANCHOR: send
 /// Send `signo` with kill(2), or sigqueue(3) carrying `value`.
 pub fn send(pid: Pid, signo: libc::c_int, value: Option<i32>) -> nix::Result<()> {
     match value {
@@ -324,6 +329,7 @@ pub fn send(pid: Pid, signo: libc::c_int, value: Option<i32>) -> nix::Result<()>
         }
     }
 }
+// ANCHOR_END: send
 
 /// What a sender met while the receiver's queue of pending signals was full.
 #[derive(Default)]
@@ -387,6 +393,7 @@ fn sigset_of(signos: &[libc::c_int]) -> libc::sigset_t {
     set
 }
 
+// ANCHOR: block_pending
 /// sigprocmask(how, signos): SIG_BLOCK adds them to the mask (they stay
 /// pending if sent), SIG_UNBLOCK removes them (a pending one is delivered
 /// before sigprocmask returns).
@@ -412,11 +419,13 @@ pub fn pending(signo: libc::c_int) -> Result<bool> {
         Ok(libc::sigismember(&set, signo) == 1)
     }
 }
+// ANCHOR_END: block_pending
 
 // ---------------------------------------------------------------------------
 // signalfd: pending signals read as records from a descriptor
 // ---------------------------------------------------------------------------
 
+// ANCHOR: signalfd
 /// signalfd(2) for `signos`. The caller must block them first
 /// (sigprocmask): a blocked signal is not delivered to a handler or its
 /// default action, it stays pending, and a read of the signalfd takes it
@@ -427,6 +436,7 @@ pub fn signalfd_of(signos: &[libc::c_int], flags: SfdFlags) -> Result<SignalFd> 
     let mask = unsafe { SigSet::from_sigset_t_unchecked(sigset_of(signos)) };
     SignalFd::with_flags(&mask, flags).context("signalfd")
 }
+// ANCHOR_END: signalfd
 
 /// The next signal on a (blocking) signalfd, or None if none comes within
 /// `timeout`: poll for POLLIN, then one read of one `signalfd_siginfo`.
@@ -479,6 +489,7 @@ pub fn set_mask(mask: &libc::sigset_t) -> Result<()> {
     Ok(())
 }
 
+// ANCHOR: suspend
 /// sigsuspend(2): in ONE step, replace the mask with `mask` (which lets the
 /// awaited signal through) and sleep until a handler has run; then put the
 /// old mask back. A signal that arrived earlier, while it was blocked, is
@@ -491,6 +502,7 @@ pub fn suspend(mask: &libc::sigset_t) -> Result<()> {
         other => other.map(drop).context("sigsuspend"),
     }
 }
+// ANCHOR_END: suspend
 
 /// sigtimedwait(2): take one of `signos` (which must be blocked) from the
 /// pending set, synchronously: no handler runs, the siginfo comes back as
@@ -630,6 +642,7 @@ pub fn sigchld_disposition(handler: SigHandler) -> Result<()> {
 // pidfd: a descriptor that names one process for good
 // ---------------------------------------------------------------------------
 
+// ANCHOR: pidfd
 /// pidfd_open(2): a descriptor for the process `pid` is *now*. Unlike the
 /// number, it never comes to mean another process: when this one ends and
 /// its pid is reused, the descriptor still names the one that ended.
@@ -674,6 +687,7 @@ pub fn pidfd_exited(pidfd: &OwnedFd, timeout: Duration) -> Result<bool> {
         }
     }
 }
+// ANCHOR_END: pidfd
 
 // ---------------------------------------------------------------------------
 // Roles

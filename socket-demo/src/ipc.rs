@@ -283,6 +283,7 @@ pub fn bind_path(fd: &OwnedFd, kind: Kind, path: &Path, say: &Narrator) -> Resul
     Ok(PathGuard::new(path))
 }
 
+// ANCHOR: listen
 /// A listening Unix (stream or seqpacket) socket at `path`, and the guard
 /// that unlinks its file.
 pub fn listen_unix(kind: Kind, path: &Path, say: &Narrator) -> Result<(OwnedFd, PathGuard)> {
@@ -303,6 +304,7 @@ pub fn listen_unix(kind: Kind, path: &Path, say: &Narrator) -> Result<(OwnedFd, 
     listen(&fd, Backlog::new(64).expect("valid backlog")).context("listen")?;
     Ok((fd, guard))
 }
+// ANCHOR_END: listen
 
 /// A listening TCP socket on `addr` (port 0: the kernel picks one).
 pub fn listen_tcp(addr: SocketAddrV4) -> Result<(OwnedFd, SocketAddrV4)> {
@@ -414,6 +416,7 @@ fn rules(opts: &Options, unix: bool, say: &Narrator) -> Result<Rules> {
     })
 }
 
+// ANCHOR: poll_loop
 /// Serve connections on the listening socket `listener` (non-blocking):
 /// the poll loop. Each turn: build the list of descriptors and the events
 /// each waits for, poll, serve the clients that are ready, accept one new
@@ -511,6 +514,7 @@ pub fn serve(listener: &OwnedFd, rules: &Rules, say: &Narrator) -> Result<Served
     served.report = checks::total(reports);
     Ok(served)
 }
+// ANCHOR_END: poll_loop
 
 /// A descriptor held in reserve for the EMFILE trick in `accept_one`.
 fn open_spare() -> Option<File> {
@@ -1457,12 +1461,14 @@ fn client_lines(fd: OwnedFd, opts: &Options, say: &Narrator) -> Result<(u64, u64
 // 5. socketpair, and passing an open file (SCM_RIGHTS)
 // ---------------------------------------------------------------------------
 
+// ANCHOR: socketpair
 /// socketpair(): two sockets already connected to each other, no address,
 /// no file; each end reads and writes. Shared by fork, or passed on.
 pub fn pair(kind: SockType) -> Result<(OwnedFd, OwnedFd)> {
     socketpair(AddressFamily::Unix, kind, None, SockFlag::SOCK_CLOEXEC)
         .with_context(|| format!("socketpair(AF_UNIX, {kind:?})"))
 }
+// ANCHOR_END: socketpair
 
 /// The echo child of the story's first step: every frame back on the same
 /// socket it came on, until EOF. Returns the child's exit status.
@@ -1481,6 +1487,7 @@ pub fn echo_frames(sock: OwnedFd) -> i32 {
     }
 }
 
+// ANCHOR: scm_rights
 /// sendmsg() with an SCM_RIGHTS control message: the kernel installs a
 /// copy of `fd` (the same open file: same offset, same flags) in whichever
 /// process receives the message. Our own `fd` stays ours to close.
@@ -1530,6 +1537,7 @@ pub fn receive_fd(sock: &OwnedFd) -> Result<OwnedFd> {
     // else owns it, and OwnedFd closes it (close(2)) on drop.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+// ANCHOR_END: scm_rights
 
 #[cfg(test)]
 mod tests {
