@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""The book's structural checks, for tools/book-check.sh.
+
+    book-check.py links BUILD_DIR                 every relative link and #anchor resolves
+    book-check.py chapters ROOT EDITION...         same chapter lists; every demo included
+    book-check.py mdbook-log LOG                   no WARN/ERROR line from mdbook
+    book-check.py png FILE MIN_COLOURS             a screenshot that is not blank
+    book-check.py dom FILE                         code, output and an SVG diagram in the DOM
+    book-check.py console LOG                      no console message from the page
+
+Each prints one line per problem and exits 1 if there was any.
+"""
+
+import html.parser
+import re
+import struct
+import sys
+import zlib
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+problems = []
+
+
+def problem(msg):
+    problems.append(msg)
+    print("book check: " + msg)
+
+
+# --- links ---------------------------------------------------------------
+
+
+class Links(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links, self.ids = [], set()
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        for key in ("id", "name"):
+            if a.get(key):
+                self.ids.add(a[key])
+        for key in ("href", "src"):
+            if a.get(key) is not None and tag in ("a", "img", "script", "link"):
+                self.links.append(a[key])
+
+
+def parse(path, cache={}):
+    if path not in cache:
+        p = Links()
+        p.feed(path.read_text(errors="replace"))
+        cache[path] = p
+    return cache[path]
+
+
+def links(build):
+    """Every relative href/src in the chapters' HTML must name a file of the
+    built book, and every #fragment an id in that file. Skipped: links with
+    a scheme (https:, mailto:), and mdbook's generated print.html, toc.html
+    and 404.html (they repeat the chapters' links, rebased)."""
+    build = Path(build).resolve()
+    pages = [p for p in sorted(build.rglob("*.html"))
+             if p.name not in ("print.html", "toc.html", "404.html")]
+    checked = 0
+    for page in pages:
+        for link in parse(page).links:
+            u = urlsplit(link)
+            if u.scheme or link.startswith("//"):
+                continue
+            checked += 1
+            target = page if not u.path else (page.parent / unquote(u.path)).resolve()
+            if u.path.endswith("/"):
+                target = target / "index.html"
+            name = page.relative_to(build)
+            if build not in target.parents and target != build:
+                problem(f"{name}: link {link!r} leaves the book")
+                continue
+            if not target.exists():
+                problem(f"{name}: broken link {link!r} (no {target.relative_to(build)})")
+                continue
+            if u.fragment and target.suffix == ".html":
+                if unquote(u.fragment) not in parse(target).ids:
+                    problem(f"{name}: broken anchor {link!r} (no id {u.fragment!r} in {target.name})")
+    print(f"book check: {checked} internal links in {len(pages)} pages of {build.name}")
+
+
+# --- chapters and demos ----------------------------------------------------
+
+
+def summary_chapters(src):
+    text = (src / "SUMMARY.md").read_text()
+    return re.findall(r"\]\(([^)]+\.md)\)", text)
+
+
+def chapters(root, *editions):
+    root = Path(root)
+    members = re.search(r"members\s*=\s*\[([^\]]*)\]", (root / "Cargo.toml").read_text()).group(1)
+    demos = [m for m in re.findall(r'"([^"]+)"', members) if m.endswith("-demo")]
+    lists = {}
+    for ed in editions:
+        src = root / "book" / ed / "src"
+        if not (src / "SUMMARY.md").exists():
+            problem(f"book/{ed}: no src/SUMMARY.md (both editions, en and zh, must exist)")
+            continue
+        listed = summary_chapters(src)
+        lists[ed] = listed
+        files = sorted(p.name for p in src.glob("*.md") if p.name != "SUMMARY.md")
+        for f in listed:
+            if not (src / f).exists():
+                problem(f"book/{ed}: SUMMARY.md lists {f}, which does not exist")
+        for f in files:
+            if f not in listed:
+                problem(f"book/{ed}: {f} is not in SUMMARY.md")
+        text = "\n".join((src / f).read_text() for f in files)
+        for demo in demos:
+            if not re.search(r"\{\{#(include|rustdoc_include)\s+\.\./\.\./\.\./%s/" % re.escape(demo), text):
+                problem(f"book/{ed}: no chapter includes code from {demo}")
+    if len(lists) == len(editions) > 1:
+        first = editions[0]
+        for ed in editions[1:]:
+            if lists[ed] != lists[first]:
+                problem(f"book/{ed} and book/{first} list different chapters: {lists[ed]} vs {lists[first]}")
+    print(f"book check: chapters of {', '.join(editions)} compared; {len(demos)} demos looked for")
+
+
+# --- mdbook's log ------------------------------------------------------------
+
+# The one line mdbook-mermaid always prints when mdbook is newer than the
+# mdbook-preprocessor it was compiled against (0.5.0 for 0.17.1). Its author
+# calls it "a warning, not an error" (badboy/mdbook-toc#54); the protocol is
+# the same across 0.5.x. Anything else at WARN or ERROR fails.
+HARMLESS = re.compile(
+    r"^Warning: The mdbook-mermaid preprocessor was built against version 0\.5\.\d+ of mdbook, "
+    r"but we're being called from version 0\.5\.\d+$"
+)
+
+
+def mdbook_log(log):
+    for line in Path(log).read_text(errors="replace").splitlines():
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+        if HARMLESS.match(plain):
+            continue
+        if re.search(r"\b(WARN|ERROR|warning|error|Warning|Error)\b", plain):
+            problem(f"mdbook: {plain}")
+
+
+# --- screenshots -------------------------------------------------------------
+
+
+def png_colours(path, limit=100000):
+    data = Path(path).read_bytes()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    pos, idat, width = 8, b"", 0
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        chunk = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, ctype = struct.unpack(">IIBB", chunk[:10])
+            if depth != 8 or ctype not in (2, 6):
+                raise ValueError(f"unexpected PNG format (depth {depth}, colour type {ctype})")
+            bpp = 3 if ctype == 2 else 4
+        elif kind == b"IDAT":
+            idat += chunk
+        pos += 12 + length
+    raw = zlib.decompress(idat)
+    stride = width * bpp
+    prev = bytearray(stride)
+    colours = set()
+    for y in range(height):
+        f = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        if f == 1:
+            for i in range(bpp, stride):
+                line[i] = (line[i] + line[i - bpp]) & 255
+        elif f == 2:
+            line = bytearray((a + b) & 255 for a, b in zip(line, prev))
+        elif f == 3:
+            for i in range(stride):
+                left = line[i - bpp] if i >= bpp else 0
+                line[i] = (line[i] + ((left + prev[i]) >> 1)) & 255
+        elif f == 4:
+            for i in range(stride):
+                a = line[i - bpp] if i >= bpp else 0
+                b = prev[i]
+                c = prev[i - bpp] if i >= bpp else 0
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                line[i] = (line[i] + pred) & 255
+        # Every 4th row is enough to count colours.
+        if y % 4 == 0:
+            colours.update(bytes(line[i:i + 3]) for i in range(0, stride, bpp * 2))
+            if len(colours) >= limit:
+                break
+        prev = line
+    return len(colours), width, height
+
+
+def png(path, minimum):
+    n, w, h = png_colours(path)
+    if n < int(minimum):
+        problem(f"{path}: screenshot looks blank ({n} distinct colours in {w}x{h}, want {minimum}+)")
+    else:
+        print(f"book check: {Path(path).name}: {w}x{h}, {n} distinct colours")
+
+
+# --- the rendered DOM ----------------------------------------------------------
+
+
+def dom(path):
+    text = Path(path).read_text(errors="replace")
+    name = Path(path).name
+    if not re.search(r'<code class="[^"]*language-rust', text):
+        problem(f"{name}: no Rust code block in the DOM")
+    if not re.search(r'<code class="[^"]*language-text', text):
+        problem(f"{name}: no output (text) block in the DOM")
+    if "summary: mechanism=" not in text and "(exit status" not in text:
+        problem(f"{name}: no captured output in the DOM")
+    if not re.search(r'<pre class="mermaid"[^>]*>\s*<svg', text) and not re.search(
+        r'<svg[^>]*aria-roledescription="(flowchart|sequence|stateDiagram|classDiagram)', text
+    ):
+        problem(f"{name}: no Mermaid diagram rendered to SVG")
+    if re.search(r"Syntax error in text|mermaid version", text):
+        problem(f"{name}: Mermaid reports a syntax error")
+    if "{{#include" in text:
+        problem(f"{name}: an unresolved {{{{#include}}}} is left in the page")
+
+
+def console(log):
+    """Chromium's --enable-logging=stderr prints each console message of the
+    page as INFO:CONSOLE(...) "text", source: URL (N), the same for
+    console.log, .warn and .error (and for uncaught exceptions), so any
+    such line fails: the book's pages log nothing when all is well."""
+    for line in Path(log).read_text(errors="replace").splitlines():
+        if re.search(r":CONSOLE[:(]", line):
+            problem(f"console: {line.split('] ', 1)[-1]}")
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    {"links": links, "chapters": chapters, "mdbook-log": mdbook_log, "png": png,
+     "dom": dom, "console": console}[cmd](*args)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Check the book (book/en and book/zh): called by .ci/run, runnable by hand.
+#
+#   tools/book-check.sh
+#
+# 1. Installs mdbook and mdbook-mermaid with `cargo install --locked` at the
+#    pinned versions below, into cargo's bin directory (~/.cargo/bin), unless
+#    those versions are there already.
+# 2. Both editions must exist and list the same chapter files in
+#    SUMMARY.md; every workspace demo crate must be included (by
+#    {{#include ../../../DEMO/...}}) by some chapter of each edition.
+# 3. Builds each edition with mdbook; any WARN or ERROR line mdbook prints
+#    (an unresolved include, a missing anchor, a preprocessor failure) fails
+#    (tools/book-check.py mdbook-log names the one harmless line it allows).
+# 4. Every relative link and #anchor in the built HTML must resolve.
+# 5. The captured outputs in book/output must be current: tools/book-capture.sh
+#    runs again into a temp dir, and tools/book-normalise.py compares the two
+#    modulo pids, timings, rates, ids and temp names (its header lists the rules).
+# 6. Three chapters of each edition are rendered in headless Chromium
+#    (Debian's chromium, installed with apt-get when absent): the screenshot
+#    must not be blank (decoded with python3's zlib, distinct colours
+#    counted), the DOM after the scripts ran (--dump-dom) must hold a Rust
+#    code block, a captured output and a Mermaid diagram rendered to SVG, and
+#    the page must log nothing to the console (--enable-logging=stderr --v=0
+#    prints every console message as an INFO:CONSOLE line; any one fails).
+#
+# Time: about 2-4 minutes with the tools installed (the capture reruns every
+# story); cargo install of the two tools adds about 5-10 minutes once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+MDBOOK_VERSION=0.5.4
+# 0.17.x is the mdbook-mermaid series for mdbook 0.5 (its mdbook-preprocessor
+# is 0.5.0; 0.16 and older speak mdbook 0.4's protocol and fail to parse 0.5's
+# input: "Unable to parse the input").
+MERMAID_VERSION=0.17.1
+EDITIONS=(en zh)
+PAGES=(pipes fifos shared-memory)
+
+start=$SECONDS
+tmp=$(mktemp -d /tmp/book-check.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+
+bindir="${CARGO_HOME:-$HOME/.cargo}/bin"
+export PATH="$bindir:$PATH"
+
+echo "== book: tools"
+if [ "$(mdbook --version 2>/dev/null)" != "mdbook v$MDBOOK_VERSION" ]; then
+  cargo install --locked --quiet mdbook --version "$MDBOOK_VERSION"
+fi
+if [ "$(mdbook-mermaid --version 2>/dev/null)" != "mdbook-mermaid $MERMAID_VERSION" ]; then
+  cargo install --locked --quiet mdbook-mermaid --version "$MERMAID_VERSION"
+fi
+mdbook --version
+mdbook-mermaid --version
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing chromium (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq chromium >/dev/null
+  else
+    echo "book check: chromium is missing (apt-get install chromium, as root)"
+    exit 1
+  fi
+fi
+chromium --version 2>/dev/null | head -1
+
+echo "== book: editions and chapters"
+for ed in "${EDITIONS[@]}"; do
+  if [ ! -f "book/$ed/book.toml" ]; then
+    echo "book check: book/$ed/book.toml is missing: both editions (en, zh) must be present"
+    fail=1
+  fi
+done
+[ "$fail" = 0 ] || exit 1
+python3 tools/book-check.py chapters "$root" "${EDITIONS[@]}" || fail=1
+
+echo "== book: build"
+for ed in "${EDITIONS[@]}"; do
+  # Built outside the tree, so a check never leaves files in book/.
+  if ! mdbook build "book/$ed" -d "$tmp/build-$ed" >"$tmp/mdbook-$ed.log" 2>&1; then
+    cat "$tmp/mdbook-$ed.log"
+    echo "book check: mdbook build book/$ed failed"
+    fail=1
+    continue
+  fi
+  python3 tools/book-check.py mdbook-log "$tmp/mdbook-$ed.log" || fail=1
+  python3 tools/book-check.py links "$tmp/build-$ed" || fail=1
+done
+
+echo "== book: captured outputs"
+if bash tools/book-capture.sh "$tmp/capture" >"$tmp/capture.log" 2>&1; then
+  python3 tools/book-normalise.py book/output "$tmp/capture" || fail=1
+else
+  cat "$tmp/capture.log"
+  echo "book check: tools/book-capture.sh failed"
+  fail=1
+fi
+
+echo "== book: rendered in headless Chromium"
+chrome() {
+  # One fresh profile per call; --virtual-time-budget lets the page's
+  # scripts (mermaid) finish before the screenshot or the DOM dump.
+  local profile
+  profile=$(mktemp -d "$tmp/profile.XXXXXX")
+  timeout 60 chromium --headless --no-sandbox --disable-gpu --disable-quic \
+    --no-first-run --disable-background-networking --disable-component-update \
+    --disable-sync --user-data-dir="$profile" --enable-logging=stderr --v=0 \
+    --virtual-time-budget=10000 --window-size=1200,1600 "$@"
+}
+for ed in "${EDITIONS[@]}"; do
+  [ -d "$tmp/build-$ed" ] || continue
+  for page in "${PAGES[@]}"; do
+    html="$tmp/build-$ed/$page.html"
+    if [ ! -f "$html" ]; then
+      echo "book check: book/$ed has no $page.html"
+      fail=1
+      continue
+    fi
+    out="$tmp/$ed-$page"
+    chrome --screenshot="$out.png" "file://$html" >/dev/null 2>"$out.shot.log" || true
+    chrome --dump-dom "file://$html" >"$out.dom.html" 2>"$out.dom.log" || true
+    if [ ! -s "$out.png" ]; then
+      echo "book check: $ed/$page: no screenshot"
+      tail -5 "$out.shot.log"
+      fail=1
+    else
+      python3 tools/book-check.py png "$out.png" 50 || fail=1
+    fi
+    python3 tools/book-check.py dom "$out.dom.html" || fail=1
+    python3 tools/book-check.py console "$out.dom.log" || fail=1
+    echo "book check: $ed/$page.html rendered"
+  done
+done
+
+echo "== book: $((SECONDS - start)) s"
+if [ "$fail" != 0 ]; then
+  echo "book check failed"
+  exit 1
+fi
+echo "book check passed"
