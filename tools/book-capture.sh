@@ -98,8 +98,20 @@ run msgq-demo "$bin/msgq-demo"
 run sem-demo "$bin/sem-demo"
 run shm-demo "$bin/shm-demo"
 run shm-demo-sysv "$bin/shm-demo" sysv
+run shm-demo-futex "$bin/shm-demo" futex
 run eventfd-demo "$bin/eventfd-demo"
 run memfd-demo "$bin/memfd-demo"
+
+# step NAME N: step N of story NAME on its own, for a chapter that shows
+# only that step (the heading line up to the next step or the summary).
+step() {
+  awk -v n="$2" '
+    /^== / { on = ($2 == n ".") }
+    /^summary: / { on = 0 }
+    on' "$out/$1.txt" >"$out/$1-step$2.txt"
+  [ -s "$out/$1-step$2.txt" ] || { echo "$1 has no step $2" >&2; return 1; }
+}
+step signal-demo 15
 
 # --- two terminals (or the two sides of a shell pipe) -------------------
 # Paths under the private directory; the commands are shown with them.
@@ -122,8 +134,12 @@ two msgq-sysv-server msgq-sysv-client 0.3 \
   "target/release/msgq-demo sysv client --key $work/demo.key --count 3"
 
 two shm-receiver shm-sender 0.3 \
-  "target/release/shm-demo receiver --name /book-demo-$$ --count 3" \
-  "target/release/shm-demo sender --name /book-demo-$$ --count 3"
+  "target/release/shm-demo receiver --name /book-demo-$$ --count 1000 --quiet" \
+  "target/release/shm-demo sender --name /book-demo-$$ --count 1000 --quiet"
+
+two shm-futex-receiver shm-futex-sender 0.3 \
+  "target/release/shm-demo futex receiver --name /book-futex-$$ --count 1000 --quiet" \
+  "target/release/shm-demo futex sender --name /book-futex-$$ --count 1000 --quiet"
 
 two memfd-receiver memfd-sender 0.3 \
   "target/release/memfd-demo receiver --path $work/memfd.sock" \

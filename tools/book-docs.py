@@ -105,6 +105,10 @@ def main():
         "doc-measured": section(
             comparison, "## Measured", "<!-- bench:end"
         ),
+        # The run's reading of its own figures, and the targets.
+        "doc-run-shows": section(
+            comparison, "## What this run shows", "<!-- bench:end"
+        ),
         # Round trips: what waiting costs.
         "doc-round-trip": section(
             results, "## Round trip of a 64 B message (ping-pong), µs (× spin median)"

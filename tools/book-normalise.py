@@ -25,7 +25,8 @@ that differs from run to run on any machine, and nothing else):
    on the environment become N;
 5. figures a story narrates that the scheduler or the clock decides (how
    many updates a race lost, sem_otime, seconds since boot, round trips per
-   second, RLIMIT_SIGPENDING) and the one error a refused client may see
+   second, RLIMIT_SIGPENDING, the futex ring's counts of waits, wakes,
+   spins and yields and its CPU shares) and the one error a refused client may see
    either way (EPIPE or ECONNRESET) are named, one rule each, in RULES;
 6. lines printed by different processes interleave as the scheduler
    decides, also across a story's step headings (a peer prints while the
@@ -69,7 +70,8 @@ def pids_of(texts):
 RULES = [
     (r"/tmp/book-capture\.[A-Za-z0-9]+", "$TMP"),
     (r"([a-z]-demo[\w-]*?)-(?:\d+|PID)-\d+", r"\1-PID-N"),
-    (r"/book-demo-\d+", "/book-demo-N"),
+    (r"/book-(demo|futex)-\d+", r"/book-\1-N"),
+    (r"/proc/self/task/\d+/", "/proc/self/task/N/"),
     (r"\b\d+\.\d+\b", "#.#"),
     (r"\b\d+ (ns|µs|us|ms)\b", "# ms"),
     (r"\b(msqid|semid|shmid|semids|shmids|msqids|id|ids) \d+", r"\1 N"),
@@ -85,6 +87,13 @@ RULES = [
     (r"\b\d+ times a worker found", "N times a worker found"),
     (r"about \d+ round trips per second", "about N round trips per second"),
     (r"\(\d+ pending signals", "(N pending signals"),
+    # The futex ring's counts of waits, wakes, spins and yields, and CPU
+    # shares: how often a side found the other asleep is the scheduler's.
+    (r"\b\d+ (times?|FUTEX_WAKE calls?|FUTEX_WAIT calls?|spin iterations|sched_yield calls|yields)\b",
+     r"N \1"),
+    (r"\b(waking|woke|spun) \d+", r"\1 N"),
+    (r"\b\d+%", "N%"),
+    (r"\b\d+ ns per message", "N ns per message"),
     # A client refused mid-handshake sees one or the other, by timing.
     (r"\((?:Broken pipe \(os error 32\)|Connection reset by peer \(os error 104\))\)",
      "(EPIPE or ECONNRESET)"),

@@ -31,6 +31,7 @@ use nix::errno::Errno;
 use nix::sys::stat::fstat;
 use nix::unistd::Uid;
 
+use crate::ipc_futex::sync_name;
 use crate::ipc_ring::{MAGIC, MAX_SLOT_SIZE, MAX_SLOTS, Segment, VERSION, segment_len};
 
 // ---------------------------------------------------------------------------
@@ -50,6 +51,17 @@ pub fn validate(segment: &mut Segment, magic: u64, what: &str, sync: u32) -> Res
     if version != VERSION {
         bail!("{what} has layout version {version}; this program reads version {VERSION}");
     }
+    // Before the shape: the three kinds share the first bytes, but not the
+    // rest (a futex segment's header is longer), so say what it is.
+    let found = header.sync.load(Ordering::Relaxed);
+    if found != sync {
+        bail!(
+            "{what} is a {} segment, but this is the {} variant: refusing it (use the \
+             matching variant of shm-demo)",
+            sync_name(found),
+            sync_name(sync)
+        );
+    }
     let slots = header.slot_count.load(Ordering::Relaxed);
     let slot_size = header.slot_size.load(Ordering::Relaxed);
     if !(1..=MAX_SLOTS).contains(&slots) || !(1..=MAX_SLOT_SIZE).contains(&slot_size) {
@@ -61,9 +73,6 @@ pub fn validate(segment: &mut Segment, magic: u64, what: &str, sync: u32) -> Res
              object is {size} bytes: refusing it",
             segment_len(slots, slot_size)
         );
-    }
-    if header.sync.load(Ordering::Relaxed) != sync {
-        bail!("{what} is guarded by the other kind of semaphores (POSIX vs System V)");
     }
     segment.slot_count = slots as usize;
     segment.slot_size = slot_size as usize;

@@ -206,11 +206,7 @@ impl Segment {
     /// (A plain store would let both believe they own the slots, and two
     /// writers interleave pieces: duplicates, reordering, corruption.)
     pub fn claim_sender(&self) -> std::result::Result<(), i32> {
-        let me = std::process::id() as i32;
-        self.header()
-            .sender_pid
-            .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
-            .map(drop)
+        claim(&self.header().sender_pid)
     }
 
     /// The sender's side of the initialisation race. The receiver creates
@@ -264,6 +260,15 @@ impl Segment {
             )
         }
     }
+}
+
+/// The compare-and-swap of `Segment::claim_sender`, on any header's
+/// `sender_pid` word: 0 -> our pid, or `Err(holder)`.
+pub fn claim(sender_pid: &AtomicI32) -> std::result::Result<(), i32> {
+    let me = std::process::id() as i32;
+    sender_pid
+        .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+        .map(drop)
 }
 
 impl Drop for Segment {
@@ -399,14 +404,16 @@ fn wait_on(
 /// header names really maps this segment (then watch it through a pidfd),
 /// and nobody else is sending into it (claim it with a compare-and-swap).
 /// `receiver_pid`: from the header (POSIX) or the kernel's shm_cpid (System V).
+/// `sender_pid`: the header's word (both layouts have one; the futex ring
+/// in `ipc_futex.rs` uses this too).
 pub fn attach_as_sender(
-    segment: &Segment,
+    sender_pid: &AtomicI32,
     receiver_pid: i32,
     id: MapsId,
     say: &Narrator,
 ) -> Result<PeerWatch> {
     let receiver = PeerWatch::attach("receiver", receiver_pid, id)?;
-    if let Err(holder) = segment.claim_sender() {
+    if let Err(holder) = claim(sender_pid) {
         bail!(
             "this segment already has a sender (pid {holder}): one sender per segment, since \
              two writers would fill the same slots; this one leaves it alone"
@@ -427,11 +434,10 @@ pub fn attach_as_sender(
 /// until you start the sender in terminal 2 (Ctrl-C ends it). Once the
 /// claim appears, the claimed pid must map the segment: then it is watched
 /// through a pidfd, and every later wait has the idle --timeout.
-pub fn wait_for_sender(segment: &Segment, id: MapsId, say: &Narrator) -> Result<PeerWatch> {
-    let header = segment.header();
+pub fn wait_for_sender(sender_pid: &AtomicI32, id: MapsId, say: &Narrator) -> Result<PeerWatch> {
     loop {
         check_stop()?;
-        let pid = header.sender_pid.load(Ordering::Acquire);
+        let pid = sender_pid.load(Ordering::Acquire);
         if pid != 0 {
             let sender = PeerWatch::attach_or_gone("sender", pid, id);
             say.step(match sender.gone() {

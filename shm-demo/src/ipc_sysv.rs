@@ -385,7 +385,12 @@ pub fn sender(opts: &Options, key_path: &Path) -> Result<()> {
     // The receiver is the segment's creator, as the kernel recorded it:
     // it must map this segment, a pidfd then watches it, and the
     // compare-and-swap claim makes us the one sender.
-    let receiver = ring::attach_as_sender(&segment, creator, MapsId::SysV { shmid: id }, &say)?;
+    let receiver = ring::attach_as_sender(
+        &segment.header().sender_pid,
+        creator,
+        MapsId::SysV { shmid: id },
+        &say,
+    )?;
     // The lesson of SEM_UNDO, on a semaphore the ring does not use:
     // semop(2) +1 with SEM_UNDO, which the kernel reverses at our exit.
     semop(set, SCRATCH, 1, Undo::SemUndo, Duration::from_secs(1))
@@ -439,7 +444,11 @@ pub fn receiver(opts: &Options, key_path: &Path) -> Result<()> {
         key_path.display()
     ));
     let id = owned.shm.id();
-    let sender = ring::wait_for_sender(&owned.segment, MapsId::SysV { shmid: id }, &say)?;
+    let sender = ring::wait_for_sender(
+        &owned.segment.header().sender_pid,
+        MapsId::SysV { shmid: id },
+        &say,
+    )?;
     let mut peer_gone = || sender.gone();
     let expected = opts.count_given.then_some(opts.count);
     let (report, elapsed) = ring::receive(

@@ -1,11 +1,12 @@
-//! # shm-demo: shared memory with semaphores
+//! # shm-demo: shared memory with semaphores, or with futexes
 //!
 //! Shared memory maps the same physical pages into two address spaces:
 //! what one process stores, the other can load, with no copy through the
 //! kernel. That makes it the fastest IPC, and the one with no rules of its
 //! own: the kernel does not order, count or protect anything. The programs
 //! must synchronise themselves, here with two semaphores in the classic
-//! bounded-buffer (producer/consumer) scheme.
+//! bounded-buffer (producer/consumer) scheme, or (`shm-demo futex`) with
+//! two counters in the segment and the futex system call underneath them.
 //!
 //! | property          | POSIX shared memory (`shm_open` + `mmap`)                |
 //! |-------------------|-----------------------------------------------------------|
@@ -15,6 +16,7 @@
 //! | persistence       | the name stays until `shm_unlink`, even with no process   |
 //! | capacity          | whatever size you `ftruncate` it to                       |
 //! | blocking          | none: loads and stores never wait; semaphores do          |
+//! | waking (futex)    | FUTEX_WAIT/FUTEX_WAKE on a u32 in the segment, shared     |
 //!
 //! The segment this demo builds:
 //!
@@ -40,6 +42,15 @@
 //! `shmget`/`shmat` and a System V semaphore set instead of `shm_open`/
 //! `mmap` and `sem_t`.
 //!
+//! The third variant (`shm-demo futex`) keeps the slots and drops the
+//! semaphores: the sender counts the slots it published, the receiver the
+//! slots it released (two u32 in the header, each on its own cache line);
+//! a side with nothing to do spins briefly, then sets its "I sleep" flag
+//! and sleeps in `FUTEX_WAIT` on the other's counter; the other side makes
+//! the `FUTEX_WAKE` system call only when that flag is set. The receiver
+//! checks each message in place in its slot (no copy out). The layout,
+//! byte by byte, is at the top of `src/ipc_futex.rs`.
+//!
 //! ## Run it
 //!
 //! ```text
@@ -51,6 +62,9 @@
 //! touch /tmp/demo.key
 //! cargo run -p shm-demo -- sysv receiver --key /tmp/demo.key      # terminal 1
 //! cargo run -p shm-demo -- sysv sender --key /tmp/demo.key        # terminal 2
+//! cargo run -p shm-demo -- futex                        # futex story
+//! cargo run -p shm-demo -- futex receiver --name /demo  # terminal 1
+//! cargo run -p shm-demo -- futex sender --name /demo    # terminal 2
 //! ```
 //!
 //! ## What to look for
@@ -71,7 +85,13 @@
 //! - a check in place undone by the peer a moment later (TOCTOU), and a
 //!   copy checked in private memory that holds (step 5);
 //! - `shm_unlink` while mapped (step 6): the name leaves `/dev/shm` at
-//!   once, the memory stays readable and writable until the last `munmap`.
+//!   once, the memory stays readable and writable until the last `munmap`;
+//! - futex story: glibc's `sem_t` looked into (a value word that is the
+//!   futex, and a waiter count: `sem_post` makes a `FUTEX_WAKE` only when
+//!   someone waits); the counts of FUTEX_WAIT and FUTEX_WAKE calls of each
+//!   run; a wake skipped because the receiver was awake; the semaphore ring
+//!   against the futex ring at 64-byte messages; a sleeping waiter's CPU
+//!   time (about 0) against a spinning one's (a core).
 //!
 //! ## Trust boundary
 //!
@@ -95,10 +115,13 @@
 //! The mechanism is in `src/ipc_posix.rs` and `src/ipc_sysv.rs`, with the
 //! ring both run in `src/ipc_ring.rs`: these three are the mechanism files,
 //! to read side by side (the ring: layout, send and receive loops; the
-//! other two: making, finding and removing the objects). The story's steps
-//! are in `src/story.rs`; the checks and hardening (header, `sem_t`,
-//! liveness, owner, SIGBUS) in `src/checks.rs`, which a first reading may
-//! skip. `src/lib.rs` exists for ipc-bench, which measures the same ring.
+//! other two: making, finding and removing the objects). The futex ring
+//! is `src/ipc_futex.rs` (layout, wait, wake, send, receive); its roles
+//! are at the end of `src/ipc_posix.rs`, on the same kind of object. The
+//! story's steps are in `src/story.rs`; the checks and hardening (header,
+//! `sem_t`, liveness, owner, SIGBUS) in `src/checks.rs`, which a first
+//! reading may skip. `src/lib.rs` exists for ipc-bench, which measures the
+//! same rings.
 //!
 //! Uses `common` modules: `cleanup`, `cli`, `error`, `payload`, `peer`,
 //! `psem`, `report`, `sysv_sem`; `nix` features: `fs`, `mman`, `poll`,
@@ -122,6 +145,7 @@ use common::cleanup::stop_on_signals;
 use common::cli::{Args, DEFAULT_COUNT, DEFAULT_SIZE, MAX_COUNT};
 use common::error::{self, usage};
 
+use shm_demo::ipc_futex::Strategy;
 use shm_demo::ipc_ring::{MAX_MESSAGE, MAX_SLOT_SIZE, MAX_SLOTS};
 
 const HELP: &str = "\
@@ -139,6 +163,10 @@ USAGE:
     shm-demo sysv [receiver|sender --key PATH] [options]
         The same with System V shared memory and a System V semaphore set,
         found by ftok(PATH): PATH must be an existing file.
+    shm-demo futex [receiver|sender --name /NAME] [options] [--wait HOW]
+        The same POSIX shared memory without semaphores: two counters in
+        the segment, FUTEX_WAIT to sleep, FUTEX_WAKE only for a sleeper;
+        the receiver checks each message in place in its slot.
 
 OPTIONS:
     --name /NAME       the segment's name: a slash, then up to 250 characters
@@ -155,6 +183,10 @@ OPTIONS:
                        on purpose: the receiver role waiting for its first
                        sender, as a server waits for its first client (Ctrl-C
                        ends it). A dead peer is noticed within 0.1 s anyway.
+    --wait HOW         futex variant, story and receiver: how a side with
+                       nothing to do waits: spin (never sleeps), yield (spin,
+                       then sched_yield), futex (spin, then FUTEX_WAIT; the
+                       default). The sender follows the receiver's choice
     --quiet            no line per message, only the steps and the summary
     --no-summary       sender only: its figures as a narration line, not a
                        summary line (the story starts its sender so, and
@@ -201,6 +233,19 @@ pub struct Options {
     quiet: bool,
     /// false with --no-summary (the sender a story starts).
     summary: bool,
+    /// The futex variant's wait strategy (--wait), set by the receiver.
+    wait: Strategy,
+}
+
+/// Which synchronisation the ring uses: the first word of the command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// POSIX shared memory, two `sem_t` in it (no word).
+    Posix,
+    /// System V shared memory and a System V semaphore set (`sysv`).
+    Sysv,
+    /// POSIX shared memory, two futex counters in it (`futex`).
+    Futex,
 }
 
 impl Options {
@@ -224,31 +269,39 @@ fn main() -> ExitCode {
 
 fn run() -> Result<()> {
     let mut args = Args::from_env(HELP)?;
-    let first = args.role(&["sender", "receiver", "sysv"])?;
-    let sysv = first.as_deref() == Some("sysv");
-    let role = if sysv {
-        args.role(&["sender", "receiver"])?
-    } else {
-        first
+    let first = args.role(&["sender", "receiver", "sysv", "futex"])?;
+    let variant = match first.as_deref() {
+        Some("sysv") => Variant::Sysv,
+        Some("futex") => Variant::Futex,
+        _ => Variant::Posix,
     };
-    let opts = parse_options(&mut args, sysv, role.as_deref())?;
+    let role = if variant == Variant::Posix {
+        first
+    } else {
+        args.role(&["sender", "receiver"])?
+    };
+    let opts = parse_options(&mut args, variant, role.as_deref())?;
     // Ctrl-C/SIGTERM interrupt the semaphore waits (EINTR); the roles then
     // return, and their guards remove what they created.
     stop_on_signals()?;
     // parse_options made sure a role has its --name or --key.
     let name = opts.name.as_deref().unwrap_or_default();
     let key = opts.key.as_deref().unwrap_or(std::path::Path::new(""));
-    match (sysv, role.as_deref()) {
-        (false, None) => story::posix(&opts),
-        (false, Some("receiver")) => ipc_posix::receiver(&opts, name),
-        (false, _) => ipc_posix::sender(&opts, name),
-        (true, None) => story::sysv(&opts),
-        (true, Some("receiver")) => ipc_sysv::receiver(&opts, key),
-        (true, _) => ipc_sysv::sender(&opts, key),
+    match (variant, role.as_deref()) {
+        (Variant::Posix, None) => story::posix(&opts),
+        (Variant::Posix, Some("receiver")) => ipc_posix::receiver(&opts, name),
+        (Variant::Posix, _) => ipc_posix::sender(&opts, name),
+        (Variant::Sysv, None) => story::sysv(&opts),
+        (Variant::Sysv, Some("receiver")) => ipc_sysv::receiver(&opts, key),
+        (Variant::Sysv, _) => ipc_sysv::sender(&opts, key),
+        (Variant::Futex, None) => story::futex(&opts),
+        (Variant::Futex, Some("receiver")) => ipc_posix::futex_receiver(&opts, name),
+        (Variant::Futex, _) => ipc_posix::futex_sender(&opts, name),
     }
 }
 
-fn parse_options(args: &mut Args, sysv: bool, role: Option<&str>) -> Result<Options> {
+fn parse_options(args: &mut Args, variant: Variant, role: Option<&str>) -> Result<Options> {
+    let sysv = variant == Variant::Sysv;
     let mut opts = Options {
         name: None,
         key: None,
@@ -260,6 +313,7 @@ fn parse_options(args: &mut Args, sysv: bool, role: Option<&str>) -> Result<Opti
         timeout: Duration::from_secs(DEFAULT_TIMEOUT),
         quiet: false,
         summary: true,
+        wait: Strategy::SpinFutex,
     };
     let mut given = Vec::new();
     while let Some(arg) = args.next() {
@@ -277,6 +331,12 @@ fn parse_options(args: &mut Args, sysv: bool, role: Option<&str>) -> Result<Opti
                 opts.timeout = Duration::from_secs(args.number("--timeout", 1, 86400)?);
             }
             "--quiet" => opts.quiet = true,
+            "--wait" if variant == Variant::Futex => {
+                let word = args.value("--wait")?;
+                opts.wait = Strategy::from_name(&word).ok_or_else(|| {
+                    usage(format!("--wait takes spin, yield or futex, not {word:?}"))
+                })?;
+            }
             "--no-summary" if role == Some("sender") => opts.summary = false,
             other => return Err(args.unknown(other)),
         }
@@ -318,9 +378,9 @@ fn parse_options(args: &mut Args, sysv: bool, role: Option<&str>) -> Result<Opti
                 "--size is set by the sender; the receiver takes any size",
             ));
         }
-        Some("sender") if has("--slots") || has("--slot-size") => {
+        Some("sender") if has("--slots") || has("--slot-size") || has("--wait") => {
             return Err(usage(
-                "--slots/--slot-size are set by the receiver, which creates the segment",
+                "--slots/--slot-size/--wait are set by the receiver, which creates the segment",
             ));
         }
         _ => {}
@@ -335,7 +395,8 @@ mod tests {
     #[test]
     fn variants_take_their_own_naming_option() {
         let parse = |words: &[&str], sysv, role| {
-            parse_options(&mut Args::new(words.iter().copied()), sysv, role)
+            let variant = if sysv { Variant::Sysv } else { Variant::Posix };
+            parse_options(&mut Args::new(words.iter().copied()), variant, role)
         };
         assert!(parse(&["--key", "/k"], true, Some("sender")).is_ok());
         assert!(parse(&["--name", "/n"], true, Some("sender")).is_err());
