@@ -112,6 +112,11 @@ step() {
   [ -s "$out/$1-step$2.txt" ] || { echo "$1 has no step $2" >&2; return 1; }
 }
 step signal-demo 15
+step signal-demo 3
+step pipe-demo 5
+step socket-demo 4
+step memfd-demo 3
+step shm-demo 6
 
 # --- two terminals (or the two sides of a shell pipe) -------------------
 # Paths under the private directory; the commands are shown with them.
