@@ -6,6 +6,7 @@
     book-check.py mdbook-log LOG                   no WARN/ERROR line from mdbook
     book-check.py png FILE MIN_COLOURS             a screenshot that is not blank
     book-check.py dom FILE                         code, output and an SVG diagram in the DOM
+    book-check.py mermaid FILE                     no Mermaid diagram failed to render
     book-check.py console LOG                      no console message from the page
 
 Each prints one line per problem and exits 1 if there was any.
@@ -92,6 +93,30 @@ def summary_chapters(src):
     return re.findall(r"\]\(([^)]+\.md)\)", text)
 
 
+INCLUDE = re.compile(r"\{\{#(?:include|rustdoc_include)\s+([^}:\s]+)(?::([^}\s]*))?\s*\}\}")
+
+
+def includes(chapter, ed):
+    """mdbook 0.5 says nothing about an include whose anchor is missing (it
+    includes nothing): every {{#include FILE:ANCHOR}} must name a file that
+    exists and an anchor with both ANCHOR and ANCHOR_END lines around at
+    least one line."""
+    for m in INCLUDE.finditer(chapter.read_text()):
+        path, anchor = m.group(1), m.group(2)
+        target = (chapter.parent / path).resolve()
+        where = f"book/{ed}/src/{chapter.name}"
+        if not target.is_file():
+            problem(f"{where}: includes {path}, which does not exist")
+            continue
+        if not anchor or re.fullmatch(r"[\d:]*", anchor):
+            continue
+        lines = target.read_text(errors="replace").split("\n")
+        starts = [i for i, l in enumerate(lines) if re.search(r"ANCHOR:\s*%s\b" % re.escape(anchor), l)]
+        ends = [i for i, l in enumerate(lines) if re.search(r"ANCHOR_END:\s*%s\b" % re.escape(anchor), l)]
+        if len(starts) != 1 or len(ends) != 1 or ends[0] <= starts[0] + 1:
+            problem(f"{where}: anchor {anchor!r} of {path}: {len(starts)} ANCHOR and {len(ends)} ANCHOR_END lines, or nothing between them")
+
+
 def chapters(root, *editions):
     root = Path(root)
     members = re.search(r"members\s*=\s*\[([^\]]*)\]", (root / "Cargo.toml").read_text()).group(1)
@@ -111,6 +136,8 @@ def chapters(root, *editions):
         for f in files:
             if f not in listed:
                 problem(f"book/{ed}: {f} is not in SUMMARY.md")
+        for f in files:
+            includes(src / f, ed)
         text = "\n".join((src / f).read_text() for f in files)
         for demo in demos:
             if not re.search(r"\{\{#(include|rustdoc_include)\s+\.\./\.\./\.\./%s/" % re.escape(demo), text):
@@ -221,10 +248,17 @@ def dom(path):
         r'<svg[^>]*aria-roledescription="(flowchart|sequence|stateDiagram|classDiagram)', text
     ):
         problem(f"{name}: no Mermaid diagram rendered to SVG")
-    if re.search(r"Syntax error in text|mermaid version", text):
+    if re.search(r'Syntax error in text|aria-roledescription="error"', text):
         problem(f"{name}: Mermaid reports a syntax error")
     if "{{#include" in text:
         problem(f"{name}: an unresolved {{{{#include}}}} is left in the page")
+
+
+def mermaid(path):
+    """Any chapter: no diagram that Mermaid failed to render."""
+    text = Path(path).read_text(errors="replace")
+    if re.search(r'Syntax error in text|aria-roledescription="error"', text):
+        problem(f"{Path(path).name}: a Mermaid diagram failed to render (syntax error)")
 
 
 def console(log):
@@ -240,7 +274,7 @@ def console(log):
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     {"links": links, "chapters": chapters, "mdbook-log": mdbook_log, "png": png,
-     "dom": dom, "console": console}[cmd](*args)
+     "dom": dom, "mermaid": mermaid, "console": console}[cmd](*args)
     return 1 if problems else 0
 
 
