@@ -79,7 +79,9 @@ two() {
   echo "== $n1 + $n2"
   printf '$ %s\n' "$c1" >"$out/$n1.txt"
   printf '$ %s\n' "$c2" >"$out/$n2.txt"
-  (cd "$root" && timeout 120 bash -c "$c1" </dev/null >>"$out/$n1.txt" 2>&1) &
+  # exec: the background job is timeout itself, so the cleanup's kill
+  # reaches it, and timeout passes the signal on to the role.
+  (cd "$root" && exec timeout 120 bash -c "$c1" </dev/null >>"$out/$n1.txt" 2>&1) &
   local p1=$!
   sleep "$delay"
   (cd "$root" && timeout 120 bash -c "$c2" </dev/null >>"$out/$n2.txt" 2>&1) || rc2=$?
@@ -149,6 +151,35 @@ two shm-futex-receiver shm-futex-sender 0.3 \
 two memfd-receiver memfd-sender 0.3 \
   "target/release/memfd-demo receiver --path $work/memfd.sock" \
   "target/release/memfd-demo sender --path $work/memfd.sock --count 3"
+
+two eventfd-server eventfd-client 0.3 \
+  "target/release/eventfd-demo server --path $work/eventfd.sock --count 3" \
+  "target/release/eventfd-demo client --path $work/eventfd.sock"
+
+# signal-demo: the receiver prints its pid; terminal 2 signals that pid.
+echo "== signal-receiver + signal-sender"
+rf="$out/signal-receiver.txt" sf="$out/signal-sender.txt"
+printf '$ %s\n' "target/release/signal-demo receiver --count 4" >"$rf"
+(cd "$root" && exec timeout 60 "$bin/signal-demo" receiver --count 4 </dev/null >>"$rf" 2>&1) &
+p1=$!
+pid=""
+for _ in $(seq 100); do
+  pid=$(grep -o 'pid [0-9]*' "$rf" | head -1 | cut -d' ' -f2 || true)
+  [ -n "$pid" ] && break
+  sleep 0.05
+done
+[ -n "$pid" ] || { echo "signal-demo receiver printed no pid" >&2; exit 1; }
+: >"$sf"
+for args in "--signal USR1" "--signal RTMIN+1 --value 7 --count 3"; do
+  printf '$ target/release/signal-demo sender --pid %s %s\n' "$pid" "$args" >>"$sf"
+  # shellcheck disable=SC2086 # $args is a list of options
+  "$bin/signal-demo" sender --pid "$pid" $args </dev/null >>"$sf" 2>&1
+done
+rc1=0
+wait "$p1" || rc1=$?
+printf '(exit status %s)\n' "$rc1" >>"$rf"
+printf '(exit status 0)\n' >>"$sf"
+[ "$rc1" = 0 ] || { echo "signal-demo receiver: exit status $rc1" >&2; exit 1; }
 
 # --- the parts of docs/ the book shows ---------------------------------
 python3 "$root/tools/book-docs.py" "$root/docs" "$out"

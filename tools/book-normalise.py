@@ -87,6 +87,8 @@ RULES = [
     (r"\b\d+ times a worker found", "N times a worker found"),
     (r"about \d+ round trips per second", "about N round trips per second"),
     (r"\(\d+ pending signals", "(N pending signals"),
+    (r"\(ours: \d+\)", "(ours: N)"),
+    (r"\(\d+ here\)", "(N here)"),
     # The futex ring's counts of waits, wakes, spins and yields, and CPU
     # shares: how often a side found the other asleep is the scheduler's.
     (r"\b\d+ (times?|FUTEX_WAKE calls?|FUTEX_WAIT calls?|spin iterations|sched_yield calls|yields)\b",

@@ -51,10 +51,11 @@ pub fn validate(segment: &mut Segment, magic: u64, what: &str, sync: u32) -> Res
     if version != VERSION {
         bail!("{what} has layout version {version}; this program reads version {VERSION}");
     }
-    // Before the shape: the three kinds share the first bytes, but not the
-    // rest (a futex segment's header is longer), so say what it is.
+    // Another known kind, before the shape: the three kinds share the
+    // first bytes, but not the rest (a futex segment's header is longer),
+    // so say what it is rather than that its size does not match.
     let found = header.sync.load(Ordering::Relaxed);
-    if found != sync {
+    if found != sync && (1..=3).contains(&found) {
         bail!(
             "{what} is a {} segment, but this is the {} variant: refusing it (use the \
              matching variant of shm-demo)",
@@ -73,6 +74,9 @@ pub fn validate(segment: &mut Segment, magic: u64, what: &str, sync: u32) -> Res
              object is {size} bytes: refusing it",
             segment_len(slots, slot_size)
         );
+    }
+    if found != sync {
+        bail!("{what} has an unknown sync kind {found}: refusing it");
     }
     segment.slot_count = slots as usize;
     segment.slot_size = slot_size as usize;

@@ -510,12 +510,18 @@ pub fn futex_open(name: &str, say: &Narrator) -> Result<(Ring, MapsId)> {
 /// What the waits and wakes were, as measured on this run.
 pub fn futex_counts(ring: &Ring, messages: u64, say: &Narrator) {
     let (sender, receiver) = (ring.sender_stats(), ring.receiver_stats());
+    // The sender's figures as it stored them just before its end marker.
     let published = ring.header().to_receiver.counter.load(Ordering::Relaxed);
     say.step(format!(
         "the receiver slept {} times (FUTEX_WAIT calls; {} spin iterations, {} sched_yield \
-         calls); the sender made {} FUTEX_WAKE calls (waking {}) for {messages} messages in \
-         {published} slots",
-        receiver.waits, receiver.spins, receiver.yields, sender.wakes, sender.woken
+         calls); the sender made {} FUTEX_WAKE calls (waking {}) for its {messages} messages \
+         in {} slots (up to its end marker)",
+        receiver.waits,
+        receiver.spins,
+        receiver.yields,
+        sender.wakes,
+        sender.woken,
+        published.wrapping_sub(1)
     ));
     say.step(format!(
         "the other way: the sender slept {} times on a full ring; the receiver made {} \
@@ -552,7 +558,8 @@ pub fn futex_sender(opts: &Options, name: &str) -> Result<()> {
     };
     say.step(format!(
         "wrote the end marker; this side slept {} times on a full ring and made {} \
-         FUTEX_WAKE calls (one each time it found the receiver's \"I sleep\" flag set)",
+         FUTEX_WAKE calls, the end marker's included (one each time it found the \
+         receiver's \"I sleep\" flag set)",
         stats.waits, stats.wakes
     ));
     drop(ring); // munmap(2) (Ring's Drop); the receiver removes the name

@@ -180,6 +180,20 @@ fn shm_sysv_story() {
 }
 
 #[test]
+fn shm_futex_story() {
+    both_gaps("shm-demo", &["futex", "--quiet"], "published (offset 64");
+}
+
+#[test]
+fn shm_futex_story_mid_transfer() {
+    both_gaps(
+        "shm-demo",
+        &["futex", "--count", "50000000", "--quiet"],
+        "writing each message",
+    );
+}
+
+#[test]
 fn socket_story() {
     both_gaps("socket-demo", &["--count", "20000", "--quiet"], "bind(");
 }

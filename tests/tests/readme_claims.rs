@@ -15,6 +15,7 @@ const STORIES: &[(&str, &[&str])] = &[
     ("sem-demo", &["sysv"]),
     ("shm-demo", &[]),
     ("shm-demo", &["sysv"]),
+    ("shm-demo", &["futex"]),
     ("socket-demo", &[]),
     ("eventfd-demo", &[]),
     ("memfd-demo", &[]),
@@ -29,6 +30,7 @@ const MOVERS: &[(&str, &[&str])] = &[
     ("msgq-demo", &[]),
     ("shm-demo", &[]),
     ("shm-demo", &["sysv"]),
+    ("shm-demo", &["futex"]),
     ("socket-demo", &[]),
     ("memfd-demo", &[]),
 ];

@@ -1130,3 +1130,407 @@ fn the_story_shows_shm_unlink_while_mapped_the_name_gone_the_memory_alive() {
     }
     assert_scratch_gone(&lines);
 }
+
+// ---------------------------------------------------------------------------
+// The futex variant (`shm-demo futex`)
+// ---------------------------------------------------------------------------
+
+fn assert_futex_ok(out: &Output) {
+    out.assert_no_panic();
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_eq!(out.summary_field("errors"), "0", "{}", out.describe());
+    assert_eq!(out.summary_field("mechanism"), "shm-futex");
+}
+
+/// The counts line of a futex run: (receiver's FUTEX_WAITs, sender's
+/// FUTEX_WAKEs, slots published).
+fn futex_counts(stdout: &str) -> (u64, u64, u64) {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("the receiver slept "))
+        .unwrap_or_else(|| panic!("no counts line in\n{stdout}"));
+    (
+        number_after(line, "the receiver slept "),
+        number_after(line, "the sender made "),
+        number_after(line, " messages in "),
+    )
+}
+
+#[test]
+fn futex_story_tells_every_step_and_leaves_nothing() {
+    let out = run(SHM_DEMO, &["futex"], SHORT);
+    assert_futex_ok(&out);
+    assert_eq!(out.summary_field("messages"), "5");
+    let name = story_name(&out.stdout);
+    for expected in [
+        "192-byte header",
+        "published (offset 64",
+        "released (offset 128",
+        "No sem_init and no sem_destroy",
+        "sync kind futex",
+        "[receiver] message 4 (64 bytes, in place): ok",
+        "read the end marker",
+        "no such file, gone",
+    ] {
+        assert!(
+            out.stdout.contains(expected),
+            "missing {expected:?}\n{}",
+            out.describe()
+        );
+    }
+    // Step 2: glibc's sem_t, looked into (on 64-bit glibc: this machine).
+    let sem = story_step(&out.stdout, "2.").join("\n");
+    for expected in [
+        "value 1, nwaiters 0",
+        "value 0, nwaiters 1",
+        "blocked in system call",
+        "value 0, nwaiters 0",
+        "FUTEX_WAKE only when nwaiters is not 0",
+    ] {
+        assert!(sem.contains(expected), "step 2 lacks {expected:?}\n{sem}");
+    }
+    // Step 4: the counts, and what always holds about them.
+    let (_, wakes, slots) = futex_counts(&out.stdout);
+    assert_eq!(slots, 5, "one slot per 64-byte message");
+    assert!(wakes <= slots, "{}", out.describe());
+    // Step 5: the skipped wake and the one wake.
+    let skip = story_step(&out.stdout, "5.").join("\n");
+    assert!(skip.contains("made 0 FUTEX_WAKE calls"), "{skip}");
+    assert!(skip.contains("made 0 FUTEX_WAIT calls"), "{skip}");
+    assert!(
+        skip.contains("made 1 FUTEX_WAKE call, which woke 1"),
+        "{skip}"
+    );
+    assert!(skip.contains("EAGAIN"), "{skip}");
+    // Step 6: both rings measured.
+    let race = story_step(&out.stdout, "6.").join("\n");
+    assert!(race.contains("Semaphore ring: "), "{race}");
+    assert!(race.contains("Futex ring: "), "{race}");
+    // Step 7: the idle waiter's measured CPU, well under a tenth.
+    let idle = story_step(&out.stdout, "7.");
+    let line = idle
+        .iter()
+        .find(|l| l.contains("by spin-then-futex used "))
+        .unwrap_or_else(|| panic!("{idle:#?}"));
+    let ms: f64 = line
+        .split("used ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a CPU figure in {line}"));
+    assert!(ms < 100.0, "{line}");
+    assert!(!dev_shm(&name).exists(), "{name} left behind");
+}
+
+#[test]
+fn futex_story_moves_bulk_split_and_every_wait_strategy() {
+    let out = run(
+        SHM_DEMO,
+        &["futex", "--count", "100000", "--size", "64", "--quiet"],
+        LONG,
+    );
+    assert_futex_ok(&out);
+    assert_eq!(out.summary_field("messages"), "100000");
+    let (_, wakes, slots) = futex_counts(&out.stdout);
+    assert_eq!(slots, 100_000);
+    assert!(wakes <= slots);
+    // Split over slots: copied together, checked.
+    let out = run(
+        SHM_DEMO,
+        &[
+            "futex",
+            "--count",
+            "300",
+            "--size",
+            "10000",
+            "--slot-size",
+            "4096",
+            "--slots",
+            "2",
+        ],
+        LONG,
+    );
+    assert_futex_ok(&out);
+    assert!(
+        out.stdout
+            .contains("[receiver] message 299 (10000 bytes, copied together): ok"),
+        "{}",
+        out.describe()
+    );
+    // Spin and yield never sleep, so nobody ever wakes anybody.
+    for wait in ["spin", "yield"] {
+        let out = run(
+            SHM_DEMO,
+            &["futex", "--wait", wait, "--count", "20000", "--quiet"],
+            LONG,
+        );
+        assert_futex_ok(&out);
+        let (waits, wakes, _) = futex_counts(&out.stdout);
+        assert_eq!((waits, wakes), (0, 0), "{wait}: {}", out.describe());
+        assert!(out.stdout.contains(&format!("waiting by {wait}")));
+    }
+}
+
+#[test]
+fn futex_roles_meet_by_name_and_a_sender_first_is_told_what_to_start() {
+    let name = format!("/{}", unique_name("shm-test"));
+    // Sender first: nothing to open yet; it says what to start, leaves nothing.
+    let early = run(SHM_DEMO, &["futex", "sender", "--name", &name], SHORT);
+    assert_clean_failure(
+        &early,
+        &[&format!(
+            "start 'shm-demo futex receiver --name {name}' first"
+        )],
+    );
+    assert!(!dev_shm(&name).exists());
+    // Then the receiver, then the sender: sizes in and beyond one slot.
+    for size in ["64", "5000"] {
+        let mut receiver = Proc::spawn(
+            SHM_DEMO,
+            &[
+                "futex",
+                "receiver",
+                "--name",
+                &name,
+                "--count",
+                "50",
+                "--slot-size",
+                "1024",
+            ],
+        );
+        receiver.wait_for_line(|l| l.contains("waiting for a sender"), SHORT);
+        assert!(dev_shm(&name).exists());
+        let sent = run(
+            SHM_DEMO,
+            &[
+                "futex", "sender", "--name", &name, "--count", "50", "--size", size,
+            ],
+            SHORT,
+        );
+        assert_futex_ok(&sent);
+        let received = receiver.finish(SHORT);
+        assert_futex_ok(&received);
+        assert_eq!(received.summary_field("messages"), "50");
+        let bytes = 50 * size.parse::<u64>().unwrap();
+        assert_eq!(received.summary_field("bytes"), bytes.to_string());
+        assert!(!dev_shm(&name).exists());
+    }
+}
+
+/// A futex receiver and sender in the middle of a long transfer.
+fn futex_mid_transfer(timeout: &str) -> (String, Proc, Proc) {
+    let name = format!("/{}", unique_name("shm-test"));
+    let mut receiver = Proc::spawn(
+        SHM_DEMO,
+        &[
+            "futex",
+            "receiver",
+            "--name",
+            &name,
+            "--quiet",
+            "--timeout",
+            timeout,
+        ],
+    );
+    receiver.wait_for_line(|l| l.contains("waiting for a sender"), SHORT);
+    let mut sender = Proc::spawn(
+        SHM_DEMO,
+        &[
+            "futex",
+            "sender",
+            "--name",
+            &name,
+            "--count",
+            "1000000000",
+            "--quiet",
+            "--timeout",
+            timeout,
+        ],
+    );
+    sender.wait_for_line(|l| l.contains("writing each message"), SHORT);
+    sleep(Duration::from_millis(300));
+    (name, receiver, sender)
+}
+
+#[test]
+fn futex_peer_killed_mid_transfer_is_noticed_within_5_s() {
+    for victim in ["sender", "receiver"] {
+        let (name, receiver, sender) = futex_mid_transfer("60");
+        let (killed, survivor) = if victim == "sender" {
+            (sender, receiver)
+        } else {
+            (receiver, sender)
+        };
+        killed.signal(Signal::SIGKILL);
+        let at = Instant::now();
+        let out = survivor.finish(SHORT);
+        assert!(
+            at.elapsed() < Duration::from_secs(5),
+            "{victim} killed: took {:?}",
+            at.elapsed()
+        );
+        let _ = killed.finish(SHORT);
+        assert_clean_failure(&out, &[&format!("the {victim} (pid "), ") exited"]);
+        if victim == "receiver" {
+            assert!(
+                out.stdout.contains("died without cleaning up"),
+                "{}",
+                out.describe()
+            );
+        }
+        assert!(!dev_shm(&name).exists(), "{victim} killed: segment left");
+    }
+}
+
+#[test]
+fn futex_stopped_peer_ends_the_wait_after_the_idle_timeout() {
+    let (name, receiver, sender) = futex_mid_transfer("2");
+    sender.signal(Signal::SIGSTOP);
+    let at = Instant::now();
+    let out = receiver.finish(SHORT);
+    assert!(at.elapsed() < Duration::from_secs(20), "{:?}", at.elapsed());
+    assert_clean_failure(&out, &["no progress for 2 s"]);
+    sender.signal(Signal::SIGCONT);
+    sender.signal(Signal::SIGTERM);
+    let _ = sender.finish(SHORT);
+    assert!(!dev_shm(&name).exists());
+}
+
+#[test]
+fn futex_truncated_segment_is_a_clear_error_not_a_bus_error() {
+    let (name, receiver, sender) = futex_mid_transfer("60");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dev_shm(&name))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    // Touching the lost page is a SIGBUS (reported by the guard); the
+    // futex system call on it answers EFAULT (reported too): either way a
+    // sentence that names the truncation, exit 1, nothing left.
+    for out in [receiver.finish(SHORT), sender.finish(SHORT)] {
+        assert_clean_failure(&out, &["truncated", "F_SEAL_SHRINK"]);
+    }
+    assert!(!dev_shm(&name).exists(), "the 0-byte object was left");
+}
+
+#[test]
+fn futex_and_semaphore_peers_refuse_each_others_segments() {
+    // A POSIX-semaphore sender on a futex segment: refused, nothing
+    // claimed, and a futex sender then goes through.
+    let name = format!("/{}", unique_name("shm-test"));
+    let mut receiver = Proc::spawn(
+        SHM_DEMO,
+        &["futex", "receiver", "--name", &name, "--count", "3"],
+    );
+    receiver.wait_for_line(|l| l.contains("waiting for a sender"), SHORT);
+    let wrong = run(
+        SHM_DEMO,
+        &["sender", "--name", &name, "--count", "3"],
+        SHORT,
+    );
+    assert_clean_failure(
+        &wrong,
+        &["is a futex segment", "POSIX-semaphore (sem_t) variant"],
+    );
+    let right = run(
+        SHM_DEMO,
+        &["futex", "sender", "--name", &name, "--count", "3"],
+        SHORT,
+    );
+    assert_futex_ok(&right);
+    assert_futex_ok(&receiver.finish(SHORT));
+    assert!(!dev_shm(&name).exists());
+
+    // And the other way round.
+    let mut receiver = Proc::spawn(SHM_DEMO, &["receiver", "--name", &name, "--count", "3"]);
+    receiver.wait_for_line(|l| l.contains("waiting for a sender"), SHORT);
+    let wrong = run(
+        SHM_DEMO,
+        &["futex", "sender", "--name", &name, "--count", "3"],
+        SHORT,
+    );
+    assert_clean_failure(
+        &wrong,
+        &["is a POSIX-semaphore (sem_t) segment, not a futex one"],
+    );
+    assert_ok(&run(
+        SHM_DEMO,
+        &["sender", "--name", &name, "--count", "3"],
+        SHORT,
+    ));
+    assert_ok(&receiver.finish(SHORT));
+    assert!(!dev_shm(&name).exists());
+}
+
+#[test]
+fn futex_ctrl_c_removes_the_segment() {
+    let name = format!("/{}", unique_name("shm-test"));
+    let mut receiver = Proc::spawn(SHM_DEMO, &["futex", "receiver", "--name", &name]);
+    receiver.wait_for_line(|l| l.contains("waiting for a sender"), SHORT);
+    receiver.signal(Signal::SIGINT);
+    let out = receiver.finish(SHORT);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 130, "{}", out.describe());
+    assert!(!dev_shm(&name).exists());
+
+    // Mid-transfer, both roles: the receiver asleep or spinning in its
+    // wait, the sender too (a full ring); both end with 130, nothing left.
+    // (A ring that keeps flowing never waits a whole tick: the stop
+    // request must be seen anyway, at once.)
+    let (name, receiver, sender) = futex_mid_transfer("60");
+    receiver.signal(Signal::SIGINT);
+    sender.signal(Signal::SIGINT);
+    let at = Instant::now();
+    for out in [receiver.finish(SHORT), sender.finish(SHORT)] {
+        out.assert_no_panic();
+        assert_eq!(out.code(), 130, "{}", out.describe());
+    }
+    assert!(at.elapsed() < Duration::from_secs(3), "{:?}", at.elapsed());
+    assert!(!dev_shm(&name).exists());
+
+    // The story, mid-transfer: its sender is stopped, its segment removed.
+    for (signal, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
+        let mut story = Proc::spawn(SHM_DEMO, &["futex", "--count", "1000000000", "--quiet"]);
+        let line = story.wait_for_line(|l| l.contains("shm_open(/"), SHORT);
+        let name = story_name(&line);
+        story.wait_for_line(|l| l.contains("writing each message"), SHORT);
+        sleep(Duration::from_millis(200));
+        story.signal(signal);
+        let at = Instant::now();
+        let out = story.finish(SHORT);
+        out.assert_no_panic();
+        assert_eq!(out.code(), code, "{}", out.describe());
+        assert!(at.elapsed() < Duration::from_secs(5), "{:?}", at.elapsed());
+        assert!(!dev_shm(&name).exists(), "{name} left behind");
+    }
+}
+
+#[test]
+fn futex_bad_command_lines_exit_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["futex", "--wait", "sleep"], "--wait"),
+        (&["futex", "--wait"], "--wait"),
+        (&["--wait", "spin"], "--wait"),
+        (
+            &["futex", "sender", "--name", "/x", "--wait", "spin"],
+            "--wait",
+        ),
+        (
+            &["futex", "sender", "--name", "/x", "--slots", "2"],
+            "--slots",
+        ),
+        (&["futex", "receiver"], "--name"),
+        (
+            &["futex", "receiver", "--name", "/x", "--size", "9"],
+            "--size",
+        ),
+        (&["futex", "--name", "/x"], "--name"),
+        (&["futex", "--key", "/k"], "--key"),
+        (&["futex", "--count", "0"], "--count"),
+        (&["futex", "snd"], "snd"),
+    ];
+    for (args, needle) in cases {
+        assert_usage_error(SHM_DEMO, args, needle);
+    }
+}
