@@ -244,9 +244,7 @@ def dom(path):
         problem(f"{name}: no output (text) block in the DOM")
     if "summary: mechanism=" not in text and "(exit status" not in text:
         problem(f"{name}: no captured output in the DOM")
-    if not re.search(r'<pre class="mermaid"[^>]*>\s*<svg', text) and not re.search(
-        r'<svg[^>]*aria-roledescription="(flowchart|sequence|stateDiagram|classDiagram)', text
-    ):
+    if not re.search(r'<svg[^>]*aria-roledescription="(?!error")[\w-]+"', text):
         problem(f"{name}: no Mermaid diagram rendered to SVG")
     if re.search(r'Syntax error in text|aria-roledescription="error"', text):
         problem(f"{name}: Mermaid reports a syntax error")
