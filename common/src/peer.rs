@@ -287,6 +287,66 @@ impl PidWatch {
     }
 }
 
+/// Watches whichever process a changing pid names: a queue's last
+/// receiver (`msg_lrpid`), a lock's recorded holder. The first time a pid
+/// is seen, its pidfd is opened; from then on the answer is about that
+/// process, even after the number is reused by another one. A new pid
+/// (another receiver, another holder) opens a new pidfd.
+///
+/// The first look at a pid is still a pid check (the process the number
+/// names at that moment); what the pidfd closes is the window between
+/// looks, which is where a waiter that checks every tick spends its time.
+#[derive(Debug, Default)]
+pub struct PidTracker {
+    watch: Option<PidWatch>,
+}
+
+impl PidTracker {
+    pub fn new() -> PidTracker {
+        PidTracker::default()
+    }
+
+    /// Is the process that `pid` named when we first saw it still running?
+    /// 0 and negative numbers (untrusted, from shared memory) are not.
+    pub fn alive(&mut self, pid: i32) -> bool {
+        if pid <= 0 {
+            return false;
+        }
+        if let Some(watch) = self.watch.as_ref().filter(|w| w.pid() == pid) {
+            return watch.alive();
+        }
+        // pidfd_open fails with ESRCH when nobody has the number (any more).
+        match PidWatch::open(pid) {
+            Ok(watch) => {
+                let alive = watch.alive();
+                self.watch = Some(watch);
+                alive
+            }
+            Err(_) => {
+                self.watch = None;
+                false
+            }
+        }
+    }
+
+    /// The pid this tracker watches now, if any.
+    pub fn pid(&self) -> Option<i32> {
+        self.watch.as_ref().map(PidWatch::pid)
+    }
+}
+
+/// A note for the narration when this kernel has no `pidfd_open` (before
+/// Linux 5.3), so liveness checks fall back to `kill(pid, 0)`; `None` on
+/// every kernel that has it. Asked once, of our own pid.
+pub fn pidfd_note() -> Option<&'static str> {
+    static NOTE: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+    *NOTE.get_or_init(|| {
+        PidWatch::open(std::process::id() as i32)
+            .ok()
+            .and_then(|w| w.fallback())
+    })
+}
+
 /// Wakes this process's blocking system calls every `period`: a SIGALRM
 /// interval timer whose handler does nothing, installed without
 /// SA_RESTART, so a blocked `msgrcv`, `msgsnd`, `read`... returns EINTR and
@@ -425,6 +485,29 @@ mod tests {
         child.wait().unwrap();
         assert!(!watch.alive());
         assert!(PidWatch::open(0).is_err() && PidWatch::open(-1).is_err());
+    }
+
+    #[test]
+    fn a_pid_tracker_follows_a_changing_pid_and_keeps_answering_for_the_first_process() {
+        let mut tracker = PidTracker::new();
+        assert!(!tracker.alive(0) && !tracker.alive(-1) && tracker.pid().is_none());
+        let mut first = Command::new("sleep").arg("60").spawn().unwrap();
+        let mut second = Command::new("sleep").arg("60").spawn().unwrap();
+        let (a, b) = (first.id() as i32, second.id() as i32);
+        assert!(tracker.alive(a));
+        assert_eq!(tracker.pid(), Some(a));
+        // Another pid (another holder): a new pidfd for it.
+        assert!(tracker.alive(b));
+        assert_eq!(tracker.pid(), Some(b));
+        second.kill().unwrap();
+        second.wait().unwrap();
+        // Exited and reaped: not alive, whoever gets the number next.
+        assert!(!tracker.alive(b));
+        assert!(tracker.alive(a));
+        first.kill().unwrap();
+        first.wait().unwrap();
+        assert!(!tracker.alive(a));
+        assert_eq!(pidfd_note(), None, "this kernel has pidfd_open");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use common::cleanup::{SysvGuard, SysvKind, check_stop};
-use common::peer::{Ticker, alive};
+use common::peer::{PidTracker, PidWatch, Ticker, alive, pidfd_note};
 use common::report::Narrator;
 use nix::errno::Errno;
 
@@ -263,8 +263,15 @@ impl Queue {
 }
 
 /// `msgsnd` with a clear message for the errors a user can cause; gives up
-/// after `timeout` on a full queue nobody empties.
-fn send_checked(queue: &Queue, mtype: i64, text: &[u8], timeout: Duration) -> Result<()> {
+/// after `timeout` on a full queue nobody empties. `receiver` watches the
+/// queue's last receiver through a pidfd, so a reused pid cannot pass for it.
+fn send_checked(
+    queue: &Queue,
+    mtype: i64,
+    text: &[u8],
+    timeout: Duration,
+    receiver: &mut PidTracker,
+) -> Result<()> {
     let start = Instant::now();
     loop {
         check_stop()?;
@@ -276,7 +283,7 @@ fn send_checked(queue: &Queue, mtype: i64, text: &[u8], timeout: Duration) -> Re
             Err(Errno::EINTR) => {
                 let Ok(ds) = queue.stat() else { continue };
                 let full = ds.__msg_cbytes + text.len() as u64 > ds.msg_qbytes;
-                if full && ds.msg_lrpid > 0 && !alive(ds.msg_lrpid) {
+                if full && ds.msg_lrpid > 0 && !receiver.alive(ds.msg_lrpid) {
                     return Err(ReceiverGone(ds.msg_lrpid).into());
                 }
                 if start.elapsed() >= timeout {
@@ -338,6 +345,8 @@ pub fn sender(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
     }
     let queue = Queue::open_or_create(path, say)?;
     let _ticker = Ticker::start(TICK)?;
+    note_pidfd(say);
+    let mut receiver = PidTracker::new();
     let mtype = opts.mtype.unwrap_or(1);
     let start = Instant::now();
     let (mut count, mut bytes) = (0u64, 0u64);
@@ -345,7 +354,7 @@ pub fn sender(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
         if opts.texts.is_empty() {
             for seq in 0..opts.count {
                 let message = payload_message(seq, opts.size);
-                send_checked(&queue, mtype, &message, opts.timeout)?;
+                send_checked(&queue, mtype, &message, opts.timeout, &mut receiver)?;
                 say.message(format!(
                     "msgsnd(type {mtype}): payload #{seq} ({} bytes)",
                     message.len()
@@ -355,7 +364,7 @@ pub fn sender(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
             }
         } else {
             for text in &opts.texts {
-                send_checked(&queue, mtype, text.as_bytes(), opts.timeout)?;
+                send_checked(&queue, mtype, text.as_bytes(), opts.timeout, &mut receiver)?;
                 say.message(format!("msgsnd(type {mtype}): {text:?}"));
                 count += 1;
                 bytes += text.len() as u64;
@@ -394,6 +403,9 @@ pub fn receiver(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
     let msgtyp = opts.mtype.unwrap_or(0);
     let flags = if opts.nowait { IPC_NOWAIT } else { WAIT };
     let mut tally = Tally::new();
+    // The queue's last sender, watched through a pidfd once first seen.
+    let mut sender = PidTracker::new();
+    note_pidfd(say);
     let start = Instant::now();
     say.step(format!(
         "msgrcv(msgtyp {msgtyp}{}): {}{}",
@@ -427,7 +439,10 @@ pub fn receiver(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
             // from it.
             Err(Errno::EINTR) => {
                 let Ok(ds) = queue.stat() else { continue };
-                if opts.count_given && ds.msg_qnum == 0 && ds.msg_lspid > 0 && !alive(ds.msg_lspid)
+                if opts.count_given
+                    && ds.msg_qnum == 0
+                    && ds.msg_lspid > 0
+                    && !sender.alive(ds.msg_lspid)
                 {
                     bail!(
                         "the queue is empty and its last sender (pid {}) has exited: {} of {} \
@@ -598,38 +613,56 @@ fn check_client_queue(id: libc::c_int) -> Result<libc::msqid_ds, String> {
     Ok(ds)
 }
 
-/// Clients seen by a server (reply msqid → pid). A client killed by
+/// Clients seen by a server (reply msqid → pid, and that client watched
+/// through a pidfd from its first request on, so that its pid, reused
+/// after it died, does not keep its queue alive). A client killed by
 /// SIGKILL cannot remove its private queue; the server removes the queues
 /// of dead clients when it notices, and when it stops.
 struct Clients<'a> {
-    seen: HashMap<libc::c_int, i64>,
+    seen: HashMap<libc::c_int, (i64, PidTracker)>,
     say: &'a Narrator,
 }
 
 impl Clients<'_> {
-    fn remove_if_dead(&self, qid: libc::c_int, pid: i64) -> bool {
-        // A type that is no pid (too large) cannot be a live client.
-        if alive(i32::try_from(pid).unwrap_or(0)) {
-            return false;
+    /// Note a request from `pid` naming reply queue `qid`; has that client
+    /// exited (its queue then removed if still its own)?
+    fn seen_dead(&mut self, qid: libc::c_int, pid: i64) -> bool {
+        let entry = self
+            .seen
+            .entry(qid)
+            .or_insert_with(|| (pid, PidTracker::new()));
+        // The same msqid from another client: the old one's queue was
+        // removed and the id reused.
+        if entry.0 != pid {
+            *entry = (pid, PidTracker::new());
         }
-        // Still its queue? Private, ours, and read last by that client (or
-        // never read): then nobody will ever read it again.
-        if let Ok(ds) = check_client_queue(qid)
-            && (ds.msg_lrpid == 0 || i64::from(ds.msg_lrpid) == pid)
-            && (Queue { id: qid }).remove().is_ok()
-        {
-            self.say.step(format!(
-                "client pid {pid} has exited without removing its queue: removed msqid {qid}"
-            ));
-        }
-        true
+        remove_if_dead(&mut entry.1, qid, pid, self.say)
     }
+}
+
+/// Is client `pid` gone? Then remove its queue `qid`, if still its own.
+fn remove_if_dead(client: &mut PidTracker, qid: libc::c_int, pid: i64, say: &Narrator) -> bool {
+    // A type that is no pid (too large) cannot be a live client.
+    if client.alive(i32::try_from(pid).unwrap_or(0)) {
+        return false;
+    }
+    // Still its queue? Private, ours, and read last by that client (or
+    // never read): then nobody will ever read it again.
+    if let Ok(ds) = check_client_queue(qid)
+        && (ds.msg_lrpid == 0 || i64::from(ds.msg_lrpid) == pid)
+        && (Queue { id: qid }).remove().is_ok()
+    {
+        say.step(format!(
+            "client pid {pid} has exited without removing its queue: removed msqid {qid}"
+        ));
+    }
+    true
 }
 
 impl Drop for Clients<'_> {
     fn drop(&mut self) {
-        for (&qid, &pid) in &self.seen {
-            self.remove_if_dead(qid, pid);
+        for (&qid, (pid, client)) in &mut self.seen {
+            remove_if_dead(client, qid, *pid, self.say);
         }
     }
 }
@@ -719,8 +752,7 @@ pub fn serve(
             ));
             continue;
         };
-        clients.seen.insert(qid, pid);
-        if clients.remove_if_dead(qid, pid) {
+        if clients.seen_dead(qid, pid) {
             say.step(format!(
                 "request {seq} from pid {pid}: the client has exited, no reply"
             ));
@@ -755,12 +787,25 @@ pub fn serve(
     Ok(moved)
 }
 
+/// The server, if a live process receives from its queue: watched through
+/// a pidfd (`pidfd_open`) from now on.
+fn server_pid(ds: &libc::msqid_ds) -> Option<PidWatch> {
+    PidWatch::open(ds.msg_lrpid).ok().filter(PidWatch::alive)
+}
+
+/// Say once when this kernel has no pidfds (Linux before 5.3).
+fn note_pidfd(say: &Narrator) {
+    if let Some(note) = pidfd_note() {
+        say.step(note);
+    }
+}
+
 /// Why a client gives up on its server.
 fn server_trouble(
     server: &Queue,
     waited: Duration,
     timeout: Duration,
-    seen: &mut i32,
+    seen: &mut Option<PidWatch>,
 ) -> Result<()> {
     let ds = match server.stat() {
         Ok(ds) => ds,
@@ -772,10 +817,14 @@ fn server_trouble(
     };
     // The first live receiver we see is the server (it receives one
     // message from itself at start); once it has gone, nobody will answer.
-    if *seen == 0 && alive(ds.msg_lrpid) {
-        *seen = ds.msg_lrpid;
-    } else if *seen > 0 && !alive(*seen) {
-        bail!("the server (pid {seen}) has exited without answering");
+    // A pidfd from then on: a reused pid does not pass for the server.
+    match seen {
+        None => *seen = server_pid(&ds),
+        Some(server) if !server.alive() => bail!(
+            "the server (pid {}) has exited without answering",
+            server.pid()
+        ),
+        Some(_) => {}
     }
     if waited >= timeout {
         bail!(
@@ -811,12 +860,13 @@ pub fn client(opts: &Options, path: &Path, say: &Narrator) -> Result<()> {
     say.step(format!(
         "msgget(IPC_PRIVATE, 0600) = msqid {id}: my private queue for replies, removed when I exit"
     ));
-    let mut seen = 0;
+    note_pidfd(say);
     let ds = server.stat().context("msgctl(server queue, IPC_STAT)")?;
-    if alive(ds.msg_lrpid) {
-        seen = ds.msg_lrpid;
+    let mut seen = server_pid(&ds);
+    if let Some(watch) = &seen {
         say.step(format!(
-            "server pid {seen} serves msqid {}; waiting at most {} s for each reply",
+            "server pid {} serves msqid {}; waiting at most {} s for each reply",
+            watch.pid(),
             server.id,
             opts.timeout.as_secs()
         ));

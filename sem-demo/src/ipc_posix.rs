@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use common::cleanup::check_stop;
-use common::peer::alive;
+use common::peer::PidTracker;
 use common::psem::{self, NamedSem, OpenError, SharedSem, Wait};
 use common::report::Narrator;
 use nix::errno::Errno;
@@ -118,6 +118,10 @@ pub fn lock_or_recover(
     say: &Narrator,
 ) -> Result<bool> {
     let me = std::process::id() as i32;
+    // The recorded holder, watched through a pidfd once first seen: if it
+    // dies and its pid goes to another process, kill(pid, 0) would say
+    // "alive" and we would wait out our patience behind a dead holder.
+    let mut holder_process = PidTracker::new();
     let mut unowned_since: Option<Instant> = None;
     let start = Instant::now();
     loop {
@@ -147,7 +151,7 @@ pub fn lock_or_recover(
         let pid = holder.load(Ordering::Relaxed);
         let dead = if pid != 0 {
             unowned_since = None;
-            !alive(pid)
+            !holder_process.alive(pid)
         } else {
             // Taken (value 0) with nobody recorded as holder: start or
             // continue the grace period.
@@ -350,6 +354,9 @@ pub fn worker(name: &str, iterations: u64, patience: Duration, say: &Narrator) -
         }
     };
     let shared = counter.get();
+    if let Some(note) = common::peer::pidfd_note() {
+        say.step(note); // Linux before 5.3: holders checked by pid only
+    }
     let start = Instant::now();
     let mut recovered = 0;
     for _ in 0..iterations {

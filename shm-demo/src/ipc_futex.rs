@@ -1273,7 +1273,11 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        // 64 cases by default (each maps a segment); PROPTEST_CASES
+        // raises it for a fuzzing run.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(64)
+        ))]
 
         /// Fuzz: a hostile sender writes anything into the slots and any
         /// value into `published`. The reader returns messages within

@@ -821,7 +821,11 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        // 64 cases by default (each maps a segment); PROPTEST_CASES
+        // raises it for a fuzzing run.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(64)
+        ))]
 
         /// Fuzz: a hostile sender fills the slots with anything and posts
         /// `full` as often as it likes. The reader returns messages within

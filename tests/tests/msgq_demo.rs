@@ -1366,3 +1366,94 @@ fn a_umask_does_not_change_a_new_posix_queues_mode() {
     assert_eq!(texts(&out), ["hi"]);
     assert_no_queue(None, Some(&name));
 }
+
+/// The pid-reuse race a pidfd closes, made to happen: in a new pid
+/// namespace (where ns_last_pid says which pid comes next) the server is
+/// SIGKILLed and its pid handed to an unrelated `sleep`. A client that
+/// checked the server with kill(pid, 0) would take the sleep for the
+/// server and wait out its --timeout (60 s); watching it through a pidfd,
+/// it gives up within a tick.
+#[test]
+fn a_client_is_not_fooled_when_its_dead_servers_pid_is_reused() {
+    if !nix::unistd::geteuid().is_root() {
+        // unshare and ns_last_pid need CAP_SYS_ADMIN; CI runs as root.
+        eprintln!("pid reuse: not root, skipped");
+        return;
+    }
+    const SCRIPT: &str = r#"
+set -u
+demo=$1 dir=$2 key=$2/key
+: > "$key"
+"$demo" sysv server --key "$key" --quiet > "$dir/server" 2>&1 &
+server=$!
+for _ in $(seq 1200); do grep -q "waiting for requests" "$dir/server" && break; sleep 0.05; done
+"$demo" sysv client --key "$key" --count 1000000000 --quiet --timeout 60 > "$dir/client" 2>&1 &
+client=$!
+for _ in $(seq 1200); do grep -q "serves msqid" "$dir/client" && break; sleep 0.05; done
+sleep 0.3
+# From here to the sleep below, nothing forks: the sleep gets the next pid.
+kill -KILL "$server"
+wait "$server"
+echo $((server - 1)) > /proc/sys/kernel/ns_last_pid || { echo "=== no ns_last_pid"; exit 0; }
+sleep 120 &
+reused=$!
+echo "=== server $server, reused by $reused"
+start=$(date +%s%N)
+wait "$client"
+status=$?
+echo "=== client exit $status after $(( ($(date +%s%N) - start) / 1000000 )) ms"
+kill "$reused"
+cat "$dir/client"
+"#;
+    let dir = common::cleanup::PrivateDir::create("msgq-demo-test").unwrap();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount",
+        "--mount-proc",
+        "--ipc",
+        "bash",
+        "-c",
+        SCRIPT,
+        "reuse",
+    ])
+    .arg(ipc_tests::bin(MSGQ_DEMO))
+    .arg(dir.path())
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let out = Proc::start(cmd).finish(LONG);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    if out.stdout.contains("=== no ns_last_pid") {
+        eprintln!("pid reuse: ns_last_pid not writable here, skipped");
+        return;
+    }
+    let line = |prefix: &str| -> Vec<String> {
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line\n{}", out.describe()))
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let pids = line("=== server ");
+    assert_eq!(
+        pids[0],
+        pids[1],
+        "the pid was not reused\n{}",
+        out.describe()
+    );
+    let exit = line("=== client exit ");
+    assert_eq!(exit[0], "1", "{}", out.describe());
+    let ms: u64 = exit[1].parse().unwrap();
+    assert!(ms < 10_000, "the client waited {ms} ms\n{}", out.describe());
+    assert!(
+        out.stdout
+            .contains(&format!("the server (pid {}) has exited", pids[0])),
+        "{}",
+        out.describe()
+    );
+}
