@@ -30,8 +30,8 @@
 #    error (it shows as an error picture, never as a build warning), no
 #    console message.
 #
-# Time, measured on the project's 2-core machine: 3 min 40 s on a fresh
-# clone with the tools installed (a release build of the workspace, every
+# Time, measured on the project's 2-core machine: 3 min 40 s to 6 min on a
+# fresh clone with the tools installed (the more the other load) (a release build of the workspace, every
 # story run again, 2 x 11 pages loaded in Chromium); the two cargo installs
 # add about 6 minutes once, apt-get install chromium about 1.
 set -euo pipefail

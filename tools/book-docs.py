@@ -16,7 +16,9 @@ inside a book chapter:
 - links to files outside the book become plain text (the book is also read
   outside the repository; a link there would break), links to #anchors
   within the same section stay;
-- image lines are left out (the chapter includes docs/bench.svg itself).
+- an image line naming an SVG in docs/ becomes that SVG, inline (the
+  book's HTML holds only what is under book/*/src); other images are left
+  out. (The measured chart, docs/bench.svg, the chapter includes itself.)
 """
 
 import re
@@ -24,15 +26,20 @@ import sys
 from pathlib import Path
 
 
-def section(text, heading, marker_end=None):
-    """Lines after `heading` (a whole line) up to the next heading of the
-    same or a higher level, or up to `marker_end`."""
+def section(text, heading, marker_end=None, optional=False):
+    """Lines after the heading that starts with `heading` (so a heading may
+    grow a parenthesis) up to the next heading of the same or a higher
+    level, or up to `marker_end`. A missing heading is an error, unless
+    `optional` (then None)."""
     lines = text.split("\n")
-    try:
-        start = lines.index(heading)
-    except ValueError:
-        sys.exit(f"book-docs: heading {heading!r} not found")
+    found = [i for i, l in enumerate(lines) if l.startswith(heading)]
+    if not found:
+        if optional:
+            return None
+        sys.exit(f"book-docs: no heading starting with {heading!r}")
+    start = found[0]
     level = len(heading) - len(heading.lstrip("#"))
+    heading = lines[start]
     body = []
     for line in lines[start + 1 :]:
         if marker_end and line.startswith(marker_end):
@@ -72,12 +79,27 @@ def unlink(line):
     return LINK.sub(repl, line)
 
 
-def tidy(lines):
+def inline_svg(line, docs):
+    """An image line naming an SVG in docs/ becomes the SVG itself (the book
+    is built from book/*/src, which does not hold docs/' files); any other
+    image line is left out."""
+    m = re.match(r"\s*!\[[^\]]*\]\(([^)\s]+\.svg)\)\s*$", line)
+    if m and docs and (docs / m.group(1)).is_file():
+        svg = (docs / m.group(1)).read_text()
+        # An HTML block ends at a blank line: drop blank lines inside.
+        return "\n".join(l for l in svg.split("\n") if l.strip())
+    return None
+
+
+def tidy(lines, docs=None):
     out = []
     for line in lines:
         if line.startswith("<!--"):
             continue
         if re.match(r"\s*!\[", line):
+            svg = inline_svg(line, docs)
+            if svg:
+                out.extend(["", svg, ""])
             continue
         out.append(unlink(line))
     # No leading or trailing blank lines.
@@ -110,9 +132,15 @@ def main():
             comparison, "## What this run shows", "<!-- bench:end"
         ),
         # Round trips: what waiting costs.
-        "doc-round-trip": section(
-            results, "## Round trip of a 64 B message (ping-pong), µs (× spin median)"
-        ),
+        "doc-round-trip": section(results, "## Round trip of a 64 B message"),
+        # The benchmark's own section on waiting (spin, yield, futex,
+        # semaphores, a pipe), where docs/comparison.md has one.
+        "doc-cost-of-waiting": section(
+            comparison, "## The cost of waiting", "<!-- bench:end", optional=True
+        ) or [
+            "*(This version of docs/comparison.md has no \"cost of waiting\" "
+            "section; the round trips above are what it measured of waiting.)*"
+        ],
         # How each benchmark row waits (spin, yield, sleep in the kernel).
         "doc-bench-configuration": first_table(
             section(results, "## Configuration")
@@ -127,7 +155,7 @@ def main():
     for name, lines in extracts.items():
         # Headings inside an extract sit under the chapter's own ## headings.
         lines = [("#" + l) if re.match(r"#{2,} ", l) else l for l in lines]
-        (out / f"{name}.md").write_text(tidy(lines))
+        (out / f"{name}.md").write_text(tidy(lines, docs))
 
 
 if __name__ == "__main__":

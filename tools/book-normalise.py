@@ -13,8 +13,12 @@ The rules, applied to both sides before comparing (each undoes one thing
 that differs from run to run on any machine, and nothing else):
 
 1. pids: a number the capture names as a pid anywhere ("pid N", "pids N",
-   "pid=N", "waitpid(N)", "[role N]", "PID N") becomes PID in every file of
-   that capture (the same pid turns up in the other terminal's file too);
+   "pid=N", "waitpid(N)", "kill(N", "/proc/N/", "[role N]", ...) becomes
+   PID where it stands in such a context, and in every other place of
+   every file of that capture too (the same pid turns up in the other
+   terminal's file, after "writer", in a list), unless the number occurs
+   anywhere in the other capture: then, outside a pid context, it is a
+   constant (a size, a count) that this run's pid happens to equal;
 2. the capture's private directory /tmp/book-capture.XXXXXX becomes $TMP,
    and the unique suffix of the demos' own temp and object names
    (NAME-PID-N) becomes NAME-PID-N;
@@ -53,6 +57,9 @@ PID_PATTERNS = [
     r"/proc/(\d{2,})/",
     r"\bthread (\d{2,})",
     r"\b(\d{2,}) was killed",
+    r"pid = (\d{2,})",
+    r"\bwriter (\d{2,})",
+    r"_pid 0 -> (\d{2,})",
 ]
 
 
@@ -102,7 +109,19 @@ RULES = [
 ]
 
 
+def in_context(text):
+    """Phase 1: every number in a pid context (PID_PATTERNS) becomes PID."""
+    for pat in PID_PATTERNS:
+        def repl(m):
+            a, b = m.span(1)
+            inner = re.sub(r"\d{2,}", "PID", m.string[a:b])
+            return m.string[m.start():a] + inner + m.string[b:m.end()]
+        text = re.sub(pat, repl, text)
+    return text
+
+
 def normalise(text, pids):
+    text = in_context(text)
     if pids:
         alt = "|".join(sorted(pids, key=len, reverse=True))
         text = re.sub(r"(?<![\d.])(?:%s)(?![\d])" % alt, "PID", text)
@@ -119,17 +138,30 @@ def shape(text):
     return untagged, sorted(lines)
 
 
-def load(d):
-    files = {p.name: p.read_text(errors="replace") for p in sorted(Path(d).iterdir()) if p.is_file()}
+def read(d):
+    return {p.name: p.read_text(errors="replace") for p in sorted(Path(d).iterdir()) if p.is_file()}
+
+
+def numbers(files):
+    return {n for name, t in files.items() if name.endswith(".txt") for n in re.findall(r"\d+", t)}
+
+
+def load(files, other=None):
+    """Normalised texts. A pid is replaced only if it does not occur in the
+    other capture at all: a number in both (65536, 33408 bytes) is a
+    constant, even where this run's pid happens to be that number."""
     pids = pids_of(t for n, t in files.items() if n.endswith(".txt"))
+    if other is not None:
+        pids -= numbers(other)
     return {n: (normalise(t, pids) if n.endswith(".txt") else t) for n, t in files.items()}
 
 
 def main():
     if sys.argv[1] == "--show":
-        sys.stdout.write(load(sys.argv[2])[sys.argv[3]])
+        sys.stdout.write(load(read(sys.argv[2]))[sys.argv[3]])
         return 0
-    a, b = load(sys.argv[1]), load(sys.argv[2])
+    ra, rb = read(sys.argv[1]), read(sys.argv[2])
+    a, b = load(ra, rb), load(rb, ra)
     bad = 0
     for name in sorted(set(a) | set(b)):
         if name not in a or name not in b:
