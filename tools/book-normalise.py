@@ -52,7 +52,8 @@ PID_PATTERNS = [
     r"\bwaitpid\((\d{2,})",
     r"\[[a-z][\w -]* (\d{2,})\]",
     r"\bpid (?:\d{2,}, )+(\d{2,})",
-    r"\b(?:clients|children|pids) ((?:\d{2,}, )*\d{2,})",
+    # Lists ("pids 1201, 1202, 1203"); PID: the first may be replaced already.
+    r"\b(?:clients|children|pids) ((?:(?:\d{2,}|PID), )*(?:\d{2,}|PID))",
     r"\b(?:kill|sigqueue|pidfd_open|waitid)\((\d{2,})",
     r"/proc/(\d{2,})/",
     r"\bthread (\d{2,})",
@@ -103,6 +104,10 @@ RULES = [
     (r"\b(waking|woke|spun) \d+", r"\1 N"),
     (r"\b\d+%", "N%"),
     (r"\b\d+ ns per message", "N ns per message"),
+    # shm-demo futex step 6 says which ring won this run, in one of two
+    # sentences with this run's figures: the comparison is the run's.
+    (r"on this run the futex ring .*?\. Why a semaphore ring",
+     "on this run the futex ring <this run's comparison>. Why a semaphore ring"),
     # A client refused mid-handshake sees one or the other, by timing.
     (r"\((?:Broken pipe \(os error 32\)|Connection reset by peer \(os error 104\))\)",
      "(EPIPE or ECONNRESET)"),

@@ -30,43 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static uint64_t mix(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-
-static void words(uint64_t seq, size_t size, uint64_t *start, uint64_t *step) {
-    uint64_t s = (uint64_t)size;
-    *start = mix(seq ^ ((s << 32) | (s >> 32)) ^ 0x6970632d6578616dULL);
-    *step = mix(*start ^ 0x9E3779B97F4A7C15ULL) | 1;
-}
-
-/* payload::fill(seq, buf[..size]) */
-static void fill(uint64_t seq, uint8_t *buf, size_t size) {
-    size_t head = size < 8 ? size : 8;
-    memcpy(buf, &seq, head); /* little-endian machine */
-    uint64_t w, step;
-    words(seq, size, &w, &step);
-    size_t pos = head;
-    for (; pos + 8 <= size; pos += 8, w += step) memcpy(buf + pos, &w, 8);
-    if (pos < size) memcpy(buf + pos, &w, size - pos);
-}
-
-/* payload's matches_body: 1 if buf is exactly message seq */
-static int check(uint64_t seq, const uint8_t *buf, size_t size) {
-    size_t head = size < 8 ? size : 8;
-    if (memcmp(buf, &seq, head) != 0) return 0;
-    uint64_t w, step, diff = 0, got;
-    words(seq, size, &w, &step);
-    size_t pos = head;
-    for (; pos + 8 <= size; pos += 8, w += step) {
-        memcpy(&got, buf + pos, 8);
-        diff |= got ^ w;
-    }
-    if (pos < size && memcmp(buf + pos, &w, size - pos) != 0) return 0;
-    return diff == 0;
-}
+#include "payload.h" /* mix, words, fill, check */
 
 static int write_full(int fd, const uint8_t *buf, size_t len) {
     while (len > 0) {

@@ -1,8 +1,12 @@
 //! # ipc-bench: every mechanism, one workload, one table
 //!
 //! Throughput (one way, sender and receiver in separate processes) at
-//! several message sizes, and round-trip latency of 64-byte messages, for
-//! every mechanism the demos show. Every message received is checked with
+//! several message sizes, round-trip latency of 64-byte messages, and the
+//! CPU time both processes spend per message and per round trip, for
+//! every mechanism the demos show; then what a receiver that waits for
+//! nothing costs under each waiting strategy of the shared-memory rings
+//! (spin, spin then yield, spin then futex, semaphores; a pipe for
+//! reference). Every message received is checked with
 //! `common::payload` — a wrong byte aborts the run — so nothing is fast
 //! because it is wrong. Reference rows measured in the same run put the
 //! numbers in proportion: `memcpy` bandwidth, the cost of generating and
@@ -10,11 +14,14 @@
 //!
 //! Every measurement is warmed up first (untimed messages, then a pause
 //! for the channel to drain), so the first touch of a fresh ring's pages
-//! is not timed; the output states how each mechanism is set up and the
-//! kernel limits it depends on.
+//! is not timed; each throughput is the median of its runs, shown with the
+//! lowest and highest; the two processes are pinned to two CPUs where
+//! there are two (`--no-pin`: not); the output states how each mechanism
+//! is set up, the kernel limits it depends on, and the machine: kernel,
+//! CPU, CPUs, load, scheduler and memory knobs.
 //!
 //! ```text
-//! cargo run --release -p ipc-bench                       # about half a minute on 2 cores
+//! cargo run --release -p ipc-bench                       # two to three minutes on 2 cores
 //! cargo run --release -p ipc-bench -- --quick --json out.json --svg chart.svg
 //! cargo run --release -p ipc-bench -- --mechanisms pipe,shm-spsc --sizes 64,65536
 //! ipc-bench/regenerate-docs.sh                           # every figure in the docs
@@ -22,10 +29,12 @@
 //!
 //! Progress goes to stderr, the Markdown tables to stdout.
 
+mod ctwins;
 mod docs;
 mod files;
 mod output;
 mod stale;
+mod system;
 mod transport;
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -39,10 +48,11 @@ use common::cleanup::{PrivateDir, stop_on_signals, unique_name};
 use common::cli::Args;
 use common::error::{self, usage};
 use common::payload::{self, Checker, Verdict};
-use common::peer::wait_pid;
+use common::peer::{PidWatch, wait_pid};
 use nix::fcntl::OFlag;
 use nix::unistd::{ForkResult, Pid, fork, getppid, pipe2, read, write};
 
+use system::{BothCpu, CpuTime};
 use transport::{ALL, Channel, Mech, Msg};
 
 const USAGE: &str = "\
@@ -50,12 +60,14 @@ ipc-bench: one benchmark for every IPC mechanism
 
 USAGE:
     ipc-bench [--mechanisms LIST] [--sizes LIST] [--count N] [--rounds N]
-              [--quick] [--json PATH] [--svg PATH]
+              [--quick] [--no-pin] [--json PATH] [--svg PATH]
     ipc-bench --docs ROOT [--quick]
 
 OPTIONS:
     --mechanisms LIST  comma-separated, from: pipe, fifo, unix-stream, unix-dgram,
-                       sysv-msg, posix-mq, shm-sem, shm-spsc, tcp, signal (default: all)
+                       sysv-msg, posix-mq, shm-sem, shm-futex, shm-futex-yield,
+                       shm-futex-spin, shm-memfd, shm-spsc, tcp, signal, eventfd
+                       (default: all)
     --sizes LIST       message sizes in bytes, comma-separated, 1 to 16777216
                        (default: 64,4096,65536,1048576)
     --count N          messages per throughput measurement, 2 or more (default:
@@ -63,20 +75,29 @@ OPTIONS:
                        worth); timed from the first to the last, after the warm-up
     --rounds N         round trips per latency measurement (default 20000; --quick 500)
     --quick            a short run (under 15 s) with every row
+    --no-pin           leave both processes to the scheduler (default: the parent
+                       on one CPU, its forked child on another, where two exist)
     --json PATH        also write the results as JSON
     --svg PATH         also draw them as an SVG chart
     --docs ROOT        regenerate the repository's figures from this run:
-                       ROOT/docs/bench-results.md, bench.json, bench.svg, and the
-                       marked (<!-- bench:begin/end -->) parts of README.md,
-                       docs/README.zh-CN.md and docs/comparison.md
+                       ROOT/docs/bench-results.md, bench.json, bench.svg,
+                       bench-waiting.svg, and the marked (<!-- bench:begin/end -->)
+                       parts of README.md, docs/README.zh-CN.md and docs/comparison.md
     -h, --help         this text
 
 Every throughput cell first moves untimed warm-up messages (twice what the
 channel holds, at least 16), so no first-touch page fault is timed; round
 trips warm up too. Objects a killed run left (System V queues keyed
-0x69PPPPPS, /dev/mqueue/ipc-bench-PID-N, <tmp>/ipc-bench-PID-N) are removed
-by the next run if they are ours and PID is gone. Output files are written
+0x69PPPPPS, /dev/mqueue/ipc-bench-PID-N, <tmp>/ipc-bench-PID-N, and the
+IPC_PRIVATE queues recorded there when another user held those keys) are
+removed by the next run if they are ours and PID is gone. Output files are written
 to a temporary file and renamed into place; a symlink at PATH is refused.
+
+Each throughput is the median of 3 runs (1 with --quick), shown with the lowest
+and highest; each round trip gives p50, p99 and p99.9. CPU time is
+user + system of both processes over the timed part (getrusage). The idle
+section shows what a receiver that waits for nothing costs (2 s; --quick 0.5 s).
+Every report names the kernel, the CPU, the CPUs used and the kernel knobs.
 
 Build with --release for meaningful numbers; a debug build says so in its output.
 ";
@@ -100,8 +121,13 @@ pub struct Config {
     budget: u64,
     rounds: u64,
     warmup: u64,
-    /// Throughput runs per cell; the best counts.
+    /// Throughput runs per cell; the median counts, with the lowest and
+    /// highest beside it.
     pub repeats: u32,
+    /// Pin the two processes to two CPUs (--no-pin: do not).
+    pin: bool,
+    /// How long an idle receiver waits for nothing.
+    pub idle: Duration,
     json: Option<PathBuf>,
     svg: Option<PathBuf>,
     /// --docs ROOT: rewrite the repository's figures from this run.
@@ -123,6 +149,12 @@ pub enum Cell {
         /// ring would show here; the warm-up keeps it near 0).
         faults: u64,
         note: Option<String>,
+        /// CPU time of both processes over the timed messages.
+        cpu: Option<BothCpu>,
+        /// Lowest and highest msg/s of the runs this one is the median of,
+        /// and how many runs there were.
+        spread: (f64, f64),
+        runs: u32,
     },
     NotApplicable(String),
 }
@@ -143,6 +175,48 @@ impl Cell {
             Cell::NotApplicable(_) => None,
         }
     }
+
+    /// Nanoseconds of CPU (user + system, both processes) per message.
+    pub fn cpu_ns(&self) -> Option<f64> {
+        match self {
+            Cell::Measured {
+                messages,
+                cpu: Some(cpu),
+                ..
+            } => Some(cpu.ns_per(*messages)),
+            _ => None,
+        }
+    }
+
+    /// (lowest, highest) MB/s over the runs.
+    pub fn mb_range(&self) -> Option<(f64, f64)> {
+        match self {
+            Cell::Measured {
+                messages,
+                bytes,
+                spread: (lo, hi),
+                ..
+            } => {
+                let per = *bytes as f64 / (*messages).max(1) as f64 / 1e6;
+                Some((lo * per, hi * per))
+            }
+            Cell::NotApplicable(_) => None,
+        }
+    }
+
+    /// The median of `runs` by msg/s, carrying the lowest and highest.
+    fn median_of(mut runs: Vec<Cell>) -> Option<Cell> {
+        let rate = |c: &Cell| c.msg_per_s().unwrap_or(0.0);
+        runs.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+        let (lo, hi) = (rate(runs.first()?), rate(runs.last()?));
+        let n = runs.len() as u32;
+        let mut median = runs.swap_remove((runs.len() - 1) / 2);
+        if let Cell::Measured { spread, runs, .. } = &mut median {
+            *spread = (lo, hi);
+            *runs = n;
+        }
+        Some(median)
+    }
 }
 
 /// Round-trip times in nanoseconds.
@@ -156,6 +230,15 @@ pub struct Latency {
     pub median: u64,
     pub p99: u64,
     pub p999: u64,
+    /// CPU time of both processes over the timed rounds.
+    pub cpu: Option<BothCpu>,
+}
+
+impl Latency {
+    /// Nanoseconds of CPU (user + system, both processes) per round trip.
+    pub fn cpu_ns(&self) -> Option<f64> {
+        self.cpu.map(|c| c.ns_per(self.rounds))
+    }
 }
 
 impl Latency {
@@ -171,7 +254,24 @@ impl Latency {
             median: at(0.5),
             p99: at(0.99),
             p999: at(0.999),
+            cpu: None,
         }
+    }
+}
+
+/// A receiver that waited for nothing.
+#[derive(Debug, Clone)]
+pub struct Idle {
+    pub mech: Mech,
+    /// How long it waited, by its own clock.
+    pub seconds: f64,
+    pub cpu: CpuTime,
+}
+
+impl Idle {
+    /// Percent of one CPU.
+    pub fn percent(&self) -> f64 {
+        self.cpu.total_us() as f64 / 1e4 / self.seconds.max(1e-9)
     }
 }
 
@@ -186,12 +286,19 @@ pub struct Results {
     pub spin: Latency,
     /// (name, value) of every kernel limit a configuration depends on.
     pub limits: Vec<(&'static str, String)>,
+    /// (name, value): kernel, CPU, CPUs, load, scheduler and memory knobs.
+    pub system: Vec<(String, String)>,
+    /// Where the two processes ran.
+    pub pinning: String,
+    /// What a receiver waiting for nothing costs, per waiting strategy.
+    pub idle: Vec<Idle>,
     /// How long the measurements took.
     pub seconds: f64,
 }
 
 fn run() -> Result<()> {
     let config = parse()?;
+    MAIN_PID.get_or_init(Pid::this);
     stop_on_signals()?;
     // Refuse a bad output path now, not after a minute of measuring.
     for path in config.json.iter().chain(&config.svg) {
@@ -208,6 +315,10 @@ fn run() -> Result<()> {
     if cfg!(debug_assertions) {
         progress("a debug build: numbers are far below what the mechanisms can do; use --release");
     }
+    // Read before we load the machine ourselves (the load average).
+    let system = system::system_info();
+    system::set_pinning(system::Pinning::choose(config.pin));
+    progress(&system::pinning().describe());
     let started = Instant::now();
 
     progress("reference: memcpy and payload fill+check bandwidth");
@@ -226,36 +337,48 @@ fn run() -> Result<()> {
     for &mech in &config.mechs {
         let mut row = Vec::new();
         for &size in &config.sizes {
-            // Best of `repeats`, Rust and C taking turns: one run on a busy
-            // 2-core machine can land both processes on one CPU or not, and
-            // the best of a few is the mechanism's, not the scheduler's.
+            // The median of `repeats`, Rust and C taking turns: one run on
+            // a busy 2-core machine can land both processes on one CPU or
+            // not; the median with the lowest and highest shows how much
+            // that moved the figure.
             let count = config
                 .count
                 .unwrap_or_else(|| messages_for(size, config.budget));
-            let mut cell =
-                Cell::NotApplicable("n/a: a signal carries one integer, whatever the size".into());
-            let mut best_c: Option<f64> = None;
-            if mech != Mech::Signal || size == config.sizes[0] {
+            let mut runs = Vec::new();
+            let mut c_runs: Vec<f64> = Vec::new();
+            let na = not_measured(mech, size, size == config.sizes[0]);
+            if na.is_none() {
                 for _ in 0..config.repeats {
                     let run = throughput_cell(mech, size, count, &dir)
                         .with_context(|| format!("{} at {size} bytes", mech.name()))?;
-                    if run.mb_per_s() > cell.mb_per_s() || cell.mb_per_s().is_none() {
-                        cell = run;
-                    }
-                    if let Some(count) = cell_count(&cell)
+                    if let Some(count) = cell_count(mech, &run)
                         && let Some(c) = c_reference(mech, size, count)?
                     {
-                        best_c = Some(best_c.map_or(c, |b| b.max(c)));
+                        c_runs.push(c);
+                    }
+                    let not_applicable = matches!(run, Cell::NotApplicable(_));
+                    runs.push(run);
+                    if not_applicable {
+                        break;
                     }
                 }
             }
+            let cell = match na {
+                Some(why) => Cell::NotApplicable(why),
+                None => Cell::median_of(runs).expect("at least one run"),
+            };
+            let c_median = (!c_runs.is_empty()).then(|| {
+                c_runs.sort_by(f64::total_cmp);
+                c_runs[(c_runs.len() - 1) / 2]
+            });
             match &cell {
                 Cell::Measured { .. } => progress(&format!(
-                    "{:<12} {:>8}: {:>10.1} MB/s {:>12.0} msg/s",
+                    "{:<12} {:>8}: {:>10.1} MB/s {:>12.0} msg/s, CPU {}/msg",
                     mech.name(),
                     output::size_label(size),
                     cell.mb_per_s().unwrap_or(0.0),
-                    cell.msg_per_s().unwrap_or(0.0)
+                    cell.msg_per_s().unwrap_or(0.0),
+                    cell.cpu_ns().map_or("?".into(), output::cpu_label)
                 )),
                 Cell::NotApplicable(why) => progress(&format!(
                     "{:<12} {:>8}: {why}",
@@ -263,7 +386,7 @@ fn run() -> Result<()> {
                     output::size_label(size)
                 )),
             }
-            if let (Some(rust), Some(c)) = (cell.mb_per_s(), best_c) {
+            if let (Some(rust), Some(c)) = (cell.mb_per_s(), c_median) {
                 progress(&format!(
                     "{:<12} {:>8}: C reference {c:>10.1} MB/s (Rust ÷ C = {:.2})",
                     mech.name(),
@@ -278,13 +401,27 @@ fn run() -> Result<()> {
         let lat = latency_of(mech, config.rounds, config.warmup, &dir)
             .with_context(|| format!("{} round trips", mech.name()))?;
         progress(&format!(
-            "{:<12} round trip: median {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs",
+            "{:<12} round trip: p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, CPU {}/round trip",
             mech.name(),
             lat.median as f64 / 1e3,
             lat.p99 as f64 / 1e3,
-            lat.p999 as f64 / 1e3
+            lat.p999 as f64 / 1e3,
+            lat.cpu_ns().map_or("?".into(), output::cpu_label)
         ));
         latency.push((mech, lat));
+    }
+    let mut idle = Vec::new();
+    for &mech in transport::IDLE.iter().filter(|m| config.mechs.contains(m)) {
+        let measured =
+            idle_of(mech, config.idle, &dir).with_context(|| format!("{} idle", mech.name()))?;
+        progress(&format!(
+            "{:<12} idle receiver: {:.1}% of a CPU over {:.1} s ({})",
+            mech.name(),
+            measured.percent(),
+            measured.seconds,
+            mech.waiting()
+        ));
+        idle.push(measured);
     }
     let results = Results {
         throughput,
@@ -294,6 +431,9 @@ fn run() -> Result<()> {
         check,
         spin,
         limits: transport::kernel_limits(),
+        system,
+        pinning: system::pinning().describe(),
+        idle,
         seconds: started.elapsed().as_secs_f64(),
     };
     // Files first: a full or closed stdout must not cost the results.
@@ -346,6 +486,8 @@ fn parse() -> Result<Config> {
         rounds: 20_000,
         warmup: 1000,
         repeats: 3,
+        pin: true,
+        idle: Duration::from_secs(2),
         json: None,
         svg: None,
         docs: None,
@@ -398,6 +540,7 @@ fn parse() -> Result<Config> {
             }
             "--docs" => config.docs = Some(PathBuf::from(args.value("--docs")?)),
             "--quick" => quick = true,
+            "--no-pin" => config.pin = false,
             "--json" => config.json = Some(PathBuf::from(args.value("--json")?)),
             "--svg" => config.svg = Some(PathBuf::from(args.value("--svg")?)),
             other => return Err(args.unknown(other)),
@@ -415,6 +558,7 @@ fn parse() -> Result<Config> {
         config.rounds = 500;
         config.warmup = 50;
         config.repeats = 1;
+        config.idle = Duration::from_millis(500);
     }
     if let Some(r) = rounds {
         config.rounds = r;
@@ -447,15 +591,16 @@ unsafe extern "C" {
 }
 
 /// (warm-up, timed) messages of a cell the C reference can repeat.
-fn cell_count(cell: &Cell) -> Option<(u64, u64)> {
+fn cell_count(mech: Mech, cell: &Cell) -> Option<(u64, u64)> {
     match cell {
         Cell::Measured {
             messages,
             warm,
-            note: None,
+            note,
             ..
-        } => Some((*warm, *messages)),
-        _ => None, // split or n/a: the C reference sends whole messages only
+        } if note.is_none() || ctwins::carries_split(mech) => Some((*warm, *messages)),
+        // split or n/a: reference.c sends whole messages only
+        _ => None,
     }
 }
 
@@ -468,16 +613,34 @@ fn c_reference(mech: Mech, size: usize, (warm, count): (u64, u64)) -> Result<Opt
         Mech::SysvMsg => 3,
         Mech::PosixMq => 4,
         Mech::Tcp => 5,
-        _ => return Ok(None),
+        // The shared-memory rings' twins (c/shm_twins.c), if any.
+        _ => return ctwins::reference(mech, size, (warm, count)),
     };
     // Named like ours, so that a run killed meanwhile is cleaned up later.
     let key = stale::sysv_key(std::process::id(), stale::C_REFERENCE_SLOT);
+    if mech == Mech::SysvMsg && !stale::key_free(key) {
+        // Someone holds it: the C function would fail on IPC_EXCL, and an
+        // IPC_PRIVATE queue made in C could not be recorded for clean-up.
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            progress(&format!(
+                "sysv-msg: no C reference: its System V key {key:#010x} is taken"
+            ))
+        });
+        return Ok(None);
+    }
     let name = std::ffi::CString::new(format!("/{}", unique_name("ipc-bench")))
         .expect("no NUL in the name");
-    // SAFETY: the C function forks (we are single-threaded), uses only its
-    // own descriptors and buffers, reads `name` (a C string that outlives
-    // the call), removes its queues and reaps its child before returning.
-    let seconds = unsafe { ipc_c_throughput(code, size, warm, count, key, name.as_ptr()) };
+    let call = || {
+        // SAFETY: the C function forks (we are single-threaded), uses only
+        // its own descriptors and buffers, reads `name` (a C string that
+        // outlives the call), removes its queues and reaps its child
+        // before returning.
+        unsafe { ipc_c_throughput(code, size, warm, count, key, name.as_ptr()) }
+    };
+    // Its child inherits our affinity: unpinned, the two are not stuck on
+    // one CPU.
+    let seconds = system::pinning().unpinned_for(call);
     if seconds == -2.0 {
         return Ok(None);
     }
@@ -537,10 +700,20 @@ fn spin_ping_pong(rounds: u64, warmup: u64) -> Result<Latency> {
         let base = page.base.cast::<Line>().as_ptr();
         (&(*base).0, &(*base.add(1)).0)
     };
+    let me = std::process::id() as i32;
     // SAFETY: ipc-bench is single-threaded: the child may call anything.
     let child = match unsafe { fork() }.context("fork()")? {
         ForkResult::Child => {
-            let parent = getppid();
+            // A pidfd for the parent: if it dies, a new process that gets
+            // its pid cannot keep us spinning (see common::peer::PidWatch).
+            // If it died before this line, we were given to another parent.
+            let parent = match PidWatch::open(me) {
+                Ok(watch) if getppid().as_raw() == me => watch,
+                _ => std::process::exit(1),
+            };
+            if system::pinning().child().is_err() {
+                std::process::exit(1);
+            }
             let mut expect = 1;
             loop {
                 let mut spins = 0u64;
@@ -550,7 +723,7 @@ fn spin_ping_pong(rounds: u64, warmup: u64) -> Result<Latency> {
                         break v;
                     }
                     spins += 1;
-                    if spins.is_multiple_of(1 << 24) && !common::peer::alive(parent.as_raw()) {
+                    if spins.is_multiple_of(1 << 24) && !parent.alive() {
                         std::process::exit(1);
                     }
                     std::hint::spin_loop();
@@ -685,11 +858,12 @@ fn throughput_cell(mech: Mech, size: usize, count: u64, dir: &PrivateDir) -> Res
     };
     let warm = warm_messages(buffer, size);
     let (go_read, go_write) = control()?;
+    let (cpu_read, cpu_write) = control()?;
     // SAFETY: ipc-bench is single-threaded: the child may call anything.
     let child = match unsafe { fork() }.context("fork()")? {
         ForkResult::Child => {
-            drop((rx, go_write));
-            let code = match sender(tx, go_read, warm, count, size) {
+            drop((rx, go_write, cpu_read));
+            let code = match sender(tx, go_read, cpu_write, warm, count, size) {
                 Ok(()) => 0,
                 Err(e) => {
                     progress(&format!("sender: {e:#}"));
@@ -700,14 +874,18 @@ fn throughput_cell(mech: Mech, size: usize, count: u64, dir: &PrivateDir) -> Res
         }
         ForkResult::Parent { child } => child,
     };
-    drop((tx, go_read));
+    drop((tx, go_read, cpu_write));
     let outcome = receiver(rx, go_write, child, warm, count);
     let exit = wait_pid(child, Duration::from_secs(60))?;
     drop(cleanup);
-    let (seconds, faults) = outcome?;
+    let (seconds, faults, parent_cpu) = outcome?;
     if !exit.success() {
         bail!("the sending process {exit}");
     }
+    let cpu = CpuTime::receive(&cpu_read)?.map(|child| BothCpu {
+        parent: parent_cpu,
+        child,
+    });
     let timed = count - 1;
     Ok(Cell::Measured {
         messages: timed,
@@ -716,7 +894,26 @@ fn throughput_cell(mech: Mech, size: usize, count: u64, dir: &PrivateDir) -> Res
         warm,
         faults,
         note,
+        cpu,
+        spread: (0.0, 0.0),
+        runs: 1,
     })
+}
+
+/// Why `mech` has no throughput at `size`, if it has none at all.
+fn not_measured(mech: Mech, size: usize, first: bool) -> Option<String> {
+    let _ = size;
+    match mech {
+        Mech::Signal if !first => {
+            Some("n/a: a signal carries one integer, whatever the size".into())
+        }
+        Mech::Eventfd => Some(
+            "n/a: an eventfd is a counter that wakes a waiter, not a channel for messages: \
+             only its round trip (two wake-ups) is measured"
+                .into(),
+        ),
+        _ => None,
+    }
 }
 
 /// Minor plus major page faults of this process so far.
@@ -728,24 +925,42 @@ fn page_faults() -> u64 {
     (usage.ru_minflt + usage.ru_majflt) as u64
 }
 
+/// The pid of the benchmark's main process: every child is forked by it.
+static MAIN_PID: std::sync::OnceLock<Pid> = std::sync::OnceLock::new();
+
+/// The start of a forked child: on its own CPU, watching its parent (by
+/// pidfd, opened on the pid we were forked by: if that process died first,
+/// the open fails or getppid names whoever adopted us).
+fn child_start() -> Result<(Pid, common::peer::Ticker)> {
+    let parent = *MAIN_PID.get_or_init(getppid);
+    system::pinning().child()?;
+    let ticker = transport::watch(parent, CELL_DEADLINE)?;
+    if getppid() != parent {
+        bail!("the parent process died before the measurement started");
+    }
+    Ok((parent, ticker))
+}
+
 fn sender(
     mut tx: Box<dyn transport::Tx>,
     go: OwnedFd,
+    cpu: OwnedFd,
     warm: u64,
     count: u64,
     size: usize,
 ) -> Result<()> {
-    let parent = getppid();
+    let (parent, _ticker) = child_start()?;
     tx.after_fork(parent)?;
-    let _ticker = transport::watch(parent, CELL_DEADLINE)?;
     for seq in 0..warm {
         tx.send(seq, size)?;
     }
     wait_go(&go)?;
+    let start = CpuTime::now();
     for seq in warm..warm + count {
         tx.send(seq, size)?;
     }
-    tx.end()
+    tx.end()?;
+    CpuTime::now().since(start).send(&cpu)
 }
 
 fn wait_go(go: &OwnedFd) -> Result<()> {
@@ -766,7 +981,7 @@ fn receiver(
     child: Pid,
     warm: u64,
     count: u64,
-) -> Result<(f64, u64)> {
+) -> Result<(f64, u64, CpuTime)> {
     rx.after_fork(child)?;
     let _ticker = transport::watch(child, CELL_DEADLINE)?;
     let mut checker = Checker::new(Some(warm + count));
@@ -789,10 +1004,14 @@ fn receiver(
     write(go.as_fd(), b"g").context("write(go)")?;
     let mut start = None;
     while next(&mut rx, &mut received)? {
-        start.get_or_insert_with(|| (Instant::now(), page_faults()));
+        start.get_or_insert_with(|| (Instant::now(), page_faults(), CpuTime::now()));
     }
-    let (seconds, faults) = start.map_or((0.0, 0), |(t, f)| {
-        (t.elapsed().as_secs_f64(), page_faults() - f)
+    let (seconds, faults, cpu) = start.map_or((0.0, 0, CpuTime::default()), |(t, f, c)| {
+        (
+            t.elapsed().as_secs_f64(),
+            page_faults() - f,
+            CpuTime::now().since(c),
+        )
     });
     if received != warm + count {
         bail!(
@@ -800,7 +1019,7 @@ fn receiver(
             received - warm
         );
     }
-    Ok((seconds, faults))
+    Ok((seconds, faults, cpu))
 }
 
 /// Round trips of 64-byte messages: we send on channel A, the child
@@ -810,11 +1029,14 @@ fn latency_of(mech: Mech, rounds: u64, warmup: u64, dir: &PrivateDir) -> Result<
         transport::channel(mech, PING_SIZE, dir.path(), signals(1))?.map_err(anyhow::Error::msg)?;
     let b =
         transport::channel(mech, PING_SIZE, dir.path(), signals(3))?.map_err(anyhow::Error::msg)?;
+    // Walk shm-sem's slots once before timing (see Channel::cycle).
+    let warmup = warmup.max(a.cycle.max(b.cycle));
+    let (cpu_read, cpu_write) = control()?;
     // SAFETY: single-threaded, as above.
     let child = match unsafe { fork() }.context("fork()")? {
         ForkResult::Child => {
-            drop((a.tx, b.rx));
-            let code = match echo(a.rx, b.tx) {
+            drop((a.tx, b.rx, cpu_read));
+            let code = match echo(a.rx, b.tx, warmup, cpu_write) {
                 Ok(()) => 0,
                 Err(e) => {
                     progress(&format!("echo: {e:#}"));
@@ -825,20 +1047,20 @@ fn latency_of(mech: Mech, rounds: u64, warmup: u64, dir: &PrivateDir) -> Result<
         }
         ForkResult::Parent { child } => child,
     };
-    // Walk shm-sem's slots once before timing (see Channel::cycle).
-    let warmup = warmup.max(a.cycle.max(b.cycle));
     let (mut ping, mut pong) = (a.tx, b.rx);
-    drop((a.rx, b.tx));
-    let outcome = (|| -> Result<(Vec<u64>, u64)> {
+    drop((a.rx, b.tx, cpu_write));
+    let outcome = (|| -> Result<(Vec<u64>, u64, CpuTime)> {
         ping.after_fork(child)?;
         pong.after_fork(child)?;
         let _ticker = transport::watch(child, CELL_DEADLINE)?;
         let mut checker = Checker::new(None);
         let mut samples = sample_buffer(rounds);
         let mut faults = 0;
+        let mut cpu = CpuTime::default();
         for i in 0..(warmup + rounds) {
             if i == warmup {
                 faults = page_faults();
+                cpu = CpuTime::now();
             }
             let start = Instant::now();
             ping.send(i, PING_SIZE)?;
@@ -849,34 +1071,118 @@ fn latency_of(mech: Mech, rounds: u64, warmup: u64, dir: &PrivateDir) -> Result<
             }
         }
         faults = page_faults() - faults;
+        let cpu = CpuTime::now().since(cpu);
         ping.end()?;
         if pong.recv()?.is_some() {
             bail!("an extra reply after the end");
         }
-        Ok((samples, faults))
+        Ok((samples, faults, cpu))
     })();
     let exit = wait_pid(child, Duration::from_secs(60))?;
     drop((a.cleanup, b.cleanup));
-    let (samples, faults) = outcome?;
+    let (samples, faults, parent_cpu) = outcome?;
     if !exit.success() {
         bail!("the echo process {exit}");
     }
     let mut latency = Latency::from_samples(samples, warmup);
     latency.faults = faults;
+    latency.cpu = CpuTime::receive(&cpu_read)?.map(|child| BothCpu {
+        parent: parent_cpu,
+        child,
+    });
     Ok(latency)
 }
 
-fn echo(mut rx: Box<dyn transport::Rx>, mut tx: Box<dyn transport::Tx>) -> Result<()> {
-    let parent = getppid();
+/// Answer every message; time our CPU from the first timed round (after
+/// `warmup` echoes) to the end.
+fn echo(
+    mut rx: Box<dyn transport::Rx>,
+    mut tx: Box<dyn transport::Tx>,
+    warmup: u64,
+    cpu: OwnedFd,
+) -> Result<()> {
+    let (parent, _ticker) = child_start()?;
     rx.after_fork(parent)?;
     tx.after_fork(parent)?;
-    let _ticker = transport::watch(parent, CELL_DEADLINE)?;
     let mut checker = Checker::new(None);
     let mut expected = 0;
-    while let Some(msg) = rx.recv()? {
+    let mut start = CpuTime::now();
+    loop {
+        if expected == warmup {
+            start = CpuTime::now();
+        }
+        let Some(msg) = rx.recv()? else { break };
         let seq = check(&mut checker, &msg, expected)?;
         tx.send(seq, PING_SIZE)?;
         expected += 1;
     }
-    tx.end()
+    tx.end()?;
+    CpuTime::now().since(start).send(&cpu)
+}
+
+/// A receiver that waits `wait` for a message that never comes (the
+/// sender only ends the channel then): the CPU a waiting strategy burns
+/// while nothing happens. A spinning receiver takes a whole CPU; one that
+/// sleeps in the kernel, next to nothing (the watchdog still wakes it every
+/// 100 ms to check its peer).
+fn idle_of(mech: Mech, wait: Duration, dir: &PrivateDir) -> Result<Idle> {
+    let Channel {
+        tx, rx, cleanup, ..
+    } = transport::channel(mech, PING_SIZE, dir.path(), signals(1))?.map_err(anyhow::Error::msg)?;
+    let (cpu_read, cpu_write) = control()?;
+    // SAFETY: single-threaded, as above.
+    let child = match unsafe { fork() }.context("fork()")? {
+        ForkResult::Child => {
+            drop((tx, cpu_read));
+            let code = match idle_receiver(rx, cpu_write) {
+                Ok(()) => 0,
+                Err(e) => {
+                    progress(&format!("idle receiver: {e:#}"));
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop((rx, cpu_write));
+    let outcome = (|| -> Result<()> {
+        let mut tx = tx;
+        tx.after_fork(child)?;
+        let _ticker = transport::watch(child, CELL_DEADLINE)?;
+        // Sleep through `wait` (the ticker interrupts the sleep; sleep
+        // resumes until the time is up).
+        std::thread::sleep(wait);
+        tx.end()
+    })();
+    let exit = wait_pid(child, Duration::from_secs(60))?;
+    drop(cleanup);
+    outcome?;
+    if !exit.success() {
+        bail!("the idle receiver {exit}");
+    }
+    let words =
+        system::receive_words(&cpu_read, 3)?.context("the idle receiver sent no figures")?;
+    Ok(Idle {
+        mech,
+        cpu: CpuTime {
+            user_us: words[0],
+            sys_us: words[1],
+        },
+        seconds: words[2] as f64 / 1e6,
+    })
+}
+
+fn idle_receiver(mut rx: Box<dyn transport::Rx>, out: OwnedFd) -> Result<()> {
+    let (parent, _ticker) = child_start()?;
+    rx.after_fork(parent)?;
+    let (cpu, wall) = (CpuTime::now(), Instant::now());
+    if rx.recv()?.is_some() {
+        bail!("a message came, but none was sent");
+    }
+    let (spent, waited) = (CpuTime::now().since(cpu), wall.elapsed());
+    system::send_words(
+        &out,
+        &[spent.user_us, spent.sys_us, waited.as_micros() as u64],
+    )
 }

@@ -11,14 +11,20 @@
 //!   find again by key.
 //! - POSIX message queues: `/ipc-bench-PID-N` (`/dev/mqueue/ipc-bench-PID-N`).
 //! - The private directory: `<runtime dir>/ipc-bench-PID-N`.
+//! - When another user holds our keys (anybody may create a queue under
+//!   any key, and ours are predictable), an `IPC_PRIVATE` queue, its id
+//!   recorded as `sysv-msq-ID` in the private directory: the run that
+//!   finds the directory of a dead run removes the queues it recorded, if
+//!   they are still the ones it made (key IPC_PRIVATE, created and owned
+//!   by us, created just before the record was written).
 //!
 //! An object counts as stale only if it is owned (and, for System V,
 //! created) by our effective uid and the pid in its name is not running;
 //! anything else is left alone and reported.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use common::peer::alive;
 use nix::errno::Errno;
 use nix::unistd::geteuid;
@@ -41,22 +47,110 @@ fn key_pid(key: libc::key_t) -> Option<u32> {
 }
 
 /// A new System V message queue (mode 0600) under one of this process's
-/// keys; the caller removes it. `IPC_EXCL`: never an existing queue.
-pub fn sysv_queue() -> Result<(libc::c_int, libc::key_t)> {
+/// keys; the caller removes it. `IPC_EXCL`: never an existing queue. If
+/// every key is taken (by our other channel, or by someone squatting
+/// them), an `IPC_PRIVATE` queue recorded in `dir`: then the second value
+/// is the record, which the caller removes after the queue.
+pub fn sysv_queue(dir: &Path) -> Result<(libc::c_int, Option<PathBuf>)> {
     for slot in 0..C_REFERENCE_SLOT {
         let key = sysv_key(std::process::id(), slot);
         // SAFETY: msgget takes no pointers.
         let id = unsafe { libc::msgget(key, libc::IPC_CREAT | libc::IPC_EXCL | 0o600) };
         match Errno::result(id) {
-            Ok(id) => return Ok((id, key)),
-            Err(Errno::EEXIST) => continue, // in use by our other channel
+            Ok(id) => return Ok((id, None)),
+            // In use by our other channel, or by a queue not ours.
+            Err(Errno::EEXIST) => continue,
             Err(e) => return Err(e).with_context(|| format!("msgget(key {key:#010x})")),
         }
     }
-    bail!(
-        "msgget: all {C_REFERENCE_SLOT} System V keys of pid {} are taken (see ipcs -q)",
-        std::process::id()
-    )
+    use std::os::unix::fs::OpenOptionsExt;
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        crate::progress(&format!(
+            "the System V keys of pid {} (0x69PPPPPS) are taken; using IPC_PRIVATE queues, \
+             each recorded in {} so that the next run removes it if this one is killed",
+            std::process::id(),
+            dir.display()
+        ))
+    });
+    // IPC_PRIVATE: always a new queue, with no key anybody can take first.
+    // SAFETY: msgget takes no pointers.
+    let id = Errno::result(unsafe { libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600) })
+        .context("msgget(IPC_PRIVATE)")?;
+    let record = dir.join(format!("{PRIVATE_RECORD}{id}"));
+    // Written after the queue exists (the clean-up compares the times);
+    // if it cannot be written, nobody could find the queue: remove it.
+    if let Err(e) = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&record)
+    {
+        let _ = common::cleanup::sysv_remove(common::cleanup::SysvKind::MessageQueue, id);
+        return Err(e).with_context(|| format!("create {}", record.display()));
+    }
+    Ok((id, Some(record)))
+}
+
+/// Is `key` of ours free? (The C reference makes its queue under it.)
+pub fn key_free(key: libc::key_t) -> bool {
+    // SAFETY: msgget takes no pointers.
+    let id = unsafe { libc::msgget(key, 0) };
+    Errno::result(id) == Err(Errno::ENOENT)
+}
+
+/// A file in the private directory that names an IPC_PRIVATE queue.
+const PRIVATE_RECORD: &str = "sysv-msq-";
+/// A file in the private directory that names a POSIX queue of ours.
+const MQ_RECORD: &str = "posix-mq-";
+
+/// Note POSIX queue `name` ("/ipc-bench-PID-N") in `dir`; the guard
+/// removes the note (drop it after the queue's own guard).
+pub fn record_posix_queue(dir: &Path, name: &str) -> Result<common::cleanup::PathGuard> {
+    let record = dir.join(format!("{MQ_RECORD}{}", name.trim_start_matches('/')));
+    std::fs::write(&record, b"").with_context(|| format!("create {}", record.display()))?;
+    Ok(common::cleanup::PathGuard::new(record))
+}
+
+/// The POSIX queues a dead run recorded in `dir`, for systems where
+/// /dev/mqueue is not mounted (posix_queues cannot list them there):
+/// removed if the name is a queue of that run's and it is ours.
+fn recorded_posix_queues(dir: &Path, pid: u32, said: &mut Vec<String>) {
+    use nix::mqueue::{MQ_OFlag, mq_open, mq_unlink};
+    use nix::sys::stat::Mode;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let euid = geteuid().as_raw();
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(name) = file.to_str().and_then(|n| n.strip_prefix(MQ_RECORD)) else {
+            continue;
+        };
+        if name_pid(name) != Some(pid) {
+            continue; // not the name of a queue of that run
+        }
+        let mq = format!("/{name}");
+        // Open it only to ask who owns it (an mqd_t is a descriptor).
+        let Ok(mqd) = mq_open(mq.as_str(), MQ_OFlag::O_RDONLY, Mode::empty(), None) else {
+            continue; // removed already (or not ours to open)
+        };
+        let owner = nix::sys::stat::fstat(&mqd).map(|st| st.st_uid);
+        // An MqdT has no Drop: mq_close, or the descriptor stays open.
+        let _ = nix::mqueue::mq_close(mqd);
+        match owner {
+            Ok(uid) if uid == euid => match mq_unlink(mq.as_str()) {
+                Ok(()) => said.push(format!(
+                    "removed POSIX queue {mq} left by ipc-bench pid {pid}, which is gone"
+                )),
+                Err(e) => said.push(format!("could not remove POSIX queue {mq}: mq_unlink: {e}")),
+            },
+            Ok(uid) => said.push(format!(
+                "left alone POSIX queue {mq} (named like ipc-bench pid {pid}'s): owned by uid {uid}, not by us (uid {euid})"
+            )),
+            Err(_) => {}
+        }
+    }
 }
 
 /// The pid in `ipc-bench-PID-N`, exactly that shape, or None.
@@ -194,6 +288,8 @@ fn directories(runtime_dir: &Path, said: &mut Vec<String>) {
             ));
             continue;
         }
+        private_queues(&path, pid, said);
+        recorded_posix_queues(&path, pid, said);
         // remove_dir_all does not follow symlinks inside the directory.
         match std::fs::remove_dir_all(&path) {
             Ok(()) => said.push(format!(
@@ -201,6 +297,74 @@ fn directories(runtime_dir: &Path, said: &mut Vec<String>) {
                 path.display()
             )),
             Err(e) => said.push(format!("could not remove {}: {e}", path.display())),
+        }
+    }
+}
+
+/// The IPC_PRIVATE queues a dead run recorded in its directory `dir`:
+/// removed if each is still the queue it made.
+fn private_queues(dir: &Path, pid: u32, said: &mut Vec<String>) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let table = std::fs::read_to_string("/proc/sysvipc/msg").unwrap_or_default();
+    let euid = geteuid().as_raw();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(id) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PRIVATE_RECORD))
+            .and_then(|n| n.parse::<libc::c_int>().ok())
+        else {
+            continue;
+        };
+        // symlink_metadata: the record itself, a regular file of ours.
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        if !meta.is_file() || meta.uid() != euid {
+            continue;
+        }
+        // /proc/sysvipc/msg: key msqid perms ... (decimal); the key tells
+        // an IPC_PRIVATE queue (0) from one made under a key.
+        let key = table.lines().skip(1).find_map(|line| {
+            let mut f = line.split_whitespace();
+            let key = f.next()?.parse::<libc::key_t>().ok()?;
+            (f.next()?.parse::<libc::c_int>().ok()? == id).then_some(key)
+        });
+        let Some(key) = key else {
+            continue; // gone already (removed before the run was killed)
+        };
+        // SAFETY: msqid_ds is plain data; IPC_STAT fills it.
+        let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: `ds` is a valid out-pointer for IPC_STAT.
+        if unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) } != 0 {
+            continue;
+        }
+        let (uid, cuid, made) = (ds.msg_perm.uid, ds.msg_perm.cuid, ds.msg_ctime as i64);
+        // The queue was made just before its record (same second or the
+        // one before); a later queue that got the same id is not it.
+        let recorded = meta.mtime();
+        let ours = key == libc::IPC_PRIVATE
+            && uid == euid
+            && cuid == euid
+            && (recorded - 2..=recorded).contains(&made);
+        if !ours {
+            said.push(format!(
+                "left alone System V queue id {id} (recorded by ipc-bench pid {pid}): key {key:#x}, \
+                 owned by uid {uid}, created by uid {cuid} at {made}, the record written at \
+                 {recorded}: not the queue that run made"
+            ));
+            continue;
+        }
+        match common::cleanup::sysv_remove(common::cleanup::SysvKind::MessageQueue, id) {
+            Ok(()) => said.push(format!(
+                "removed System V queue id {id} (IPC_PRIVATE) left by ipc-bench pid {pid}, which is gone"
+            )),
+            Err(e) => said.push(format!(
+                "could not remove System V queue id {id}: msgctl(IPC_RMID): {e}"
+            )),
         }
     }
 }

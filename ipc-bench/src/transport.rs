@@ -13,13 +13,13 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::ptr::NonNull;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use common::cleanup::{MqGuard, PathGuard, SysvGuard, SysvKind, unique_name};
 use common::payload;
-use common::peer::{Ticker, alive};
+use common::peer::{PidWatch, Ticker};
 use common::psem::SharedSem;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -30,6 +30,7 @@ use nix::sys::socket::{
 };
 use nix::sys::stat::Mode;
 use nix::unistd::{Pid, read, write};
+use shm_demo::ipc_futex::{self as futex, Strategy};
 use shm_demo::ipc_ring::{self as ring, Detach, Reader, Segment, Sem, Writer};
 
 /// The mechanisms, in table order.
@@ -42,12 +43,17 @@ pub enum Mech {
     SysvMsg,
     PosixMq,
     ShmSem,
+    ShmFutex,
+    ShmFutexYield,
+    ShmFutexSpin,
+    ShmMemfd,
     ShmSpsc,
     Tcp,
     Signal,
+    Eventfd,
 }
 
-pub const ALL: [Mech; 10] = [
+pub const ALL: [Mech; 15] = [
     Mech::Pipe,
     Mech::Fifo,
     Mech::UnixStream,
@@ -55,9 +61,38 @@ pub const ALL: [Mech; 10] = [
     Mech::SysvMsg,
     Mech::PosixMq,
     Mech::ShmSem,
+    Mech::ShmFutex,
+    Mech::ShmFutexYield,
+    Mech::ShmFutexSpin,
+    Mech::ShmMemfd,
     Mech::ShmSpsc,
     Mech::Tcp,
     Mech::Signal,
+    Mech::Eventfd,
+];
+
+/// The mechanisms whose idle receiver is measured: every waiting strategy
+/// of the shared-memory rings, and a pipe (a receiver blocked in the
+/// kernel) for reference.
+pub const IDLE: [Mech; 6] = [
+    Mech::ShmFutexSpin,
+    Mech::ShmFutexYield,
+    Mech::ShmFutex,
+    Mech::ShmSem,
+    Mech::ShmSpsc,
+    Mech::Pipe,
+];
+
+/// The shared-memory rings and their references, in the order of the
+/// "cost of waiting" comparison.
+pub const WAITING: [Mech; 7] = [
+    Mech::ShmFutexSpin,
+    Mech::ShmFutexYield,
+    Mech::ShmFutex,
+    Mech::ShmSem,
+    Mech::ShmSpsc,
+    Mech::Pipe,
+    Mech::Eventfd,
 ];
 
 impl Mech {
@@ -70,9 +105,29 @@ impl Mech {
             Mech::SysvMsg => "sysv-msg",
             Mech::PosixMq => "posix-mq",
             Mech::ShmSem => "shm-sem",
+            Mech::ShmFutex => "shm-futex",
+            Mech::ShmFutexYield => "shm-futex-yield",
+            Mech::ShmFutexSpin => "shm-futex-spin",
+            Mech::ShmMemfd => "shm-memfd",
             Mech::ShmSpsc => "shm-spsc",
             Mech::Tcp => "tcp",
             Mech::Signal => "signal",
+            Mech::Eventfd => "eventfd",
+        }
+    }
+
+    /// How a waiting side of this mechanism waits.
+    pub fn waiting(self) -> &'static str {
+        match self {
+            Mech::ShmFutexSpin => "pure spin",
+            Mech::ShmFutexYield | Mech::ShmSpsc => "spin, then sched_yield",
+            Mech::ShmFutex | Mech::ShmMemfd => "spin, then FUTEX_WAIT",
+            Mech::ShmSem => "POSIX semaphores (sem_wait)",
+            Mech::Signal => "sigtimedwait",
+            Mech::Eventfd => "blocking read(eventfd)",
+            Mech::SysvMsg => "blocking msgrcv",
+            Mech::PosixMq => "blocking mq_receive",
+            _ => "blocking read/recv in the kernel",
         }
     }
 
@@ -85,9 +140,14 @@ impl Mech {
             Mech::SysvMsg => "System V message queue",
             Mech::PosixMq => "POSIX message queue",
             Mech::ShmSem => "shared memory ring + 2 POSIX semaphores (shm-demo's ring)",
+            Mech::ShmFutex => "shm-demo's futex ring: spin, then sleep in FUTEX_WAIT",
+            Mech::ShmFutexYield => "shm-demo's futex ring, waiting by spin then sched_yield",
+            Mech::ShmFutexSpin => "shm-demo's futex ring, waiting by pure spin",
+            Mech::ShmMemfd => "shm-demo's futex ring (spin, then FUTEX_WAIT) in a sealed memfd",
             Mech::ShmSpsc => "shared memory lock-free SPSC byte ring, spin then yield",
             Mech::Tcp => "TCP over 127.0.0.1, TCP_NODELAY, framed",
             Mech::Signal => "sigqueue(SIGRTMIN+1) with the sequence number as value",
+            Mech::Eventfd => "two eventfds, one per direction: a counter and a wake-up",
         }
     }
 
@@ -146,7 +206,10 @@ pub struct Channel {
 // The watchdog
 // ---------------------------------------------------------------------------
 
-static PEER: AtomicI32 = AtomicI32::new(0);
+/// The watched peer: a pidfd where the kernel has them (Linux 5.3+).
+static PEER: std::sync::Mutex<Option<PidWatch>> = std::sync::Mutex::new(None);
+/// Set the first time `still_ok` finds the peer gone.
+static GONE_ONCE: AtomicBool = AtomicBool::new(false);
 /// Deadline as milliseconds since START (0: none).
 static DEADLINE_MS: AtomicU64 = AtomicU64::new(0);
 
@@ -158,7 +221,13 @@ fn epoch() -> Instant {
 /// Set what `still_ok` checks, and wake blocked calls every 100 ms so they
 /// check it; the wake-ups last as long as the returned ticker.
 pub fn watch(peer: Pid, deadline: Duration) -> Result<Ticker> {
-    PEER.store(peer.as_raw(), Ordering::Relaxed);
+    let watch = PidWatch::open(peer.as_raw())?;
+    if let Some(note) = watch.fallback() {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| crate::progress(note));
+    }
+    *PEER.lock().unwrap_or_else(|e| e.into_inner()) = Some(watch);
+    GONE_ONCE.store(false, Ordering::Relaxed);
     let ms = (epoch().elapsed() + deadline).as_millis() as u64;
     DEADLINE_MS.store(ms, Ordering::Relaxed);
     Ticker::start(Duration::from_millis(100))
@@ -167,9 +236,16 @@ pub fn watch(peer: Pid, deadline: Duration) -> Result<Ticker> {
 /// Fails if the peer died or the deadline passed.
 pub fn still_ok() -> Result<()> {
     common::cleanup::check_stop()?;
-    let peer = PEER.load(Ordering::Relaxed);
-    if peer > 0 && !alive(peer) {
-        bail!("the peer process (pid {peer}) died");
+    if let Some(peer) = PEER.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+        && !peer.alive()
+    {
+        // The peer may have sent its last message and exited between our
+        // EINTR and this look: what it sent is still queued. So the first
+        // time, let the caller try again (a queued message comes at once);
+        // only a second tick (100 ms later) with the peer still gone fails.
+        if GONE_ONCE.swap(true, Ordering::Relaxed) {
+            bail!("the peer process (pid {}) died", peer.pid());
+        }
     }
     let deadline = DEADLINE_MS.load(Ordering::Relaxed);
     if deadline > 0 && epoch().elapsed().as_millis() as u64 > deadline {
@@ -535,6 +611,50 @@ fn new_ring(slots: u32, slot_size: u32) -> Result<Rc<RingShared>> {
     Ok(Rc::new(RingShared { segment }))
 }
 
+/// A memfd of `len` bytes whose size can never change again, and our
+/// mapping of it. `memfd_create`: memory with a descriptor and no name;
+/// `ftruncate`: its size; `F_ADD_SEALS` SHRINK|GROW|SEAL: nobody (not even
+/// we) can shrink it under a mapping (which would SIGBUS the other side)
+/// or grow it, and no seal can be added or removed later. Not
+/// F_SEAL_WRITE: the ring is written all the time.
+fn sealed_memfd(len: usize) -> Result<(NonNull<c_void>, OwnedFd)> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let fd = memfd_create(
+        c"ipc-bench-ring",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .context("memfd_create(ipc-bench-ring)")?;
+    nix::unistd::ftruncate(&fd, len as libc::off_t)
+        .with_context(|| format!("ftruncate(memfd, {len})"))?;
+    fcntl(
+        &fd,
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+        ),
+    )
+    .context("fcntl(memfd, F_ADD_SEALS)")?;
+    let base = map_fd(&fd, len)?;
+    Ok((base, fd))
+}
+
+/// `mmap(NULL, len, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0)`.
+fn map_fd(fd: &OwnedFd, len: usize) -> Result<NonNull<c_void>> {
+    let size = NonZeroUsize::new(len).context("an empty mapping")?;
+    // SAFETY: a fresh mapping at a kernel-chosen address overlaps nothing.
+    unsafe {
+        nix::sys::mman::mmap(
+            None,
+            size,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_SHARED,
+            fd,
+            0,
+        )
+    }
+    .context("mmap(memfd, MAP_SHARED)")
+}
+
 fn peer_gone() -> Option<String> {
     still_ok().err().map(|e| format!("{e:#}"))
 }
@@ -575,6 +695,97 @@ impl Rx for RingRx {
         let got = reader.read(&mut self.message, &mut peer_gone)?;
         self.position = reader.position();
         Ok(got.map(|seq| Msg::Numbered(seq, &self.message)))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// shm-demo's futex ring: two counters, spin, then FUTEX_WAIT (or not)
+// ---------------------------------------------------------------------------
+
+/// The futex ring's memfd (shm-memfd only) and the process that made it.
+type Memfd = Option<(Rc<OwnedFd>, u32)>;
+
+/// The same shape as shm-sem's ring, so the two compare slot for slot;
+/// in an anonymous mapping, or (`memfd`) in a sealed memfd.
+fn new_futex_ring(strategy: Strategy, memfd: bool) -> Result<(Rc<futex::Ring>, Memfd)> {
+    if !memfd {
+        let ring = futex::Ring::anonymous(SHM_SEM_SLOTS, SHM_SEM_SLOT_SIZE, strategy)?;
+        return Ok((Rc::new(ring), None));
+    }
+    let len = futex::segment_len(SHM_SEM_SLOTS, SHM_SEM_SLOT_SIZE);
+    let (base, fd) = sealed_memfd(len)?;
+    // SAFETY: the MAP_SHARED mapping just made, `len` bytes, page-aligned,
+    // zero-filled (a new memfd reads as zeros).
+    let mut ring = unsafe { futex::Ring::new(base, len) };
+    ring.init(SHM_SEM_SLOTS, SHM_SEM_SLOT_SIZE, strategy);
+    ring.publish();
+    Ok((Rc::new(ring), Some((Rc::new(fd), std::process::id()))))
+}
+
+/// In the process that did not make the memfd: a mapping of our own, its
+/// header checked as shm-demo's sender checks a segment it opened, in
+/// place of the one inherited over fork. None: keep the one we have.
+fn mapped_here(memfd: &Memfd) -> Result<Option<Rc<futex::Ring>>> {
+    let Some((fd, creator)) = memfd else {
+        return Ok(None);
+    };
+    if *creator == std::process::id() {
+        return Ok(None);
+    }
+    // The seals fix the size: what we map is what the maker sized.
+    let len = nix::sys::stat::fstat(fd.as_ref())
+        .context("fstat(memfd)")?
+        .st_size as usize;
+    let base = map_fd(fd, len)?;
+    // SAFETY: the MAP_SHARED mapping just made, `len` bytes.
+    let mut ring = unsafe { futex::Ring::new(base, len) };
+    let magic = ring.wait_published();
+    ring.validate(magic, "the memfd")?;
+    Ok(Some(Rc::new(ring)))
+}
+
+struct FutexTx {
+    writer: futex::Writer<Rc<futex::Ring>>,
+    memfd: Memfd,
+}
+
+impl Tx for FutexTx {
+    fn after_fork(&mut self, _peer: Pid) -> Result<()> {
+        if let Some(ring) = mapped_here(&self.memfd)? {
+            // The inherited mapping goes with the old Writer.
+            self.writer = futex::Writer::new(ring);
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, seq: u64, size: usize) -> Result<()> {
+        self.writer.write(seq, size, &mut peer_gone)
+    }
+
+    fn end(&mut self) -> Result<()> {
+        self.writer.end(&mut peer_gone)
+    }
+}
+
+struct FutexRx {
+    reader: futex::Reader<Rc<futex::Ring>>,
+    memfd: Memfd,
+}
+
+impl Rx for FutexRx {
+    fn after_fork(&mut self, _peer: Pid) -> Result<()> {
+        if let Some(ring) = mapped_here(&self.memfd)? {
+            self.reader = futex::Reader::new(ring);
+        }
+        Ok(())
+    }
+
+    fn recv(&mut self) -> Result<Option<Msg<'_>>> {
+        // A message that fits a slot is checked in place, in the slot.
+        Ok(self
+            .reader
+            .receive(&mut peer_gone)?
+            .map(|got| Msg::Numbered(got.seq, got.body)))
     }
 }
 
@@ -935,6 +1146,67 @@ impl Rx for SignalRx {
 }
 
 // ---------------------------------------------------------------------------
+// eventfd: a counter in the kernel; a write adds, a read takes it all
+// ---------------------------------------------------------------------------
+
+/// The value that says "no more": far above any sequence number + 1.
+const EVENT_END: u64 = 1 << 62;
+
+struct EventTx {
+    fd: OwnedFd,
+}
+
+impl EventTx {
+    /// write(2) of 8 bytes adds the value to the counter and wakes a reader.
+    fn add(&self, value: u64) -> Result<()> {
+        loop {
+            match write(self.fd.as_fd(), &value.to_ne_bytes()) {
+                Ok(_) => return Ok(()),
+                Err(Errno::EINTR) => still_ok()?,
+                Err(e) => return Err(e).context("write(eventfd)"),
+            }
+        }
+    }
+}
+
+impl Tx for EventTx {
+    fn send(&mut self, seq: u64, _size: usize) -> Result<()> {
+        // + 1: adding 0 would wake nobody. One value in flight at a time
+        // (a round trip), so the reader gets exactly this one.
+        self.add(seq + 1)
+    }
+
+    fn end(&mut self) -> Result<()> {
+        self.add(EVENT_END)
+    }
+}
+
+struct EventRx {
+    fd: OwnedFd,
+}
+
+impl Rx for EventRx {
+    fn recv(&mut self) -> Result<Option<Msg<'_>>> {
+        let mut bytes = [0u8; 8];
+        loop {
+            // read(2) blocks while the counter is 0, then returns it and
+            // resets it to 0.
+            match read(self.fd.as_fd(), &mut bytes) {
+                Ok(8) => break,
+                Ok(n) => bail!("read(eventfd): {n} bytes, not 8"),
+                Err(Errno::EINTR) => still_ok()?,
+                Err(e) => return Err(e).context("read(eventfd)"),
+            }
+        }
+        match u64::from_ne_bytes(bytes) {
+            EVENT_END => Ok(None),
+            0 => bail!("read(eventfd) returned a zero counter"),
+            v => Ok(Some(Msg::Value(v - 1))),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Making channels
 // ---------------------------------------------------------------------------
 
@@ -957,9 +1229,12 @@ fn mq_msgsize_max() -> usize {
 /// Messages a POSIX queue holds (`mq_maxmsg`); 10 is also the default
 /// ceiling (`fs.mqueue.msg_max`) for unprivileged users.
 pub const MQ_MAXMSG: usize = 10;
-/// shm-sem's ring: 16 slots of 64 KiB (shm-demo's own default is 8 x 4 KiB;
-/// bigger slots carry a 64 KiB message whole).
-pub const SHM_SEM_SLOTS: u32 = 16;
+/// The slot rings' geometry (shm-sem, the futex rows, shm-memfd): 128 slots
+/// of 64 KiB, 8 MiB like the SPSC ring, so the strategies compare on the
+/// same depth (shm-demo's own default is 8 x 4 KiB; bigger slots carry a
+/// 64 KiB message whole, and with 16 slots the futex ring at 64 KiB ran at
+/// a quarter of its 128-slot speed: the sides kept waiting for each other).
+pub const SHM_SEM_SLOTS: u32 = 128;
 pub const SHM_SEM_SLOT_SIZE: u32 = 64 * 1024;
 /// A pipe's default capacity (16 pages).
 pub const PIPE_DEFAULT: usize = 65536;
@@ -1080,8 +1355,13 @@ pub fn channel(
         Mech::SysvMsg => {
             // A key with our pid in it, not IPC_PRIVATE: if we are killed,
             // the next run can find the queue and remove it (stale.rs).
-            let (id, _key) = crate::stale::sysv_queue()?;
+            // (IPC_PRIVATE, recorded in `dir`, if someone holds our keys.)
+            let (id, record) = crate::stale::sysv_queue(dir)?;
+            // Dropped in order: the queue first, then its record.
             cleanup.push(Box::new(SysvGuard::new(SysvKind::MessageQueue, id)));
+            if let Some(record) = record {
+                cleanup.push(Box::new(PathGuard::new(record)));
+            }
             buffer = limit("kernel/msgmnb").unwrap_or(16384);
             let piece = msgmax().min(size.max(1));
             if size > msgmax() {
@@ -1111,14 +1391,38 @@ pub fn channel(
             let flags = nix::mqueue::MQ_OFlag::O_CREAT
                 | nix::mqueue::MQ_OFlag::O_EXCL
                 | nix::mqueue::MQ_OFlag::O_RDWR;
-            let tx = nix::mqueue::mq_open(
-                name.as_str(),
-                flags,
-                Mode::S_IRUSR | Mode::S_IWUSR,
-                Some(&attr),
-            )
-            .context("mq_open")?;
+            // EMFILE here is not about descriptors: the queue's bytes
+            // would take this user over RLIMIT_MSGQUEUE, a budget every
+            // process of the user shares. Other programs' queues come and
+            // go, so wait a little before calling the cell n/a.
+            let mut tries = 0;
+            let tx = loop {
+                match nix::mqueue::mq_open(
+                    name.as_str(),
+                    flags,
+                    Mode::S_IRUSR | Mode::S_IWUSR,
+                    Some(&attr),
+                ) {
+                    Ok(mqd) => break mqd,
+                    Err(Errno::EMFILE) if tries < 100 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(Errno::EMFILE) => {
+                        return Ok(Err(format!(
+                            "n/a: mq_open: EMFILE: a queue of {MQ_MAXMSG} x {piece} bytes would take \
+                             this user over RLIMIT_MSGQUEUE ({} bytes, shared by all its \
+                             processes' queues) for 10 s",
+                            msgqueue_limit()
+                        )));
+                    }
+                    Err(e) => return Err(e).context("mq_open"),
+                }
+            };
             cleanup.push(Box::new(MqGuard::new(&name)));
+            // Found by the next run if we are killed, even where the
+            // mqueue filesystem is not mounted and queues cannot be listed.
+            cleanup.push(Box::new(crate::stale::record_posix_queue(dir, &name)?));
             let rx = nix::mqueue::mq_open(
                 name.as_str(),
                 nix::mqueue::MQ_OFlag::O_RDWR,
@@ -1141,6 +1445,30 @@ pub fn channel(
                     piece,
                     raw: Vec::new(),
                     message: Vec::new(),
+                }),
+            )
+        }
+        Mech::ShmFutex | Mech::ShmFutexYield | Mech::ShmFutexSpin | Mech::ShmMemfd => {
+            let slot = SHM_SEM_SLOT_SIZE as usize;
+            let strategy = match mech {
+                Mech::ShmFutexYield => Strategy::SpinYield,
+                Mech::ShmFutexSpin => Strategy::Spin,
+                _ => Strategy::SpinFutex,
+            };
+            let (ring, memfd) = new_futex_ring(strategy, mech == Mech::ShmMemfd)?;
+            buffer = ring.len();
+            cycle = u64::from(SHM_SEM_SLOTS).div_ceil(size.div_ceil(slot).max(1) as u64);
+            if size > slot {
+                note = Some(format!("split into {} KiB slots", slot / 1024));
+            }
+            (
+                Box::new(FutexTx {
+                    writer: futex::Writer::new(ring.clone()),
+                    memfd: memfd.clone(),
+                }),
+                Box::new(FutexRx {
+                    reader: futex::Reader::new(ring),
+                    memfd,
                 }),
             )
         }
@@ -1178,6 +1506,24 @@ pub fn channel(
                     shared,
                     tail: 0,
                     pending: 0,
+                }),
+            )
+        }
+        Mech::Eventfd => {
+            let efd = nix::sys::eventfd::EventFd::from_value_and_flags(
+                0,
+                nix::sys::eventfd::EfdFlags::EFD_CLOEXEC,
+            )
+            .context("eventfd(0, EFD_CLOEXEC)")?;
+            let end = |what| {
+                efd.as_fd()
+                    .try_clone_to_owned()
+                    .with_context(|| format!("dup(eventfd) for the {what}"))
+            };
+            (
+                Box::new(EventTx { fd: end("sender")? }),
+                Box::new(EventRx {
+                    fd: end("receiver")?,
                 }),
             )
         }
@@ -1235,7 +1581,19 @@ pub fn kernel_limits() -> Vec<(&'static str, String)> {
     .map(|(name, path)| (name, sysctl(path)))
     .collect();
     limits.push(("RLIMIT_SIGPENDING", sigpending()));
+    limits.push(("RLIMIT_MSGQUEUE", msgqueue_limit()));
     limits
+}
+
+/// The soft RLIMIT_MSGQUEUE: bytes of POSIX queues one user may have.
+fn msgqueue_limit() -> String {
+    // SAFETY: rlimit is plain data; getrlimit fills it.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MSGQUEUE, &mut lim) } != 0 {
+        return "unknown".into();
+    }
+    lim.rlim_cur.to_string()
 }
 
 /// The soft RLIMIT_SIGPENDING (nix's `resource` feature is not in the
@@ -1323,6 +1681,39 @@ pub fn configuration(mech: Mech) -> String {
             SPSC_CAPACITY >> 20,
             SPSC_CAPACITY >> 21
         ),
+        Mech::ShmFutex | Mech::ShmFutexYield | Mech::ShmFutexSpin => format!(
+            "shm-demo's futex ring (shm-demo futex): {SHM_SEM_SLOTS} slots of {} KiB, as \
+             shm-sem, synchronised by two u32 counters (published, released) in the header \
+             instead of semaphores, in an anonymous MAP_SHARED mapping inherited over fork; \
+             a waiting side looks for {} µs (spin loop hints, the clock read every {} looks), \
+             then {}; a message that fits \
+             a slot is checked in place, a larger one is copied out piece by piece",
+            SHM_SEM_SLOT_SIZE / 1024,
+            futex::SPIN_TIME.as_micros(),
+            futex::SPIN_BATCH,
+            match mech {
+                Mech::ShmFutex =>
+                    "stores 1 in its sleeping flag and sleeps in FUTEX_WAIT \
+                    (the other side makes FUTEX_WAKE only when that flag is set)",
+                Mech::ShmFutexYield => "calls sched_yield between looks (never sleeps)",
+                _ => "keeps spinning (never yields or sleeps)",
+            }
+        ),
+        Mech::ShmMemfd => format!(
+            "shm-futex's ring ({SHM_SEM_SLOTS} slots of {} KiB, spin then FUTEX_WAIT), but the \
+             segment is a memfd (memfd_create, ftruncate, F_ADD_SEALS SHRINK|GROW|SEAL) that \
+             each process maps itself: the forked child maps the inherited descriptor with \
+             mmap(MAP_SHARED) and checks the header as shm-demo's sender checks a segment it \
+             opened; compare with shm-futex, whose anonymous MAP_SHARED mapping is shmem \
+             like /dev/shm's",
+            SHM_SEM_SLOT_SIZE / 1024
+        ),
+        Mech::Eventfd => "two eventfds (eventfd(0, EFD_CLOEXEC), inherited over fork), one per \
+             direction: the pinger writes the round's number + 1 (an 8-byte write adds to the \
+             counter and wakes the reader), the echo reads it (an 8-byte read takes the counter \
+             and resets it) and writes it back on the other; no payload, so only round trips \
+             are measured, each two wake-ups"
+            .to_string(),
         Mech::Tcp => {
             let list = |name: &str| {
                 std::fs::read_to_string(format!("/proc/sys/{name}"))

@@ -961,11 +961,11 @@ fn skip_the_wake(say: &Narrator) -> Result<()> {
         );
     }
     say.step(format!(
-        "then the receiver waits on the empty ring: it spun {} times, stored 1 in its flag, \
+        "then the receiver waits on the empty ring: it spun for {} µs, stored 1 in its flag, \
          looked once more, and {seen}. One message: the sender saw the flag, swapped it to 0 \
          and made {wakes} FUTEX_WAKE call, which woke {woken} (the receiver called FUTEX_WAIT \
          {waits} time(s)){}",
-        futex::SPIN_LIMIT,
+        futex::SPIN_TIME.as_micros(),
         if attempt > 1 {
             format!(" [attempt {attempt}: before, a 100 ms tick ended just as we published]")
         } else {
@@ -1146,18 +1146,30 @@ fn semaphores_against_futexes(say: &Narrator) -> Result<()> {
         got.waits,
         sent.wakes
     ));
+    let ratio = per(fx_time) / per(sem_time);
+    // What this run showed decides the sentence: on a loaded machine a
+    // spinning reader loses its CPU too, and then sleeps as often.
+    let this_run = if ratio < 1.0 {
+        format!(
+            "on this run the futex ring took {ratio:.2} times the semaphore ring's time per \
+             message, and its reader blocked {fx_blocks} times against {sem_blocks}"
+        )
+    } else {
+        format!(
+            "on this run the futex ring was not faster ({ratio:.2} times the semaphore ring's \
+             time per message): its reader blocked {fx_blocks} times against {sem_blocks}, so \
+             here the spin rarely caught the next message (another process on the cores, or \
+             a writer descheduled mid-spin, makes a spinning reader sleep too)"
+        )
+    };
     say.step(format!(
-        "on this run the futex ring took {:.2} times the semaphore ring's time per message. \
-         Why a semaphore ring is slow at small messages: every slot costs a sem_post + \
-         sem_wait pair, and a reader that empties the ring faster than the writer fills it \
-         falls asleep in sem_wait again and again: then a message costs the writer a \
+        "{this_run}. Why a semaphore ring is slow at small messages: every slot costs a \
+         sem_post + sem_wait pair, and a reader that empties the ring faster than the writer \
+         fills it falls asleep in sem_wait again and again: then a message costs the writer a \
          FUTEX_WAKE system call and the reader a wake-up and a context switch (microseconds, \
-         for 64 bytes that take nanoseconds to copy). The futex ring's reader spins {} times \
-         before it sleeps: a message that arrives meanwhile costs neither side a system call. \
-         Both figures depend on this machine and its load (other work on the cores makes \
-         both readers sleep more)",
-        per(fx_time) / per(sem_time),
-        futex::SPIN_LIMIT
+         for 64 bytes that take nanoseconds to copy). The futex ring's reader spins for {} µs \
+         before it sleeps: a message that arrives meanwhile costs neither side a system call",
+        futex::SPIN_TIME.as_micros()
     ));
     drop(segment); // munmap(2) (no sem_destroy needed for memory that goes now)
     Ok(())

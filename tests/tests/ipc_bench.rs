@@ -11,7 +11,7 @@ use ipc_tests::{LONG, SHORT, assert_usage_error, run};
 static SWEEP: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 const BENCH: &str = "ipc-bench";
-const MECHANISMS: [&str; 10] = [
+const MECHANISMS: [&str; 15] = [
     "pipe",
     "fifo",
     "unix-stream",
@@ -19,9 +19,25 @@ const MECHANISMS: [&str; 10] = [
     "sysv-msg",
     "posix-mq",
     "shm-sem",
+    "shm-futex",
+    "shm-futex-yield",
+    "shm-futex-spin",
+    "shm-memfd",
     "shm-spsc",
     "tcp",
     "signal",
+    "eventfd",
+];
+
+/// The idle receivers measured (every waiting strategy of the rings, and a
+/// pipe for reference).
+const IDLE: [&str; 6] = [
+    "shm-futex-spin",
+    "shm-futex-yield",
+    "shm-futex",
+    "shm-sem",
+    "shm-spsc",
+    "pipe",
 ];
 
 #[test]
@@ -96,7 +112,8 @@ fn quick_run_has_every_row_and_valid_json_and_svg() {
         let cells = m["throughput"].as_array().unwrap();
         assert_eq!(cells.len(), 4, "{m}");
         let measured = cells.iter().filter(|c| c["mb_s"].is_number()).count();
-        assert!(measured >= 1, "{m}");
+        // An eventfd carries no messages: round trips only.
+        assert!(measured >= 1 || m["name"] == "eventfd", "{m}");
         assert!(m["round_trip"]["median_ns"].as_u64().unwrap() > 0, "{m}");
     }
     assert!(parsed["spin_round_trip"]["median_ns"].as_u64().unwrap() > 0);
@@ -109,6 +126,189 @@ fn quick_run_has_every_row_and_valid_json_and_svg() {
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert!(svg.contains("shm-spsc"));
+
+    // CPU per message beside every throughput, CPU per round trip beside
+    // every latency, in the JSON...
+    for m in mechs {
+        let name = m["name"].as_str().unwrap();
+        for cell in m["throughput"].as_array().unwrap() {
+            if cell["mb_s"].is_number() {
+                assert!(cell["cpu_ns_per_message"].as_f64().unwrap() > 0.0, "{m}");
+                assert!(cell["cpu"]["parent_user_us"].is_u64(), "{m}");
+                assert!(cell["cpu"]["child_sys_us"].is_u64(), "{m}");
+                // The median of the runs, between their lowest and highest.
+                let (lo, mid, hi) = (
+                    cell["msg_s_min"].as_f64().unwrap(),
+                    cell["msg_s"].as_f64().unwrap(),
+                    cell["msg_s_max"].as_f64().unwrap(),
+                );
+                assert!(
+                    lo <= mid + 1.0 && mid <= hi + 1.0,
+                    "{name}: {lo} {mid} {hi}"
+                );
+                assert!(cell["runs"].as_u64().unwrap() >= 1);
+            }
+        }
+        let rt = &m["round_trip"];
+        for p in ["p50_ns", "p99_ns", "p999_ns"] {
+            assert!(rt[p].as_u64().unwrap() > 0, "{name} {p}");
+        }
+        assert!(rt["p50_ns"].as_u64() <= rt["p99_ns"].as_u64());
+        assert!(rt["p99_ns"].as_u64() <= rt["p999_ns"].as_u64());
+        assert!(
+            rt["cpu_ns_per_round_trip"].as_f64().unwrap() > 0.0,
+            "{name}"
+        );
+    }
+    // ... and in the tables.
+    for title in [
+        "CPU per message, user + system of both processes",
+        "A receiver waiting for nothing",
+        "The cost of waiting",
+        "System",
+    ] {
+        section(title);
+    }
+    assert!(
+        throughput.contains("CPU/msg at the first size"),
+        "{throughput}"
+    );
+    assert!(latency.contains("CPU per round trip"), "{latency}");
+    // Idle receivers: one figure each, in the JSON and the table.
+    let idle = parsed["idle"].as_array().expect("idle");
+    let names: Vec<&str> = idle.iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, IDLE);
+    for i in idle {
+        assert!(i["seconds"].as_f64().unwrap() > 0.0, "{i}");
+        assert!(i["cpu_percent"].is_number(), "{i}");
+    }
+    let idle_table = section("A receiver waiting for nothing");
+    for mech in IDLE {
+        assert!(
+            idle_table
+                .lines()
+                .any(|l| l.starts_with(&format!("| {mech} |")) && l.contains('%')),
+            "{mech}\n{idle_table}"
+        );
+    }
+    // Where the processes ran, and the machine, in text and JSON.
+    assert!(
+        out.stdout.contains("CPUs: pinned") || out.stdout.contains("CPUs: not pinned"),
+        "{}",
+        out.describe()
+    );
+    let system = section("System");
+    for what in ["| kernel |", "| CPU model |", "| nproc", "| kernel.sched_"] {
+        assert!(system.contains(what), "{what}\n{system}");
+    }
+    for what in ["kernel", "CPU model", "CPUs online"] {
+        assert!(parsed["system"][what].is_string(), "{what}");
+    }
+    assert!(parsed["pinning"].is_string());
+    assert!(parsed["kernel_limits"]["fs.pipe-max-size"].is_string());
+    // eventfd: round trips only; shm-memfd: every size.
+    let by_name = |n: &str| mechs.iter().find(|m| m["name"] == n).unwrap();
+    let eventfd = by_name("eventfd");
+    assert!(
+        eventfd["throughput"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["na"].as_str().is_some_and(|w| w.contains("counter")))
+    );
+    assert!(eventfd["round_trip"]["p50_ns"].as_u64().unwrap() > 0);
+    assert!(eventfd["cpu_ns_per_wake_up"].as_f64().unwrap() > 0.0);
+    assert!(latency.contains("of CPU per wake-up"), "{latency}");
+    let memfd = by_name("shm-memfd");
+    assert!(
+        memfd["throughput"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["mb_s"].as_f64().is_some_and(|v| v > 0.0)),
+        "{memfd}"
+    );
+    assert!(
+        memfd["configuration"]
+            .as_str()
+            .unwrap()
+            .contains("F_ADD_SEALS")
+    );
+}
+
+/// Run ipc-bench allowed on CPU 0 only, as `taskset -c 0` would.
+fn on_one_cpu(args: &[&str]) -> ipc_tests::Output {
+    let mut cmd = std::process::Command::new(ipc_tests::bin(BENCH));
+    cmd.args(args)
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: between fork and exec only sched_setaffinity (a system call
+    // on a set on our stack) runs.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            Ok(())
+        });
+    }
+    ipc_tests::Proc::start(cmd).finish(SHORT)
+}
+
+#[test]
+fn the_output_says_whether_the_processes_were_pinned() {
+    let _shared = SWEEP.read().unwrap_or_else(|e| e.into_inner());
+    let args = [
+        "--mechanisms",
+        "pipe,shm-futex",
+        "--sizes",
+        "64",
+        "--count",
+        "16",
+        "--rounds",
+        "10",
+    ];
+    // One CPU allowed: nothing to pin to, and the output says so.
+    let out = on_one_cpu(&args);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        out.stdout
+            .contains("CPUs: not pinned: this process may run on 1 CPU(s) only"),
+        "{}",
+        out.describe()
+    );
+    // --no-pin: left to the scheduler, said so.
+    let mut no_pin = args.to_vec();
+    no_pin.push("--no-pin");
+    let out = run(BENCH, &no_pin, SHORT);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        out.stdout.contains("CPUs: not pinned: --no-pin"),
+        "{}",
+        out.describe()
+    );
+    // Two or more CPUs: pinned, to two different ones.
+    if std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2) {
+        let out = run(BENCH, &args, SHORT);
+        assert_eq!(out.code(), 0, "{}", out.describe());
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("CPUs: "))
+            .unwrap_or_else(|| panic!("{}", out.describe()));
+        assert!(
+            line.starts_with("CPUs: pinned: the parent on CPU "),
+            "{line}"
+        );
+        let cpus: Vec<&str> = line
+            .split("CPU ")
+            .skip(1)
+            .map(|s| s.split(|c: char| !c.is_ascii_digit()).next().unwrap())
+            .collect();
+        assert_eq!(cpus.len(), 2, "{line}");
+        assert_ne!(cpus[0], cpus[1], "{line}");
+    }
 }
 
 #[test]
@@ -156,6 +356,37 @@ fn bad_options_exit_2_with_a_clear_message() {
     for (args, needle) in cases {
         assert_usage_error(BENCH, args, needle);
     }
+}
+
+/// `--help` lists exactly the mechanisms `--mechanisms` accepts (the ones an
+/// unknown name's error lists as known), and those are every row.
+#[test]
+fn help_lists_exactly_the_mechanisms_the_parser_knows() {
+    let help = run(BENCH, &["--help"], SHORT);
+    assert_eq!(help.code(), 0, "{}", help.describe());
+    let listed: Vec<&str> = help
+        .stdout
+        .split("from:")
+        .nth(1)
+        .and_then(|rest| rest.split("(default").next())
+        .expect("--mechanisms ... from: LIST (default")
+        .split([',', ' ', '\n'])
+        .filter(|w| !w.is_empty())
+        .collect();
+    let refused = assert_usage_error(BENCH, &["--mechanisms", "bogus"], "known:");
+    let known: Vec<&str> = refused
+        .stderr
+        .split("known:")
+        .nth(1)
+        .unwrap()
+        .split(" (see")
+        .next()
+        .unwrap()
+        .split([',', ' '])
+        .filter(|w| !w.is_empty())
+        .collect();
+    assert_eq!(listed, known, "--help against the parser");
+    assert_eq!(listed, MECHANISMS, "--help against the rows");
 }
 
 // ---------------------------------------------------------------------------
@@ -313,7 +544,7 @@ fn the_output_states_each_configuration_and_the_kernel_limits() {
     for mech in MECHANISMS {
         line(mech);
     }
-    assert!(line("shm-sem").contains("16 slots of 64 KiB"), "{config}");
+    assert!(line("shm-sem").contains("128 slots of 64 KiB"), "{config}");
     assert!(line("shm-sem").contains("8 x 4 KiB"), "{config}");
     for mech in ["shm-sem", "shm-spsc"] {
         assert!(
@@ -463,14 +694,42 @@ fn left_by(pid: u32) -> (Vec<i32>, Vec<String>, Vec<std::path::PathBuf>) {
             })
             .unwrap_or_default()
     };
-    (
-        sysv_queues_of(pid),
-        names(std::path::Path::new("/dev/mqueue"))
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect(),
-        names(&common::cleanup::runtime_dir()),
-    )
+    let dirs = names(&common::cleanup::runtime_dir());
+    // POSIX queues: listed in /dev/mqueue where the mqueue filesystem is
+    // mounted, and recorded in the run's private directory everywhere.
+    let mut posix: Vec<String> = names(std::path::Path::new("/dev/mqueue"))
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for dir in &dirs {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if let Some(name) = file.strip_prefix("posix-mq-")
+                && !posix.iter().any(|p| p == name)
+            {
+                posix.push(name.to_string());
+            }
+        }
+    }
+    (sysv_queues_of(pid), posix, dirs)
+}
+
+/// Does POSIX queue /NAME exist? (Asked by name: /dev/mqueue may not be
+/// mounted.)
+fn posix_queue_exists(name: &str) -> bool {
+    use nix::mqueue::{MQ_OFlag, mq_close, mq_open};
+    match mq_open(
+        format!("/{name}").as_str(),
+        MQ_OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+        None,
+    ) {
+        Ok(mqd) => {
+            let _ = mq_close(mqd);
+            true
+        }
+        Err(e) => e != nix::errno::Errno::ENOENT,
+    }
 }
 
 /// Start a long throughput run of `mech`, wait until its queue exists,
@@ -508,6 +767,9 @@ fn killed_during(mech: &str) -> u32 {
         !sysv.is_empty() || !posix.is_empty(),
         "pid {pid} left no queue"
     );
+    for name in &posix {
+        assert!(posix_queue_exists(name), "{name}");
+    }
     pid
 }
 
@@ -518,6 +780,8 @@ fn objects_left_by_a_killed_run_are_found_and_removed_by_the_next() {
     // Each killed run leaves its queue and private directory (checked in
     // killed_during); the second run already removes what the first left.
     let dead = [killed_during("sysv-msg"), killed_during("posix-mq")];
+    let dead_queues = left_by(dead[1]).1;
+    assert!(!dead_queues.is_empty());
     // A queue named like a dead run's but owned by another user stays.
     let foreign = format!("/dev/mqueue/ipc-bench-{}-99", dead[1]);
     let made = std::process::Command::new("setpriv")
@@ -528,6 +792,13 @@ fn objects_left_by_a_killed_run_are_found_and_removed_by_the_next() {
         .is_ok_and(|s| s.success());
     let out = short_run("pipe", "64", &[]);
     assert_eq!(out.code(), 0, "{}", out.describe());
+    for name in &dead_queues {
+        assert!(
+            name.ends_with("-99") || !posix_queue_exists(name),
+            "{name} left\n{}",
+            out.describe()
+        );
+    }
     for pid in dead {
         let (sysv, posix, dirs) = left_by(pid);
         assert!(sysv.is_empty(), "pid {pid}: {sysv:?}\n{}", out.describe());
@@ -567,7 +838,12 @@ fn docs_regenerates_every_marked_region_and_nothing_else() {
     std::fs::write(root.join("docs/README.zh-CN.md"), page("readme-zh")).unwrap();
     std::fs::write(
         root.join("docs/comparison.md"),
-        format!("{}{}", page("comparison-top"), page("comparison-measured")),
+        format!(
+            "{}{}{}",
+            page("comparison-top"),
+            page("comparison-measured"),
+            page("comparison-waiting")
+        ),
     )
     .unwrap();
     // A subset would make the docs quote a run they do not describe.
@@ -610,9 +886,36 @@ fn docs_regenerates_every_marked_region_and_nothing_else() {
         comparison.contains("### Against the targets"),
         "{comparison}"
     );
+    // Each region exactly once, its text replaced, the text between
+    // regions kept: a page of three regions keeps its three frames.
+    assert_eq!(comparison.matches("# keep this").count(), 3, "{comparison}");
+    assert_eq!(comparison.matches("and this").count(), 3, "{comparison}");
+    for section in [
+        "## The cost of waiting",
+        "### Against the targets (the futex ring)",
+        "bench-waiting.svg",
+        "shm-futex-spin",
+        "memfd against an anonymous mapping",
+    ] {
+        assert!(comparison.contains(section), "{section}\n{comparison}");
+    }
+    let readme = read("README.md");
+    assert!(readme.contains("CPU per 64 B msg"), "{readme}");
+    for row in ["| eventfd |", "| the futex ring in a sealed memfd |"] {
+        assert!(readme.contains(row), "{row}\n{readme}");
+    }
+    let zh = read("docs/README.zh-CN.md");
+    assert!(zh.contains("每条 64 B 消息的 CPU 时间"), "{zh}");
+    assert!(
+        zh.contains("| eventfd |") && zh.contains("密封 memfd"),
+        "{zh}"
+    );
+    let waiting = read("docs/bench-waiting.svg");
+    assert!(waiting.starts_with("<svg") && waiting.contains("shm-futex"));
     let results = read("docs/bench-results.md");
     assert!(results.contains("ipc-bench/regenerate-docs.sh"));
     assert!(results.contains("## Configuration"));
+    assert!(results.contains("## System") && results.contains("CPUs: "));
     let _: serde_json::Value = serde_json::from_str(&read("docs/bench.json")).unwrap();
     assert!(read("docs/bench.svg").starts_with("<svg"));
     // A file without its markers is refused before any measuring.
@@ -636,7 +939,11 @@ fn the_repository_docs_hold_the_generated_regions() {
         ("docs/README.zh-CN.md", &["readme-zh"][..]),
         (
             "docs/comparison.md",
-            &["comparison-top", "comparison-measured"][..],
+            &[
+                "comparison-top",
+                "comparison-measured",
+                "comparison-waiting",
+            ][..],
         ),
     ] {
         let text = std::fs::read_to_string(root.join(file)).unwrap();
@@ -674,4 +981,206 @@ fn comparison_says_unnamed_semaphores_work_between_unrelated_processes() {
         .find(|l| l.starts_with("| **who can talk** |"))
         .expect("who can talk row");
     assert!(row.contains("pshared"), "{row}");
+}
+
+// ---------------------------------------------------------------------------
+// System V keys another user holds
+// ---------------------------------------------------------------------------
+
+/// A command for ipc-bench that, between fork and exec, creates queues
+/// under all four System V keys of its own pid (the pid ipc-bench will
+/// have) and gives them to uid 65534 (nobody): another user squatting the
+/// keys, as anybody can, for they are predictable.
+fn squatted(args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(ipc_tests::bin(BENCH));
+    cmd.args(args)
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: between fork and exec only system calls run (getpid, msgget,
+    // msgctl on a msqid_ds on our stack): async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let pid = libc::getpid() as u32;
+            for slot in 0..4u32 {
+                let key = ((0x69 << 24) | ((pid & 0x3f_ffff) << 2) | slot) as libc::key_t;
+                let id = libc::msgget(key, libc::IPC_CREAT | libc::IPC_EXCL | 0o600);
+                if id >= 0 {
+                    let mut ds: libc::msqid_ds = std::mem::zeroed();
+                    libc::msgctl(id, libc::IPC_STAT, &mut ds);
+                    ds.msg_perm.uid = 65534;
+                    libc::msgctl(id, libc::IPC_SET, &mut ds);
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// IPC_PRIVATE queues (key 0 in /proc/sysvipc/msg) that process `pid`
+/// sent to or received from last: every queue an ipc-bench run makes is
+/// used by the run's own process (it receives, or sends the pings), and
+/// other programs' private queues on a shared machine are not counted.
+fn private_queues_used_by(pid: u32) -> Vec<i32> {
+    std::fs::read_to_string("/proc/sysvipc/msg")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            // key msqid perms cbytes qnum lspid lrpid ...
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let key: i64 = f.first()?.parse().ok()?;
+            let id: i32 = f.get(1)?.parse().ok()?;
+            let lspid: u32 = f.get(5)?.parse().ok()?;
+            let lrpid: u32 = f.get(6)?.parse().ok()?;
+            (key == 0 && (lspid == pid || lrpid == pid)).then_some(id)
+        })
+        .collect()
+}
+
+fn queue_exists(id: i32) -> bool {
+    // SAFETY: msqid_ds is plain data; IPC_STAT fills it.
+    let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: `ds` is a valid out-pointer.
+    unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) == 0 }
+}
+
+fn remove_queues(ids: &[i32]) {
+    for &id in ids {
+        // SAFETY: IPC_RMID reads no buffer.
+        unsafe { libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+    }
+}
+
+#[test]
+fn sysv_msg_is_measured_when_another_user_holds_our_keys() {
+    // Alone: no other run sweeps the squatter's queues meanwhile.
+    let _alone = SWEEP.write().unwrap_or_else(|e| e.into_inner());
+    let proc = ipc_tests::Proc::start(squatted(&[
+        "--mechanisms",
+        "sysv-msg",
+        "--sizes",
+        "64,4096",
+        "--count",
+        "32",
+        "--rounds",
+        "20",
+    ]));
+    let pid = proc.pid().as_raw() as u32;
+    let out = proc.finish(SHORT);
+    let squatters = sysv_queues_of(pid);
+    // The squatter's queues are not ours: still there, untouched.
+    assert_eq!(squatters.len(), 4, "{squatters:?}\n{}", out.describe());
+    remove_queues(&squatters);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(
+        out.stderr.contains("are taken; using IPC_PRIVATE queues"),
+        "{}",
+        out.describe()
+    );
+    // Measured at both sizes and round trips, with no C reference (its key
+    // is held too).
+    let cells: Vec<&str> = row(&out, "sysv-msg").split('|').collect();
+    for cell in &cells[2..4] {
+        assert!(
+            cell.trim().starts_with(|c: char| c.is_ascii_digit()),
+            "{cell}\n{}",
+            out.describe()
+        );
+    }
+    assert!(
+        out.stderr.contains("sysv-msg: no C reference"),
+        "{}",
+        out.describe()
+    );
+    // Every IPC_PRIVATE queue it made is gone.
+    let left = private_queues_used_by(pid);
+    assert!(left.is_empty(), "left {left:?}\n{}", out.describe());
+}
+
+#[test]
+fn a_killed_runs_private_queue_is_removed_by_the_next_run() {
+    use std::time::{Duration, Instant};
+    let _alone = SWEEP.write().unwrap_or_else(|e| e.into_inner());
+    let proc = ipc_tests::Proc::start(squatted(&[
+        "--quick",
+        "--mechanisms",
+        "sysv-msg",
+        "--sizes",
+        "64",
+        "--count",
+        "100000000",
+    ]));
+    let pid = proc.pid().as_raw() as u32;
+    // Wait for its IPC_PRIVATE queue's record in its private directory.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (dir, id) = loop {
+        let (_, _, dirs) = left_by(pid);
+        let found = dirs.iter().find_map(|d| {
+            std::fs::read_dir(d).ok()?.flatten().find_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let id = name.strip_prefix("sysv-msq-")?.parse::<i32>().ok()?;
+                Some((d.clone(), id))
+            })
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no IPC_PRIVATE queue was recorded"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    nix::sys::signal::killpg(proc.pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let out = proc.finish(SHORT);
+    assert!(out.status.code().is_none(), "{}", out.describe());
+    let squatters = sysv_queues_of(pid);
+    assert!(queue_exists(id), "the killed run's queue {id} is left");
+    // A record of a queue that run did not make (made after the record was
+    // written: another program's, under an id that came free) stays.
+    // SAFETY: msgget takes no pointers.
+    let other = unsafe { libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600) };
+    assert!(other >= 0);
+    let fake = dir.join(format!("sysv-msq-{other}"));
+    std::fs::write(&fake, b"").unwrap();
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&fake)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    let next = short_run("pipe", "64", &[]);
+    let other_left = queue_exists(other);
+    remove_queues(&[other]);
+    remove_queues(&squatters);
+    assert_eq!(next.code(), 0, "{}", next.describe());
+    assert!(
+        !queue_exists(id),
+        "queue {id} was not removed\n{}",
+        next.describe()
+    );
+    assert!(
+        next.stderr.contains(&format!(
+            "removed System V queue id {id} (IPC_PRIVATE) left by ipc-bench pid {pid}"
+        )),
+        "{}",
+        next.describe()
+    );
+    assert!(other_left, "a queue the run did not make was removed");
+    assert!(
+        next.stderr
+            .contains(&format!("left alone System V queue id {other}")),
+        "{}",
+        next.describe()
+    );
+    // The squatter's queues (keys of the dead pid, another owner) stay.
+    assert!(
+        next.stderr.contains("owned by uid 65534"),
+        "{}",
+        next.describe()
+    );
+    assert!(!dir.exists(), "{}", next.describe());
 }
