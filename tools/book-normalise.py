@@ -36,8 +36,8 @@ that differs from run to run on any machine, and nothing else):
    decides, also across a story's step headings (a peer prints while the
    main process moves on): so the command line, the "== N. step ==" headings,
    the summary and the exit status must match in order, and all lines must match as a sorted list: the same lines,
-   each role's in any order. (The diff printed on a mismatch is of the
-   normalised files as they are, interleaving included.)
+   each role's in any order. (The diff printed on a mismatch is of those
+   ordered lines if they differ, else of the sorted lines.)
 """
 
 import difflib
@@ -176,9 +176,13 @@ def main():
         if shape(a[name]) != shape(b[name]):
             bad += 1
             print(f"book output {name}: differs from a fresh run (after normalising):")
+            (ua, la), (ub, lb) = shape(a[name]), shape(b[name])
+            # The lines that must match in order, if they differ; else the
+            # lines that differ once sorted (what one run printed, the other not).
+            left, right = (ua, ub) if ua != ub else (la, lb)
             diff = difflib.unified_diff(
-                a[name].split("\n"),
-                b[name].split("\n"),
+                left,
+                right,
                 "book/output/" + name,
                 "fresh/" + name,
                 lineterm="",

@@ -23,6 +23,15 @@
 //! `msgctl`/`shmctl`/`semctl(IPC_RMID)`, `kill` to stop our children), then
 //! dies of the signal with its default action.
 //!
+//! A name is not an object: while we run, somebody may remove our FIFO,
+//! socket file, `/dev/shm` segment or queue and put their own under the
+//! same name. So each guard notes the object's identity (device, inode,
+//! owner and file type, from `lstat` or `fstat`: a freed inode number can
+//! come back at once on some filesystems) when it takes charge, and removes the name only
+//! if it still names that object, on drop and in the handler alike. (One
+//! system call apart, the check and the removal still leave a window; the
+//! 0700 directories and 0600 modes the demos use are what closes it.)
+//!
 //! A test hook, opt-in: with `DEMO_EINTR_ON_SIGWINCH=1` in the environment,
 //! SIGWINCH gets a handler that does nothing, so that it too interrupts
 //! blocked calls, and a test's `kill -WINCH` storm exercises every EINTR
@@ -31,7 +40,7 @@
 use std::cell::UnsafeCell;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use anyhow::Context;
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
@@ -213,6 +222,12 @@ struct Entry {
     owner: AtomicI32,
     /// System V id or child pid.
     id: AtomicI32,
+    /// The object's identity when it was entered: the handler removes a
+    /// name only if it still names that object. `kind` is the owner's uid
+    /// in the high half and the file type bits in the low half.
+    dev: AtomicU64,
+    ino: AtomicU64,
+    kind: AtomicU64,
     /// NUL-terminated; written only while `state` is BUSY.
     path: UnsafeCell<[u8; PATH_BYTES]>,
 }
@@ -229,6 +244,9 @@ static TABLE: [Entry; ENTRIES] = [const {
         removal: AtomicU8::new(0),
         owner: AtomicI32::new(0),
         id: AtomicI32::new(0),
+        dev: AtomicU64::new(0),
+        ino: AtomicU64::new(0),
+        kind: AtomicU64::new(0),
         path: UnsafeCell::new([0; PATH_BYTES]),
     }
 }; ENTRIES];
@@ -240,6 +258,15 @@ pub struct Registration(Option<usize>);
 
 impl Registration {
     fn enter(removal: Removal, id: i32, path: &[u8]) -> Registration {
+        Self::enter_object(removal, id, path, (0, 0, 0))
+    }
+
+    fn enter_object(
+        removal: Removal,
+        id: i32,
+        path: &[u8],
+        (dev, ino, kind): Identity,
+    ) -> Registration {
         if path.len() >= PATH_BYTES || path.contains(&0) {
             return Registration(None);
         }
@@ -258,6 +285,9 @@ impl Registration {
             bytes[path.len()] = 0;
             entry.removal.store(removal as u8, Ordering::Relaxed);
             entry.id.store(id, Ordering::Relaxed);
+            entry.dev.store(dev, Ordering::Relaxed);
+            entry.ino.store(ino, Ordering::Relaxed);
+            entry.kind.store(kind, Ordering::Relaxed);
             entry
                 .owner
                 .store(std::process::id() as i32, Ordering::Relaxed);
@@ -267,9 +297,13 @@ impl Registration {
         Registration(None)
     }
 
-    /// Enter a file name for `unlink` on a second Ctrl-C.
+    /// Enter a file name for `unlink` on a second Ctrl-C: the object the
+    /// name has now (nothing, if it names nothing).
     pub fn unlink(path: &Path) -> Registration {
-        Self::enter(Removal::Unlink, 0, path_bytes(path))
+        match path_identity(path) {
+            Some(object) => Self::enter_object(Removal::Unlink, 0, path_bytes(path), object),
+            None => Registration(None),
+        }
     }
 
     /// Enter a child process for SIGTERM on a second Ctrl-C (it then
@@ -280,6 +314,48 @@ impl Registration {
             return Registration(None);
         }
         Self::enter(Removal::StopChild, pid, b"")
+    }
+}
+
+/// Which object a name stands for: (st_dev, st_ino, st_uid << 32 | the
+/// file type bits of st_mode). The owner and type tell apart a new object
+/// that got a freed inode number back.
+pub type Identity = (u64, u64, u64);
+
+fn identity_of(st: &libc::stat) -> Identity {
+    let kind = (u64::from(st.st_uid) << 32) | u64::from(st.st_mode & libc::S_IFMT);
+    (st.st_dev, st.st_ino, kind)
+}
+
+/// The object `path` names now (`lstat`: a symlink is itself, not its
+/// target), if any.
+pub fn path_identity(path: &Path) -> Option<Identity> {
+    let path = std::ffi::CString::new(path_bytes(path)).ok()?;
+    // SAFETY: a valid NUL-terminated path; `st` is written by lstat before
+    // we read it.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        (libc::lstat(path.as_ptr(), &mut st) == 0).then(|| identity_of(&st))
+    }
+}
+
+/// The POSIX message queue `name` (with its slash) names now: on Linux a
+/// queue descriptor is a file descriptor of the mqueue filesystem, which
+/// `fstat` describes, mounted or not.
+pub fn mq_identity(name: &str) -> Option<Identity> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated name; O_RDONLY without O_CREAT takes
+    // no further arguments.
+    let mqd = unsafe { libc::mq_open(name.as_ptr(), libc::O_RDONLY) };
+    if mqd < 0 {
+        return None;
+    }
+    // SAFETY: `st` is written by fstat before we read it; mqd is ours to close.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        let ok = libc::fstat(mqd, &mut st) == 0;
+        libc::mq_close(mqd);
+        ok.then(|| identity_of(&st))
     }
 }
 
@@ -315,6 +391,11 @@ fn remove_registered_objects() {
                 continue;
             }
             let id = entry.id.load(Ordering::Relaxed);
+            let object = (
+                entry.dev.load(Ordering::Relaxed),
+                entry.ino.load(Ordering::Relaxed),
+                entry.kind.load(Ordering::Relaxed),
+            );
             let path = entry.path.get().cast::<libc::c_char>();
             // SAFETY: READY entries hold a NUL-terminated path that nobody
             // writes until the entry is freed; every call below is a plain
@@ -323,12 +404,31 @@ fn remove_registered_objects() {
             unsafe {
                 match removal {
                     r if r == Removal::Unlink as u8 => {
-                        libc::unlink(path);
+                        // lstat(2) first: only the object we made.
+                        let mut st: libc::stat = std::mem::zeroed();
+                        if libc::lstat(path, &mut st) == 0 && identity_of(&st) == object {
+                            libc::unlink(path);
+                        }
                     }
                     r if r == Removal::Rmdir as u8 => empty_and_rmdir(path),
                     r if r == Removal::MqUnlink as u8 => {
-                        // The system call takes the name without its slash.
-                        libc::syscall(libc::SYS_mq_unlink, path.add(1));
+                        // The system calls take the name without its slash.
+                        // mq_open + fstat first: only the queue we made.
+                        let fd = libc::syscall(
+                            libc::SYS_mq_open,
+                            path.add(1),
+                            libc::O_RDONLY,
+                            0,
+                            std::ptr::null::<libc::mq_attr>(),
+                        ) as libc::c_int;
+                        if fd >= 0 {
+                            let mut st: libc::stat = std::mem::zeroed();
+                            let same = libc::fstat(fd, &mut st) == 0 && identity_of(&st) == object;
+                            libc::close(fd);
+                            if same {
+                                libc::syscall(libc::SYS_mq_unlink, path.add(1));
+                            }
+                        }
                     }
                     r if r == Removal::MsgRmid as u8 => {
                         libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut());
@@ -470,10 +570,12 @@ impl Drop for PrivateDir {
     }
 }
 
-/// Removes a filesystem name (FIFO, socket file) on drop.
+/// Removes a filesystem name (FIFO, socket file) on drop, if it still
+/// names the object it named when the guard was made.
 #[derive(Debug)]
 pub struct PathGuard {
     path: PathBuf,
+    object: Option<Identity>,
     _entry: Registration,
 }
 
@@ -481,8 +583,13 @@ impl PathGuard {
     /// Take charge of removing `path`, which this process just created.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         let path = path.into();
+        let object = path_identity(&path);
         let _entry = Registration::unlink(&path);
-        PathGuard { path, _entry }
+        PathGuard {
+            path,
+            object,
+            _entry,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -492,8 +599,11 @@ impl PathGuard {
 
 impl Drop for PathGuard {
     fn drop(&mut self) {
-        // ENOENT is fine: the peer may have removed it first.
-        let _ = std::fs::remove_file(&self.path);
+        // Gone (the peer may have removed it first) or replaced by somebody
+        // else's file: not ours to remove.
+        if self.object.is_some() && path_identity(&self.path) == self.object {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -501,22 +611,35 @@ impl Drop for PathGuard {
 #[derive(Debug)]
 pub struct ShmGuard {
     name: String,
+    object: Option<Identity>,
     _entry: Registration,
 }
 
 impl ShmGuard {
-    /// Take charge of `shm_unlink(name)`; `name` starts with `/`.
+    /// Take charge of `shm_unlink(name)` for the object `name` (starting
+    /// with `/`) names now, which this process just created.
     pub fn new(name: impl Into<String>) -> Self {
         let name = name.into();
         // shm_unlink(NAME) is unlink("/dev/shm/NAME") on Linux; the handler
         // uses the plain system call.
-        let _entry = Registration::unlink(Path::new(&format!("/dev/shm{name}")));
-        ShmGuard { name, _entry }
+        let path = format!("/dev/shm{name}");
+        let object = path_identity(Path::new(&path));
+        let _entry = Registration::unlink(Path::new(&path));
+        ShmGuard {
+            name,
+            object,
+            _entry,
+        }
     }
 }
 
 impl Drop for ShmGuard {
     fn drop(&mut self) {
+        // Still the segment we made? (Not somebody's under the same name.)
+        let now = path_identity(Path::new(&format!("/dev/shm{}", self.name)));
+        if self.object.is_none() || now != self.object {
+            return;
+        }
         // Unlinking removes the name; mappings still open stay valid until
         // they are unmapped, like an unlinked file. (Through libc: this file
         // goes into every copied demo, and so needs no nix feature of the
@@ -533,20 +656,36 @@ impl Drop for ShmGuard {
 #[derive(Debug)]
 pub struct MqGuard {
     name: String,
+    object: Option<Identity>,
     _entry: Registration,
 }
 
 impl MqGuard {
-    /// Take charge of `mq_unlink(name)`; `name` starts with `/`.
+    /// Take charge of `mq_unlink(name)` for the queue `name` (starting with
+    /// `/`) names now, which this process just created or took over.
     pub fn new(name: impl Into<String>) -> Self {
         let name = name.into();
-        let _entry = Registration::enter(Removal::MqUnlink, 0, name.as_bytes());
-        MqGuard { name, _entry }
+        let object = mq_identity(&name);
+        let _entry = match object {
+            Some(object) => {
+                Registration::enter_object(Removal::MqUnlink, 0, name.as_bytes(), object)
+            }
+            None => Registration(None),
+        };
+        MqGuard {
+            name,
+            object,
+            _entry,
+        }
     }
 }
 
 impl Drop for MqGuard {
     fn drop(&mut self) {
+        // Still the queue we made? (Not somebody's under the same name.)
+        if self.object.is_none() || mq_identity(&self.name) != self.object {
+            return;
+        }
         // Through libc, as for ShmGuard: no nix `mqueue` feature needed.
         let Ok(name) = std::ffi::CString::new(self.name.as_str()) else {
             return;
@@ -666,6 +805,69 @@ mod tests {
         drop(ShmGuard::new(&name));
         let again = nix::sys::mman::shm_open(name.as_str(), OFlag::O_RDWR, Mode::empty());
         assert_eq!(again.unwrap_err(), nix::errno::Errno::ENOENT);
+    }
+
+    #[test]
+    fn guards_leave_alone_a_name_that_now_names_another_object() {
+        // A file put under our FIFO's name while we ran.
+        let dir = PrivateDir::create("common-test").unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, Mode::S_IRUSR | Mode::S_IWUSR).unwrap();
+        let guard = PathGuard::new(&fifo);
+        std::fs::remove_file(&fifo).unwrap();
+        std::fs::write(&fifo, b"somebody else's").unwrap();
+        drop(guard);
+        assert_eq!(std::fs::read(&fifo).unwrap(), b"somebody else's");
+
+        // A segment made again under our segment's name.
+        let name = format!("/{}", unique_name("common-test-shm"));
+        let make = || {
+            nix::sys::mman::shm_open(
+                name.as_str(),
+                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
+                Mode::S_IRUSR | Mode::S_IWUSR,
+            )
+            .unwrap()
+        };
+        drop(make());
+        let guard = ShmGuard::new(&name);
+        nix::sys::mman::shm_unlink(name.as_str()).unwrap();
+        let _other = make();
+        drop(guard);
+        assert!(nix::sys::mman::shm_open(name.as_str(), OFlag::O_RDWR, Mode::empty()).is_ok());
+        nix::sys::mman::shm_unlink(name.as_str()).unwrap();
+
+        // A queue made again under our queue's name.
+        let name = format!("/{}", unique_name("common-test-mq"));
+        let c_name = std::ffi::CString::new(name.as_str()).unwrap();
+        let make = || {
+            // SAFETY: a valid name; the mode and a null attr for O_CREAT.
+            let mqd = unsafe {
+                libc::mq_open(
+                    c_name.as_ptr(),
+                    libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+                    0o600,
+                    std::ptr::null::<libc::mq_attr>(),
+                )
+            };
+            assert!(mqd >= 0, "mq_open: {}", io::Error::last_os_error());
+            // SAFETY: ours to close.
+            unsafe { libc::mq_close(mqd) };
+        };
+        make();
+        let guard = MqGuard::new(&name);
+        assert!(guard.object.is_some());
+        // SAFETY: a valid name.
+        unsafe { libc::mq_unlink(c_name.as_ptr()) };
+        make();
+        drop(guard);
+        assert!(mq_identity(&name).is_some(), "the other queue was removed");
+        // SAFETY: a valid name.
+        unsafe { libc::mq_unlink(c_name.as_ptr()) };
+        // And the guard of a queue still ours removes it.
+        make();
+        drop(MqGuard::new(&name));
+        assert!(mq_identity(&name).is_none());
     }
 
     #[test]

@@ -82,12 +82,26 @@ pub fn find_in_chain<T: std::error::Error + 'static>(err: &anyhow::Error) -> Opt
     })
 }
 
+/// The first error a narration line met writing to stdout, as an errno
+/// (0: none). A closed pipe (EPIPE) is not one: the reader chose to stop
+/// (`demo | head`). Anything else (a full disk, `/dev/full`, a closed
+/// descriptor) is: [`run`] ends a run that otherwise succeeded with exit 1
+/// and this error, rather than 0 for output nobody got.
+pub static OUTPUT_ERRNO: AtomicI32 = AtomicI32::new(0);
+
 /// Run a demo's body and turn its outcome into the process exit status.
 ///
 /// `program` is the name printed in front of error lines (`pipe-demo: ...`).
 pub fn run(program: &str, body: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
     let err = match body() {
-        Ok(()) => return ExitCode::SUCCESS,
+        Ok(()) => match OUTPUT_ERRNO.load(Ordering::SeqCst) {
+            0 => return ExitCode::SUCCESS,
+            errno => {
+                let err = io::Error::from_raw_os_error(errno);
+                let _ = writeln!(io::stderr(), "{program}: error: writing to stdout: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
         Err(err) => err,
     };
     // Writes to stdout/stderr may fail (a closed pipe): there is nobody left

@@ -20,7 +20,7 @@
 //! | [`cli`] | [`Args`](cli::Args): `next`, `value`, `number`, `posix_name`, `unknown` | `error` | – |
 //! | [`cleanup`] | [`stop_on_signals`](cleanup::stop_on_signals), [`check_stop`](cleanup::check_stop), [`StopOnSignal`](cleanup::StopOnSignal); guards [`PrivateDir`](cleanup::PrivateDir), [`PathGuard`](cleanup::PathGuard), [`ShmGuard`](cleanup::ShmGuard), [`MqGuard`](cleanup::MqGuard), [`SysvGuard`](cleanup::SysvGuard) | `error` | `signal` |
 //! | [`peer`] | [`Peer`](peer::Peer), [`PeerExit`](peer::PeerExit), [`PidWatch`](peer::PidWatch), [`PidTracker`](peer::PidTracker), [`pidfd_note`](peer::pidfd_note), [`alive`](peer::alive), [`wait_pid`](peer::wait_pid), [`Ticker`](peer::Ticker) | `cleanup` | `poll`, `process`, `signal` |
-//! | [`report`] | [`Narrator`](report::Narrator), [`Summary`](report::Summary) | – | – |
+//! | [`report`] | [`Narrator`](report::Narrator), [`Summary`](report::Summary) | `error` | – |
 //! | [`payload`] | [`fill`](payload::fill), [`Checker`](payload::Checker), [`CheckReport`](payload::CheckReport) | – | – |
 //! | [`frame`] | [`write_frame`](frame::write_frame), [`read_frame`](frame::read_frame), [`split_frame`](frame::split_frame) | `cleanup` | – |
 //! | [`psem`] | POSIX semaphores over `libc`: [`SharedSem`](psem::SharedSem) (`sem_init` in shared memory), [`NamedSem`](psem::NamedSem) (`sem_open`) | `cleanup` | `time` |

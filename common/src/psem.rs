@@ -300,6 +300,7 @@ pub fn unlink(name: &str) -> nix::Result<()> {
 #[derive(Debug)]
 pub struct NameGuard {
     name: String,
+    object: Option<crate::cleanup::Identity>,
     _entry: crate::cleanup::Registration,
 }
 
@@ -307,14 +308,24 @@ impl NameGuard {
     /// Take charge of `sem_unlink(name)` for a semaphore we just created.
     pub fn new(name: impl Into<String>) -> NameGuard {
         let name = name.into();
-        let _entry = crate::cleanup::Registration::unlink(std::path::Path::new(&sem_path(&name)));
-        NameGuard { name, _entry }
+        let path = sem_path(&name);
+        let object = crate::cleanup::path_identity(std::path::Path::new(&path));
+        let _entry = crate::cleanup::Registration::unlink(std::path::Path::new(&path));
+        NameGuard {
+            name,
+            object,
+            _entry,
+        }
     }
 }
 
 impl Drop for NameGuard {
     fn drop(&mut self) {
-        let _ = unlink(&self.name);
+        // Only the semaphore we made, not one somebody put under its name.
+        let now = crate::cleanup::path_identity(std::path::Path::new(&sem_path(&self.name)));
+        if self.object.is_some() && now == self.object {
+            let _ = unlink(&self.name);
+        }
     }
 }
 

@@ -10,8 +10,10 @@
 //!
 //! Rust ignores SIGPIPE, so printing to a closed stdout (`demo | head -3`)
 //! fails with `EPIPE`, and `println!` would panic. Lines here are written
-//! with `write_all` and a write error is ignored: the reader has gone, and
-//! the demo finishes its work (and its cleanup) without an audience.
+//! with `write_all` and `EPIPE` is ignored: the reader has gone, and the
+//! demo finishes its work (and its cleanup) without an audience. Any other
+//! error writing stdout (a full disk, a closed descriptor) is kept in
+//! [`OUTPUT_ERRNO`](crate::error::OUTPUT_ERRNO), and the run exits 1.
 
 use std::fmt;
 use std::io::{self, Write};
@@ -69,10 +71,26 @@ impl Narrator {
         // fork() cannot duplicate half-printed output into the child, and
         // lines from two processes sharing the terminal do not interleave
         // within a line.
-        let _ = match self.stream {
-            Stream::Stdout => write_line(&mut io::stdout().lock(), &line),
-            Stream::Stderr => write_line(&mut io::stderr().lock(), &line),
-        };
+        match self.stream {
+            Stream::Stdout => {
+                if let Err(e) = write_line(&mut io::stdout().lock(), &line)
+                    && e.kind() != io::ErrorKind::BrokenPipe
+                {
+                    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                    // The first error is the one to report.
+                    let _ = crate::error::OUTPUT_ERRNO.compare_exchange(
+                        0,
+                        errno,
+                        std::sync::atomic::Ordering::SeqCst,
+                        std::sync::atomic::Ordering::SeqCst,
+                    );
+                }
+            }
+            // Nobody to tell about a failed write to stderr.
+            Stream::Stderr => {
+                let _ = write_line(&mut io::stderr().lock(), &line);
+            }
+        }
     }
 }
 

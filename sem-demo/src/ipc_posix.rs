@@ -169,7 +169,7 @@ pub fn lock_or_recover(
             let who = if pid == 0 {
                 format!("no holder recorded for {ORPHAN_GRACE:?}: it died before writing its pid")
             } else {
-                format!("holder pid {pid} is dead (kill(pid, 0) → ESRCH, or a zombie)")
+                format!("holder pid {pid} has exited")
             };
             say.step(format!("{who}: taking the lock over"));
             return Ok(true);

@@ -424,13 +424,13 @@ pub fn receiver(opts: &Options, name: &str) -> Result<()> {
         Err(_) => sender.gone().is_some(),
     };
     let (report, elapsed) = outcome?;
-    ring::finish_receiving(MECHANISM, report, elapsed, &say)?;
     drop(owned); // sem_destroy ×2, munmap(2), shm_unlink(3): see Owned
     say.step(format!(
         "sem_destroy, munmap, shm_unlink({name}): {}",
         dev_shm_line(name)
     ));
-    Ok(())
+    // Last: the summary line ends the output.
+    ring::finish_receiving(MECHANISM, report, elapsed, &say)
 }
 
 // ---------------------------------------------------------------------------
@@ -586,11 +586,11 @@ pub fn futex_receiver(opts: &Options, name: &str) -> Result<()> {
     let (report, elapsed, _) =
         futex::receive(&owned.ring, expected, opts.timeout, &say, &mut peer_gone)?;
     futex_counts(&owned.ring, report.received, &say);
-    ring::finish_receiving(FUTEX_MECHANISM, report, elapsed, &say)?;
     drop(owned); // munmap(2), shm_unlink(3): see FutexOwned
     say.step(format!(
         "munmap, shm_unlink({name}): {}",
         dev_shm_line(name)
     ));
-    Ok(())
+    // Last: the summary line ends the output.
+    ring::finish_receiving(FUTEX_MECHANISM, report, elapsed, &say)
 }

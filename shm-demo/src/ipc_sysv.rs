@@ -459,11 +459,11 @@ pub fn receiver(opts: &Options, key_path: &Path) -> Result<()> {
         &say,
         &mut peer_gone,
     )?;
-    ring::finish_receiving(MECHANISM, report, elapsed, &say)?;
     drop(owned); // shmdt(2), shmctl(IPC_RMID), semctl(IPC_RMID): see Owned
     say.step(format!(
         "shmdt, IPC_RMID for the segment and the set: {}",
         describe(id)
     ));
-    Ok(())
+    // Last: the summary line ends the output.
+    ring::finish_receiving(MECHANISM, report, elapsed, &say)
 }

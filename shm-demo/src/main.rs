@@ -149,7 +149,8 @@ use shm_demo::ipc_futex::Strategy;
 use shm_demo::ipc_ring::{MAX_MESSAGE, MAX_SLOT_SIZE, MAX_SLOTS};
 
 const HELP: &str = "\
-shm-demo: shared memory as a bounded buffer, synchronised with semaphores
+shm-demo: shared memory as a bounded buffer, synchronised with semaphores (or, with
+`futex`, with two counters and the futex system call)
 
 USAGE:
     shm-demo [--count N] [--size BYTES] [--slots K] [--slot-size BYTES] [--timeout SECS] [--quiet]

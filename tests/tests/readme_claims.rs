@@ -95,6 +95,97 @@ fn stories_that_move_messages_take_count_size_and_quiet() {
     }
 }
 
+/// The roles that move messages end with one summary line too, with and
+/// without --quiet: the receiver that makes the object and the sender.
+#[test]
+fn roles_that_move_messages_end_with_one_summary_line() {
+    let dir = common::cleanup::PrivateDir::create("readme-claims").unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, b"").unwrap();
+    let key = key.to_str().unwrap().to_string();
+    let shm = format!("/{}", common::cleanup::unique_name("shm-demo-test"));
+    let fifo = dir.path().join("fifo").to_str().unwrap().to_string();
+    let sock = dir.path().join("memfd.sock").to_str().unwrap().to_string();
+    type Pair<'a> = (&'a str, Vec<&'a str>, Vec<&'a str>);
+    let pairs: Vec<Pair> = vec![
+        (
+            "shm-demo",
+            vec!["receiver", "--name", &shm],
+            vec!["sender", "--name", &shm],
+        ),
+        (
+            "shm-demo",
+            vec!["futex", "receiver", "--name", &shm],
+            vec!["futex", "sender", "--name", &shm],
+        ),
+        (
+            "shm-demo",
+            vec!["sysv", "receiver", "--key", &key],
+            vec!["sysv", "sender", "--key", &key],
+        ),
+        (
+            "fifo-demo",
+            vec!["receiver", "--path", &fifo, "--count", "10"],
+            vec!["sender", "--path", &fifo],
+        ),
+        (
+            "memfd-demo",
+            vec!["receiver", "--path", &sock],
+            vec!["sender", "--path", &sock],
+        ),
+    ];
+    for quiet in [false, true] {
+        for (demo, receiver, sender) in &pairs {
+            let mut receiver = receiver.clone();
+            let mut sender = sender.clone();
+            sender.extend(["--count", "10"]);
+            if quiet {
+                receiver.push("--quiet");
+                sender.push("--quiet");
+            }
+            let mut first = ipc_tests::Proc::spawn(demo, &receiver);
+            // Ready: the object exists and the role waits for its peer.
+            let ready = |l: &str| {
+                ["waiting", "waits until a writer", "listen"]
+                    .iter()
+                    .any(|w| l.contains(w))
+            };
+            first.wait_for_line(ready, SHORT);
+            let second = run(demo, &sender, SHORT);
+            let first = first.finish(SHORT);
+            for (role, out) in [(&receiver, &first), (&sender, &second)] {
+                let what = format!("{demo} {role:?}");
+                assert_eq!(out.code(), 0, "{what}\n{}", out.describe());
+                assert_one_summary_last(&what, &out.stdout);
+                assert_eq!(out.summary_field("errors"), "0", "{what}");
+            }
+        }
+    }
+}
+
+/// Output that cannot be written is a runtime error: every story with its
+/// stdout on /dev/full (ENOSPC on every write) exits 1 and says why on
+/// stderr, instead of 0 for a run nobody could read.
+#[test]
+fn a_story_whose_output_cannot_be_written_exits_1() {
+    for (demo, variant) in STORIES {
+        let mut args = variant.to_vec();
+        args.push("--quiet");
+        let mut cmd = ipc_tests::demo(demo, &args);
+        cmd.stdout(std::fs::File::create("/dev/full").unwrap())
+            .stderr(std::process::Stdio::piped())
+            .stdin(std::process::Stdio::null());
+        let out = ipc_tests::Proc::start(cmd).finish(SHORT);
+        assert_eq!(out.code(), 1, "{demo} {args:?}\n{}", out.describe());
+        assert!(
+            out.stderr
+                .contains("writing to stdout: No space left on device"),
+            "{demo} {args:?}\n{}",
+            out.describe()
+        );
+    }
+}
+
 /// Every relative link in the README, the Chinese README and docs/ names a
 /// file that exists (demos' files move; the docs must follow).
 #[test]
