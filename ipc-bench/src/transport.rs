@@ -391,8 +391,15 @@ impl Tx for DgramTx {
     }
 
     fn end(&mut self) -> Result<()> {
-        send(self.fd.as_raw_fd(), &[], MsgFlags::empty()).context("send(end)")?;
-        Ok(())
+        // A full receive queue blocks the end marker like any datagram, so
+        // the watchdog's tick can interrupt it too.
+        loop {
+            match send(self.fd.as_raw_fd(), &[], MsgFlags::empty()) {
+                Ok(_) => return Ok(()),
+                Err(Errno::EINTR) => still_ok()?,
+                Err(e) => return Err(e).context("send(end)"),
+            }
+        }
     }
 }
 
@@ -524,7 +531,14 @@ impl Tx for MqTx {
     fn end(&mut self) -> Result<()> {
         // An empty message at a higher priority would overtake the data;
         // priority 0 like the rest keeps it last.
-        nix::mqueue::mq_send(&self.mqd, &[], 0).context("mq_send(end)")
+        loop {
+            match nix::mqueue::mq_send(&self.mqd, &[], 0) {
+                Ok(()) => return Ok(()),
+                // A full queue blocks it, and the watchdog's tick interrupts.
+                Err(Errno::EINTR) => still_ok()?,
+                Err(e) => return Err(e).context("mq_send(end)"),
+            }
+        }
     }
 }
 
