@@ -73,9 +73,9 @@ impl Narrator {
         // within a line.
         match self.stream {
             Stream::Stdout => {
-                if let Err(e) = write_line(&mut io::stdout().lock(), &line)
-                    && e.kind() != io::ErrorKind::BrokenPipe
-                {
+                // (No let-chain: a copied demo's `common` is edition 2021.)
+                let failed = write_line(&mut io::stdout().lock(), &line).err();
+                if let Some(e) = failed.filter(|e| e.kind() != io::ErrorKind::BrokenPipe) {
                     let errno = e.raw_os_error().unwrap_or(libc::EIO);
                     // The first error is the one to report.
                     let _ = crate::error::OUTPUT_ERRNO.compare_exchange(
