@@ -825,14 +825,17 @@ fn clocks(say: &Narrator) -> Result<()> {
             }
         }
     };
-    let wall = deadline_on(ClockId::CLOCK_REALTIME, WAIT)?;
+    // The stopwatch starts before the deadline is read off the clock, so a
+    // pause between the two (a loaded machine) cannot make the wait look
+    // shorter than it was.
     let start = Instant::now();
+    let wall = deadline_on(ClockId::CLOCK_REALTIME, WAIT)?;
     // SAFETY: an initialised semaphore and a valid timespec.
     let wait = || unsafe { libc::sem_timedwait(sem, &wall) };
     timed_out(&wait, "sem_timedwait")?;
     let by_wall = start.elapsed();
-    let mono = deadline_on(ClockId::CLOCK_MONOTONIC, WAIT)?;
     let start = Instant::now();
+    let mono = deadline_on(ClockId::CLOCK_MONOTONIC, WAIT)?;
     // SAFETY: as above; CLOCK_MONOTONIC is a clock sem_clockwait accepts.
     let wait = || unsafe { sem_clockwait(sem, libc::CLOCK_MONOTONIC, &mono) };
     timed_out(&wait, "sem_clockwait(CLOCK_MONOTONIC)")?;
