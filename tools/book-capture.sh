@@ -21,6 +21,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+
+# msgq-demo shows /dev/mqueue/NAME where the mqueue filesystem is mounted:
+# mount it as .ci/run does, so that every capture (and the check's fresh
+# one) tells the same story.
+if ! mountpoint -q /dev/mqueue 2>/dev/null && [ "$(id -u)" = 0 ]; then
+  mkdir -p /dev/mqueue && mount -t mqueue none /dev/mqueue 2>/dev/null || true
+fi
 out=${1:-book/output}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
