@@ -147,6 +147,17 @@ fn start_sender(opts: &Options, role: &[&str], say: &Narrator) -> Result<Peer> {
     Ok(sender)
 }
 
+/// Has the story's sender child ended? The child is ours: its exit is seen
+/// directly (waitpid), no pidfd.
+fn sender_gone(sender: &mut Peer) -> Option<String> {
+    let pid = sender.pid();
+    match sender.try_wait() {
+        Ok(Some(exit)) => Some(format!("the sender (pid {pid}) {exit}")),
+        Ok(None) => None,
+        Err(e) => Some(format!("{e:#}")),
+    }
+}
+
 /// Step 3: receive every message from the sender child and check it; then
 /// reap the child, which must have succeeded. On an error the child is
 /// stopped and reaped when `sender` drops here.
@@ -158,12 +169,7 @@ fn transfer(
     say: &Narrator,
 ) -> Result<(CheckReport, Duration)> {
     let pid = sender.pid();
-    // The child is ours: its exit is seen directly (waitpid), no pidfd.
-    let mut peer_gone = || match sender.try_wait() {
-        Ok(Some(exit)) => Some(format!("the sender (pid {pid}) {exit}")),
-        Ok(None) => None,
-        Err(e) => Some(format!("{e:#}")),
-    };
+    let mut peer_gone = || sender_gone(&mut sender);
     let (report, elapsed) = ring::receive(
         segment,
         sems,
@@ -827,11 +833,7 @@ fn futex_transfer(
     say: &Narrator,
 ) -> Result<(CheckReport, Duration)> {
     let pid = sender.pid();
-    let mut peer_gone = || match sender.try_wait() {
-        Ok(Some(exit)) => Some(format!("the sender (pid {pid}) {exit}")),
-        Ok(None) => None,
-        Err(e) => Some(format!("{e:#}")),
-    };
+    let mut peer_gone = || sender_gone(&mut sender);
     let (report, elapsed, _) =
         futex::receive(ring, Some(opts.count), opts.timeout, say, &mut peer_gone)?;
     let exit = sender.wait(Some(Duration::from_secs(60)))?;
