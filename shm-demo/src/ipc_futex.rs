@@ -1202,6 +1202,7 @@ pub fn receive(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ipc_ring::test_support::{fill_slots, fuzz_cases};
 
     fn never() -> Option<String> {
         None
@@ -1275,27 +1276,10 @@ mod tests {
         assert!(format!("{err:#}").contains("corrupt"), "{err:#}");
     }
 
-    /// Overwrite every slot (headers and data) with `garbage`, repeated.
-    fn fill_slots(ring: &Ring, garbage: &[u8]) {
-        if garbage.is_empty() {
-            return;
-        }
-        for i in 0..ring.len - HEADER_SPACE {
-            // SAFETY: test-only: `HEADER_SPACE + i` is inside the mapping,
-            // and nothing else reads or writes it meanwhile.
-            unsafe {
-                let at = ring.base.cast::<u8>().as_ptr().add(HEADER_SPACE + i);
-                at.write(garbage[i % garbage.len()]);
-            }
-        }
-    }
-
     proptest::proptest! {
         // 64 cases by default (each maps a segment); PROPTEST_CASES
         // raises it for a fuzzing run.
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
-            std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(64)
-        ))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(fuzz_cases()))]
 
         /// Fuzz: a hostile sender writes anything into the slots and any
         /// value into `published`. The reader returns messages within
@@ -1309,7 +1293,7 @@ mod tests {
             published in proptest::prelude::any::<u32>(),
         ) {
             let ring = Ring::anonymous(slots, slot_size, Strategy::SpinFutex).unwrap();
-            fill_slots(&ring, &garbage);
+            fill_slots(ring.base, ring.len, HEADER_SPACE, &garbage);
             ring.header().to_receiver.counter.store(published, Ordering::Release);
             let mut reader = Reader::new(&ring);
             // The hostile sender "dies" as soon as the reader would wait.

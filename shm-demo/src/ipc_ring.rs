@@ -773,8 +773,41 @@ pub fn sender_summary(
     });
 }
 
+/// Test helpers both rings' fuzz tests use (this ring and `ipc_futex.rs`'s).
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// Overwrite every byte after the first `header` bytes (slot headers
+    /// and data) of the `len`-byte mapping at `base` with `garbage`,
+    /// repeated.
+    pub(crate) fn fill_slots(base: NonNull<c_void>, len: usize, header: usize, garbage: &[u8]) {
+        if garbage.is_empty() {
+            return;
+        }
+        for i in 0..len - header {
+            // SAFETY: test-only: `header + i` is inside the mapping, and
+            // nothing else reads or writes it meanwhile.
+            unsafe {
+                let at = base.cast::<u8>().as_ptr().add(header + i);
+                at.write(garbage[i % garbage.len()]);
+            }
+        }
+    }
+
+    /// 64 fuzz cases by default (each maps a segment); PROPTEST_CASES
+    /// raises it for a fuzzing run.
+    pub(crate) fn fuzz_cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_support::{fill_slots, fuzz_cases};
     use super::*;
     use std::num::NonZeroUsize;
 
@@ -805,27 +838,10 @@ mod tests {
         segment
     }
 
-    /// Overwrite every slot (headers and data) with `garbage`, repeated.
-    fn fill_slots(segment: &Segment, garbage: &[u8]) {
-        if garbage.is_empty() {
-            return;
-        }
-        for i in 0..segment.len - HEADER_SPACE {
-            // SAFETY: test-only: `HEADER_SPACE + i` is inside the mapping,
-            // and nothing else reads or writes it meanwhile.
-            unsafe {
-                let at = segment.base.cast::<u8>().as_ptr().add(HEADER_SPACE + i);
-                at.write(garbage[i % garbage.len()]);
-            }
-        }
-    }
-
     proptest::proptest! {
         // 64 cases by default (each maps a segment); PROPTEST_CASES
         // raises it for a fuzzing run.
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
-            std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(64)
-        ))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(fuzz_cases()))]
 
         /// Fuzz: a hostile sender fills the slots with anything and posts
         /// `full` as often as it likes. The reader returns messages within
@@ -839,7 +855,7 @@ mod tests {
             posts in 0u32..64,
         ) {
             let segment = segment(slots, slot_size);
-            fill_slots(&segment, &garbage);
+            fill_slots(segment.base, segment.len, HEADER_SPACE, &garbage);
             // SAFETY: initialised by `segment` above.
             let (empty, full) = unsafe { segment.posix_sems() };
             for _ in 0..posts {
