@@ -28,6 +28,15 @@ root=$PWD
 if ! mountpoint -q /dev/mqueue 2>/dev/null && [ "$(id -u)" = 0 ]; then
   mkdir -p /dev/mqueue && mount -t mqueue none /dev/mqueue 2>/dev/null || true
 fi
+# The stories print descriptor numbers ("fd 3") and counts: a descriptor
+# this script inherited (a terminal passes none, a CI harness may pass
+# some) would shift them, so the demos start with 0, 1 and 2 only.
+# (255 is bash's own hold on this script.)
+for fd in /proc/$$/fd/*; do
+  n=${fd##*/}
+  case $n in 0 | 1 | 2 | 255) continue ;; esac
+  eval "exec $n>&-" 2>/dev/null || true
+done
 out=${1:-book/output}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
