@@ -233,6 +233,7 @@ pub fn unix_socket(kind: Kind) -> Result<OwnedFd> {
     .context("socket(AF_UNIX)")
 }
 
+// ANCHOR: bind_private
 /// bind() with the umask set to 0177 for the call: the socket file is
 /// created 0600 (only our user may connect or send) whatever the umask.
 ///
@@ -258,6 +259,7 @@ pub fn bind_private(fd: &OwnedFd, addr: &UnixAddr) -> nix::Result<()> {
     }
     Ok(())
 }
+// ANCHOR_END: bind_private
 
 /// Bind a Unix socket at `path`, and return the guard that unlinks the
 /// socket file on drop (`unlink(2)`: a socket file outlives its socket).
