@@ -2,7 +2,8 @@
 """The book's structural checks, for tools/book-check.sh.
 
     book-check.py links BUILD_DIR                 every relative link and #anchor resolves
-    book-check.py chapters ROOT EDITION...         same chapter lists; every demo included
+    book-check.py chapters ROOT EDITION...         same chapter lists and the same shape
+                                                   of each chapter; every demo included
     book-check.py mdbook-log LOG                   no WARN/ERROR line from mdbook
     book-check.py png FILE MIN_COLOURS             a screenshot that is not blank
     book-check.py dom FILE                         code, output and an SVG diagram in the DOM
@@ -117,6 +118,62 @@ def includes(chapter, ed):
             problem(f"{where}: anchor {anchor!r} of {path}: {len(starts)} ANCHOR and {len(ends)} ANCHOR_END lines, or nothing between them")
 
 
+def shape(text, ed):
+    """What two editions of a chapter must share, whatever the language:
+    the includes in order, the heading levels in order, the code blocks'
+    languages, the commands a reader types (shell blocks, comments
+    dropped), the number of table rows, the chapters it links to, and its
+    pictures. The edition's own path (book/en, book/zh) counts as one."""
+    text = text.replace(f"book/{ed}", "book/EDITION")
+    outside, blocks, block = [], [], None
+    for line in text.split("\n"):
+        if line.startswith("```"):
+            if block is None:
+                block = (line[3:].strip(), [])
+            else:
+                blocks.append(block)
+                block = None
+        elif block is not None:
+            block[1].append(line)
+        else:
+            outside.append(line)
+    prose = "\n".join(outside)
+    commands = [
+        re.sub(r"\s+#.*$", "", l).rstrip()
+        for lang, body in blocks
+        if lang.split(",")[0] in ("sh", "shell", "bash", "console", "text", "")
+        for l in body
+        if l.strip() and not l.lstrip().startswith("#")
+    ]
+    return {
+        "includes": INCLUDE.findall(text),
+        "heading levels": [len(h) for h in re.findall(r"^(#{1,6}) ", prose, re.M)],
+        "code block languages": [lang for lang, _ in blocks],
+        "commands": commands,
+        "table rows": sum(1 for l in outside if l.lstrip().startswith("|")),
+        "chapters linked": sorted(set(re.findall(r"\]\(([\w-]+\.md)", prose))),
+        "pictures": len(re.findall(r"<img\b|!\[", prose)),
+    }
+
+
+def parity(book, a, b, chapter):
+    """The editions say the same things: a section, table row, command or
+    include in one and not the other fails (the words are checked by
+    readers; this catches what drifts without anyone noticing)."""
+    sa = shape((book / a / "src" / chapter).read_text(), a)
+    sb = shape((book / b / "src" / chapter).read_text(), b)
+    for key in sa:
+        if sa[key] != sb[key]:
+            x, y = sa[key], sb[key]
+            if isinstance(x, list):
+                only_a = [v for v in x if v not in y][:3]
+                only_b = [v for v in y if v not in x][:3]
+                detail = f"only in {a}: {only_a}; only in {b}: {only_b}" if only_a or only_b else f"{a}: {x}; {b}: {y}"
+            else:
+                detail = f"{a}: {x}; {b}: {y}"
+            problem(f"{chapter}: the {key} of book/{a} and book/{b} differ ({detail})")
+
+
 def chapters(root, *editions):
     root = Path(root)
     members = re.search(r"members\s*=\s*\[([^\]]*)\]", (root / "Cargo.toml").read_text()).group(1)
@@ -147,6 +204,8 @@ def chapters(root, *editions):
         for ed in editions[1:]:
             if lists[ed] != lists[first]:
                 problem(f"book/{ed} and book/{first} list different chapters: {lists[ed]} vs {lists[first]}")
+            for f in sorted(set(lists[ed]) & set(lists[first])):
+                parity(root / "book", first, ed, f)
     print(f"book check: chapters of {', '.join(editions)} compared; {len(demos)} demos looked for")
 
 

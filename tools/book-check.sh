@@ -11,7 +11,11 @@
 #    {{#include ../../../DEMO/...}}) by some chapter of each edition; every
 #    include must name a file that exists and, for FILE:ANCHOR, an anchor
 #    with its ANCHOR and ANCHOR_END lines (mdbook 0.5 silently includes
-#    nothing for a missing anchor).
+#    nothing for a missing anchor). Each chapter of the two editions must
+#    have the same shape: the same includes in order, heading levels, code
+#    block languages, shell commands, table rows, chapter links and
+#    pictures (book-check.py's shape() lists them), so a section added to
+#    one edition only fails.
 # 3. Builds each edition with mdbook; any WARN or ERROR line mdbook prints
 #    (an unresolved include, a missing anchor, a preprocessor failure) fails
 #    (tools/book-check.py mdbook-log names the one harmless line it allows).
