@@ -56,6 +56,9 @@ cleanup() {
 }
 trap cleanup EXIT
 export TMPDIR="$work"
+# The demos prefer XDG_RUNTIME_DIR (a desktop session's /run/user/UID) to
+# TMPDIR for their private directories: without it they use $work too.
+unset XDG_RUNTIME_DIR
 cd "$work"
 
 # show NAME CMD...: the command as a reader types it (target/release/...).

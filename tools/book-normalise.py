@@ -18,7 +18,9 @@ that differs from run to run on any machine, and nothing else):
    every file of that capture too (the same pid turns up in the other
    terminal's file, after "writer", in a list), unless the number occurs
    anywhere in the other capture: then, outside a pid context, it is a
-   constant (a size, a count) that this run's pid happens to equal;
+   constant (a size, a count) that this run's pid happens to equal.
+   Outside pid contexts this comes last, after rules 2-5 have made this
+   run's counts and timings N, so a count that equals a pid stays a count;
 2. the capture's private directory /tmp/book-capture.XXXXXX becomes $TMP,
    and the unique suffix of the demos' own temp and object names
    (NAME-PID-N) becomes NAME-PID-N;
@@ -61,6 +63,11 @@ PID_PATTERNS = [
     r"pid = (\d{2,})",
     r"\bwriter (\d{2,})",
     r"_pid 0 -> (\d{2,})",
+    r"/proc/(\d{2,})\b",
+    r"\bNOTIFY_PID:(\d{2,})",
+    r"\bGETPID\(\d+\) = (\d{2,})",
+    r"\bkill -\w+ (\d{2,})",
+    r"\bchild (\d{2,})",
 ]
 
 
@@ -132,11 +139,13 @@ def in_context(text):
 
 def normalise(text, pids):
     text = in_context(text)
+    # The run-to-run figures first (counts, timings, ids): a count that
+    # equals one of this run's pids ("blocked 469 times") is a count.
+    for pat, rep in RULES:
+        text = re.sub(pat, rep, text)
     if pids:
         alt = "|".join(sorted(pids, key=len, reverse=True))
         text = re.sub(r"(?<![\d.])(?:%s)(?![\d])" % alt, "PID", text)
-    for pat, rep in RULES:
-        text = re.sub(pat, rep, text)
     return text
 
 
