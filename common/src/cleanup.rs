@@ -518,12 +518,21 @@ pub fn unique_name(prefix: &str) -> String {
 }
 
 /// Where private directories go: `$XDG_RUNTIME_DIR` (a per-user tmpfs) if
-/// set, else the temp dir.
+/// set and writable, else the temp dir; always an absolute path.
 pub fn runtime_dir() -> PathBuf {
-    std::env::var_os("XDG_RUNTIME_DIR")
+    use nix::unistd::{AccessFlags, access};
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
-        .filter(|p| p.is_dir())
-        .unwrap_or_else(std::env::temp_dir)
+        // A directory we cannot create in (a read-only mount, a session
+        // that ended) is no reason to fail: the temp dir will do.
+        .filter(|p| {
+            p.is_dir() && access(p.as_path(), AccessFlags::W_OK | AccessFlags::X_OK).is_ok()
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    // A relative TMPDIR would give relative paths, and those go into
+    // messages a process in another directory acts on (the FIFO server
+    // refuses a reply path that is not absolute): anchor it at the cwd.
+    std::path::absolute(&dir).unwrap_or(dir)
 }
 
 /// A fresh 0700 directory, removed with its contents on drop.

@@ -21,7 +21,8 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use nix::sys::signal::Signal;
+use anyhow::Context;
+use nix::sys::signal::{SigSet, Signal};
 
 /// A mistake on the command line; the message names the option and the fix.
 #[derive(Debug)]
@@ -93,7 +94,14 @@ pub static OUTPUT_ERRNO: AtomicI32 = AtomicI32::new(0);
 ///
 /// `program` is the name printed in front of error lines (`pipe-demo: ...`).
 pub fn run(program: &str, body: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
-    let err = match body() {
+    // The signal mask survives fork and exec: a launcher that had signals
+    // blocked would keep Ctrl-C from ever reaching the demo (it would stay
+    // pending) and hide every lesson that needs a signal delivered. Start
+    // from the empty mask a shell gives, before any thread inherits it.
+    let unblocked = SigSet::empty()
+        .thread_set_mask()
+        .context("sigprocmask(SIG_SETMASK, empty set)");
+    let err = match unblocked.and_then(|()| body()) {
         Ok(()) => match OUTPUT_ERRNO.load(Ordering::SeqCst) {
             0 => return ExitCode::SUCCESS,
             errno => {

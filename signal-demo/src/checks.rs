@@ -74,17 +74,19 @@ pub fn describe(r: &Record) -> String {
 }
 
 pub fn sigpending_limit() -> String {
+    match sigpending_rlimit() {
+        None => "unknown".into(),
+        Some(libc::RLIM_INFINITY) => "unlimited".into(),
+        Some(n) => n.to_string(),
+    }
+}
+
+/// RLIMIT_SIGPENDING's soft limit (`ulimit -i`), if getrlimit answers.
+pub fn sigpending_rlimit() -> Option<libc::rlim_t> {
     // SAFETY: getrlimit fills the struct we pass.
     let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
     // SAFETY: a valid resource and a valid pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_SIGPENDING, &mut limit) } != 0 {
-        return "unknown".into();
-    }
-    if limit.rlim_cur == libc::RLIM_INFINITY {
-        "unlimited".into()
-    } else {
-        limit.rlim_cur.to_string()
-    }
+    (unsafe { libc::getrlimit(libc::RLIMIT_SIGPENDING, &mut limit) } == 0).then_some(limit.rlim_cur)
 }
 // ---------------------------------------------------------------------------
 // Parent ↔ child: two pipes to say "ready" and "go"

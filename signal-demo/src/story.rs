@@ -19,7 +19,7 @@ use nix::unistd::{ForkResult, Pid, fork};
 
 use crate::checks::{
     Link, PROMPTLY, describe, divide_by_zero, fork_with_link, link_pair, name, proc_state,
-    read_address_zero, sigpending_limit, touch_past_the_end, zombie_children,
+    read_address_zero, sigpending_limit, sigpending_rlimit, touch_past_the_end, zombie_children,
 };
 use crate::ipc::{
     FullQueue, Record, Records, alarm_after, bit, block, block_keeping_old, default_action,
@@ -712,6 +712,17 @@ const SMALL_PIPE: libc::c_int = 4096;
 /// once to a signalfd; neither child reads until the flood is over.
 fn flood_step(say: &Narrator, count: &mut Count) -> Result<()> {
     let rt3 = libc::SIGRTMIN() + 3;
+    // The flood waits in the kernel's queue until the child reads it, so a
+    // per-user limit below it (plus room for the user's other processes)
+    // could never be met: say so instead of waiting for a child that waits.
+    let needed = FLOOD as libc::rlim_t + 100;
+    if let Some(limit) = sigpending_rlimit().filter(|&l| l < needed) {
+        bail!(
+            "step 9 queues {FLOOD} signals to a child that reads none until they are all sent, \
+             but RLIMIT_SIGPENDING is {limit} here (queued signals per user): raise it \
+             (ulimit -i {needed}) and run again"
+        );
+    }
     for body in [flood_handler_child, flood_signalfd_child] {
         let (child, mut link) = fork_with_link(say, body)?;
         link.hear(b'r')?;
