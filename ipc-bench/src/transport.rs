@@ -505,8 +505,21 @@ impl Rx for SysvRx {
     }
 }
 
+/// An open queue descriptor, closed on drop. (nix's `MqdT` has no Drop,
+/// and on Linux a queue descriptor is a file descriptor: every cell opens
+/// two, so without this each leaked a pair, and an error path left the
+/// descriptors that the clean-up itself needs to look at the queue.)
+struct Mqd(nix::mqueue::MqdT);
+
+impl Drop for Mqd {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor came from mq_open and is closed once, here.
+        unsafe { libc::mq_close(self.0.as_raw_fd()) };
+    }
+}
+
 struct MqTx {
-    mqd: nix::mqueue::MqdT,
+    mqd: Mqd,
     piece: usize,
     /// Reused: the timed loop allocates nothing.
     body: Vec<u8>,
@@ -518,7 +531,7 @@ impl Tx for MqTx {
         payload::fill(seq, &mut self.body);
         for chunk in self.body.chunks(self.piece) {
             loop {
-                match nix::mqueue::mq_send(&self.mqd, chunk, 0) {
+                match nix::mqueue::mq_send(&self.mqd.0, chunk, 0) {
                     Ok(()) => break,
                     Err(Errno::EINTR) => still_ok()?,
                     Err(e) => return Err(e).context("mq_send"),
@@ -532,7 +545,7 @@ impl Tx for MqTx {
         // An empty message at a higher priority would overtake the data;
         // priority 0 like the rest keeps it last.
         loop {
-            match nix::mqueue::mq_send(&self.mqd, &[], 0) {
+            match nix::mqueue::mq_send(&self.mqd.0, &[], 0) {
                 Ok(()) => return Ok(()),
                 // A full queue blocks it, and the watchdog's tick interrupts.
                 Err(Errno::EINTR) => still_ok()?,
@@ -543,7 +556,7 @@ impl Tx for MqTx {
 }
 
 struct MqRx {
-    mqd: nix::mqueue::MqdT,
+    mqd: Mqd,
     size: usize,
     piece: usize,
     raw: Vec<u8>,
@@ -556,7 +569,7 @@ impl Rx for MqRx {
         while self.message.len() < self.size {
             self.raw.resize(self.piece, 0);
             let mut priority = 0;
-            let n = match nix::mqueue::mq_receive(&self.mqd, &mut self.raw, &mut priority) {
+            let n = match nix::mqueue::mq_receive(&self.mqd.0, &mut self.raw, &mut priority) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => {
                     still_ok()?;
@@ -1417,7 +1430,7 @@ pub fn channel(
                     Mode::S_IRUSR | Mode::S_IWUSR,
                     Some(&attr),
                 ) {
-                    Ok(mqd) => break mqd,
+                    Ok(mqd) => break Mqd(mqd),
                     Err(Errno::EMFILE) if tries < 100 => {
                         tries += 1;
                         std::thread::sleep(Duration::from_millis(100));
@@ -1437,13 +1450,13 @@ pub fn channel(
             // Found by the next run if we are killed, even where the
             // mqueue filesystem is not mounted and queues cannot be listed.
             cleanup.push(Box::new(crate::stale::record_posix_queue(dir, &name)?));
-            let rx = nix::mqueue::mq_open(
+            let rx = Mqd(nix::mqueue::mq_open(
                 name.as_str(),
                 nix::mqueue::MQ_OFlag::O_RDWR,
                 Mode::empty(),
                 None,
             )
-            .context("mq_open")?;
+            .context("mq_open")?);
             if size > piece {
                 note = Some(format!("split into {piece} B messages (msgsize_max)"));
             }
