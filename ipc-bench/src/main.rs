@@ -74,7 +74,8 @@ OPTIONS:
                        64 MiB worth, at least 16 and at most 200000; --quick: 2 MiB
                        worth); timed from the first to the last, after the warm-up
     --rounds N         round trips per latency measurement (default 20000; --quick 500)
-    --quick            a short run (under 15 s) with every row
+    --quick            a short run with every row (7 s on two idle CPUs; about
+                       20 s on one, where the spinning rows share it)
     --no-pin           leave both processes to the scheduler (default: the parent
                        on one CPU, its forked child on another, where two exist)
     --json PATH        also write the results as JSON
