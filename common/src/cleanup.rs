@@ -520,19 +520,26 @@ pub fn unique_name(prefix: &str) -> String {
 /// Where private directories go: `$XDG_RUNTIME_DIR` (a per-user tmpfs) if
 /// set and writable, else the temp dir; always an absolute path.
 pub fn runtime_dir() -> PathBuf {
-    use nix::unistd::{AccessFlags, access};
     let dir = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         // A directory we cannot create in (a read-only mount, a session
         // that ended) is no reason to fail: the temp dir will do.
-        .filter(|p| {
-            p.is_dir() && access(p.as_path(), AccessFlags::W_OK | AccessFlags::X_OK).is_ok()
-        })
+        .filter(|p| p.is_dir() && may_create_in(p))
         .unwrap_or_else(std::env::temp_dir);
     // A relative TMPDIR would give relative paths, and those go into
     // messages a process in another directory acts on (the FIFO server
     // refuses a reply path that is not absolute): anchor it at the cwd.
     std::path::absolute(&dir).unwrap_or(dir)
+}
+
+/// access(W_OK | X_OK): may this process create names in `dir`? (Through
+/// libc, as the guards: a copied demo's nix may lack the `fs` feature.)
+fn may_create_in(dir: &Path) -> bool {
+    let Ok(dir) = std::ffi::CString::new(path_bytes(dir)) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated path; access only reads it.
+    unsafe { libc::access(dir.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
 
 /// A fresh 0700 directory, removed with its contents on drop.
