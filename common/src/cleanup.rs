@@ -19,9 +19,11 @@
 //! guard also writes its object into a small fixed table (no allocation,
 //! no lock) when it is made, and takes it out after removing it. On the
 //! second signal the handler itself walks that table with plain system
-//! calls, which are async-signal-safe (`unlink`, `rmdir`, `mq_unlink`,
-//! `msgctl`/`shmctl`/`semctl(IPC_RMID)`, `kill` to stop our children), then
-//! dies of the signal with its default action.
+//! calls: `unlink`, `rmdir` and `kill` (to stop our children), which POSIX
+//! lists as async-signal-safe, and `mq_unlink` and
+//! `msgctl`/`shmctl`/`semctl(IPC_RMID)`, which it does not list but which
+//! glibc makes single system calls that take no lock; then it dies of the
+//! signal with its default action.
 //!
 //! A name is not an object: while we run, somebody may remove our FIFO,
 //! socket file, `/dev/shm` segment or queue and put their own under the
