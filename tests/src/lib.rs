@@ -57,6 +57,26 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Make `cmd` start with resource limit `resource` (soft and hard) at
+/// `value`, as `ulimit` would in a shell.
+pub fn with_rlimit(cmd: &mut Command, resource: libc::__rlimit_resource_t, value: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: between fork and exec the closure only calls setrlimit,
+    // which is async-signal-safe, on a struct copied into the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(resource, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
 /// A command for a demo binary, in a new process group.
 pub fn demo(name: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(bin(name));
@@ -131,6 +151,14 @@ impl Output {
             Signal::SIGINT => assert_eq!(self.code(), 130, "{}", self.describe()),
             _ => assert_eq!(self.code(), 143, "{}", self.describe()),
         }
+    }
+
+    /// Fails the test unless the run ended well: exit 0, no panic, and a
+    /// summary line with errors=0.
+    pub fn assert_clean(&self) {
+        self.assert_no_panic();
+        assert_eq!(self.code(), 0, "{}", self.describe());
+        assert_eq!(self.summary_field("errors"), "0", "{}", self.describe());
     }
 
     /// Fails the test if the process panicked anywhere.

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use common::cleanup::{PrivateDir, unique_name};
-use ipc_tests::{Proc, SHORT, demo};
+use ipc_tests::{Proc, SHORT, demo, with_rlimit};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 
 /// Start a demo with every signal that can be blocked blocked, as a
@@ -30,23 +30,14 @@ fn with_all_signals_blocked(name: &str, args: &[&str]) -> Proc {
     Proc::start(cmd)
 }
 
-fn assert_story_ok(name: &str, out: &ipc_tests::Output) {
-    assert_eq!(out.code(), 0, "{name}\n{}", out.describe());
-    assert_eq!(
-        out.summary_field("errors"),
-        "0",
-        "{name}\n{}",
-        out.describe()
-    );
-}
-
 /// The stories whose lessons need a signal delivered: SIGPIPE to a writer
 /// with no reader, SIGUSR1 and friends to the signal tour's children.
 #[test]
 fn stories_that_need_signals_work_under_an_inherited_blocked_mask() {
     for name in ["pipe-demo", "signal-demo"] {
-        let out = with_all_signals_blocked(name, &[]).finish(SHORT);
-        assert_story_ok(name, &out);
+        with_all_signals_blocked(name, &[])
+            .finish(SHORT)
+            .assert_clean();
     }
 }
 
@@ -79,7 +70,7 @@ fn a_relative_tmpdir_is_taken_from_the_working_directory() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let out = Proc::start(cmd).finish(SHORT);
-    assert_story_ok("fifo-demo", &out);
+    out.assert_clean();
     let made = base.path().join("rel").display().to_string();
     assert!(
         out.stdout.contains(&format!("mkdir({made}/fifo-demo-")),
@@ -101,21 +92,7 @@ fn a_pending_signal_limit_too_small_for_the_flood_is_named() {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let limit = libc::rlimit {
-        rlim_cur: 499,
-        rlim_max: 499,
-    };
-    // SAFETY: between fork and exec the closure only calls setrlimit,
-    // which is async-signal-safe, on a struct copied into the closure.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setrlimit(libc::RLIMIT_SIGPENDING, &limit) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
+    with_rlimit(&mut cmd, libc::RLIMIT_SIGPENDING, 499);
     let out = Proc::start(cmd).finish(SHORT);
     out.assert_no_panic();
     assert_eq!(out.code(), 1, "{}", out.describe());

@@ -688,21 +688,7 @@ fn posix_queue_descriptors_are_closed_with_their_cell() {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let limit = libc::rlimit {
-        rlim_cur: 16,
-        rlim_max: 16,
-    };
-    // SAFETY: between fork and exec the closure only calls setrlimit,
-    // which is async-signal-safe, on a struct copied into the closure.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
+    ipc_tests::with_rlimit(&mut cmd, libc::RLIMIT_NOFILE, 16);
     let proc = ipc_tests::Proc::start(cmd);
     let pid = proc.pid().as_raw() as u32;
     let out = proc.finish(LONG);
